@@ -1,0 +1,356 @@
+"""The controller role: owns the merge, saves the combined data file, reports.
+
+Used both for an xdist run (the controller runs no tests; workers stream to it) and for a plain
+in-process run (no xdist, or ``-n 0``), which is the same thing with no workers.
+
+Data reaching the final data file, all as a union (so nothing counted twice can distort it):
+
+1. the controller's own engine (conftest hooks that run in the controller; every test in an
+   in-process run);
+2. chunks streamed by workers, merged in memory as they arrive (:class:`~.merge.Accumulator`);
+3. the durable data files of workers that went down without their final message, and data
+   files of measured subprocesses.
+
+The data file is written atomically at session end, so neither a bad run nor a crash damages an
+existing one.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import queue
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import coverage
+import pytest
+
+from .engine import Engine, MeasureSpec, open_coverage
+from .errors import DataFileError, DistCovError, ProtocolError, ReportError, SettingsError
+from .merge import Accumulator, read_data_file, update_from_file, write_data_file
+from .options import Settings
+from .protocol import Chunk, Hello, decode
+from .report import fails_under, format_percent, precision_of, produce_reports
+
+__all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
+
+#: Seconds between two progress lines in verbose mode.
+PROGRESS_EVERY = 5.0
+
+_CHANNEL_CLOSED = ("distcov-channel-closed",)
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """Where the combined data goes and how it is judged, validated before any test runs."""
+
+    data_file: Path
+    fail_under: float | None
+    precision: int
+    branch: bool
+    source_desc: str
+
+    @classmethod
+    def make(cls, settings: Settings, spec: MeasureSpec) -> OutputPlan:
+        probe = open_coverage(spec)
+        data_file = Path(os.path.abspath(str(probe.get_option("run:data_file"))))
+        branch = bool(probe.get_option("run:branch"))
+        fail_under = settings.fail_under
+        if fail_under is None:
+            configured = probe.get_option("report:fail_under")
+            if isinstance(configured, (int, float)) and configured > 0:
+                if configured > 100:
+                    raise SettingsError(
+                        f"invalid value {configured} for [report] fail_under in the coverage"
+                        " configuration: expected a number from 0 to 100"
+                    )
+                fail_under = float(configured)
+        if settings.append and data_file.exists():
+            existing = read_data_file(data_file)
+            if existing.measured_files() and existing.has_arcs() != branch:
+                kind = "branch" if existing.has_arcs() else "line"
+                raise SettingsError(
+                    f"--distcov-append: {data_file} holds {kind} data but this run measures"
+                    f" {'branches' if branch else 'lines only'}; remove the file or match"
+                    " the branch setting"
+                )
+            existing.close()
+        source = probe.get_option("run:source") or []
+        assert isinstance(source, list)
+        source_desc = (
+            ", ".join(str(s) for s in source) or "all code outside the stdlib and site-packages"
+        )
+        return cls(data_file, fail_under, precision_of(probe), branch, source_desc)
+
+
+@dataclass
+class WorkerState:
+    id: str
+    hello: Hello | None = None
+    finished: bool = False
+    down_error: str | None = None
+    chunks: int = 0
+    tests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class ControllerRole:
+    """Merges, saves and reports; registered in the controller (or the only) process."""
+
+    def __init__(
+        self,
+        config: pytest.Config,
+        settings: Settings,
+        spec: MeasureSpec,
+        plan: OutputPlan,
+        engine: Engine,
+        *,
+        workers: int,
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.spec = spec
+        self.plan = plan
+        self.engine = engine
+        self.expected_workers = workers
+        self.acc = Accumulator(branch=engine.branch)
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.workers: dict[str, WorkerState] = {}
+        self.recover_paths: list[tuple[str, str]] = []  # (worker id, data file)
+        self.summary: list[str] = []
+        self.errors: list[str] = []
+        self.report_text = ""
+        self.total: float | None = None
+        self._last_progress = time.monotonic()
+        self._statements: dict[str, set[int]] = {}
+        self._progress_cov: coverage.Coverage | None = None
+
+    # -- header -----------------------------------------------------------------------------
+
+    def pytest_report_header(self, config: pytest.Config) -> list[str]:
+        where = (
+            f"in {self.expected_workers} worker{'s' if self.expected_workers != 1 else ''}"
+            if self.expected_workers
+            else "in-process"
+        )
+        what = "lines and branches" if self.engine.branch else "lines"
+        lines = [
+            f"distcov: measuring {what} of {self.plan.source_desc}"
+            f" with the {self.engine.core} core {where}"
+        ]
+        if self.engine.core_note:
+            lines.append(f"distcov: {self.engine.core_note}: using the {self.engine.core} core")
+        return lines
+
+    # -- receiving from workers -------------------------------------------------------------
+
+    def enqueue(self, worker_id: str, message: Any) -> None:
+        """Called in execnet's receiver thread: only enqueue there."""
+        self.inbox.put((worker_id, message))
+
+    def drain(self) -> None:
+        """Merge everything received so far (main thread)."""
+        got = False
+        while True:
+            try:
+                worker_id, raw = self.inbox.get_nowait()
+            except queue.Empty:
+                break
+            got = True
+            state = self.workers.setdefault(worker_id, WorkerState(worker_id))
+            if raw is _CHANNEL_CLOSED:
+                continue
+            try:
+                msg = decode(raw)
+            except ProtocolError as exc:
+                self.errors.append(f"worker {worker_id}: {exc}")
+                continue
+            if msg["kind"] == "hello":
+                state.hello = msg
+                continue
+            chunk: Chunk = msg
+            try:
+                self.acc.add_payload(chunk["data"])
+            except DataFileError as exc:
+                self.errors.append(f"worker {worker_id}: {exc}")
+            state.chunks += 1
+            state.tests = chunk["tests"]
+            state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
+            if chunk["kind"] == "final":
+                state.finished = True
+        if got and self.config.get_verbosity() > 0:
+            self._progress()
+
+    def _progress(self) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        if self._progress_cov is None:
+            self._progress_cov = open_coverage(self.spec, data_file=None)
+        covered = total = 0
+        for path, lines in self.acc.covered_lines().items():
+            if path not in self._statements:
+                try:
+                    statements = self._progress_cov.analysis2(path)[1]
+                except Exception:  # not Python, gone, unparsable: leave it out of the estimate
+                    statements = []
+                self._statements[path] = set(statements)
+            total += len(self._statements[path])
+            covered += len(lines & self._statements[path])
+        if total:
+            reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+            if reporter is not None:
+                reporter.write_line(
+                    f"distcov: {covered} of {total} statements ({100.0 * covered / total:.1f}%)"
+                    f" in {len(self._statements)} files covered so far"
+                )
+
+    def node_down(self, worker_id: str, error: object) -> None:
+        self.drain()
+        state = self.workers.setdefault(worker_id, WorkerState(worker_id))
+        if state.finished:
+            return
+        state.down_error = str(error) if error else "went down without its final data"
+        self._recover(state)
+
+    def _recover(self, state: WorkerState) -> None:
+        if state.hello is None:
+            self.summary.append(
+                f"distcov: worker {state.id} died before it reported; it had run no test"
+            )
+            return
+        datadir = Path(state.hello["datadir"])
+        files = sorted(str(p) for p in datadir.glob(".coverage.*") if p.is_file())
+        self.recover_paths.extend((state.id, f) for f in files)
+        self.summary.append(
+            f"distcov: worker {state.id} ({state.hello['host']}) crashed after {state.tests}"
+            f"+ tests: recovering its data file{'s' if len(files) != 1 else ''} from {datadir}"
+        )
+
+    # -- the end ----------------------------------------------------------------------------
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session) -> None:
+        self.drain()
+        for state in self.workers.values():
+            if not state.finished and state.down_error is None:
+                state.down_error = "did not finish"
+                self._recover(state)
+        own = self.engine.finish()
+        subprocess_files = self.engine.subprocess_files()
+        unreadable: list[str] = []
+
+        def fill(data: coverage.CoverageData) -> None:
+            self.acc.write_into(data)
+            data.update(own)
+            for worker_id, path in [*self.recover_paths, *(("", p) for p in subprocess_files)]:
+                try:
+                    update_from_file(data, path)
+                except DataFileError as exc:
+                    who = f"worker {worker_id}: " if worker_id else ""
+                    unreadable.append(path)
+                    self.errors.append(f"{who}{exc}; the file is kept for inspection")
+            if self.settings.append and self.plan.data_file.exists():
+                update_from_file(data, self.plan.data_file)
+
+        try:
+            write_data_file(self.plan.data_file, fill)
+        except (DistCovError, OSError) as exc:
+            self.errors.append(
+                f"could not write {self.plan.data_file}: {exc}; the measured data stays in"
+                f" {self.engine.data_dir}"
+            )
+            self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
+            return
+        self._cleanup(keep=unreadable)
+        self._report(session)
+
+    def _cleanup(self, keep: list[str]) -> None:
+        dirs = {self.engine.data_dir} | {Path(p).parent for _, p in self.recover_paths}
+        for d in dirs:
+            if not any(Path(k).parent == d for k in keep):
+                shutil.rmtree(d, ignore_errors=True)
+
+    def _set_failed(self, session: pytest.Session, status: pytest.ExitCode) -> None:
+        if session.exitstatus == pytest.ExitCode.OK:
+            session.exitstatus = status
+
+    def _report(self, session: pytest.Session) -> None:
+        cov = open_coverage(self.spec, data_file=str(self.plan.data_file))
+        cov.load()
+        buf = io.StringIO()
+        try:
+            outcome = produce_reports(
+                cov, self.settings.reports, buf, need_total=self.plan.fail_under is not None
+            )
+        except ReportError as exc:
+            self.errors.append(str(exc))
+            self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
+            return
+        self.report_text = buf.getvalue()
+        self.summary.extend(f"distcov: {n}" for n in outcome.notes)
+        self.summary.extend(f"distcov: wrote {w}" for w in outcome.written)
+        self.total = outcome.total
+        if self.plan.fail_under is not None and outcome.total is not None:
+            shown = format_percent(outcome.total, self.plan.precision)
+            wanted = format_percent(self.plan.fail_under, self.plan.precision)
+            if fails_under(outcome.total, self.plan.fail_under, self.plan.precision):
+                self.errors.append(
+                    f"FAIL: total coverage {shown} is below the required {wanted}"
+                    " (--distcov-fail-under)"
+                )
+                self._set_failed(session, pytest.ExitCode.TESTS_FAILED)
+            else:
+                self.summary.append(f"distcov: required coverage of {wanted} reached: {shown}")
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        tr = terminalreporter
+        notes = list(self.engine.notes)
+        for state in self.workers.values():
+            notes.extend(f"[{state.id}] {n}" for n in state.notes)
+        workers = len(self.workers)
+        title = f"distcov: {workers} worker{'s' if workers != 1 else ''}" if workers else "distcov"
+        tr.write_sep("-", f"{title}, {self.engine.core} core, data in {self.plan.data_file}")
+        if self.report_text:
+            tr.write(self.report_text)
+        for line in self.summary:
+            tr.write_line(line)
+        for note in notes:
+            tr.write_line(f"distcov: {note}")
+        for err in self.errors:
+            tr.write_line(
+                f"distcov: {err}" if not err.startswith("FAIL") else err, red=True, bold=True
+            )
+
+
+class XdistControllerHooks:
+    """The xdist side of the controller: a private channel per worker, and node-down recovery.
+
+    Registered only when xdist is active, so these xdist-only hook names never reach a run
+    without xdist.
+    """
+
+    def __init__(self, role: ControllerRole) -> None:
+        self.role = role
+
+    def pytest_configure_node(self, node: Any) -> None:
+        worker_id = node.gateway.id
+        channel = node.gateway.newchannel()
+
+        def receive(message: Any) -> None:
+            self.role.enqueue(worker_id, message)
+
+        channel.setcallback(receive, endmarker=_CHANNEL_CLOSED)
+        node.workerinput["distcov_channel"] = channel
+
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        self.role.node_down(node.gateway.id, error)
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if not self.role.inbox.empty():
+            self.role.drain()

@@ -1,0 +1,179 @@
+"""The coverage.py lifecycle in one process, through coverage's documented API only.
+
+One :class:`Engine` per process (controller, xdist worker, or a plain in-process run):
+
+* it is created and started as early as pytest lets a plugin run, so conftest and test-module
+  imports are measured as under ``coverage run -m pytest``;
+* it chooses the core when the user has not (sysmon where it measures everything asked for);
+* :meth:`Engine.flush` makes everything measured so far durable in the engine's own data file
+  (``Coverage.switch_context`` flushes the collector into the data file, and nothing else: no
+  source-tree walk, no warnings), so a process killed later loses nothing already flushed;
+* its data file lives in a private directory, never where a user's ``coverage combine`` would
+  pick it up, and it is never erased.
+"""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from coverage import Coverage, CoverageData
+from coverage.exceptions import CoverageException
+
+from .errors import SettingsError
+from .report import capture_coverage_warnings
+
+__all__ = ["CORE_NAMES", "Engine", "MeasureSpec", "choose_core", "open_coverage"]
+
+#: coverage's tracer class names (``Coverage.sys_info()["core"]``) to its ``[run] core`` names.
+CORE_NAMES = {"CTracer": "ctrace", "PyTracer": "pytrace", "SysMonitor": "sysmon"}
+
+
+@dataclass(frozen=True)
+class MeasureSpec:
+    """What to measure: the settings that every measuring process must share."""
+
+    source: tuple[str, ...] | None
+    branch: bool | None
+    config_file: str | bool
+
+
+def _config_name(config_file: str | bool) -> str:
+    return config_file if isinstance(config_file, str) else "the coverage configuration"
+
+
+def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
+    """A ``Coverage`` object with the user's configuration and our overrides.
+
+    A broken or unreadable coverage configuration becomes a :class:`SettingsError`.
+    """
+    try:
+        return Coverage(
+            config_file=spec.config_file,
+            source=list(spec.source) if spec.source else None,
+            branch=spec.branch,
+            messages=False,
+            **kwargs,  # type: ignore[arg-type]
+        )
+    except CoverageException as exc:
+        raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
+
+
+def choose_core(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> tuple[str, str]:
+    """The core to use when the user chose none, and why, for the header line.
+
+    sysmon (Python 3.12+) costs a few percent where a trace function costs 2-3x, but before
+    Python 3.14 it cannot measure branches, and it never records dynamic contexts or follows
+    greenlet/eventlet/gevent. Asking coverage for sysmon where it cannot deliver makes coverage
+    warn (and a suite with ``filterwarnings = error`` fail), so we only ask where it can.
+    """
+    if version < (3, 12):
+        return "ctrace", ""
+    if cov.get_option("run:branch") and version < (3, 14):
+        return "ctrace", "sysmon cannot measure branches before Python 3.14"
+    if cov.get_option("run:dynamic_context"):
+        return "ctrace", "sysmon cannot record dynamic contexts"
+    concurrency = cov.get_option("run:concurrency") or []
+    assert isinstance(concurrency, list)
+    for lib in ("greenlet", "eventlet", "gevent"):
+        if lib in concurrency:
+            return "ctrace", f"sysmon does not support concurrency={lib}"
+    return "sysmon", ""
+
+
+class Engine:
+    """A measuring ``Coverage`` for this process, writing to ``data_dir``."""
+
+    def __init__(
+        self,
+        spec: MeasureSpec,
+        data_dir: Path,
+        label: str,
+        *,
+        subprocesses: bool,
+        partial: bool,
+    ) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        self.data_dir = data_dir
+        self.data_path = data_dir / f".coverage.{label}"
+        self.notes: list[str] = []
+        self.core_note = ""
+        self.core = "?"
+        self._running = False
+        self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
+        self.branch = bool(self.cov.get_option("run:branch"))
+
+        if not self.cov.get_option("run:core"):
+            core, self.core_note = choose_core(self.cov)
+            self.cov.set_option("run:core", core)
+        quiet = []
+        if self.cov.get_option("run:core") == "sysmon":
+            # Our flush uses switch_context with one unchanging label: nothing is lost, so the
+            # warning about contexts under sysmon does not apply.
+            quiet.append("no-sysmon-context")
+        if partial:
+            # A worker (or the xdist controller) sees only part of the run: "no data" or "module
+            # never imported" is only true or false of the combined data.
+            quiet += ["no-data-collected", "module-not-imported"]
+        if quiet:
+            self.cov.set_option(
+                "run:disable_warnings", [*self._list_option("run:disable_warnings"), *quiet]
+            )
+        if not subprocesses:
+            # The xdist controller runs no tests. Measuring its subprocesses would only make
+            # coverage's .pth start a second tracer in every worker it spawns.
+            patch = self._list_option("run:patch")
+            self.cov.set_option("run:patch", [p for p in patch if p != "subprocess"])
+        # With the user's own dynamic contexts, coverage switches (and so flushes) by itself,
+        # and a switch of ours would conflict with it.
+        self._flush_by_switch = not self.cov.get_option("run:dynamic_context")
+
+    def _list_option(self, name: str) -> list[str]:
+        value = self.cov.get_option(name)
+        return [str(v) for v in value] if isinstance(value, list) else []
+
+    def start(self) -> None:
+        with capture_coverage_warnings(self.notes):
+            try:
+                self.cov.start()
+            except CoverageException as exc:
+                raise SettingsError(f"cannot start coverage: {exc}") from None
+        self._running = True
+        info = dict(self.cov.sys_info())
+        self.core = CORE_NAMES.get(str(info.get("core")), str(info.get("core")))
+
+    @property
+    def running(self) -> bool:
+        return self._running
+
+    def flush(self) -> None:
+        """Make everything measured so far durable in :attr:`data_path`."""
+        if self._running and self._flush_by_switch:
+            self.cov.switch_context("")
+
+    def pause(self) -> None:
+        if self._running:
+            with capture_coverage_warnings(self.notes):
+                self.cov.stop()
+            self._running = False
+
+    def resume(self) -> None:
+        if not self._running:
+            with capture_coverage_warnings(self.notes):
+                self.cov.start()
+            self._running = True
+
+    def finish(self) -> CoverageData:
+        """Stop measuring; return the complete data (also on disk at :attr:`data_path`)."""
+        with capture_coverage_warnings(self.notes):
+            self.cov.stop()
+            self._running = False
+            return self.cov.get_data()
+
+    def subprocess_files(self) -> list[str]:
+        """Data files written by measured subprocesses of this process (``patch = subprocess``)."""
+        own = self.data_path.name
+        return sorted(
+            str(p) for p in self.data_dir.glob(".coverage.*") if p.name != own and p.is_file()
+        )

@@ -1,0 +1,51 @@
+"""The exceptions pytest-distcov raises, and the one warning class it owns.
+
+Hierarchy::
+
+    DistCovError                 anything pytest-distcov reports as a clear, one-line error
+    ├── SettingsError            a bad option, ini value or coverage config (-> pytest.UsageError)
+    ├── ProtocolError            a worker message we cannot understand (version, shape)
+    ├── DataFileError            a coverage data file that cannot be read or written
+    └── ReportError              a report that cannot be produced
+
+Every message is written for the user: it names the option, file or worker concerned and, where
+there is one, what to do. The edges (the pytest plugin and the command line) turn these into
+``pytest.UsageError``, a terminal line, or an exit status; users never see a traceback for them.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "DataFileError",
+    "DistCovError",
+    "ProtocolError",
+    "PytestDistCovWarning",
+    "ReportError",
+    "SettingsError",
+]
+
+
+class DistCovError(Exception):
+    """Base class of every error pytest-distcov reports to the user."""
+
+
+class SettingsError(DistCovError):
+    """A bad command-line option, ini value, or coverage configuration."""
+
+
+class ProtocolError(DistCovError):
+    """A message between worker and controller that does not follow the protocol."""
+
+
+class DataFileError(DistCovError):
+    """A coverage data file that cannot be read or written."""
+
+
+class ReportError(DistCovError):
+    """A report that cannot be produced."""
+
+
+class PytestDistCovWarning(UserWarning):
+    """Warnings pytest-distcov itself emits (rare: notes go to the terminal instead)."""
+
+    __module__ = "pytest_distcov"

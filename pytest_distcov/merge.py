@@ -1,0 +1,244 @@
+"""Combining coverage data: worker deltas, recovered data files, the final data file.
+
+Everything here speaks coverage.py's public data API (``CoverageData``) and never pytest.
+
+* :class:`Accumulator` is the controller's in-memory union: sets of lines (or arcs) per context
+  and file. Its size grows with the number of covered lines, never with the number of tests,
+  chunks or workers, because a union stores each line once.
+* :class:`DeltaReader` is the worker's side: it reads the worker's own data file and returns only
+  what the controller has not been sent yet.
+* :func:`read_data_file` and :func:`write_data_file` open and atomically save data files, with
+  errors that name the file.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import sqlite3
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from coverage import CoverageData
+from coverage.exceptions import CoverageException
+
+from .errors import DataFileError
+from .protocol import ContextData, Payload, empty_payload
+
+__all__ = ["Accumulator", "DeltaReader", "read_data_file", "write_data_file"]
+
+PathMapper = Callable[[str], str]
+#: Line numbers, or (from, to) arcs when branch coverage is on: one run never mixes the two.
+Measured = set[Any]
+
+# What sqlite and coverage raise on a damaged or foreign file.
+_READ_ERRORS = (CoverageException, sqlite3.Error, OSError, ValueError)
+
+
+def _identity(path: str) -> str:
+    return path
+
+
+class Accumulator:
+    """The union of coverage data from many sources, kept in memory."""
+
+    def __init__(self, *, branch: bool) -> None:
+        self.branch = branch
+        # context label -> file -> line numbers (or arcs when branch is on)
+        self._data: dict[str, dict[str, Measured]] = {}
+        self._tracers: dict[str, str] = {}
+        self._touched: dict[str, set[str]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self._data or self._touched)
+
+    # -- adding -----------------------------------------------------------------------------
+
+    def _bucket(self, context: str, path: str) -> Measured:
+        files = self._data.setdefault(context, {})
+        bucket = files.get(path)
+        if bucket is None:
+            bucket = files[path] = set()
+        return bucket
+
+    def add_payload(self, payload: Payload, map_path: PathMapper = _identity) -> int:
+        """Merge a worker's payload; return how many lines or arcs were new here."""
+        new = 0
+        for context, ctx in payload["contexts"].items():
+            lines, arcs = ctx["lines"], ctx["arcs"]
+            if (arcs and not self.branch) or (lines and self.branch):
+                raise DataFileError(
+                    "a worker sent "
+                    + ("branch (arc)" if arcs else "line")
+                    + " data into a run measuring "
+                    + ("branches" if self.branch else "lines only")
+                    + ": every worker must use the same branch setting"
+                )
+            for path, items in (arcs or lines).items():
+                bucket = self._bucket(context, map_path(path))
+                before = len(bucket)
+                bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
+                new += len(bucket) - before
+        for path, plugin in payload["tracers"].items():
+            self._tracers[map_path(path)] = plugin
+        for plugin, paths in payload["touched"].items():
+            self._touched.setdefault(plugin, set()).update(map_path(p) for p in paths)
+        return new
+
+    # -- reading out ------------------------------------------------------------------------
+
+    def files(self) -> set[str]:
+        found: set[str] = set()
+        for files in self._data.values():
+            found.update(files)
+        for paths in self._touched.values():
+            found.update(paths)
+        return found
+
+    def covered_lines(self) -> dict[str, set[int]]:
+        """Executed line numbers per file, all contexts together."""
+        out: dict[str, set[int]] = {}
+        for files in self._data.values():
+            for path, items in files.items():
+                lines = out.setdefault(path, set())
+                if self.branch:
+                    lines.update(a for arc in items for a in arc if a > 0)
+                else:
+                    lines.update(items)
+        return out
+
+    def size(self) -> int:
+        return sum(len(items) for files in self._data.values() for items in files.values())
+
+    def write_into(self, data: CoverageData) -> None:
+        """Add everything accumulated to ``data`` (which may hold data already)."""
+        if self.branch:
+            data.add_arcs({})
+        else:
+            data.add_lines({})
+        for context, files in sorted(self._data.items()):
+            data.set_context(context or None)
+            if self.branch:
+                data.add_arcs({p: sorted(a) for p, a in files.items()})
+            else:
+                data.add_lines({p: sorted(ls) for p, ls in files.items()})
+        data.set_context(None)
+        if self._tracers:
+            data.add_file_tracers(self._tracers)
+        for plugin, paths in sorted(self._touched.items()):
+            data.touch_files(sorted(paths), plugin or None)
+
+
+def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
+    """Open a coverage data file for reading, with an error that names it."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise DataFileError(f"coverage data file {path} does not exist")
+    data = CoverageData(basename=path)
+    try:
+        data.read()
+        data.measured_files()
+    except _READ_ERRORS as exc:
+        raise DataFileError(
+            f"cannot read coverage data file {path}: {exc}".rstrip(".")
+            + " (is it a coverage.py data file of this coverage version?)"
+        ) from None
+    return data
+
+
+def update_from_file(target: CoverageData, path: str | os.PathLike[str]) -> None:
+    """Union the data file at ``path`` into ``target``; the file itself is not changed."""
+    source = read_data_file(path)
+    try:
+        target.update(source)
+    except _READ_ERRORS as exc:
+        raise DataFileError(f"cannot combine coverage data file {os.fspath(path)}: {exc}") from None
+    finally:
+        source.close()
+
+
+def write_data_file(
+    target: str | os.PathLike[str],
+    fill: Callable[[CoverageData], None],
+) -> None:
+    """Write a complete data file to ``target`` atomically.
+
+    ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target``; only when it
+    has finished is the new file renamed over ``target``, so a failure never leaves a partial or
+    damaged data file behind (and never touches an existing one).
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    # Not ".coverage.*": coverage's own combine would pick that name up.
+    tmp = target.with_name(f"{target.name}-distcov-{os.getpid()}.tmp")
+    tmp.unlink(missing_ok=True)
+    data = CoverageData(basename=str(tmp))
+    try:
+        fill(data)
+        data.close(force=True)
+        os.replace(tmp, target)
+    except BaseException:
+        data.close(force=True)
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def _context_pattern(label: str) -> str:
+    return f"^{re.escape(label)}$"
+
+
+class DeltaReader:
+    """Computes what is new in a data file since the last call (the worker's side of streaming).
+
+    Each call opens the file afresh (a long-lived reader would not see files added later), reads
+    every file's lines or arcs, and keeps a shadow of what was returned before.
+    """
+
+    def __init__(self, *, branch: bool) -> None:
+        self.branch = branch
+        self._sent: dict[str, dict[str, Measured]] = {}
+        self._sent_tracers: dict[str, str] = {}
+        self._sent_files: set[str] = set()
+
+    def delta_from_file(self, path: str) -> Payload:
+        data = CoverageData(basename=path)
+        try:
+            data.read()
+            return self.delta(data)
+        finally:
+            data.close()
+
+    def delta(self, data: CoverageData) -> Payload:
+        payload = empty_payload()
+        files = sorted(data.measured_files())
+        contexts = sorted(data.measured_contexts()) or [""]
+        for label in contexts:
+            if len(contexts) > 1:
+                data.set_query_contexts([_context_pattern(label)])
+            sent = self._sent.setdefault(label, {})
+            ctx: ContextData = {"lines": {}, "arcs": {}}
+            for path in files:
+                items: Iterable[Any] | None = data.arcs(path) if self.branch else data.lines(path)
+                if not items:
+                    continue
+                shadow = sent.setdefault(path, set())
+                fresh = set(items) - shadow
+                if fresh:
+                    shadow.update(fresh)
+                    if self.branch:
+                        ctx["arcs"][path] = sorted(fresh)
+                    else:
+                        ctx["lines"][path] = sorted(fresh)
+            if ctx["lines"] or ctx["arcs"]:
+                payload["contexts"][label] = ctx
+        if len(contexts) > 1:
+            data.set_query_contexts(None)
+        for path in files:
+            tracer = data.file_tracer(path) or ""
+            if tracer and self._sent_tracers.get(path) != tracer:
+                payload["tracers"][path] = self._sent_tracers[path] = tracer
+            if path not in self._sent_files:
+                self._sent_files.add(path)
+                payload["touched"].setdefault(tracer, []).append(path)
+        return payload

@@ -1,0 +1,233 @@
+"""Command-line options and ini keys, resolved once into a frozen :class:`Settings`.
+
+Precedence, highest first: command line, then the pytest ini file (pytest.ini, pyproject.toml,
+tox.ini or setup.cfg, whichever pytest chose), then coverage.py's own configuration, then
+coverage's defaults. Every bad value raises :class:`SettingsError` naming where it came from, e.g.
+``invalid value 'abc' for distcov_fail_under in pytest.ini: expected a number from 0 to 100``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from .errors import SettingsError
+from .report import REPORT_KINDS, ReportSpec, parse_report_spec
+
+__all__ = ["Settings", "add_options", "resolve"]
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything the run needs to know about pytest-distcov's options, validated."""
+
+    enabled: bool
+    source: tuple[str, ...] | None
+    reports: tuple[ReportSpec, ...]
+    fail_under: float | None
+    branch: bool | None
+    config_file: str | bool
+    append: bool
+    rootdir: Path
+
+
+def add_options(parser: pytest.Parser) -> None:
+    group = parser.getgroup("distcov", "distributed coverage (pytest-distcov)")
+    group.addoption(
+        "--distcov",
+        action="store_true",
+        default=None,
+        help="Measure coverage in the controller and every worker, and report it combined.",
+    )
+    group.addoption(
+        "--no-distcov",
+        action="store_true",
+        default=False,
+        help="Do not measure coverage, even if the ini file turns it on.",
+    )
+    group.addoption(
+        "--distcov-source",
+        action="append",
+        metavar="PATH_OR_PACKAGE",
+        default=None,
+        help="A directory or package to measure (repeatable). Default: coverage's [run] source.",
+    )
+    group.addoption(
+        "--distcov-report",
+        action="append",
+        metavar="TYPE[:DEST]",
+        default=None,
+        help=(
+            "Report to produce (repeatable): "
+            + ", ".join(REPORT_KINDS)
+            + "; 'term-missing:skip-covered' hides complete files; an empty value turns reports"
+            " off. Default: term."
+        ),
+    )
+    group.addoption(
+        "--distcov-fail-under",
+        metavar="PCT",
+        default=None,
+        help="Fail the run when the total coverage is below PCT (0 to 100).",
+    )
+    group.addoption(
+        "--distcov-branch",
+        action="store_true",
+        default=None,
+        help="Measure branch coverage too. Default: coverage's [run] branch.",
+    )
+    group.addoption(
+        "--distcov-config",
+        metavar="FILE",
+        default=None,
+        help=(
+            "coverage.py configuration file. Default: coverage's own search "
+            "(.coveragerc, setup.cfg, tox.ini, pyproject.toml)."
+        ),
+    )
+    group.addoption(
+        "--distcov-append",
+        action="store_true",
+        default=None,
+        help="Add to the existing coverage data file instead of starting fresh.",
+    )
+
+    parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
+    parser.addini(
+        "distcov_source",
+        "Directories or packages to measure, one per line (like --distcov-source).",
+        type="linelist",
+        default=None,
+    )
+    parser.addini(
+        "distcov_report",
+        "Reports to produce, one per line (like --distcov-report).",
+        type="linelist",
+        default=None,
+    )
+    parser.addini(
+        "distcov_fail_under",
+        "Fail when total coverage is below this percentage.",
+        type="float",
+        default=None,
+    )
+    parser.addini("distcov_branch", "Measure branch coverage.", type="bool", default=None)
+    parser.addini("distcov_config", "coverage.py configuration file.", type="string", default=None)
+    parser.addini("distcov_append", "Add to existing coverage data.", type="bool", default=None)
+
+
+# -- resolution ---------------------------------------------------------------------------------
+
+
+def _ini_origin(config: pytest.Config, key: str) -> str:
+    where = config.inipath.name if config.inipath else "the ini file"
+    return f"{key} in {where}"
+
+
+def _ini(config: pytest.Config, key: str) -> Any:
+    """The ini value of ``key`` (None when unset), or a SettingsError naming the key."""
+    try:
+        return config.getini(key)
+    except (pytest.UsageError, ValueError, TypeError) as exc:
+        raise SettingsError(f"invalid value for {_ini_origin(config, key)}: {exc}") from None
+
+
+def _ini_dir(config: pytest.Config) -> Path:
+    return config.inipath.parent if config.inipath else config.rootpath
+
+
+def _parse_percent(raw: object, origin: str) -> float:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or not 0 <= value <= 100:
+        raise SettingsError(f"invalid value {raw!r} for {origin}: expected a number from 0 to 100")
+    return value
+
+
+def _resolve_reports(config: pytest.Config, ns: Any) -> tuple[ReportSpec, ...]:
+    raw: list[str] | None = getattr(ns, "distcov_report", None)
+    origin = "--distcov-report"
+    if raw is None:
+        raw = _ini(config, "distcov_report")
+        origin = _ini_origin(config, "distcov_report")
+    if raw is None:
+        raw = ["term"]
+    specs: list[ReportSpec] = []
+    for entry in raw:
+        text = entry.strip()
+        if not text:  # "--distcov-report=" turns reports off
+            continue
+        try:
+            specs.append(parse_report_spec(text))
+        except SettingsError as exc:
+            raise SettingsError(f"invalid value {text!r} for {origin}: {exc}") from None
+    return tuple(specs)
+
+
+def _resolve_source(config: pytest.Config, ns: Any) -> tuple[str, ...] | None:
+    cli: list[str] | None = getattr(ns, "distcov_source", None)
+    if cli:
+        return tuple(cli)
+    ini: list[str] | None = _ini(config, "distcov_source")
+    if ini:
+        # Paths in an ini file are relative to that file; package names stay as they are.
+        base = _ini_dir(config)
+        return tuple(str(base / s) if (base / s).is_dir() else s for s in ini)
+    return None
+
+
+def _resolve_config_file(config: pytest.Config, ns: Any) -> str | bool:
+    raw: str | None = getattr(ns, "distcov_config", None)
+    origin = "--distcov-config"
+    path: Path | None = Path(raw) if raw else None
+    if path is None:
+        ini = _ini(config, "distcov_config")
+        if ini:
+            path = _ini_dir(config) / ini
+            origin = _ini_origin(config, "distcov_config")
+    if path is None:
+        return True  # coverage's own search
+    if not path.is_file():
+        raise SettingsError(f"coverage config file {str(path)!r} given by {origin} does not exist")
+    return str(path.resolve())
+
+
+def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
+    cli = getattr(ns, dest, None)
+    if cli is not None:
+        return bool(cli)
+    ini = _ini(config, key)
+    return None if ini is None else bool(ini)
+
+
+def resolve(config: pytest.Config) -> Settings:
+    """Resolve every option once. Call with the early config (known args already parsed)."""
+    ns = config.known_args_namespace
+    enabled = bool(_flag(config, ns, "distcov", "distcov")) and not getattr(ns, "no_distcov", False)
+
+    fail_under: float | None = None
+    cli_fail = getattr(ns, "distcov_fail_under", None)
+    if cli_fail is not None:
+        fail_under = _parse_percent(cli_fail, "--distcov-fail-under")
+    else:
+        ini_fail = _ini(config, "distcov_fail_under")
+        if ini_fail is not None:
+            fail_under = _parse_percent(ini_fail, _ini_origin(config, "distcov_fail_under"))
+
+    return Settings(
+        enabled=enabled,
+        source=_resolve_source(config, ns),
+        reports=_resolve_reports(config, ns),
+        fail_under=fail_under,
+        branch=_flag(config, ns, "distcov_branch", "distcov_branch"),
+        config_file=_resolve_config_file(config, ns),
+        append=bool(_flag(config, ns, "distcov_append", "distcov_append")),
+        rootdir=Path(os.path.abspath(config.rootpath)),
+    )

@@ -1,0 +1,154 @@
+"""The pytest entry point ``distcov``: options, an early start, then one role object.
+
+* ``pytest_load_initial_conftests`` (before any conftest is imported): resolve the settings once,
+  validate them, and start measuring, in the controller and in every xdist worker alike (a worker
+  is known by ``PYTEST_XDIST_WORKER``, which xdist sets before the worker's config exists).
+* ``pytest_configure``: register exactly one role object: :class:`~.worker.WorkerRole` in an
+  xdist worker, :class:`~.controller.ControllerRole` elsewhere (plus its xdist hooks only when
+  xdist distributes the run). No hook body asks "am I a worker?".
+
+Installing the plugin changes nothing until ``--distcov`` or ``distcov = true`` asks for it.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from .controller import ControllerRole, OutputPlan, XdistControllerHooks
+from .engine import Engine, MeasureSpec
+from .errors import DistCovError
+from .options import Settings, add_options, resolve
+from .worker import NoCoverHooks, WorkerRole
+
+ENGINE_KEY = pytest.StashKey[Engine]()
+SETTINGS_KEY = pytest.StashKey[Settings]()
+SPEC_KEY = pytest.StashKey[MeasureSpec]()
+PLAN_KEY = pytest.StashKey[OutputPlan]()
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    add_options(parser)
+
+
+def _expects_xdist_controller(config: pytest.Config) -> bool:
+    """Will xdist distribute this run? (xdist decides later; this mirrors its test.)"""
+    if not config.pluginmanager.has_plugin("xdist"):
+        return False
+    ns = config.known_args_namespace
+    return bool(
+        getattr(ns, "numprocesses", None)
+        or getattr(ns, "dist", "no") != "no"
+        or getattr(ns, "distload", False)
+    )
+
+
+def _usage_error(exc: DistCovError) -> pytest.UsageError:
+    return pytest.UsageError(f"distcov: {exc}")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    try:
+        settings = resolve(early_config)
+    except DistCovError as exc:
+        raise _usage_error(exc) from None
+    early_config.stash[SETTINGS_KEY] = settings
+    ns = early_config.known_args_namespace
+    if not settings.enabled or ns.help or ns.version or getattr(ns, "collectonly", False):
+        return
+    if getattr(ns, "cov_source", None):
+        raise pytest.UsageError(
+            "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
+        )
+    spec = MeasureSpec(settings.source, settings.branch, settings.config_file)
+    early_config.stash[SPEC_KEY] = spec
+    worker_id = os.environ.get("PYTEST_XDIST_WORKER")
+    dist = worker_id is None and _expects_xdist_controller(early_config)
+    try:
+        if worker_id is None:
+            # Validate where the data goes (and --distcov-append) before anything runs.
+            early_config.stash[PLAN_KEY] = OutputPlan.make(settings, spec)
+        engine = Engine(
+            spec,
+            Path(tempfile.mkdtemp(prefix=f"distcov-{worker_id or 'controller'}-")),
+            worker_id or "controller",
+            subprocesses=not dist,
+            partial=worker_id is not None or dist,
+        )
+        engine.start()
+    except DistCovError as exc:
+        raise _usage_error(exc) from None
+    early_config.stash[ENGINE_KEY] = engine
+
+
+def _worker_count(config: pytest.Config) -> int:
+    n = config.getoption("numprocesses", None)
+    if isinstance(n, int) and n > 0:
+        return n
+    total = 0
+    for spec in config.getoption("tx", None) or []:
+        mult, star, _ = str(spec).partition("*")
+        total += int(mult) if star and mult.isdigit() else 1
+    return total
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        "no_cover: do not measure coverage in this test's call phase (as with pytest-cov).",
+    )
+    engine = config.stash.get(ENGINE_KEY, None)
+    if engine is None:
+        return
+    workerinput = getattr(config, "workerinput", None)
+    if workerinput is not None:
+        channel = workerinput.get("distcov_channel")
+        if channel is None:  # the controller does not collect coverage: nothing to send to
+            engine.finish()
+            shutil.rmtree(engine.data_dir, ignore_errors=True)
+            return
+        config.pluginmanager.register(
+            WorkerRole(engine, channel, workerinput["workerid"]), "distcov-worker"
+        )
+        config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
+        return
+
+    settings = config.stash[SETTINGS_KEY]
+    spec = config.stash[SPEC_KEY]
+    plan = config.stash.get(PLAN_KEY, None)
+    if plan is None:  # a nested pytest that inherited PYTEST_XDIST_WORKER
+        try:
+            plan = OutputPlan.make(settings, spec)
+        except DistCovError as exc:
+            raise _usage_error(exc) from None
+    dist = (
+        config.pluginmanager.has_plugin("xdist")
+        and config.getoption("dist", "no") != "no"
+        and not config.getoption("collectonly", False)
+    )
+    role = ControllerRole(
+        config, settings, spec, plan, engine, workers=_worker_count(config) if dist else 0
+    )
+    config.pluginmanager.register(role, "distcov-controller")
+    if dist:
+        config.pluginmanager.register(XdistControllerHooks(role), "distcov-xdist")
+    else:
+        config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """A run that stopped before its session finished: stop measuring, leave no files behind."""
+    engine = config.stash.get(ENGINE_KEY, None)
+    if engine is not None and engine.running:
+        engine.pause()
+        shutil.rmtree(engine.data_dir, ignore_errors=True)
+
+
+@pytest.fixture
+def no_cover() -> None:
+    """A test that uses this fixture is not measured during its call phase (as with pytest-cov)."""

@@ -1,0 +1,174 @@
+"""Reports from a coverage data file: terminal, html, xml, json, lcov, markdown; fail-under.
+
+Shared by the pytest plugin and the ``pytest-distcov report`` command, so both write the same
+reports for the same data. Knows coverage.py's public ``Coverage`` reporting API, never pytest.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TextIO
+
+from coverage import Coverage
+from coverage.exceptions import CoverageException, CoverageWarning
+
+from .errors import ReportError, SettingsError
+
+__all__ = [
+    "REPORT_KINDS",
+    "ReportOutcome",
+    "ReportSpec",
+    "capture_coverage_warnings",
+    "fails_under",
+    "format_percent",
+    "parse_report_spec",
+    "precision_of",
+    "produce_reports",
+]
+
+REPORT_KINDS = ("term", "term-missing", "html", "xml", "json", "lcov", "markdown")
+_TERM_KINDS = ("term", "term-missing")
+
+
+@dataclass(frozen=True)
+class ReportSpec:
+    """One requested report: ``kind``, where to write it, and (terminal only) skip-covered."""
+
+    kind: str
+    dest: str | None = None
+    skip_covered: bool = False
+
+    def __str__(self) -> str:
+        if self.skip_covered:
+            return f"{self.kind}:skip-covered"
+        return f"{self.kind}:{self.dest}" if self.dest else self.kind
+
+
+def parse_report_spec(text: str) -> ReportSpec:
+    kind, sep, dest = text.partition(":")
+    kind = kind.strip().lower()
+    if kind not in REPORT_KINDS:
+        raise SettingsError(f"unknown report type {kind!r}; choose from {', '.join(REPORT_KINDS)}")
+    if kind in _TERM_KINDS:
+        if sep and dest != "skip-covered":
+            raise SettingsError(f"{kind} takes only ':skip-covered', not {dest!r}")
+        return ReportSpec(kind, None, skip_covered=bool(sep))
+    if sep and not dest:
+        raise SettingsError(f"{kind}: is missing the destination after ':'")
+    return ReportSpec(kind, dest or None)
+
+
+@dataclass
+class ReportOutcome:
+    total: float | None = None
+    written: list[str] = field(default_factory=list)
+    notes: list[str] = field(default_factory=list)
+
+
+@contextmanager
+def capture_coverage_warnings(notes: list[str]) -> Iterator[None]:
+    """Turn warnings raised inside coverage calls into plain notes (never raised in a suite
+    that runs with ``filterwarnings = error``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        prefix = "coverage" if issubclass(w.category, CoverageWarning) else w.category.__name__
+        msg = f"{prefix}: {w.message}"
+        if msg not in notes:
+            notes.append(msg)
+
+
+def fails_under(total: float, threshold: float, precision: int) -> bool:
+    """True when ``total`` misses ``threshold``, decided exactly as coverage.py decides it."""
+    if threshold == 100.0 and total != 100.0:
+        return True
+    return round(total, precision) < threshold
+
+
+def format_percent(total: float, precision: int) -> str:
+    return f"{total:.{precision}f}%"
+
+
+def precision_of(cov: Coverage) -> int:
+    """The ``[report] precision`` coverage uses for percentages."""
+    value = cov.get_option("report:precision")
+    return value if isinstance(value, int) else 0
+
+
+def _markdown(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutcome) -> float:
+    buf = io.StringIO()
+    total = cov.report(file=buf, output_format="markdown")
+    if spec.dest:
+        with open(spec.dest, "w", encoding="utf-8") as f:
+            f.write(buf.getvalue())
+        outcome.written.append(spec.dest)
+        return total
+    summary = os.environ.get("GITHUB_STEP_SUMMARY")
+    if summary:
+        with open(summary, "a", encoding="utf-8") as f:
+            f.write(buf.getvalue() + "\n")
+        outcome.written.append(f"{summary} (GITHUB_STEP_SUMMARY)")
+    else:
+        term.write(buf.getvalue())
+    return total
+
+
+def _one_report(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutcome) -> float:
+    kind, dest = spec.kind, spec.dest
+    if kind in _TERM_KINDS:
+        return cov.report(
+            file=term,
+            show_missing=True if kind == "term-missing" else None,
+            skip_covered=True if spec.skip_covered else None,
+        )
+    if kind == "markdown":
+        return _markdown(cov, spec, term, outcome)
+    if kind == "html":
+        total = cov.html_report(directory=dest)
+        outcome.written.append(f"{dest or cov.get_option('html:directory')}/index.html")
+        return total
+    if kind == "xml":
+        total = cov.xml_report(outfile=dest)
+        outcome.written.append(str(dest or cov.get_option("xml:output")))
+        return total
+    if kind == "json":
+        total = cov.json_report(outfile=dest)
+        outcome.written.append(str(dest or cov.get_option("json:output")))
+        return total
+    assert kind == "lcov", kind
+    total = cov.lcov_report(outfile=dest)
+    outcome.written.append(str(dest or cov.get_option("lcov:output")))
+    return total
+
+
+def produce_reports(
+    cov: Coverage,
+    specs: tuple[ReportSpec, ...] | list[ReportSpec],
+    term: TextIO,
+    *,
+    need_total: bool,
+) -> ReportOutcome:
+    """Write every report in ``specs`` from the data ``cov`` has loaded.
+
+    The terminal ones go to ``term``. The total is computed even without a report when
+    ``need_total`` (for fail-under). Raises :class:`ReportError` naming the failed report.
+    """
+    outcome = ReportOutcome()
+    with capture_coverage_warnings(outcome.notes):
+        for spec in specs:
+            try:
+                outcome.total = _one_report(cov, spec, term, outcome)
+            except (CoverageException, OSError) as exc:
+                raise ReportError(f"could not produce the {spec} report: {exc}") from None
+        if outcome.total is None and need_total:
+            try:
+                outcome.total = cov.report(file=io.StringIO(), output_format="total")
+            except CoverageException as exc:
+                raise ReportError(f"could not compute the total coverage: {exc}") from None
+    return outcome

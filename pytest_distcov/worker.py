@@ -1,0 +1,114 @@
+"""The worker role: an xdist worker (local or on a remote host) that measures and streams.
+
+After every test the engine flushes to the worker's own data file, which costs one small SQLite
+write and makes every finished test durable: if the worker is killed, the controller recovers
+that file. Streaming to the controller is batched by time. A chunk is what is new in the data
+file since the previous chunk, and the pause between chunks grows with what a chunk costs, so
+streaming never takes more than about 2 % of the worker's time.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import shutil
+import time
+from collections.abc import Generator
+from typing import Any
+
+import coverage
+import pytest
+
+from .engine import Engine
+from .merge import DeltaReader, read_data_file
+from .protocol import PROTOCOL_VERSION, Chunk, Hello, Payload, empty_payload, payload_is_empty
+from .report import capture_coverage_warnings
+
+__all__ = ["NoCoverHooks", "WorkerRole"]
+
+#: Shortest pause between two chunks, in seconds.
+MIN_INTERVAL = 0.5
+#: The pause is at least this many times what the last chunk cost, bounding the overhead (~2 %).
+COST_FACTOR = 50.0
+
+
+class NoCoverHooks:
+    """pytest-cov's ``no_cover`` marker and fixture: the test's call phase is not measured."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    @pytest.hookimpl(wrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Generator[None, Any, Any]:
+        if item.get_closest_marker("no_cover") or "no_cover" in getattr(item, "fixturenames", ()):
+            self.engine.pause()
+            try:
+                return (yield)
+            finally:
+                self.engine.resume()
+        return (yield)
+
+
+class WorkerRole:
+    """Streams this worker's coverage to the controller over a private execnet channel."""
+
+    def __init__(self, engine: Engine, channel: Any, worker_id: str) -> None:
+        self.engine = engine
+        self.channel = channel
+        self.worker_id = worker_id
+        self.reader = DeltaReader(branch=engine.branch)
+        self.seq = 0
+        self.tests = 0
+        self.interval = MIN_INTERVAL
+        self.last_send = time.monotonic()
+        hello: Hello = {
+            "proto": PROTOCOL_VERSION,
+            "kind": "hello",
+            "worker": worker_id,
+            "host": platform.node(),
+            "pid": os.getpid(),
+            "python": platform.python_version(),
+            "coverage": coverage.__version__,
+            "core": engine.core,
+            "datadir": str(engine.data_dir),
+        }
+        channel.send(hello)
+
+    def _send(self, kind: str, payload: Payload, notes: list[str] | None = None) -> None:
+        self.seq += 1
+        chunk: Chunk = {
+            "proto": PROTOCOL_VERSION,
+            "kind": kind,  # type: ignore[typeddict-item]
+            "worker": self.worker_id,
+            "seq": self.seq,
+            "tests": self.tests,
+            "data": payload,
+            "notes": notes or [],
+        }
+        self.channel.send(chunk)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_runtest_logfinish(self) -> None:
+        self.engine.flush()
+        self.tests += 1
+        now = time.monotonic()
+        if now - self.last_send < self.interval:
+            return
+        with capture_coverage_warnings(self.engine.notes):
+            payload = self.reader.delta_from_file(str(self.engine.data_path))
+        if not payload_is_empty(payload):
+            self._send("chunk", payload)
+        done = time.monotonic()
+        self.last_send = done
+        self.interval = max(MIN_INTERVAL, COST_FACTOR * (done - now))
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self) -> None:
+        data = self.engine.finish()
+        self._send("chunk", self.reader.delta(data))
+        # Data of measured subprocesses, each file whole (the controller takes the union).
+        for path in self.engine.subprocess_files():
+            self._send("chunk", DeltaReader(branch=self.engine.branch).delta(read_data_file(path)))
+        self._send("final", empty_payload(), self.engine.notes)
+        # Everything is on the channel now; the durable copy is no longer needed.
+        shutil.rmtree(self.engine.data_dir, ignore_errors=True)
