@@ -227,9 +227,10 @@ class ControllerRole:
         datadir = Path(state.hello["datadir"])
         files = sorted(str(p) for p in datadir.glob(".coverage.*") if p.is_file())
         self.recover_paths.extend((state.id, f) for f in files)
+        found = f"{len(files)} data file{'s' if len(files) != 1 else ''}"
         self.summary.append(
-            f"distcov: worker {state.id} ({state.hello['host']}) crashed after {state.tests}"
-            f"+ tests: recovering its data file{'s' if len(files) != 1 else ''} from {datadir}"
+            f"distcov: worker {state.id} on {state.hello['host']} crashed ({state.down_error});"
+            f" recovering the data of its finished tests: {found} in {datadir}"
         )
 
     # -- the end ----------------------------------------------------------------------------

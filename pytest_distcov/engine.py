@@ -125,6 +125,10 @@ class Engine:
             # coverage's .pth start a second tracer in every worker it spawns.
             patch = self._list_option("run:patch")
             self.cov.set_option("run:patch", [p for p in patch if p != "subprocess"])
+        # Like coverage.py's own code, pytest-distcov's never belongs in the user's report (it runs
+        # in every measured process, but a serial `coverage run -m pytest` never loads it).
+        own_code = str(Path(__file__).resolve().parent / "*")
+        self.cov.set_option("run:omit", [*self._list_option("run:omit"), own_code])
         # With the user's own dynamic contexts, coverage switches (and so flushes) by itself,
         # and a switch of ours would conflict with it.
         self._flush_by_switch = not self.cov.get_option("run:dynamic_context")

@@ -33,6 +33,7 @@ class Settings:
     branch: bool | None
     config_file: str | bool
     append: bool
+    stream_interval: float
     rootdir: Path
 
 
@@ -97,6 +98,18 @@ def add_options(parser: pytest.Parser) -> None:
         help="Add to the existing coverage data file instead of starting fresh.",
     )
 
+    group.addoption(
+        "--distcov-stream-interval",
+        metavar="SECONDS",
+        default=None,
+        help=(
+            "Shortest pause between two chunks a worker streams to the controller (default 0.5;"
+            " it grows on its own when chunks are costly; 0 streams after every test). Data is"
+            " safe on the worker's disk after every test either way; this bounds what a lost"
+            " remote host can take with it."
+        ),
+    )
+
     parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
     parser.addini(
         "distcov_source",
@@ -119,6 +132,12 @@ def add_options(parser: pytest.Parser) -> None:
     parser.addini("distcov_branch", "Measure branch coverage.", type="bool", default=None)
     parser.addini("distcov_config", "coverage.py configuration file.", type="string", default=None)
     parser.addini("distcov_append", "Add to existing coverage data.", type="bool", default=None)
+    parser.addini(
+        "distcov_stream_interval",
+        "Shortest pause between two streamed chunks, in seconds.",
+        type="float",
+        default=None,
+    )
 
 
 # -- resolution ---------------------------------------------------------------------------------
@@ -148,6 +167,28 @@ def _parse_percent(raw: object, origin: str) -> float:
         value = math.nan
     if math.isnan(value) or not 0 <= value <= 100:
         raise SettingsError(f"invalid value {raw!r} for {origin}: expected a number from 0 to 100")
+    return value
+
+
+DEFAULT_STREAM_INTERVAL = 0.5
+
+
+def _resolve_stream_interval(config: pytest.Config, ns: Any) -> float:
+    raw: object = getattr(ns, "distcov_stream_interval", None)
+    origin = "--distcov-stream-interval"
+    if raw is None:
+        raw = _ini(config, "distcov_stream_interval")
+        origin = _ini_origin(config, "distcov_stream_interval")
+    if raw is None:
+        return DEFAULT_STREAM_INTERVAL
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or value < 0:
+        raise SettingsError(
+            f"invalid value {raw!r} for {origin}: expected a number of seconds, 0 or more"
+        )
     return value
 
 
@@ -229,5 +270,6 @@ def resolve(config: pytest.Config) -> Settings:
         branch=_flag(config, ns, "distcov_branch", "distcov_branch"),
         config_file=_resolve_config_file(config, ns),
         append=bool(_flag(config, ns, "distcov_append", "distcov_append")),
+        stream_interval=_resolve_stream_interval(config, ns),
         rootdir=Path(os.path.abspath(config.rootpath)),
     )

@@ -16,6 +16,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -107,17 +108,28 @@ def pytest_configure(config: pytest.Config) -> None:
         return
     workerinput = getattr(config, "workerinput", None)
     if workerinput is not None:
-        channel = workerinput.get("distcov_channel")
-        if channel is None:  # the controller does not collect coverage: nothing to send to
-            engine.finish()
-            shutil.rmtree(engine.data_dir, ignore_errors=True)
-            return
-        config.pluginmanager.register(
-            WorkerRole(engine, channel, workerinput["workerid"]), "distcov-worker"
-        )
-        config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
-        return
+        _configure_worker(config, engine, workerinput)
+    else:
+        _configure_controller(config, engine)
 
+
+def _configure_worker(config: pytest.Config, engine: Engine, workerinput: dict[str, Any]) -> None:
+    channel = workerinput.get("distcov_channel")
+    if channel is None:  # the controller does not collect coverage: nothing to send to
+        engine.finish()
+        shutil.rmtree(engine.data_dir, ignore_errors=True)
+        return
+    role = WorkerRole(
+        engine,
+        channel,
+        workerinput["workerid"],
+        min_interval=config.stash[SETTINGS_KEY].stream_interval,
+    )
+    config.pluginmanager.register(role, "distcov-worker")
+    config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
+
+
+def _configure_controller(config: pytest.Config, engine: Engine) -> None:
     settings = config.stash[SETTINGS_KEY]
     spec = config.stash[SPEC_KEY]
     plan = config.stash.get(PLAN_KEY, None)

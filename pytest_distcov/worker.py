@@ -26,8 +26,6 @@ from .report import capture_coverage_warnings
 
 __all__ = ["NoCoverHooks", "WorkerRole"]
 
-#: Shortest pause between two chunks, in seconds.
-MIN_INTERVAL = 0.5
 #: The pause is at least this many times what the last chunk cost, bounding the overhead (~2 %).
 COST_FACTOR = 50.0
 
@@ -52,14 +50,17 @@ class NoCoverHooks:
 class WorkerRole:
     """Streams this worker's coverage to the controller over a private execnet channel."""
 
-    def __init__(self, engine: Engine, channel: Any, worker_id: str) -> None:
+    def __init__(
+        self, engine: Engine, channel: Any, worker_id: str, *, min_interval: float
+    ) -> None:
         self.engine = engine
         self.channel = channel
         self.worker_id = worker_id
         self.reader = DeltaReader(branch=engine.branch)
         self.seq = 0
         self.tests = 0
-        self.interval = MIN_INTERVAL
+        self.min_interval = min_interval
+        self.interval = min_interval
         self.last_send = time.monotonic()
         hello: Hello = {
             "proto": PROTOCOL_VERSION,
@@ -100,7 +101,9 @@ class WorkerRole:
             self._send("chunk", payload)
         done = time.monotonic()
         self.last_send = done
-        self.interval = max(MIN_INTERVAL, COST_FACTOR * (done - now))
+        # An explicit 0 means "after every test", whatever it costs.
+        if self.min_interval > 0:
+            self.interval = max(self.min_interval, COST_FACTOR * (done - now))
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:

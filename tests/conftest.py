@@ -1,0 +1,41 @@
+"""Fixtures shared by the tests; the helpers they use live in ``tests/helpers.py``."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+
+from .helpers import EXAMPLE
+
+# A run under test must not believe it is an xdist worker of the run testing it.
+_SCRUB = (
+    "PYTEST_XDIST_WORKER",
+    "PYTEST_XDIST_WORKER_COUNT",
+    "PYTEST_XDIST_TESTRUNUID",
+    "COVERAGE_PROCESS_START",
+    "COVERAGE_PROCESS_CONFIG",
+    "COVERAGE_CORE",
+    "COVERAGE_FILE",
+    "COVERAGE_RCFILE",
+    "PYTEST_ADDOPTS",
+    "GITHUB_STEP_SUMMARY",
+)
+
+
+@pytest.fixture(autouse=True)
+def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in _SCRUB:
+        monkeypatch.delenv(name, raising=False)
+
+
+@pytest.fixture
+def shapes(pytester: pytest.Pytester) -> Path:
+    """A copy of the example project in the test's directory."""
+    shutil.copytree(EXAMPLE, pytester.path, dirs_exist_ok=True, ignore=_ignore_generated)
+    return pytester.path
+
+
+def _ignore_generated(_dir: str, names: list[str]) -> list[str]:
+    return [n for n in names if n in {"__pycache__", ".pytest_cache"} or n.startswith(".coverage")]
