@@ -40,6 +40,11 @@ def serial_reference(
     cmd += ["-m", "pytest", "-p", "no:distcov", "-p", "no:xdist", "-p", "no:cacheprovider"]
     result = pytester.run(*cmd, *pytest_args, timeout=RUN_TIMEOUT)
     assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
+    if list(pytester.path.glob("serial.coverage.*")):  # parallel files, e.g. patch = subprocess
+        combined = pytester.run(
+            sys.executable, "-m", "coverage", "combine", f"--data-file={data}", timeout=RUN_TIMEOUT
+        )
+        assert combined.ret == 0, combined.stdout.str() + combined.stderr.str()
     assert data.exists()
     return data
 

@@ -1,0 +1,127 @@
+"""Every report kind, fail-under, and coverage.py's own tools on the saved data."""
+
+from __future__ import annotations
+
+import json
+import sys
+import xml.etree.ElementTree as ET
+from pathlib import Path
+
+import pytest
+
+from .helpers import run_pytest
+
+
+def test_every_report_kind(pytester: pytest.Pytester, shapes: Path) -> None:
+    result = run_pytest(
+        pytester,
+        "--distcov",
+        "-n",
+        "2",
+        "--distcov-report=term-missing:skip-covered",
+        "--distcov-report=html:out/html",
+        "--distcov-report=xml:out/cov.xml",
+        "--distcov-report=json:out/cov.json",
+        "--distcov-report=lcov:out/cov.lcov",
+        "--distcov-report=markdown:out/cov.md",
+    )
+    assert result.ret == 0, result.stdout.str()
+    out = result.stdout.str()
+    assert "Missing" in out
+    assert "shapes/__init__.py" not in out  # 100 %: skipped by skip-covered
+    result.stdout.fnmatch_lines(["*shapes/geometry.py*89%*39, 57, 84-88*"])
+    out_dir = shapes / "out"
+    assert (out_dir / "html" / "index.html").exists()
+    root = ET.parse(out_dir / "cov.xml").getroot()
+    assert root.tag == "coverage"
+    report = json.loads((out_dir / "cov.json").read_text())
+    geometry = next(v for k, v in report["files"].items() if k.endswith("geometry.py"))
+    assert geometry["missing_lines"] == [39, 57, 84, 85, 86, 87, 88]
+    assert "SF:" in (out_dir / "cov.lcov").read_text()
+    md = (out_dir / "cov.md").read_text()
+    assert md.startswith("| Name") and "**TOTAL**" in md
+    for name in ("html/index.html", "cov.xml", "cov.json", "cov.lcov", "cov.md"):
+        result.stdout.fnmatch_lines([f"*distcov: wrote *{name}*"])
+
+
+def test_default_destinations_come_from_coverage_config(
+    pytester: pytest.Pytester, shapes: Path
+) -> None:
+    (shapes / ".coveragerc").write_text(
+        "[xml]\noutput = from-config.xml\n[html]\ndirectory = site\n"
+    )
+    result = run_pytest(pytester, "--distcov", "--distcov-report=xml", "--distcov-report=html")
+    assert result.ret == 0
+    assert (shapes / "from-config.xml").exists()
+    assert (shapes / "site" / "index.html").exists()
+
+
+def test_empty_report_value_turns_reports_off(pytester: pytest.Pytester, shapes: Path) -> None:
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-report=")
+    assert result.ret == 0
+    assert "TOTAL" not in result.stdout.str()
+    assert (shapes / ".coverage").exists()  # the data is still saved
+
+
+def test_markdown_without_file_goes_to_step_summary_or_terminal(
+    pytester: pytest.Pytester, shapes: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    result = run_pytest(pytester, "--distcov", "--distcov-report=markdown")
+    result.stdout.fnmatch_lines(["| Name*", "*| **TOTAL** |*"])
+    summary = shapes / "summary.md"
+    monkeypatch.setenv("GITHUB_STEP_SUMMARY", str(summary))
+    result = run_pytest(pytester, "--distcov", "--distcov-report=markdown")
+    assert "**TOTAL**" in summary.read_text()
+    assert "**TOTAL**" not in result.stdout.str()
+
+
+@pytest.mark.parametrize(
+    ("threshold", "status"),
+    [("90", 0), ("90.5", 1), ("95", 1), ("100", 1), ("0", 0)],
+)
+def test_fail_under(pytester: pytest.Pytester, shapes: Path, threshold: str, status: int) -> None:
+    """The example totals 90.48 %, shown as 90 %: 90 passes, 90.5 fails (as coverage decides)."""
+    result = run_pytest(pytester, "--distcov", "-n", "2", f"--distcov-fail-under={threshold}")
+    assert result.ret == status, result.stdout.str()
+    if status:
+        result.stdout.fnmatch_lines(
+            [f"FAIL: total coverage 90% is below the required {float(threshold):.0f}%*"]
+        )
+    else:
+        result.stdout.fnmatch_lines(
+            [f"distcov: required coverage of {float(threshold):.0f}% reached: 90%"]
+        )
+
+
+def test_fail_under_with_precision_and_no_report(pytester: pytest.Pytester, shapes: Path) -> None:
+    (shapes / ".coveragerc").write_text("[report]\nprecision = 2\n")
+    result = run_pytest(pytester, "--distcov", "--distcov-report=", "--distcov-fail-under=90.49")
+    assert result.ret == 1
+    result.stdout.fnmatch_lines(["FAIL: total coverage 90.48% is below the required 90.49%*"])
+
+
+def test_fail_under_keeps_failed_tests_status(pytester: pytest.Pytester, shapes: Path) -> None:
+    (shapes / "tests" / "test_fails.py").write_text("def test_no():\n    assert False\n")
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-fail-under=99")
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+
+
+def test_coverage_tools_work_on_the_saved_data(pytester: pytest.Pytester, shapes: Path) -> None:
+    assert run_pytest(pytester, "--distcov", "-n", "3", "--distcov-branch").ret == 0
+    result = pytester.run(sys.executable, "-m", "coverage", "report", "-m")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["*shapes/geometry.py*", "TOTAL*"])
+    assert pytester.run(sys.executable, "-m", "coverage", "html").ret == 0
+    assert pytester.run(sys.executable, "-m", "coverage", "xml").ret == 0
+    # No stray worker files next to the data file: coverage's combine would eat them.
+    assert not list(shapes.glob(".coverage.*"))
+    assert not list(shapes.glob(".coverage-distcov-*"))
+
+
+def test_report_error_is_clear_and_data_kept(pytester: pytest.Pytester, shapes: Path) -> None:
+    (shapes / "report-target").mkdir()
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-report=json:report-target")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    result.stdout.fnmatch_lines(["*distcov: could not produce the json:report-target report*"])
+    assert "Traceback" not in result.stdout.str()
+    assert (shapes / ".coverage").exists()
