@@ -9,6 +9,7 @@ from __future__ import annotations
 from .errors import (
     DataFileError,
     DistCovError,
+    NothingToReport,
     ProtocolError,
     PytestDistCovWarning,
     ReportError,
@@ -18,6 +19,7 @@ from .errors import (
 __all__ = [
     "DataFileError",
     "DistCovError",
+    "NothingToReport",
     "ProtocolError",
     "PytestDistCovWarning",
     "ReportError",

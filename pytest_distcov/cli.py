@@ -15,6 +15,7 @@ from .errors import DistCovError, SettingsError
 from .merge import read_data_file
 from .report import (
     REPORT_KINDS,
+    fail_under_precision,
     fails_under,
     format_percent,
     parse_report_spec,
@@ -68,7 +69,7 @@ def _report(args: argparse.Namespace) -> int:
     for path in outcome.written:
         print(f"pytest-distcov: wrote {path}")
     if fail_under is not None and outcome.total is not None:
-        precision = precision_of(cov)
+        precision = fail_under_precision(fail_under, precision_of(cov))
         if fails_under(outcome.total, fail_under, precision):
             print(
                 f"pytest-distcov: FAIL: total coverage {format_percent(outcome.total, precision)}"

@@ -30,11 +30,18 @@ import coverage
 import pytest
 
 from .engine import Engine, MeasureSpec, open_coverage
-from .errors import DataFileError, DistCovError, ProtocolError, ReportError, SettingsError
+from .errors import (
+    DataFileError,
+    DistCovError,
+    NothingToReport,
+    ProtocolError,
+    ReportError,
+    SettingsError,
+)
 from .merge import Accumulator, read_data_file, update_from_file, write_data_file
 from .options import Settings
 from .protocol import Chunk, Hello, decode
-from .report import fails_under, format_percent, precision_of, produce_reports
+from .report import fail_under_precision, fails_under, format_percent, precision_of, produce_reports
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 
@@ -289,6 +296,13 @@ class ControllerRole:
             outcome = produce_reports(
                 cov, self.settings.reports, buf, need_total=self.plan.fail_under is not None
             )
+        except NothingToReport as exc:
+            if self.plan.fail_under is None:
+                self.summary.append(f"distcov: {exc}")
+            else:
+                self.errors.append(f"FAIL: {exc}, so --distcov-fail-under cannot be met")
+                self._set_failed(session, pytest.ExitCode.TESTS_FAILED)
+            return
         except ReportError as exc:
             self.errors.append(str(exc))
             self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
@@ -298,8 +312,9 @@ class ControllerRole:
         self.summary.extend(f"distcov: wrote {w}" for w in outcome.written)
         self.total = outcome.total
         if self.plan.fail_under is not None and outcome.total is not None:
-            shown = format_percent(outcome.total, self.plan.precision)
-            wanted = format_percent(self.plan.fail_under, self.plan.precision)
+            places = fail_under_precision(self.plan.fail_under, self.plan.precision)
+            shown = format_percent(outcome.total, places)
+            wanted = format_percent(self.plan.fail_under, places)
             if fails_under(outcome.total, self.plan.fail_under, self.plan.precision):
                 self.errors.append(
                     f"FAIL: total coverage {shown} is below the required {wanted}"

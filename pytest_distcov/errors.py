@@ -7,6 +7,7 @@ Hierarchy::
     ├── ProtocolError            a worker message we cannot understand (version, shape)
     ├── DataFileError            a coverage data file that cannot be read or written
     └── ReportError              a report that cannot be produced
+        └── NothingToReport      no data matched what the reports were asked to show
 
 Every message is written for the user: it names the option, file or worker concerned and, where
 there is one, what to do. The edges (the pytest plugin and the command line) turn these into
@@ -18,6 +19,7 @@ from __future__ import annotations
 __all__ = [
     "DataFileError",
     "DistCovError",
+    "NothingToReport",
     "ProtocolError",
     "PytestDistCovWarning",
     "ReportError",
@@ -43,6 +45,10 @@ class DataFileError(DistCovError):
 
 class ReportError(DistCovError):
     """A report that cannot be produced."""
+
+
+class NothingToReport(ReportError):
+    """The data holds nothing the reports could show (e.g. ``source`` matched no file)."""
 
 
 class PytestDistCovWarning(UserWarning):

@@ -12,18 +12,20 @@ import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from decimal import Decimal
 from typing import TextIO
 
 from coverage import Coverage
-from coverage.exceptions import CoverageException, CoverageWarning
+from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
 
-from .errors import ReportError, SettingsError
+from .errors import NothingToReport, ReportError, SettingsError
 
 __all__ = [
     "REPORT_KINDS",
     "ReportOutcome",
     "ReportSpec",
     "capture_coverage_warnings",
+    "fail_under_precision",
     "fails_under",
     "format_percent",
     "parse_report_spec",
@@ -84,11 +86,22 @@ def capture_coverage_warnings(notes: list[str]) -> Iterator[None]:
             notes.append(msg)
 
 
+def fail_under_precision(threshold: float, precision: int) -> int:
+    """Decimals to judge (and show) a total with: ``[report] precision``, or more when the
+    threshold itself has more (90.55 is judged to 2 places even with precision 0), as in
+    coverage.py."""
+    if threshold == int(threshold):
+        return precision
+    exponent = Decimal(str(threshold)).as_tuple().exponent
+    assert isinstance(exponent, int)
+    return max(precision, -exponent)
+
+
 def fails_under(total: float, threshold: float, precision: int) -> bool:
     """True when ``total`` misses ``threshold``, decided exactly as coverage.py decides it."""
     if threshold == 100.0 and total != 100.0:
-        return True
-    return round(total, precision) < threshold
+        return True  # 100 means 100: 99.999 must not round up to a pass
+    return round(total, fail_under_precision(threshold, precision)) < threshold
 
 
 def format_percent(total: float, precision: int) -> str:
@@ -164,11 +177,17 @@ def produce_reports(
         for spec in specs:
             try:
                 outcome.total = _one_report(cov, spec, term, outcome)
+            except NoDataError:
+                raise NothingToReport(
+                    "no data to report: nothing measured matched the source/include settings"
+                ) from None
             except (CoverageException, OSError) as exc:
                 raise ReportError(f"could not produce the {spec} report: {exc}") from None
         if outcome.total is None and need_total:
             try:
                 outcome.total = cov.report(file=io.StringIO(), output_format="total")
+            except NoDataError:
+                raise NothingToReport("no data to report: nothing measured matched") from None
             except CoverageException as exc:
                 raise ReportError(f"could not compute the total coverage: {exc}") from None
     return outcome

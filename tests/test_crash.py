@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import textwrap
 from pathlib import Path
 
 import pytest
@@ -122,7 +121,8 @@ def test_killed_worker_keeps_finished_tests_from_its_data_file(
     assert out.count("crashed") >= 1
     diff = diff_data(pytester.path / ".coverage", reference)
     # Everything the serial run (without the killer test) measured is there...
-    assert not diff.only_right and not diff.files_only_right, diff
+    assert not diff.only_right, diff
+    assert not diff.files_only_right, diff
     # ... and the only extra lines are those of the test that was killed (f3's body).
     work_file = str(pytester.path / "work.py")
     assert set(diff.only_left.get(work_file, [])) <= F3_BODY, diff
@@ -215,6 +215,7 @@ def test_crash_summary_in_branch_mode_is_exact_too(
     )
     assert result.ret == 1
     diff = diff_data(pytester.path / ".coverage", reference, arcs=True)
-    assert not diff.only_right and not diff.files_only_right, diff
+    assert not diff.only_right, diff
+    assert not diff.files_only_right, diff
     extra = diff.only_left.get(str(pytester.path / "work.py"), [])
     assert all(a in F3_BODY or b in F3_BODY for a, b in extra), extra  # type: ignore[misc]

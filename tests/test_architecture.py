@@ -1,0 +1,72 @@
+"""The package's shape: dependencies point one way, and the public surface is deliberate."""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+import pytest_distcov
+
+PKG = Path(pytest_distcov.__file__).parent
+
+#: Modules that may import pytest (the roles and the plugin on top).
+PYTEST_ALLOWED = {"plugin", "controller", "worker", "options"}
+#: Bottom layers: standard library (and each other) only.
+STDLIB_ONLY = {"errors", "protocol"}
+
+
+def _imports(module: str) -> set[str]:
+    tree = ast.parse((PKG / f"{module}.py").read_text())
+    found: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+        elif isinstance(node, ast.ImportFrom):
+            found.add("." * node.level + (node.module or ""))
+    return found
+
+
+MODULES = sorted(p.stem for p in PKG.glob("*.py") if p.stem not in {"__init__", "__main__"})
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_pytest_only_in_the_top_layers(module: str) -> None:
+    uses_pytest = any(
+        i == "pytest" or i.startswith(("pytest.", "_pytest")) for i in _imports(module)
+    )
+    assert not uses_pytest or module in PYTEST_ALLOWED, f"{module} imports pytest"
+
+
+@pytest.mark.parametrize("module", sorted(STDLIB_ONLY))
+def test_bottom_layers_use_the_stdlib_only(module: str) -> None:
+    third_party = {"coverage", "pytest", "execnet", "xdist", "requests"}
+    imports = _imports(module)
+    assert not {i.split(".")[0] for i in imports} & third_party
+    assert all(i.lstrip(".") in STDLIB_ONLY or not i.startswith(".") for i in imports)
+
+
+@pytest.mark.parametrize("module", MODULES)
+def test_no_private_imports_of_collaborators(module: str) -> None:
+    for name in _imports(module):
+        parts = name.lstrip(".").split(".")
+        if parts[0] in {"coverage", "pytest", "xdist", "execnet", "_pytest"}:
+            assert not any(p.startswith("_") for p in parts), f"{module} imports {name}"
+            assert name.split(".")[0] != "_pytest"
+            assert name not in {"coverage.sqldata", "coverage.control", "coverage.collector"}
+
+
+def test_public_names() -> None:
+    assert sorted(pytest_distcov.__all__) == [
+        "DataFileError",
+        "DistCovError",
+        "NothingToReport",
+        "ProtocolError",
+        "PytestDistCovWarning",
+        "ReportError",
+        "SettingsError",
+        "__version__",
+    ]
+    assert pytest_distcov.__version__
+    assert pytest_distcov.PytestDistCovWarning.__module__ == "pytest_distcov"

@@ -1,0 +1,192 @@
+"""Unit tests of the pure parts: protocol, merge, fail-under, report specs."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import execnet
+import pytest
+from coverage import CoverageData
+
+from pytest_distcov.errors import DataFileError, ProtocolError, SettingsError
+from pytest_distcov.merge import Accumulator, DeltaReader, read_data_file, write_data_file
+from pytest_distcov.protocol import PROTOCOL_VERSION, decode, empty_payload
+from pytest_distcov.report import ReportSpec, fails_under, parse_report_spec
+
+
+def _chunk(**data: object) -> dict[str, object]:
+    payload = empty_payload()
+    payload.update(data)  # type: ignore[typeddict-item]
+    return {
+        "proto": PROTOCOL_VERSION,
+        "kind": "chunk",
+        "worker": "gw0",
+        "seq": 1,
+        "tests": 3,
+        "data": payload,
+        "notes": [],
+    }
+
+
+def test_messages_are_plain_execnet_types() -> None:
+    msg = _chunk(contexts={"": {"lines": {"/a.py": [1, 2]}, "arcs": {"/b.py": [(1, 2)]}}})
+    assert decode(execnet.loads(execnet.dumps(msg)))["kind"] == "chunk"
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ("nope", "expected a dict"),
+        ({**_chunk(), "proto": 99}, "protocol 99"),
+        ({**_chunk(), "kind": "gossip"}, "unknown kind"),
+        ({**_chunk(), "seq": "x"}, "seq"),
+        ({**_chunk(), "data": {"contexts": {}}}, "tracers"),
+    ],
+)
+def test_bad_messages_are_rejected(raw: object, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode(raw)
+
+
+def _data(path: Path, lines: dict[str, list[int]], context: str | None = None) -> CoverageData:
+    data = CoverageData(basename=str(path))
+    data.set_context(context)
+    data.add_lines(lines)
+    return data
+
+
+def test_delta_reader_sends_only_new_lines(tmp_path: Path) -> None:
+    data = _data(tmp_path / "d", {"/a.py": [1, 2]})
+    reader = DeltaReader(branch=False)
+    first = reader.delta(data)
+    assert first["contexts"][""]["lines"] == {"/a.py": [1, 2]}
+    assert first["touched"] == {"": ["/a.py"]}
+    data.add_lines({"/a.py": [2, 3], "/b.py": [7]})
+    second = reader.delta(data)
+    assert second["contexts"][""]["lines"] == {"/a.py": [3], "/b.py": [7]}
+    assert second["touched"] == {"": ["/b.py"]}
+    third = reader.delta(data)
+    assert third == empty_payload()
+
+
+def test_delta_reader_keeps_contexts_apart(tmp_path: Path) -> None:
+    data = _data(tmp_path / "d", {"/a.py": [1]}, context="t1")
+    data.set_context("t2")
+    data.add_lines({"/a.py": [1, 2]})
+    payload = DeltaReader(branch=False).delta(data)
+    assert payload["contexts"]["t1"]["lines"] == {"/a.py": [1]}
+    assert payload["contexts"]["t2"]["lines"] == {"/a.py": [1, 2]}
+
+
+def test_accumulator_round_trip_equals_coverage_update(tmp_path: Path) -> None:
+    a = _data(tmp_path / "a", {"/x.py": [1, 2, 3]})
+    b = _data(tmp_path / "b", {"/x.py": [3, 4], "/y.py": [9]})
+    acc = Accumulator(branch=False)
+    for d in (a, b):
+        acc.add_payload(DeltaReader(branch=False).delta(d))
+    write_data_file(tmp_path / "ours", acc.write_into)
+    theirs = CoverageData(basename=str(tmp_path / "theirs"))
+    theirs.update(a)
+    theirs.update(b)
+    ours = read_data_file(tmp_path / "ours")
+    assert sorted(ours.measured_files()) == sorted(theirs.measured_files())
+    for f in theirs.measured_files():
+        assert sorted(ours.lines(f) or []) == sorted(theirs.lines(f) or [])
+    assert acc.size() == 5  # a union: x.py 1-4 (3 once) and y.py 9
+
+
+def test_accumulator_refuses_mixed_kinds() -> None:
+    acc = Accumulator(branch=False)
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {}, "arcs": {"/a.py": [(1, 2)]}}
+    with pytest.raises(DataFileError, match="same branch setting"):
+        acc.add_payload(payload)
+
+
+def test_write_data_file_is_atomic(tmp_path: Path) -> None:
+    target = tmp_path / ".coverage"
+    target.write_bytes(b"old")
+
+    def boom(data: CoverageData) -> None:
+        data.add_lines({"/a.py": [1]})
+        raise RuntimeError("disk full")
+
+    with pytest.raises(RuntimeError):
+        write_data_file(target, boom)
+    assert target.read_bytes() == b"old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".coverage"]
+
+
+def test_read_data_file_errors_name_the_file(tmp_path: Path) -> None:
+    with pytest.raises(DataFileError, match="does not exist"):
+        read_data_file(tmp_path / "none")
+    bad = tmp_path / "bad"
+    bad.write_bytes(b"garbage" * 50)
+    with pytest.raises(DataFileError, match=f"cannot read coverage data file {bad}"):
+        read_data_file(bad)
+
+
+@pytest.mark.parametrize(
+    ("text", "spec"),
+    [
+        ("term", ReportSpec("term")),
+        ("term-missing:skip-covered", ReportSpec("term-missing", skip_covered=True)),
+        ("html:out", ReportSpec("html", "out")),
+        ("XML:c.xml", ReportSpec("xml", "c.xml")),
+        ("markdown", ReportSpec("markdown")),
+    ],
+)
+def test_report_specs(text: str, spec: ReportSpec) -> None:
+    assert parse_report_spec(text) == spec
+
+
+@pytest.mark.parametrize("bad", ["pdf", "term:wide", "json:", ""])
+def test_bad_report_specs(bad: str) -> None:
+    with pytest.raises(SettingsError):
+        parse_report_spec(bad)
+
+
+@pytest.mark.parametrize(
+    ("covered", "statements", "threshold", "precision"),
+    [
+        (181, 200, 90.5, 0),
+        (181, 200, 90.5, 1),
+        (181, 200, 90.6, 1),
+        (199, 200, 99.5, 0),
+        (199, 200, 100, 0),
+        (200, 200, 100, 0),
+        (1999, 2000, 99.95, 2),
+        (2, 3, 66.67, 2),
+        (2, 3, 66.66, 2),
+        (0, 3, 0, 0),
+    ],
+)
+def test_fails_under_decides_as_coverage_does(
+    tmp_path: Path, covered: int, statements: int, threshold: float, precision: int
+) -> None:
+    """Ask coverage itself (`coverage report --fail-under`) about the same total."""
+    src = tmp_path / "m.py"
+    src.write_text("".join(f"x{i} = {i}\n" for i in range(statements)))
+    data = CoverageData(basename=str(tmp_path / ".coverage"))
+    data.add_lines({str(src): list(range(1, covered + 1))} if covered else {})
+    data.touch_file(str(src))
+    data.close()
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "coverage",
+            "report",
+            f"--fail-under={threshold}",
+            f"--precision={precision}",
+            "--data-file=.coverage",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    total = 100.0 * covered / statements
+    assert fails_under(total, threshold, precision) == (result.returncode == 2), result.stdout
