@@ -62,3 +62,94 @@ def test_source_option_limits_measurement(pytester: pytest.Pytester, shapes: Pat
     from .helpers import measured
 
     assert all("/shapes/" in f for f in measured(shapes / ".coverage", arcs=False))
+
+
+HOOKS_CONFTEST = """
+import pytest
+
+SEEN = []
+
+
+def pytest_configure(config):
+    SEEN.append("configure")
+
+
+def pytest_sessionstart(session):
+    SEEN.append("sessionstart")
+
+
+def pytest_collection_modifyitems(items):
+    SEEN.append("modifyitems")
+
+
+def pytest_runtest_logstart(nodeid, location):
+    SEEN.append("logstart")
+
+
+def pytest_runtest_logreport(report):
+    if report.when == "call":
+        SEEN.append("logreport")
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    SEEN.append("logfinish")
+
+
+def pytest_report_teststatus(report, config):
+    if report.when == "call" and report.passed:
+        SEEN.append("teststatus")
+
+
+def pytest_collectreport(report):
+    SEEN.append("collectreport")
+
+
+def pytest_warning_recorded(warning_message, when, nodeid, location):
+    SEEN.append("warning")
+
+
+def pytest_terminal_summary(terminalreporter):
+    SEEN.append("terminal_summary")
+
+
+def pytest_sessionfinish(session, exitstatus):
+    SEEN.append("sessionfinish")
+
+
+def pytest_unconfigure(config):
+    SEEN.append("unconfigure")
+"""
+
+HOOK_TESTS = """
+import warnings
+
+
+def test_one():
+    warnings.warn("noted", UserWarning)
+
+
+def test_two():
+    assert True
+"""
+
+
+@pytest.mark.parametrize("mode", ["n0", "n2", "no-xdist"])
+def test_conftest_hooks_measured_as_in_a_serial_run(pytester: pytest.Pytester, mode: str) -> None:
+    """Every hook body a serial run executes is measured, in whichever process it ran.
+
+    pytest_unconfigure is the one exception: it runs after the report, so no plugin can
+    include it; it is left out of the comparison."""
+    pytester.makeconftest(HOOKS_CONFTEST)
+    pytester.makepyfile(test_hooks=HOOK_TESTS)
+    reference = serial_reference(pytester)
+    result = run_pytest(pytester, "--distcov", *MODES[mode])
+    assert result.ret == 0, result.stdout.str()
+    from .helpers import measured
+
+    got = measured(pytester.path / ".coverage", arcs=False)
+    want = measured(reference, arcs=False)
+    conftest = str(pytester.path / "conftest.py")
+    unconfigure_body = {max(want[conftest])}
+    assert got[conftest] == want[conftest] - unconfigure_body
+    test_file = str(pytester.path / "test_hooks.py")
+    assert got[test_file] == want[test_file]

@@ -135,3 +135,21 @@ def test_report_error_is_clear_and_data_kept(pytester: pytest.Pytester, shapes: 
     result.stdout.fnmatch_lines(["*distcov: could not produce the json:report-target report*"])
     assert "Traceback" not in result.stdout.str()
     assert (shapes / ".coverage").exists()
+
+
+def test_without_terminal_reporter_data_and_fail_under_still_work(
+    pytester: pytest.Pytester, shapes: Path
+) -> None:
+    result = run_pytest(
+        pytester,
+        "--distcov",
+        "-n",
+        "2",
+        "-p",
+        "no:terminal",
+        "--distcov-fail-under=95",
+        "--distcov-report=xml:cov.xml",
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    assert (shapes / ".coverage").exists()
+    assert (shapes / "cov.xml").exists()
