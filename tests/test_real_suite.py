@@ -1,0 +1,74 @@
+"""Exactness on a test suite written by somebody else: a pinned sdist from PyPI with its tests.
+
+The sdist is downloaded once (pip, from PyPI) into pytest's cache directory.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from .helpers import assert_same_data, run_pytest, serial_reference
+
+SDIST = "more-itertools==10.7.0"
+# test_primes and test_large run for a minute under any tracer; the rest takes seconds.
+TESTS = ("tests/test_recipes.py", "-k", "not test_primes and not test_large")
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="session")
+def sdist(pytestconfig: pytest.Config) -> Path:
+    cache = pytestconfig.cache
+    assert cache is not None
+    where = cache.mkdir("distcov-sdists")
+    found = sorted(where.glob("more_itertools-10.7.0.tar.gz"))
+    if not found:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "-q",
+                "--no-deps",
+                "--no-binary",
+                ":all:",
+                "-d",
+                str(where),
+                SDIST,
+            ],
+            check=True,
+        )
+        found = sorted(where.glob("more_itertools-10.7.0.tar.gz"))
+    return found[0]
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, sdist: Path) -> Path:
+    with tarfile.open(sdist) as tar:
+        tar.extractall(pytester.path, filter="data")
+    root = pytester.path / "more_itertools-10.7.0"
+    pytester.chdir()
+    for item in root.iterdir():
+        item.rename(pytester.path / item.name)
+    (pytester.path / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    return pytester.path
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
+def test_more_itertools_equals_serial_coverage_run(
+    pytester: pytest.Pytester, suite: Path, branch: bool
+) -> None:
+    reference = serial_reference(pytester, *TESTS, branch=branch, source="more_itertools")
+    for mode in (["-n", "0"], ["-n", "2"], ["-n", "3"]):
+        args = ["--distcov", "--distcov-source=more_itertools", "--distcov-report=", *mode]
+        if branch:
+            args.append("--distcov-branch")
+        result = run_pytest(pytester, *args, *TESTS)
+        assert result.ret == 0, result.stdout.str()[-3000:]
+        assert_same_data(suite / ".coverage", reference, arcs=branch)
