@@ -63,8 +63,14 @@ def peak_rss_kib(root: Path, workers: int, distcov: bool) -> int:
     if distcov:
         args += ["--distcov", "--distcov-source=synth", "--distcov-report="]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
-    proc = subprocess.run([sys.executable, "-c", LAUNCHER, str(out), *args], cwd=root, env=env,
-                          capture_output=True, text=True, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, str(out), *args],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         sys.exit(f"bench: run failed:\n{proc.stdout[-2000:]}\n{proc.stderr[-2000:]}")
     return int(out.read_text())
@@ -89,14 +95,19 @@ def main() -> None:
         ("workers", [(base_functions, base_tests, w) for w in (1, 2, 4, 8)]),
         ("covered lines", [(f, base_tests, base_workers) for f in (100, 500, 2000)]),
     ]
-    rows = ["| varying | tests | workers | covered lines | controller RSS plain | with distcov"
-            " | added by distcov |", "|---|---|---|---|---|---|---|"]
+    rows = [
+        "| varying | tests | workers | covered lines | controller RSS plain | with distcov"
+        " | added by distcov |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for label, configs in series:
         for functions, tests, workers in configs:
             plain, dist = measure(functions, tests, workers)
             covered = functions * LINES_PER_FUNCTION
-            rows.append(f"| {label} | {tests} | {workers} | {covered} | {plain / 1024:.1f} MiB"
-                        f" | {dist / 1024:.1f} MiB | {(dist - plain) / 1024:+.1f} MiB |")
+            rows.append(
+                f"| {label} | {tests} | {workers} | {covered} | {plain / 1024:.1f} MiB"
+                f" | {dist / 1024:.1f} MiB | {(dist - plain) / 1024:+.1f} MiB |"
+            )
             print(rows[-1], file=sys.stderr)
     text = "\n".join(rows)
     print(text)

@@ -118,13 +118,32 @@ def prepare(python: str, suites: list[Suite]) -> tuple[Path, dict[str, Path]]:
     downloads.mkdir(parents=True, exist_ok=True)
     for s in suites:
         name, _, ver = s.sdist.partition("==")
-        found = [p for p in downloads.glob("*.tar.gz") if ver in p.name and
-                 p.name.lower().replace("_", "-").startswith(name.lower())]
+        found = [
+            p
+            for p in downloads.glob("*.tar.gz")
+            if ver in p.name and p.name.lower().replace("_", "-").startswith(name.lower())
+        ]
         if not found:
-            run([str(py), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:",
-                 "-d", str(downloads), s.sdist])
-            found = [p for p in downloads.glob("*.tar.gz") if ver in p.name and
-                     p.name.lower().replace("_", "-").startswith(name.lower())]
+            run(
+                [
+                    str(py),
+                    "-m",
+                    "pip",
+                    "download",
+                    "-q",
+                    "--no-deps",
+                    "--no-binary",
+                    ":all:",
+                    "-d",
+                    str(downloads),
+                    s.sdist,
+                ]
+            )
+            found = [
+                p
+                for p in downloads.glob("*.tar.gz")
+                if ver in p.name and p.name.lower().replace("_", "-").startswith(name.lower())
+            ]
         tarball = found[0]
         src = CACHE / "src" / tarball.name.removesuffix(".tar.gz")
         if not src.exists():
@@ -146,34 +165,58 @@ class Sample:
 def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tuple[float, int, int]:
     args = [a.format(pkg=suite.package) for a in MODES[mode]]
     rss_file = src / ".bench-rss"
-    cmd = [str(py), "-c", LAUNCHER, str(rss_file), "-n", str(workers), "-q", "-p",
-           "no:cacheprovider", "-p", "no:randomly", *suite.args, *args, *suite.tests]
+    cmd = [
+        str(py),
+        "-c",
+        LAUNCHER,
+        str(rss_file),
+        "-n",
+        str(workers),
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        *suite.args,
+        *args,
+        *suite.tests,
+    ]
     env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1):
-        sys.exit(f"bench: {suite.name} {mode} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
-                 f"\n{proc.stderr[-3000:]}")
+        sys.exit(
+            f"bench: {suite.name} {mode} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
+            f"\n{proc.stderr[-3000:]}"
+        )
     for leftover in (".coverage", "coverage.xml"):
         (src / leftover).unlink(missing_ok=True)
     return elapsed, int(rss_file.read_text()), proc.returncode
 
 
-def bench(py: Path, sources: dict[str, Path], suites: list[Suite], rounds: int, workers: int,
-          modes: list[str]) -> dict[str, dict[str, Sample]]:
+def bench(
+    py: Path,
+    sources: dict[str, Path],
+    suites: list[Suite],
+    *,
+    rounds: int,
+    workers: int,
+    modes: list[str],
+) -> dict[str, dict[str, Sample]]:
     results: dict[str, dict[str, Sample]] = {s.name: {m: Sample() for m in modes} for s in suites}
     for r in range(rounds):
         for s in suites:
-            order = modes[r % len(modes):] + modes[:r % len(modes)]  # alternate who goes first
+            order = modes[r % len(modes) :] + modes[: r % len(modes)]  # alternate who goes first
             for mode in order:
                 secs, rss, code = time_mode(py, sources[s.name], s, mode, workers)
                 sample = results[s.name][mode]
                 sample.seconds.append(secs)
                 sample.rss_kib.append(rss)
                 sample.codes.add(code)
-                print(f"  round {r + 1}/{rounds} {s.name:15} {mode:11} {secs:6.2f} s",
-                      file=sys.stderr)
+                print(
+                    f"  round {r + 1}/{rounds} {s.name:15} {mode:11} {secs:6.2f} s", file=sys.stderr
+                )
     return results
 
 
@@ -212,10 +255,14 @@ def main() -> None:
             [str(py), "-c", "import platform; print(platform.python_version())"], text=True
         ).strip()
         print(f"bench: Python {version}: {args.rounds} rounds", file=sys.stderr)
-        results = bench(py, sources, suites, args.rounds, args.workers, list(MODES))
+        results = bench(
+            py, sources, suites, rounds=args.rounds, workers=args.workers, modes=list(MODES)
+        )
         out.append(table(version, results, args.workers))
-        raw[version] = {n: {m: vars(s) | {"codes": sorted(s.codes)} for m, s in r.items()}
-                        for n, r in results.items()}
+        raw[version] = {
+            n: {m: vars(s) | {"codes": sorted(s.codes)} for m, s in r.items()}
+            for n, r in results.items()
+        }
     text = "\n\n".join(out)
     print(text)
     if args.markdown:

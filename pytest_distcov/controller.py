@@ -181,6 +181,12 @@ class ControllerRole:
                 continue
             if msg["kind"] == "hello":
                 state.hello = msg
+                if msg["coverage"] != coverage.__version__:
+                    self.errors.append(
+                        f"worker {worker_id} on {msg['host']} runs coverage {msg['coverage']},"
+                        f" the controller {coverage.__version__}: its data may differ; install"
+                        " the same coverage version everywhere"
+                    )
                 continue
             chunk: Chunk = msg
             try:

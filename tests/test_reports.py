@@ -153,3 +153,16 @@ def test_without_terminal_reporter_data_and_fail_under_still_work(
     assert result.ret == pytest.ExitCode.TESTS_FAILED
     assert (shapes / ".coverage").exists()
     assert (shapes / "cov.xml").exists()
+
+
+def test_verbose_run_shows_the_combined_total_so_far(
+    pytester: pytest.Pytester, shapes: Path
+) -> None:
+    """A long run shows, in verbose mode, how much is covered so far (every 5 s)."""
+    (shapes / "tests" / "test_slow.py").write_text(
+        "import time\n\nimport pytest\n\n\n@pytest.mark.parametrize('i', range(14))\n"
+        "def test_slow(i):\n    time.sleep(0.5)\n"
+    )
+    result = run_pytest(pytester, "--distcov", "-n", "2", "-v", "--distcov-stream-interval=0")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["distcov: * of 84 statements (*%) in * files covered so far"])
