@@ -12,21 +12,12 @@ The claim checked: the added memory follows covered lines, not tests or workers.
 from __future__ import annotations
 
 import argparse
-import os
 import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
-LAUNCHER = """
-import resource, sys
-import pytest
-out = sys.argv[1]
-code = pytest.main(sys.argv[2:])
-with open(out, "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
-sys.exit(int(code))
-"""
+from _common import LAUNCHER, clean_env
 
 LINES_PER_FUNCTION = 10
 FUNCTIONS_PER_MODULE = 50
@@ -62,7 +53,7 @@ def peak_rss_kib(root: Path, workers: int, distcov: bool) -> int:
     args = ["-n", str(workers), "-q", "-p", "no:cacheprovider", "tests"]
     if distcov:
         args += ["--distcov", "--distcov-source=synth", "--distcov-report="]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
+    env = clean_env()
     proc = subprocess.run(
         [sys.executable, "-c", LAUNCHER, str(out), *args],
         cwd=root,

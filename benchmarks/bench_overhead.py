@@ -26,6 +26,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from _common import LAUNCHER, clean_env
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache"
@@ -71,16 +73,6 @@ MODES = {
     "pytest-cov": ["--cov={pkg}"],
     "distcov": ["--distcov", "--distcov-source={pkg}"],
 }
-
-LAUNCHER = """
-import resource, sys
-import pytest
-out = sys.argv[1]
-code = pytest.main(sys.argv[2:])
-with open(out, "w") as f:
-    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
-sys.exit(int(code))
-"""
 
 
 def find_python(spec: str) -> str:
@@ -181,7 +173,7 @@ def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tup
         *args,
         *suite.tests,
     ]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
+    env = clean_env()
     start = time.perf_counter()
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start

@@ -140,9 +140,12 @@ def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
         data.read()
         data.measured_files()
     except _READ_ERRORS as exc:
+        # coverage wraps the sqlite error in a message that repeats the file name: the cause
+        # alone says it best.
+        reason = str(exc.__cause__ or exc).rstrip(".")
         raise DataFileError(
-            f"cannot read coverage data file {path}: {exc}".rstrip(".")
-            + " (is it a coverage.py data file of this coverage version?)"
+            f"cannot read coverage data file {path}: {reason}"
+            " (is it a coverage.py data file of this coverage version?)"
         ) from None
     return data
 

@@ -86,6 +86,23 @@ def _project(pytester: pytest.Pytester, before_kill: str = "pass") -> None:
     pytester.makeini("[pytest]\npythonpath = .\n")
 
 
+def _run_killer(pytester: pytest.Pytester, *extra: str, stream_interval: float) -> pytest.RunResult:
+    """Two workers; `--dist loadfile` keeps the killer file's tests on one worker, in order."""
+    return run_pytest(
+        pytester,
+        "--distcov",
+        "--distcov-source=work",
+        f"--distcov-stream-interval={stream_interval}",
+        "-n",
+        "2",
+        "--dist",
+        "loadfile",
+        "-p",
+        "no:randomly",
+        *extra,
+    )
+
+
 @pytest.fixture
 def private_tmp(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
     """The run's temp dir (worker data files live there) is this test's own."""
@@ -101,18 +118,7 @@ def test_killed_worker_keeps_finished_tests_from_its_data_file(
     """Nothing is streamed before the kill (huge interval): only the durable file can save it."""
     _project(pytester)
     reference = serial_reference(pytester, "-k", "not test_3_kill", source="work")
-    result = run_pytest(
-        pytester,
-        "--distcov",
-        "--distcov-source=work",
-        "--distcov-stream-interval=3600",
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-        "-p",
-        "no:randomly",
-    )
+    result = _run_killer(pytester, stream_interval=3600)
     out = result.stdout.str()
     assert result.ret == 1, out  # the killed test fails
     result.stdout.fnmatch_lines(
@@ -143,18 +149,7 @@ def test_streamed_chunks_survive_losing_the_worker_and_its_file(
             "'/distcov-' + os.environ['PYTEST_XDIST_WORKER'] + '-*')]"
         ),
     )
-    result = run_pytest(
-        pytester,
-        "--distcov",
-        "--distcov-source=work",
-        "--distcov-stream-interval=0",
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-        "-p",
-        "no:randomly",
-    )
+    result = _run_killer(pytester, stream_interval=0)
     assert result.ret == 1, result.stdout.str()
     result.stdout.fnmatch_lines(["*distcov: worker gw* crashed*0 data files*"])
     lines = measured(pytester.path / ".coverage", arcs=False)[str(pytester.path / "work.py")]
@@ -174,18 +169,7 @@ def test_corrupt_worker_file_is_named_and_streamed_data_kept(
             " + '/distcov-' + os.environ['PYTEST_XDIST_WORKER'] + '-*/.coverage.*')]"
         ),
     )
-    result = run_pytest(
-        pytester,
-        "--distcov",
-        "--distcov-source=work",
-        "--distcov-stream-interval=0",
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-        "-p",
-        "no:randomly",
-    )
+    result = _run_killer(pytester, stream_interval=0)
     out = result.stdout.str()
     assert "Traceback" not in out
     result.stdout.fnmatch_lines(
@@ -202,17 +186,7 @@ def test_crash_summary_in_branch_mode_is_exact_too(
 ) -> None:
     _project(pytester)
     reference = serial_reference(pytester, "-k", "not test_3_kill", source="work", branch=True)
-    result = run_pytest(
-        pytester,
-        "--distcov",
-        "--distcov-branch",
-        "--distcov-source=work",
-        "--distcov-stream-interval=3600",
-        "-n",
-        "2",
-        "--dist",
-        "loadfile",
-    )
+    result = _run_killer(pytester, "--distcov-branch", stream_interval=3600)
     assert result.ret == 1
     diff = diff_data(pytester.path / ".coverage", reference, arcs=True)
     assert not diff.only_right, diff

@@ -160,8 +160,8 @@ def test_verbose_run_shows_the_combined_total_so_far(
 ) -> None:
     """A long run shows, in verbose mode, how much is covered so far (every 5 s)."""
     (shapes / "tests" / "test_slow.py").write_text(
-        "import time\n\nimport pytest\n\n\n@pytest.mark.parametrize('i', range(14))\n"
-        "def test_slow(i):\n    time.sleep(0.5)\n"
+        "import time\n\nimport pytest\n\n\n@pytest.mark.parametrize('i', range(28))\n"
+        "def test_slow(i):\n    time.sleep(0.4)\n"
     )
     result = run_pytest(pytester, "--distcov", "-n", "2", "-v", "--distcov-stream-interval=0")
     assert result.ret == 0

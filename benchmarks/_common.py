@@ -1,0 +1,22 @@
+"""What the benchmarks share: running pytest with the controller's peak RSS recorded."""
+
+from __future__ import annotations
+
+import os
+
+#: Runs pytest in this process (so it is the controller) and writes its peak RSS in KiB to
+#: argv[1]; workers are other processes and are not counted.
+LAUNCHER = """
+import resource, sys
+import pytest
+out = sys.argv[1]
+code = pytest.main(sys.argv[2:])
+with open(out, "w") as f:
+    f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+sys.exit(int(code))
+"""
+
+
+def clean_env() -> dict[str, str]:
+    """The environment without coverage's or pytest's own variables."""
+    return {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
