@@ -21,6 +21,7 @@ from .report import (
     parse_report_spec,
     precision_of,
     produce_reports,
+    threshold_decimals,
 )
 
 __all__ = ["main"]
@@ -69,11 +70,12 @@ def _report(args: argparse.Namespace) -> int:
     for path in outcome.written:
         print(f"pytest-distcov: wrote {path}")
     if fail_under is not None and outcome.total is not None:
-        precision = fail_under_precision(fail_under, precision_of(cov))
+        precision = precision_of(cov)
         if fails_under(outcome.total, fail_under, precision):
+            shown = format_percent(outcome.total, fail_under_precision(fail_under, precision))
+            wanted = format_percent(fail_under, threshold_decimals(fail_under, precision))
             print(
-                f"pytest-distcov: FAIL: total coverage {format_percent(outcome.total, precision)}"
-                f" is below the required {format_percent(fail_under, precision)}",
+                f"pytest-distcov: FAIL: total coverage {shown} is below the required {wanted}",
                 file=sys.stderr,
             )
             return FAIL_UNDER

@@ -42,7 +42,14 @@ from .errors import (
 from .merge import Accumulator, read_data_file, update_from_file, write_data_file
 from .options import Settings
 from .protocol import Chunk, Hello, decode
-from .report import fail_under_precision, fails_under, format_percent, precision_of, produce_reports
+from .report import (
+    fail_under_precision,
+    fails_under,
+    format_percent,
+    precision_of,
+    produce_reports,
+    threshold_decimals,
+)
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 
@@ -336,7 +343,9 @@ class ControllerRole:
         if self.plan.fail_under is not None and outcome.total is not None:
             places = fail_under_precision(self.plan.fail_under, self.plan.precision)
             shown = format_percent(outcome.total, places)
-            wanted = format_percent(self.plan.fail_under, places)
+            wanted = format_percent(
+                self.plan.fail_under, threshold_decimals(self.plan.fail_under, self.plan.precision)
+            )
             if fails_under(outcome.total, self.plan.fail_under, self.plan.precision):
                 self.errors.append(
                     f"FAIL: total coverage {shown} is below the required {wanted}"

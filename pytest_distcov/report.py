@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TextIO
 
+import coverage
 from coverage import Coverage
 from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
 
@@ -31,6 +32,7 @@ __all__ = [
     "parse_report_spec",
     "precision_of",
     "produce_reports",
+    "threshold_decimals",
 ]
 
 REPORT_KINDS = ("term", "term-missing", "html", "xml", "json", "lcov", "markdown")
@@ -86,15 +88,24 @@ def capture_coverage_warnings(notes: list[str]) -> Iterator[None]:
             notes.append(msg)
 
 
-def fail_under_precision(threshold: float, precision: int) -> int:
-    """Decimals to judge (and show) a total with: ``[report] precision``, or more when the
-    threshold itself has more (90.55 is judged to 2 places even with precision 0), as in
-    coverage.py."""
+#: coverage 7.17 judges fail-under to the threshold's own decimals when it has more than
+#: ``[report] precision``; earlier versions round to ``precision`` only.
+#: We follow the installed version.
+_THRESHOLD_DECIMALS = coverage.version_info >= (7, 17)
+
+
+def threshold_decimals(threshold: float, precision: int) -> int:
+    """Decimals to show a threshold with: ``precision``, or more if the threshold has more."""
     if threshold == int(threshold):
         return precision
     exponent = Decimal(str(threshold)).as_tuple().exponent
     assert isinstance(exponent, int)
     return max(precision, -exponent)
+
+
+def fail_under_precision(threshold: float, precision: int) -> int:
+    """Decimals a total is judged (and shown) with against ``threshold``, as coverage does."""
+    return threshold_decimals(threshold, precision) if _THRESHOLD_DECIMALS else precision
 
 
 def fails_under(total: float, threshold: float, precision: int) -> bool:
