@@ -129,7 +129,7 @@ def test_one():
 
 
 def test_two():
-    assert True
+    assert "two".upper() == "TWO"
 """
 
 
