@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 
 from .helpers import EXAMPLE
+from .sshlab import SshLab, build_lab, lab_unavailable
 
 # A run under test must not believe it is an xdist worker of the run testing it.
 _SCRUB = (
@@ -39,3 +41,14 @@ def shapes(pytester: pytest.Pytester) -> Path:
 
 def _ignore_generated(_dir: str, names: list[str]) -> list[str]:
     return [n for n in names if n in {"__pycache__", ".pytest_cache"} or n.startswith(".coverage")]
+
+
+@pytest.fixture(scope="session")
+def sshlab(tmp_path_factory: pytest.TempPathFactory) -> SshLab:
+    """Real ssh hosts (see tests/sshlab.py). In CI a missing lab is a failure, not a skip."""
+    why = lab_unavailable()
+    if why:
+        if os.environ.get("CI"):
+            pytest.fail(f"ssh lab unavailable in CI: {why}")
+        pytest.skip(f"ssh lab unavailable: {why}")
+    return build_lab(tmp_path_factory.mktemp("sshlab"))
