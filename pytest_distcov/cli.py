@@ -54,7 +54,7 @@ def _report(args: argparse.Namespace) -> int:
     specs = [parse_report_spec(f) for f in (args.format or ["term"])]
     spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
     cov = open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
-    read_data_file(str(cov.get_option("run:data_file"))).close()  # a clear error if unreadable
+    read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad
     cov.load()
     fail_under = args.fail_under
     if fail_under is None:

@@ -86,14 +86,17 @@ class OutputPlan:
                 fail_under = float(configured)
         if settings.append and data_file.exists():
             existing = read_data_file(data_file)
-            if existing.measured_files() and existing.has_arcs() != branch:
+            try:
+                mismatch = bool(existing.measured_files()) and existing.has_arcs() != branch
                 kind = "branch" if existing.has_arcs() else "line"
+            finally:
+                existing.close(force=True)
+            if mismatch:
                 raise SettingsError(
                     f"--distcov-append: {data_file} holds {kind} data but this run measures"
                     f" {'branches' if branch else 'lines only'}; remove the file or match"
                     " the branch setting"
                 )
-            existing.close()
         source = probe.get_option("run:source") or []
         assert isinstance(source, list)
         source_desc = (
@@ -214,7 +217,11 @@ class ControllerRole:
             return
         self._last_progress = now
         if self._progress_cov is None:
-            self._progress_cov = open_coverage(self.spec, data_file=None)
+            # A data file name that is never written: data_file=None would keep an in-memory
+            # database open for the rest of the run.
+            self._progress_cov = open_coverage(
+                self.spec, data_file=str(self.engine.data_dir / "progress-estimate")
+            )
         covered = total = 0
         for path, lines in self.acc.covered_lines().items():
             if path not in self._statements:

@@ -140,6 +140,7 @@ def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
         data.read()
         data.measured_files()
     except _READ_ERRORS as exc:
+        data.close(force=True)  # a failed open can leave a connection behind (3.13 warns)
         # coverage wraps the sqlite error in a message that repeats the file name: the cause
         # alone says it best.
         reason = str(exc.__cause__ or exc).rstrip(".")

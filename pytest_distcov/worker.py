@@ -111,7 +111,11 @@ class WorkerRole:
         self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).
         for path in self.engine.subprocess_files():
-            self._send("chunk", DeltaReader(branch=self.engine.branch).delta(read_data_file(path)))
+            sub = read_data_file(path)
+            try:
+                self._send("chunk", DeltaReader(branch=self.engine.branch).delta(sub))
+            finally:
+                sub.close(force=True)
         self._send("final", empty_payload(), self.engine.notes)
         # Everything is on the channel now; the durable copy is no longer needed.
         shutil.rmtree(self.engine.data_dir, ignore_errors=True)

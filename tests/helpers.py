@@ -70,13 +70,16 @@ def load(path: Path | str) -> CoverageData:
 
 def measured(path: Path | str, *, arcs: bool) -> dict[str, set[object]]:
     data = load(path)
-    if arcs:
-        assert data.has_arcs(), f"{path} has no arc data"
-    out: dict[str, set[object]] = {}
-    for f in data.measured_files():
-        items = data.arcs(f) if arcs else data.lines(f)
-        out[os.path.realpath(f)] = set(items or [])
-    return out
+    try:
+        if arcs:
+            assert data.has_arcs(), f"{path} has no arc data"
+        out: dict[str, set[object]] = {}
+        for f in data.measured_files():
+            items = data.arcs(f) if arcs else data.lines(f)
+            out[os.path.realpath(f)] = set(items or [])
+        return out
+    finally:
+        data.close(force=True)
 
 
 def diff_data(left: Path | str, right: Path | str, *, arcs: bool = False) -> DataDiff:

@@ -22,10 +22,9 @@ pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="session")
-def sdist(pytestconfig: pytest.Config) -> Path:
-    cache = pytestconfig.cache
-    assert cache is not None
-    where = cache.mkdir("distcov-sdists")
+def sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
+    where = cache.mkdir("distcov-sdists") if cache else tmp_path_factory.mktemp("sdists")
     found = sorted(where.glob("more_itertools-10.7.0.tar.gz"))
     if not found:
         subprocess.run(
