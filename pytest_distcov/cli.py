@@ -11,17 +11,16 @@ import sys
 from collections.abc import Sequence
 
 from .engine import MeasureSpec, open_coverage
-from .errors import DistCovError, SettingsError
+from .errors import DistCovError
 from .merge import read_data_file
 from .report import (
     REPORT_KINDS,
-    fail_under_precision,
-    fails_under,
-    format_percent,
+    configured_fail_under,
+    judge_fail_under,
+    parse_percent,
     parse_report_spec,
     precision_of,
     produce_reports,
-    threshold_decimals,
 )
 
 __all__ = ["main"]
@@ -45,7 +44,7 @@ def _parser() -> argparse.ArgumentParser:
         help=f"report to write (repeatable): {', '.join(REPORT_KINDS)}. Default: term.",
     )
     rep.add_argument("--data-file", help="coverage data file (default: coverage's data_file)")
-    rep.add_argument("--fail-under", type=float, metavar="PCT", help="exit 2 below PCT")
+    rep.add_argument("--fail-under", metavar="PCT", help="exit 2 below PCT (0 to 100)")
     rep.add_argument("--rcfile", help="coverage configuration file (default: coverage's search)")
     return parser
 
@@ -56,26 +55,22 @@ def _report(args: argparse.Namespace) -> int:
     cov = open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
     read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad
     cov.load()
-    fail_under = args.fail_under
-    if fail_under is None:
-        configured = cov.get_option("report:fail_under")
-        fail_under = (
-            float(configured) if isinstance(configured, (int, float)) and configured else None
-        )
-    if fail_under is not None and not 0 <= fail_under <= 100:
-        raise SettingsError(f"invalid value {fail_under} for --fail-under: expected 0 to 100")
+    fail_under = (
+        parse_percent(args.fail_under, "--fail-under")
+        if args.fail_under is not None
+        else configured_fail_under(cov)
+    )
     outcome = produce_reports(cov, specs, sys.stdout, need_total=fail_under is not None)
     for note in outcome.notes:
         print(f"pytest-distcov: {note}", file=sys.stderr)
     for path in outcome.written:
         print(f"pytest-distcov: wrote {path}")
     if fail_under is not None and outcome.total is not None:
-        precision = precision_of(cov)
-        if fails_under(outcome.total, fail_under, precision):
-            shown = format_percent(outcome.total, fail_under_precision(fail_under, precision))
-            wanted = format_percent(fail_under, threshold_decimals(fail_under, precision))
+        verdict = judge_fail_under(outcome.total, fail_under, precision_of(cov))
+        if verdict.failed:
             print(
-                f"pytest-distcov: FAIL: total coverage {shown} is below the required {wanted}",
+                f"pytest-distcov: FAIL: total coverage {verdict.shown} is below the required"
+                f" {verdict.wanted}",
                 file=sys.stderr,
             )
             return FAIL_UNDER

@@ -42,14 +42,7 @@ from .errors import (
 from .merge import Accumulator, read_data_file, update_from_file, write_data_file
 from .options import Settings
 from .protocol import Chunk, Hello, decode
-from .report import (
-    fail_under_precision,
-    fails_under,
-    format_percent,
-    precision_of,
-    produce_reports,
-    threshold_decimals,
-)
+from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 
@@ -76,14 +69,7 @@ class OutputPlan:
         branch = bool(probe.get_option("run:branch"))
         fail_under = settings.fail_under
         if fail_under is None:
-            configured = probe.get_option("report:fail_under")
-            if isinstance(configured, (int, float)) and configured > 0:
-                if configured > 100:
-                    raise SettingsError(
-                        f"invalid value {configured} for [report] fail_under in the coverage"
-                        " configuration: expected a number from 0 to 100"
-                    )
-                fail_under = float(configured)
+            fail_under = configured_fail_under(probe)
         if settings.append and data_file.exists():
             existing = read_data_file(data_file)
             try:
@@ -111,7 +97,6 @@ class WorkerState:
     hello: Hello | None = None
     finished: bool = False
     down_error: str | None = None
-    chunks: int = 0
     tests: int = 0
     notes: list[str] = field(default_factory=list)
 
@@ -142,7 +127,6 @@ class ControllerRole:
         self.summary: list[str] = []
         self.errors: list[str] = []
         self.report_text = ""
-        self.total: float | None = None
         self._last_progress = time.monotonic()
         self._statements: dict[str, set[int]] = {}
         self._progress_cov: coverage.Coverage | None = None
@@ -203,7 +187,6 @@ class ControllerRole:
                 self.acc.add_payload(chunk["data"])
             except DataFileError as exc:
                 self.errors.append(f"worker {worker_id}: {exc}")
-            state.chunks += 1
             state.tests = chunk["tests"]
             state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
             if chunk["kind"] == "final":
@@ -298,17 +281,25 @@ class ControllerRole:
                 except DataFileError as exc:
                     who = f"worker {worker_id}: " if worker_id else ""
                     unreadable.append(path)
-                    self.errors.append(f"{who}{exc}; the file is kept for inspection")
+                    error = f"{who}{exc}; the file is kept for inspection"
+                    if error not in self.errors:  # fill may run twice (see the rescue below)
+                        self.errors.append(error)
             if self.settings.append and self.plan.data_file.exists():
                 update_from_file(data, self.plan.data_file)
 
         try:
             write_data_file(self.plan.data_file, fill)
         except (DistCovError, OSError) as exc:
-            self.errors.append(
-                f"could not write {self.plan.data_file}: {exc}; the measured data stays in"
-                f" {self.engine.data_dir}"
-            )
+            # The workers have handed over their data and deleted their copies: the union in
+            # memory is the only one left, so save it somewhere we own before giving up.
+            rescue = self.engine.data_dir / "combined.coverage"
+            unreadable.clear()
+            try:
+                write_data_file(rescue, fill)
+                saved = f"the combined data was saved to {rescue} instead"
+            except (DistCovError, OSError) as again:
+                saved = f"saving it to {rescue} failed too ({again})"
+            self.errors.append(f"could not write {self.plan.data_file}: {exc}; {saved}")
             self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
             return
         self._cleanup(keep=unreadable)
@@ -346,21 +337,18 @@ class ControllerRole:
         self.report_text = buf.getvalue()
         self.summary.extend(f"distcov: {n}" for n in outcome.notes)
         self.summary.extend(f"distcov: wrote {w}" for w in outcome.written)
-        self.total = outcome.total
         if self.plan.fail_under is not None and outcome.total is not None:
-            places = fail_under_precision(self.plan.fail_under, self.plan.precision)
-            shown = format_percent(outcome.total, places)
-            wanted = format_percent(
-                self.plan.fail_under, threshold_decimals(self.plan.fail_under, self.plan.precision)
-            )
-            if fails_under(outcome.total, self.plan.fail_under, self.plan.precision):
+            verdict = judge_fail_under(outcome.total, self.plan.fail_under, self.plan.precision)
+            if verdict.failed:
                 self.errors.append(
-                    f"FAIL: total coverage {shown} is below the required {wanted}"
+                    f"FAIL: total coverage {verdict.shown} is below the required {verdict.wanted}"
                     " (--distcov-fail-under)"
                 )
                 self._set_failed(session, pytest.ExitCode.TESTS_FAILED)
             else:
-                self.summary.append(f"distcov: required coverage of {wanted} reached: {shown}")
+                self.summary.append(
+                    f"distcov: required coverage of {verdict.wanted} reached: {verdict.shown}"
+                )
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

@@ -88,14 +88,6 @@ class Accumulator:
 
     # -- reading out ------------------------------------------------------------------------
 
-    def files(self) -> set[str]:
-        found: set[str] = set()
-        for files in self._data.values():
-            found.update(files)
-        for paths in self._touched.values():
-            found.update(paths)
-        return found
-
     def covered_lines(self) -> dict[str, set[int]]:
         """Executed line numbers per file, all contexts together."""
         out: dict[str, set[int]] = {}

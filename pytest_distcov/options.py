@@ -9,7 +9,6 @@ coverage's defaults. Every bad value raises :class:`SettingsError` naming where 
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import pytest
 
 from .errors import SettingsError
-from .report import REPORT_KINDS, ReportSpec, parse_report_spec
+from .report import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
 
 __all__ = ["Settings", "add_options", "resolve"]
 
@@ -34,7 +33,6 @@ class Settings:
     config_file: str | bool
     append: bool
     stream_interval: float
-    rootdir: Path
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -160,16 +158,6 @@ def _ini_dir(config: pytest.Config) -> Path:
     return config.inipath.parent if config.inipath else config.rootpath
 
 
-def _parse_percent(raw: object, origin: str) -> float:
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = math.nan
-    if math.isnan(value) or not 0 <= value <= 100:
-        raise SettingsError(f"invalid value {raw!r} for {origin}: expected a number from 0 to 100")
-    return value
-
-
 DEFAULT_STREAM_INTERVAL = 0.5
 
 
@@ -256,11 +244,11 @@ def resolve(config: pytest.Config) -> Settings:
     fail_under: float | None = None
     cli_fail = getattr(ns, "distcov_fail_under", None)
     if cli_fail is not None:
-        fail_under = _parse_percent(cli_fail, "--distcov-fail-under")
+        fail_under = parse_percent(cli_fail, "--distcov-fail-under")
     else:
         ini_fail = _ini(config, "distcov_fail_under")
         if ini_fail is not None:
-            fail_under = _parse_percent(ini_fail, _ini_origin(config, "distcov_fail_under"))
+            fail_under = parse_percent(ini_fail, _ini_origin(config, "distcov_fail_under"))
 
     return Settings(
         enabled=enabled,
@@ -271,5 +259,4 @@ def resolve(config: pytest.Config) -> Settings:
         config_file=_resolve_config_file(config, ns),
         append=bool(_flag(config, ns, "distcov_append", "distcov_append")),
         stream_interval=_resolve_stream_interval(config, ns),
-        rootdir=Path(os.path.abspath(config.rootpath)),
     )

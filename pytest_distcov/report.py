@@ -7,6 +7,7 @@ reports for the same data. Knows coverage.py's public ``Coverage`` reporting API
 from __future__ import annotations
 
 import io
+import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -25,10 +26,14 @@ __all__ = [
     "REPORT_KINDS",
     "ReportOutcome",
     "ReportSpec",
+    "Verdict",
     "capture_coverage_warnings",
+    "configured_fail_under",
     "fail_under_precision",
     "fails_under",
     "format_percent",
+    "judge_fail_under",
+    "parse_percent",
     "parse_report_spec",
     "precision_of",
     "produce_reports",
@@ -117,6 +122,42 @@ def fails_under(total: float, threshold: float, precision: int) -> bool:
 
 def format_percent(total: float, precision: int) -> str:
     return f"{total:.{precision}f}%"
+
+
+def parse_percent(raw: object, origin: str) -> float:
+    """A fail-under threshold from any source; ``origin`` names it in the error."""
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if math.isnan(value) or not 0 <= value <= 100:
+        raise SettingsError(f"invalid value {raw!r} for {origin}: expected a number from 0 to 100")
+    return value
+
+
+def configured_fail_under(cov: Coverage) -> float | None:
+    """coverage's own ``[report] fail_under``, or None when it is not set (0)."""
+    configured = cov.get_option("report:fail_under")
+    if not configured:
+        return None
+    return parse_percent(configured, "[report] fail_under in the coverage configuration")
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """A fail-under judgement, with both figures as the user should read them."""
+
+    failed: bool
+    shown: str  # the total, to the decimals it was judged with
+    wanted: str  # the threshold, as precise as it was given
+
+
+def judge_fail_under(total: float, threshold: float, precision: int) -> Verdict:
+    return Verdict(
+        failed=fails_under(total, threshold, precision),
+        shown=format_percent(total, fail_under_precision(threshold, precision)),
+        wanted=format_percent(threshold, threshold_decimals(threshold, precision)),
+    )
 
 
 def precision_of(cov: Coverage) -> int:

@@ -12,14 +12,17 @@ from __future__ import annotations
 import os
 import platform
 import shutil
+import sqlite3
 import time
 from collections.abc import Generator
 from typing import Any
 
 import coverage
 import pytest
+from coverage.exceptions import CoverageException
 
 from .engine import Engine
+from .errors import DataFileError
 from .merge import DeltaReader, read_data_file
 from .protocol import PROTOCOL_VERSION, Chunk, Hello, Payload, empty_payload, payload_is_empty
 from .report import capture_coverage_warnings
@@ -95,10 +98,16 @@ class WorkerRole:
         now = time.monotonic()
         if now - self.last_send < self.interval:
             return
-        with capture_coverage_warnings(self.engine.notes):
-            payload = self.reader.delta_from_file(str(self.engine.data_path))
-        if not payload_is_empty(payload):
-            self._send("chunk", payload)
+        try:
+            with capture_coverage_warnings(self.engine.notes):
+                payload = self.reader.delta_from_file(str(self.engine.data_path))
+        except (CoverageException, sqlite3.Error, OSError) as exc:
+            # Streaming is a convenience: the data is durable in the file and goes out whole
+            # at the end. A failed read must never break the user's run.
+            self._note(f"could not read {self.engine.data_path} to stream it: {exc}")
+        else:
+            if not payload_is_empty(payload):
+                self._send("chunk", payload)
         done = time.monotonic()
         self.last_send = done
         # An explicit 0 means "after every test", whatever it costs.
@@ -110,12 +119,24 @@ class WorkerRole:
         data = self.engine.finish()
         self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).
+        unreadable = []
         for path in self.engine.subprocess_files():
-            sub = read_data_file(path)
+            try:
+                sub = read_data_file(path)
+            except DataFileError as exc:
+                unreadable.append(path)
+                self._note(f"{exc}; the file is kept for inspection")
+                continue
             try:
                 self._send("chunk", DeltaReader(branch=self.engine.branch).delta(sub))
             finally:
                 sub.close(force=True)
         self._send("final", empty_payload(), self.engine.notes)
-        # Everything is on the channel now; the durable copy is no longer needed.
-        shutil.rmtree(self.engine.data_dir, ignore_errors=True)
+        # Everything is on the channel now; the durable copy is no longer needed (unless a
+        # file in it could not be read, which stays where it is for the user to look at).
+        if not unreadable:
+            shutil.rmtree(self.engine.data_dir, ignore_errors=True)
+
+    def _note(self, note: str) -> None:
+        if note not in self.engine.notes:
+            self.engine.notes.append(note)

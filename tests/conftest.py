@@ -52,3 +52,12 @@ def sshlab(tmp_path_factory: pytest.TempPathFactory) -> SshLab:
             pytest.fail(f"ssh lab unavailable in CI: {why}")
         pytest.skip(f"ssh lab unavailable: {why}")
     return build_lab(tmp_path_factory.mktemp("sshlab"))
+
+
+@pytest.fixture
+def private_tmp(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The run's temp dir (worker data files live there) is this test's own."""
+    tmp = pytester.path / "tmp"
+    tmp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(tmp))
+    return tmp

@@ -103,15 +103,6 @@ def _run_killer(pytester: pytest.Pytester, *extra: str, stream_interval: float) 
     )
 
 
-@pytest.fixture
-def private_tmp(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """The run's temp dir (worker data files live there) is this test's own."""
-    tmp = pytester.path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
-
-
 def test_killed_worker_keeps_finished_tests_from_its_data_file(
     pytester: pytest.Pytester, private_tmp: Path
 ) -> None:

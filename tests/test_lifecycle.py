@@ -30,14 +30,6 @@ INTERRUPTIBLE_PYTEST = (
 )
 
 
-@pytest.fixture
-def private_tmp(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
-    tmp = pytester.path / "tmp"
-    tmp.mkdir()
-    monkeypatch.setenv("TMPDIR", str(tmp))
-    return tmp
-
-
 def test_exitfirst_keeps_data_and_cleans_up(
     pytester: pytest.Pytester, shapes: Path, private_tmp: Path
 ) -> None:

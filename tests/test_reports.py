@@ -169,3 +169,26 @@ def test_verbose_run_shows_the_combined_total_so_far(
     result = run_pytest(pytester, "--distcov", "-n", "2", "-v", "--distcov-stream-interval=0")
     assert result.ret == 0
     result.stdout.fnmatch_lines(["distcov: * of 84 statements (*%) in * files covered so far"])
+
+
+def test_unwritable_data_file_keeps_the_combined_data(
+    pytester: pytest.Pytester, shapes: Path, private_tmp: Path
+) -> None:
+    """The workers have deleted their copies by then: the union must be saved somewhere."""
+    (shapes / "blocker").write_text("a file where a directory should be")
+    (shapes / ".coveragerc").write_text("[run]\ndata_file = blocker/sub/.coverage\n")
+    result = run_pytest(pytester, "--distcov", "-n", "2")
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR
+    out = result.stdout.str()
+    assert "Traceback" not in out
+    result.stdout.fnmatch_lines(
+        ["*distcov: could not write *blocker/sub/.coverage*the combined data was saved to *"]
+    )
+    rescued = list(private_tmp.glob("distcov-controller-*/combined.coverage"))
+    assert len(rescued) == 1
+    from .helpers import measured
+
+    geometry = next(
+        v for f, v in measured(rescued[0], arcs=False).items() if f.endswith("geometry.py")
+    )
+    assert len(geometry) > 50  # the workers' tests are in it, not just the controller's imports

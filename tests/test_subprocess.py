@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from .helpers import assert_same_data, measured, run_pytest, serial_reference
@@ -60,3 +62,38 @@ def test_subprocess_data_is_combined(pytester: pytest.Pytester, mode: list[str])
     lines = measured(pytester.path / ".coverage", arcs=False)[str(pytester.path / "child.py")]
     assert {5, 6, 7, 15} <= lines  # only ever run in the subprocesses
     assert not list(pytester.path.glob(".coverage.*"))  # nothing left for coverage to combine
+
+
+def test_corrupt_subprocess_file_is_named_kept_and_the_rest_combined(
+    pytester: pytest.Pytester, private_tmp: Path
+) -> None:
+    pytester.makepyfile(child=CHILD, test_child=TESTS)
+    pytester.makepyfile(
+        test_zz_corrupt="""
+import glob, os, tempfile
+
+
+def test_leave_a_corrupt_file():
+    worker = os.environ["PYTEST_XDIST_WORKER"]
+    [d] = glob.glob(tempfile.gettempdir() + "/distcov-" + worker + "-*")
+    with open(os.path.join(d, ".coverage.fake.pid1.Xbadx"), "wb") as f:
+        f.write(b"not a database" * 100)
+"""
+    )
+    (pytester.path / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
+    (pytester.path / ".coveragerc").write_text(
+        "[run]\npatch = subprocess\nsource = .\nomit = test_*\n"
+    )
+    result = run_pytest(pytester, "--distcov", "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    assert "Traceback" not in result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: [[]gw*[]] cannot read coverage data file *.coverage.fake.pid1.Xbadx*"
+            "kept for inspection"
+        ]
+    )
+    assert "crashed" not in result.stdout.str()  # the worker still finished cleanly
+    lines = measured(pytester.path / ".coverage", arcs=False)[str(pytester.path / "child.py")]
+    assert {5, 6, 7, 15} <= lines  # the good subprocess files were combined
+    assert len(list(private_tmp.glob("distcov-gw*/.coverage.fake.pid1.Xbadx"))) == 1
