@@ -12,6 +12,7 @@ from .errors import (
     NothingToReport,
     ProtocolError,
     PytestDistCovWarning,
+    RemoteError,
     ReportError,
     SettingsError,
 )
@@ -22,6 +23,7 @@ __all__ = [
     "NothingToReport",
     "ProtocolError",
     "PytestDistCovWarning",
+    "RemoteError",
     "ReportError",
     "SettingsError",
     "__version__",

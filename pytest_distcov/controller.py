@@ -39,9 +39,16 @@ from .errors import (
     ReportError,
     SettingsError,
 )
-from .merge import Accumulator, read_data_file, update_from_file, write_data_file
+from .merge import (
+    Accumulator,
+    PathMapper,
+    read_data_file,
+    update_from_file,
+    write_data_file,
+)
 from .options import Settings
 from .protocol import Chunk, Hello, decode
+from .remote import RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
@@ -50,6 +57,15 @@ __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 PROGRESS_EVERY = 5.0
 
 _CHANNEL_CLOSED = ("distcov-channel-closed",)
+
+#: Exit codes after which pytest calls pytest_terminal_summary (where we normally finish).
+_SUMMARY_EXIT_CODES = (
+    pytest.ExitCode.OK,
+    pytest.ExitCode.TESTS_FAILED,
+    pytest.ExitCode.INTERRUPTED,
+    pytest.ExitCode.USAGE_ERROR,
+    pytest.ExitCode.NO_TESTS_COLLECTED,
+)
 
 
 @dataclass(frozen=True)
@@ -123,7 +139,9 @@ class ControllerRole:
         self.acc = Accumulator(branch=engine.branch)
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.workers: dict[str, WorkerState] = {}
-        self.recover_paths: list[tuple[str, str]] = []  # (worker id, data file)
+        # (worker id, data file, path mapper for a file from a remote host)
+        self.recover_paths: list[tuple[str, str, PathMapper | None]] = []
+        self.remote: RemoteHooks | None = None
         self.summary: list[str] = []
         self.errors: list[str] = []
         self.report_text = ""
@@ -131,6 +149,7 @@ class ControllerRole:
         self._statements: dict[str, set[int]] = {}
         self._progress_cov: coverage.Coverage | None = None
         self._finished = False
+        self._mappers: dict[str, PathMapper] = {}
         self.session: pytest.Session | None = None
 
     # -- header -----------------------------------------------------------------------------
@@ -184,7 +203,7 @@ class ControllerRole:
                 continue
             chunk: Chunk = msg
             try:
-                self.acc.add_payload(chunk["data"])
+                self.acc.add_payload(chunk["data"], self._mapper(worker_id))
             except DataFileError as exc:
                 self.errors.append(f"worker {worker_id}: {exc}")
             state.tests = chunk["tests"]
@@ -193,6 +212,15 @@ class ControllerRole:
                 state.finished = True
         if got and self.config.get_verbosity() > 0:
             self._progress()
+
+    def _mapper(self, worker_id: str) -> PathMapper | None:
+        host = self.remote.host_of(worker_id) if self.remote is not None else None
+        if host is None:
+            return None
+        mapper = self._mappers.get(worker_id)
+        if mapper is None:
+            mapper = self._mappers[worker_id] = self.remote.fleet.path_mapper(host)  # type: ignore[union-attr]
+        return mapper
 
     def _progress(self) -> None:
         now = time.monotonic()
@@ -237,13 +265,48 @@ class ControllerRole:
                 f"distcov: worker {state.id} died before it reported; it had run no test"
             )
             return
+        host = self.remote.host_of(state.id) if self.remote is not None else None
+        if host is not None and self.remote is not None:
+            self._recover_remote(state, host)
+            return
         datadir = Path(state.hello["datadir"])
         files = sorted(str(p) for p in datadir.glob(".coverage.*") if p.is_file())
-        self.recover_paths.extend((state.id, f) for f in files)
+        self.recover_paths.extend((state.id, f, None) for f in files)
         found = f"{len(files)} data file{'s' if len(files) != 1 else ''}"
         self.summary.append(
             f"distcov: worker {state.id} on {state.hello['host']} crashed ({state.down_error});"
             f" recovering the data of its finished tests: {found} in {datadir}"
+        )
+
+    def _recover_remote(self, state: WorkerState, host: Any) -> None:
+        """Fetch what a dead remote worker flushed on its host, if the host still answers."""
+        assert self.remote is not None
+        assert state.hello is not None
+        fleet = self.remote.fleet
+        where = f"worker {state.id} on host {host.spec.label}"
+        if not fleet.ping(host):
+            self.summary.append(
+                f"distcov: {where} went down ({state.down_error}) and the host does not answer:"
+                " keeping the coverage it streamed until then; what it measured after its"
+                " last chunk is lost"
+            )
+            return
+        try:
+            files = fleet.fetch(host, state.hello["datadir"])
+        except DistCovError as exc:
+            self.summary.append(f"distcov: {where} crashed; fetching its data failed: {exc}")
+            return
+        target = self.engine.data_dir / f"recovered-{state.id}"
+        target.mkdir(parents=True, exist_ok=True)
+        mapper = self._mapper(state.id)
+        for name, content in files:
+            path = target / name
+            path.write_bytes(content)
+            self.recover_paths.append((state.id, str(path), mapper))
+        self.remote.leftovers.setdefault(host.spec.label, []).append(state.hello["datadir"])
+        self.summary.append(
+            f"distcov: {where} crashed ({state.down_error}); recovered the data of its finished"
+            f" tests from the host: {len(files)} data file{'s' if len(files) != 1 else ''}"
         )
 
     # -- the end ----------------------------------------------------------------------------
@@ -256,8 +319,13 @@ class ControllerRole:
         # Normally the work is done in pytest_terminal_summary, so that the user's own
         # terminal-summary hooks are measured as in a serial run; without a terminal reporter
         # (-p no:terminal) that hook never comes, so finish here.
-        if not self.config.pluginmanager.has_plugin("terminalreporter"):
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
             self._finish(session)
+        elif session.exitstatus not in _SUMMARY_EXIT_CODES:
+            # pytest shows no terminal summary after an internal error: finish (and save the
+            # data) here, and say what happened in a few plain lines.
+            self.pytest_terminal_summary(reporter)
 
     def _finish(self, session: pytest.Session | None) -> None:
         if self._finished:
@@ -275,9 +343,10 @@ class ControllerRole:
         def fill(data: coverage.CoverageData) -> None:
             self.acc.write_into(data)
             data.update(own)
-            for worker_id, path in [*self.recover_paths, *(("", p) for p in subprocess_files)]:
+            sources = [*self.recover_paths, *(("", p, None) for p in subprocess_files)]
+            for worker_id, path, mapper in sources:
                 try:
-                    update_from_file(data, path)
+                    update_from_file(data, path, mapper)
                 except DataFileError as exc:
                     who = f"worker {worker_id}: " if worker_id else ""
                     unreadable.append(path)
@@ -289,7 +358,9 @@ class ControllerRole:
 
         try:
             write_data_file(self.plan.data_file, fill)
+            self._close_remote()
         except (DistCovError, OSError) as exc:
+            self._close_remote()
             # The workers have handed over their data and deleted their copies: the union in
             # memory is the only one left, so save it somewhere we own before giving up.
             rescue = self.engine.data_dir / "combined.coverage"
@@ -305,8 +376,12 @@ class ControllerRole:
         self._cleanup(keep=unreadable)
         self._report(session)
 
+    def _close_remote(self) -> None:
+        if self.remote is not None:
+            self.remote.fleet.close(self.remote.leftovers)
+
     def _cleanup(self, keep: list[str]) -> None:
-        dirs = {self.engine.data_dir} | {Path(p).parent for _, p in self.recover_paths}
+        dirs = {self.engine.data_dir} | {Path(p).parent for _, p, _ in self.recover_paths}
         for d in dirs:
             if not any(Path(k).parent == d for k in keep):
                 shutil.rmtree(d, ignore_errors=True)
@@ -355,6 +430,8 @@ class ControllerRole:
         self._finish(self.session)
         tr = terminalreporter
         notes = list(self.engine.notes)
+        if self.remote is not None:
+            notes.extend(self.remote.notes)
         for state in self.workers.values():
             notes.extend(f"[{state.id}] {n}" for n in state.notes)
         workers = len(self.workers)

@@ -6,6 +6,7 @@ Hierarchy::
     ├── SettingsError            a bad option, ini value or coverage config (-> pytest.UsageError)
     ├── ProtocolError            a worker message we cannot understand (version, shape)
     ├── DataFileError            a coverage data file that cannot be read or written
+    ├── RemoteError              a remote host that cannot be used (one line per host)
     └── ReportError              a report that cannot be produced
         └── NothingToReport      no data matched what the reports were asked to show
 
@@ -22,6 +23,7 @@ __all__ = [
     "NothingToReport",
     "ProtocolError",
     "PytestDistCovWarning",
+    "RemoteError",
     "ReportError",
     "SettingsError",
 ]
@@ -41,6 +43,10 @@ class ProtocolError(DistCovError):
 
 class DataFileError(DistCovError):
     """A coverage data file that cannot be read or written."""
+
+
+class RemoteError(DistCovError):
+    """A remote host that cannot be used: one line per host, each naming what to do."""
 
 
 class ReportError(DistCovError):

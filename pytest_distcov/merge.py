@@ -62,8 +62,9 @@ class Accumulator:
             bucket = files[path] = set()
         return bucket
 
-    def add_payload(self, payload: Payload, map_path: PathMapper = _identity) -> int:
+    def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> int:
         """Merge a worker's payload; return how many lines or arcs were new here."""
+        map_path = map_path or _identity
         new = 0
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
@@ -143,11 +144,13 @@ def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
     return data
 
 
-def update_from_file(target: CoverageData, path: str | os.PathLike[str]) -> None:
+def update_from_file(
+    target: CoverageData, path: str | os.PathLike[str], map_path: PathMapper | None = None
+) -> None:
     """Union the data file at ``path`` into ``target``; the file itself is not changed."""
     source = read_data_file(path)
     try:
-        target.update(source)
+        target.update(source, map_path=map_path)
     except _READ_ERRORS as exc:
         raise DataFileError(f"cannot combine coverage data file {os.fspath(path)}: {exc}") from None
     finally:

@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from .errors import SettingsError
+from .hosts import HostSpec, parse_hosts
 from .report import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
 
 __all__ = ["Settings", "add_options", "resolve"]
@@ -33,6 +34,8 @@ class Settings:
     config_file: str | bool
     append: bool
     stream_interval: float
+    remote: tuple[HostSpec, ...] = ()
+    remote_ignore: tuple[str, ...] = ()
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -108,6 +111,29 @@ def add_options(parser: pytest.Parser) -> None:
         ),
     )
 
+    group.addoption(
+        "--distcov-remote",
+        metavar="HOSTS",
+        default=None,
+        help=(
+            "Run workers on these hosts over ssh: comma-separated [N*][user@]host[:port] (N"
+            " workers on that host, default 1) or full execnet specs (ssh=host//python=...)."
+            " The hosts need only ssh and a python3 of this Python's minor version."
+        ),
+    )
+    group.addoption(
+        "--distcov-ssh-config",
+        metavar="FILE",
+        default=None,
+        help="ssh client configuration for every connection to a remote host.",
+    )
+    group.addoption(
+        "--distcov-remote-python",
+        metavar="CMD",
+        default=None,
+        help="The Python on the remote hosts (default python3).",
+    )
+
     parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
     parser.addini(
         "distcov_source",
@@ -134,6 +160,31 @@ def add_options(parser: pytest.Parser) -> None:
         "distcov_stream_interval",
         "Shortest pause between two streamed chunks, in seconds.",
         type="float",
+        default=None,
+    )
+    parser.addini(
+        "distcov_remote",
+        "Remote hosts for workers, one or more per line (like --distcov-remote).",
+        type="linelist",
+        default=None,
+    )
+    parser.addini(
+        "distcov_ssh_config",
+        "ssh client configuration file for remote hosts.",
+        type="string",
+        default=None,
+    )
+    parser.addini(
+        "distcov_remote_python",
+        "The Python on the remote hosts (default python3).",
+        type="string",
+        default=None,
+    )
+    parser.addini(
+        "distcov_remote_ignore",
+        "Extra patterns of project files not to ship to remote hosts, one per line (fnmatch, on"
+        " a file's path under the rootdir or any part of it).",
+        type="linelist",
         default=None,
     )
 
@@ -228,6 +279,40 @@ def _resolve_config_file(config: pytest.Config, ns: Any) -> str | bool:
     return str(path.resolve())
 
 
+def _resolve_remote(config: pytest.Config, ns: Any) -> tuple[HostSpec, ...]:
+    cli: str | None = getattr(ns, "distcov_remote", None)
+    origin = "--distcov-remote"
+    entries: list[str] = [cli] if cli is not None else []
+    if cli is None:
+        entries = _ini(config, "distcov_remote") or []
+        origin = _ini_origin(config, "distcov_remote")
+    if not entries:
+        return ()
+    python: str | None = getattr(ns, "distcov_remote_python", None)
+    if python is None:
+        python = _ini(config, "distcov_remote_python") or "python3"
+    if not python.strip():
+        raise SettingsError("--distcov-remote-python is empty: give the Python command to run")
+    ssh_config: str | None = getattr(ns, "distcov_ssh_config", None)
+    ssh_origin = "--distcov-ssh-config"
+    if ssh_config is None:
+        ini = _ini(config, "distcov_ssh_config")
+        if ini:
+            ssh_config = str(_ini_dir(config) / ini)
+            ssh_origin = _ini_origin(config, "distcov_ssh_config")
+    if ssh_config is not None:
+        if not Path(ssh_config).is_file():
+            raise SettingsError(
+                f"ssh config file {ssh_config!r} given by {ssh_origin} does not exist"
+            )
+        ssh_config = str(Path(ssh_config).resolve())
+    try:
+        hosts = parse_hosts(entries, python=python.strip(), ssh_config=ssh_config)
+    except SettingsError as exc:
+        raise SettingsError(f"invalid value for {origin}: {exc}") from None
+    return hosts
+
+
 def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
     cli = getattr(ns, dest, None)
     if cli is not None:
@@ -236,8 +321,12 @@ def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
     return None if ini is None else bool(ini)
 
 
-def resolve(config: pytest.Config) -> Settings:
-    """Resolve every option once. Call with the early config (known args already parsed)."""
+def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
+    """Resolve every option once. Call with the early config (known args already parsed).
+
+    A worker ignores the remote-host options: they are the controller's business (and name
+    files that only the controller has).
+    """
     ns = config.known_args_namespace
     enabled = bool(_flag(config, ns, "distcov", "distcov")) and not getattr(ns, "no_distcov", False)
 
@@ -259,4 +348,6 @@ def resolve(config: pytest.Config) -> Settings:
         config_file=_resolve_config_file(config, ns),
         append=bool(_flag(config, ns, "distcov_append", "distcov_append")),
         stream_interval=_resolve_stream_interval(config, ns),
+        remote=() if worker else _resolve_remote(config, ns),
+        remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
     )

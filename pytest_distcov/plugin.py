@@ -24,6 +24,7 @@ from .controller import ControllerRole, OutputPlan, XdistControllerHooks
 from .engine import Engine, MeasureSpec
 from .errors import DistCovError
 from .options import Settings, add_options, resolve
+from .remote import RemoteHooks, start_remote
 from .worker import NoCoverHooks, WorkerRole
 
 ENGINE_KEY = pytest.StashKey[Engine]()
@@ -36,13 +37,14 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     add_options(parser)
 
 
-def _expects_xdist_controller(config: pytest.Config) -> bool:
+def _expects_xdist_controller(config: pytest.Config, settings: Settings) -> bool:
     """Will xdist distribute this run? (xdist decides later; this mirrors its test.)"""
     if not config.pluginmanager.has_plugin("xdist"):
         return False
     ns = config.known_args_namespace
     return bool(
-        getattr(ns, "numprocesses", None)
+        settings.remote
+        or getattr(ns, "numprocesses", None)
         or getattr(ns, "dist", "no") != "no"
         or getattr(ns, "distload", False)
     )
@@ -54,13 +56,25 @@ def _usage_error(exc: DistCovError) -> pytest.UsageError:
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
+    worker_id = os.environ.get("PYTEST_XDIST_WORKER")
     try:
-        settings = resolve(early_config)
+        settings = resolve(early_config, worker=worker_id is not None)
     except DistCovError as exc:
         raise _usage_error(exc) from None
     early_config.stash[SETTINGS_KEY] = settings
     ns = early_config.known_args_namespace
-    if not settings.enabled or ns.help or ns.version or getattr(ns, "collectonly", False):
+    if ns.help or ns.version:
+        return
+    if settings.remote and not settings.enabled:
+        raise pytest.UsageError(
+            "distcov: --distcov-remote runs measured workers on other hosts; it needs --distcov"
+            " (or distcov = true in the ini file)"
+        )
+    if settings.remote and not early_config.pluginmanager.has_plugin("xdist"):
+        raise pytest.UsageError(
+            "distcov: --distcov-remote needs pytest-xdist, which is not active (-p no:xdist?)"
+        )
+    if not settings.enabled or getattr(ns, "collectonly", False):
         return
     if getattr(ns, "cov_source", None):
         raise pytest.UsageError(
@@ -68,8 +82,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         )
     spec = MeasureSpec(settings.source, settings.branch, settings.config_file)
     early_config.stash[SPEC_KEY] = spec
-    worker_id = os.environ.get("PYTEST_XDIST_WORKER")
-    dist = worker_id is None and _expects_xdist_controller(early_config)
+    dist = worker_id is None and _expects_xdist_controller(early_config, settings)
     try:
         if worker_id is None:
             # Validate where the data goes (and --distcov-append) before anything runs.
@@ -88,14 +101,12 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
 
 
 def _worker_count(config: pytest.Config) -> int:
-    n = config.getoption("numprocesses", None)
-    if isinstance(n, int) and n > 0:
-        return n
     total = 0
-    for spec in config.getoption("tx", None) or []:
+    for spec in config.getoption("tx", None) or []:  # -n N has become N popen entries here
         mult, star, _ = str(spec).partition("*")
         total += int(mult) if star and mult.isdigit() else 1
-    return total
+    n = config.getoption("numprocesses", None)
+    return total or (n if isinstance(n, int) and n > 0 else 0)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -138,6 +149,12 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
             plan = OutputPlan.make(settings, spec)
         except DistCovError as exc:
             raise _usage_error(exc) from None
+    remote: RemoteHooks | None = None
+    if settings.remote and not config.getoption("collectonly", False):
+        try:
+            remote = start_remote(config, settings)
+        except DistCovError as exc:
+            raise _usage_error(exc) from None
     dist = (
         config.pluginmanager.has_plugin("xdist")
         and config.getoption("dist", "no") != "no"
@@ -147,6 +164,9 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         config, settings, spec, plan, engine, workers=_worker_count(config) if dist else 0
     )
     config.pluginmanager.register(role, "distcov-controller")
+    if remote is not None:
+        role.remote = remote
+        config.pluginmanager.register(remote, "distcov-remote")
     if dist:
         config.pluginmanager.register(XdistControllerHooks(role), "distcov-xdist")
     else:

@@ -1,10 +1,13 @@
 """Real ssh hosts on this machine, with no daemon and no network: the lab for remote tests.
 
 Each host is `sshd -i` started by the ssh client's ProxyCommand inside fresh mount and UTS
-namespaces (root only): it has its own hostname and its own `/srv` (a directory under the lab),
-and it dies with the connection, so there is nothing to clean up and no port is opened.
-Connections use the lab's own keys and ssh_config (`ssh -F lab.ssh_config HOST`, or execnet's
-`//ssh_config=`).
+namespaces (root only). A host has its own hostname, its own `/srv`, `/tmp` and `~/.cache`
+(directories under the lab, kept for the whole test session, so a host's cache stays warm
+between tests like a real host's), and it cannot see the controller's virtualenv or checkout
+(empty tmpfs over them), so the workers there have nothing but the Python they are given and
+what pytest-distcov ships. It dies with the connection: there is nothing to clean up and no port
+is opened. A name that is not a lab host fails like an unknown host (ssh exit 255), without any
+DNS lookup. Connect with `ssh -F lab.ssh_config HOST`, or execnet's `//ssh_config=`.
 """
 
 from __future__ import annotations
@@ -12,10 +15,13 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
 SSHD = "/usr/sbin/sshd"
+DEBIAN_PYTHON = "/usr/bin/python3"
+REPO = Path(__file__).resolve().parents[1]
 
 
 def lab_unavailable() -> str | None:
@@ -30,6 +36,49 @@ def lab_unavailable() -> str | None:
     return None
 
 
+def hidden_dirs() -> list[str]:
+    """What a host must not see: the test environment's virtualenv and this checkout."""
+    dirs = [str(REPO)]
+    if sys.prefix != sys.base_prefix:
+        dirs.append(os.path.realpath(sys.prefix))
+    return dirs
+
+
+def host_python() -> str:
+    """A bare Python on the hosts with this Python's minor version: Debian's own where it
+    matches, else the base interpreter this test environment was made from (no packages)."""
+    try:
+        out = subprocess.run(
+            [DEBIAN_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        if tuple(int(x) for x in out) == sys.version_info[:2]:
+            return DEBIAN_PYTHON
+    except (OSError, subprocess.SubprocessError, ValueError):
+        pass
+    return os.path.join(sys.base_prefix, "bin", "python3")
+
+
+def other_minor_python() -> str | None:
+    """A Python on the hosts whose minor version differs from this one, if there is one."""
+    candidates = [DEBIAN_PYTHON, *sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"))]
+    for cand in map(str, candidates):
+        try:
+            out = subprocess.run(
+                [cand, "-c", "import sys; print(*sys.version_info[:2])"],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        if tuple(int(x) for x in out) != sys.version_info[:2]:
+            return cand
+    return None
+
+
 @dataclass(frozen=True)
 class SshLab:
     root: Path
@@ -38,14 +87,20 @@ class SshLab:
     def ssh_config(self) -> Path:
         return self.root / "ssh_config"
 
+    def add_host(self, host: str) -> Path:
+        """Make ``host`` a known host; return the directory holding its filesystems."""
+        base = self.root / "hostfs" / host
+        for sub in ("srv", "tmp", "cache"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        (base / "tmp").chmod(0o1777)
+        return base
+
     def srv(self, host: str) -> Path:
         """The directory a host sees as its /srv."""
-        path = self.root / "hostfs" / host
-        path.mkdir(parents=True, exist_ok=True)
-        return path
+        return self.add_host(host) / "srv"
 
     def ssh(self, host: str, command: str) -> subprocess.CompletedProcess[str]:
-        self.srv(host)
+        self.add_host(host)
         return subprocess.run(
             ["ssh", "-F", str(self.ssh_config), host, command],
             capture_output=True,
@@ -55,28 +110,38 @@ class SshLab:
         )
 
 
-def build_lab(root: Path) -> SshLab:
-    (root / "run" / "sshd").mkdir(parents=True)
+def build_lab(root: Path, hide: list[str] | None = None) -> SshLab:
+    run = root / "run"
+    (run / "sshd").mkdir(parents=True)
     (root / "hostfs").mkdir()
     for key in ("host_key", "client_key"):
         subprocess.run(
-            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / key)], check=True
+            ["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(run / key)], check=True
         )
-    shutil.copy(root / "client_key.pub", root / "authorized_keys")
-    (root / "sshd_config").write_text(
-        f"HostKey {root}/host_key\n"
+    shutil.copy(run / "client_key.pub", run / "authorized_keys")
+    # Read by sshd after the mounts, where the lab's run directory is /run.
+    (run / "sshd_config").write_text(
+        "HostKey /run/host_key\n"
         "UsePAM no\nStrictModes no\nPubkeyAuthentication yes\nPasswordAuthentication no\n"
         "KbdInteractiveAuthentication no\nPermitRootLogin yes\n"
-        f"AuthorizedKeysFile {root}/authorized_keys\nPidFile none\nLogLevel ERROR\n"
+        "AuthorizedKeysFile /run/authorized_keys\nPidFile none\nLogLevel ERROR\n"
     )
-    proxy = (
-        "unshare --mount --uts --propagation private sh -c 'hostname %n"
-        f" && mount --bind {root}/run /run && mount --bind {root}/hostfs/%n /srv"
-        f" && exec {SSHD} -i -f {root}/sshd_config'"
-    )
+    Path("/root/.cache").mkdir(parents=True, exist_ok=True)
+    fs = f"{root}/hostfs/%n"
+    steps = [
+        f'[ -d {fs} ] || {{ echo "ssh: Could not resolve hostname %n" >&2; exit 255; }}',
+        "hostname %n",
+        f"mount --bind {run} /run",
+        f"mount --bind {fs}/srv /srv",
+        f"mount --bind {fs}/cache /root/.cache",
+        f"mount --bind {fs}/tmp /tmp",  # last bind: the lab itself lives under /tmp
+        *(f"{{ [ ! -d {d} ] || mount -t tmpfs tmpfs {d}; }}" for d in hide or hidden_dirs()),
+        f"exec {SSHD} -i -f /run/sshd_config",
+    ]
+    proxy = "unshare --mount --uts --propagation private sh -c '" + " && ".join(steps) + "'"
     (root / "ssh_config").write_text(
         "Host *\n  User root\n"
-        f"  IdentityFile {root}/client_key\n  IdentitiesOnly yes\n"
+        f"  IdentityFile {run}/client_key\n  IdentitiesOnly yes\n"
         "  StrictHostKeyChecking no\n  UserKnownHostsFile /dev/null\n  BatchMode yes\n"
         f"  LogLevel ERROR\n  ConnectTimeout 20\n  ProxyCommand {proxy}\n"
     )

@@ -12,9 +12,10 @@ import pytest_distcov
 PKG = Path(pytest_distcov.__file__).parent
 
 #: Modules that may import pytest (the roles and the plugin on top).
-PYTEST_ALLOWED = {"plugin", "controller", "worker", "options"}
-#: Bottom layers: standard library (and each other) only.
-STDLIB_ONLY = {"errors", "protocol"}
+PYTEST_ALLOWED = {"plugin", "controller", "worker", "options", "remote"}
+#: Bottom layers: standard library (and each other) only. The remote agent and worker starter
+#: run on hosts that have nothing but Python; shipping runs before anything is there.
+STDLIB_ONLY = {"errors", "protocol", "remote_agent", "remote_worker", "shipping"}
 
 
 def _imports(module: str) -> set[str]:
@@ -64,6 +65,7 @@ def test_public_names() -> None:
         "NothingToReport",
         "ProtocolError",
         "PytestDistCovWarning",
+        "RemoteError",
         "ReportError",
         "SettingsError",
         "__version__",

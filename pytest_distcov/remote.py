@@ -1,0 +1,461 @@
+"""``--distcov-remote``: workers on other hosts over ssh, on hosts that have only a python3.
+
+The flow, all in the controller:
+
+1. :func:`parse_hosts` turns ``[N*][user@]host[:port]`` entries (or full execnet ``ssh=`` specs)
+   into :class:`HostSpec` values, at option time, so a typo is a usage error before anything
+   connects.
+2. :class:`Fleet` opens one execnet gateway of its own per host, in parallel, runs the
+   :mod:`~pytest_distcov.remote_agent` there, checks the host's Python, and ships the
+   :class:`~pytest_distcov.shipping.Bundle` (only the contents the host's cache lacks). Every
+   failure becomes one :class:`RemoteError` line naming the host and what to do.
+3. :class:`RemoteHooks` hands the hosts to xdist as proxy gateways (``--px``) plus ``popen``
+   workers started through them (``--tx popen//via=...``): xdist schedules, restarts and reports
+   as for any worker. :mod:`~pytest_distcov.remote_worker` puts the host's paths into each
+   worker's start-up message. The worker then measures and streams like a local one.
+4. Paths come home: :meth:`Fleet.path_mapper` maps every path under a shipped tree on the host to
+   the controller's own file, for streamed chunks and recovered files alike.
+5. A worker that dies leaves its flushed data file on the host; :meth:`Fleet.fetch` brings it
+   back through the agent. A host that stops answering keeps what it streamed; its workers are
+   restarted on a host that still answers.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import execnet
+import pytest
+
+from . import remote_agent, remote_worker
+from .errors import RemoteError
+from .hosts import HostSpec
+from .options import Settings
+from .shipping import Bundle, Tree, build_bundle
+
+__all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
+
+#: Where the controller keeps the digests of the files it ships, in pytest's cache.
+HASH_CACHE_KEY = "distcov/shipped-digests"
+
+#: Seconds a host may take to connect, start its Python and answer, before it is given up.
+CONNECT_TIMEOUT = 30.0
+#: Seconds a running host may take to answer a ping before it counts as unreachable.
+PING_TIMEOUT = 5.0
+#: Bytes of file contents per message while shipping (execnet's limit is 2 GiB; this keeps
+#: memory flat and the channel responsive).
+BATCH_BYTES = 8 << 20
+#: Distributions whose exact versions on a host mean "it already has everything".
+WORKER_DISTS = ("pytest", "pytest-xdist", "execnet", "coverage", "pytest-distcov")
+
+# -- one host -----------------------------------------------------------------------------------
+
+
+@dataclass
+class HostReport:
+    """What the header says about a host."""
+
+    hostname: str = ""
+    python: str = ""
+    executable: str = ""
+    files: int = 0  # files the host needs
+    shipped_files: int = 0  # file contents sent this time (identical files are sent once)
+    shipped_bytes: int = 0
+    packages: str = "shipped"  # or "the host's own"
+    seconds: float = 0.0
+
+
+@dataclass
+class HostSession:
+    spec: HostSpec
+    index: int
+    gateway: Any = None
+    channel: Any = None
+    info: dict[str, Any] = field(default_factory=dict)
+    trees: dict[str, str] = field(default_factory=dict)  # tree name -> path on the host
+    report: HostReport = field(default_factory=HostReport)
+    alive: bool = True
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    @property
+    def proxy_id(self) -> str:
+        return f"distcov-{self.index}"
+
+    def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
+        with self.lock:
+            self.channel.send(msg)
+            reply = self.channel.receive(timeout)
+        if "error" in reply:
+            raise RemoteError(f"{self.spec.label}: {reply['error']}")
+        return reply["ok"]
+
+
+def _connect_error(spec: HostSpec, exc: BaseException) -> str:
+    if isinstance(exc, execnet.HostNotFound):
+        return (
+            f"{spec.label}: ssh could not connect (unknown host, refused key or no route);"
+            f" check that `ssh {'-F ' + spec.ssh_config + ' ' if spec.ssh_config else ''}"
+            f"{spec.ssh.split()[-1]} true` works without a prompt"
+        )
+    return (
+        f"{spec.label}: connected, but could not start {spec.python!r} there"
+        f" ({exc or 'it exited'}); install python3 on the host or point"
+        " --distcov-remote-python at an interpreter"
+    )
+
+
+class Fleet:
+    """The remote hosts of one run, over pytest-distcov's own gateways."""
+
+    def __init__(
+        self, hosts: Sequence[HostSpec], bundle: Bundle, *, timeout: float = CONNECT_TIMEOUT
+    ) -> None:
+        self.hosts = [HostSession(spec, i + 1) for i, spec in enumerate(hosts)]
+        self.bundle = bundle
+        self.timeout = timeout
+        self.run_id = uuid.uuid4().hex[:12]
+        self.group = execnet.Group(execmodel="thread")
+        self.versions = _installed_versions()
+        self.closed = False
+
+    # -- setting up ---------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Connect to every host and ship what it lacks, all hosts at once."""
+        errors: dict[int, str] = {}
+
+        def run(host: HostSession) -> None:
+            try:
+                self._setup(host)
+            except RemoteError as exc:
+                errors[host.index] = str(exc)
+            except (execnet.HostNotFound, OSError, EOFError, execnet.RemoteError) as exc:
+                errors[host.index] = _connect_error(host.spec, exc)
+            except execnet.TimeoutError:
+                errors[host.index] = (
+                    f"{host.spec.label}: no answer within {self.timeout:.0f} s; check that the"
+                    " host is up and reachable"
+                )
+
+        threads = [threading.Thread(target=run, args=(h,), daemon=True) for h in self.hosts]
+        for t in threads:
+            t.start()
+        deadline = time.monotonic() + self.timeout + 5.0
+        for host, t in zip(self.hosts, threads, strict=True):
+            t.join(max(0.0, deadline - time.monotonic()))
+            if t.is_alive() and host.index not in errors:
+                errors[host.index] = (
+                    f"{host.spec.label}: no answer within {self.timeout:.0f} s; check that the"
+                    " host is up and reachable"
+                )
+        if errors:
+            self.close()
+            raise RemoteError("\n".join(errors[i] for i in sorted(errors)))
+
+    def _setup(self, host: HostSession) -> None:
+        start = time.monotonic()
+        host.gateway = self.group.makegateway(host.spec.xspec(id=f"distcov-agent-{host.index}"))
+        host.channel = host.gateway.remote_exec(remote_agent)
+        info = host.request(
+            {
+                "op": "setup",
+                "run": self.run_id,
+                "versions": self.versions,
+                "trees": [
+                    {"name": t.name, "digest": t.digest, "per_run": t.per_run}
+                    for t in self.bundle.trees
+                ],
+            },
+            timeout=self.timeout,
+        )
+        host.info = info
+        if tuple(info["version"]) != sys.version_info[:2]:
+            raise RemoteError(
+                f"{host.spec.label} runs Python {info['python']} ({info['executable']}), the"
+                f" controller {sys.version.split()[0]}: workers need the same minor version;"
+                f" point --distcov-remote-python at a Python {sys.version_info[0]}."
+                f"{sys.version_info[1]} on that host"
+            )
+        trees = [self.bundle.project] if info["has_packages"] else list(self.bundle.trees)
+        host.report.packages = "the host's own" if info["has_packages"] else "shipped"
+        to_build = [t for t in trees if t.name not in info["have"]]
+        self._ship(host, to_build)
+        host.report.hostname = info["host"]
+        host.report.python = info["python"]
+        host.report.executable = info["executable"]
+        host.report.files = sum(len(t.files) for t in trees)
+        host.report.seconds = time.monotonic() - start
+
+    def _ship(self, host: HostSession, trees: list[Tree]) -> None:
+        if trees:
+            missing = host.request(
+                {
+                    "op": "manifests",
+                    "trees": [
+                        {
+                            "name": t.name,
+                            "digest": t.digest,
+                            "per_run": t.per_run,
+                            "files": [f.wire() for f in t.files],
+                        }
+                        for t in trees
+                    ],
+                },
+                timeout=self.timeout,
+            )
+            blobs = self.bundle.blobs()
+            batch: list[tuple[str, bytes]] = []
+            size = 0
+            for digest in missing:
+                with open(blobs[digest], "rb") as fh:
+                    content = fh.read()
+                batch.append((digest, content))
+                size += len(content)
+                host.report.shipped_files += 1
+                host.report.shipped_bytes += len(content)
+                if size >= BATCH_BYTES:
+                    host.channel.send({"op": "blobs", "items": batch})
+                    batch, size = [], 0
+            if batch:
+                host.channel.send({"op": "blobs", "items": batch})
+        # build answers with the paths of every tree, built now or found in the cache
+        host.trees = host.request({"op": "build"}, timeout=None)
+
+    # -- what xdist and the workers need --------------------------------------------------------
+
+    def xdist_specs(self) -> tuple[list[str], list[str]]:
+        """(proxy specs for --px, worker specs for --tx)."""
+        proxies: list[str] = []
+        workers: list[str] = []
+        for host in self.hosts:
+            cwd = self.host_path(host, os.getcwd())
+            env = os.pathsep.join(
+                host.trees[t.name] for t in self.bundle.packages if t.name in host.trees
+            )
+            extra = {"id": host.proxy_id, "execmodel": "thread"}
+            if cwd:
+                extra["chdir"] = cwd
+            if env:
+                extra["env:PYTHONPATH"] = env
+            proxies.append(host.spec.xspec(**extra))
+            workers.extend([f"popen//via={host.proxy_id}"] * host.spec.count)
+        return proxies, workers
+
+    def host_for_proxy(self, proxy_id: str | None) -> HostSession | None:
+        return next((h for h in self.hosts if h.proxy_id == proxy_id), None)
+
+    def _pairs(self, host: HostSession) -> list[tuple[str, str]]:
+        """(path on the host, local path), longest first."""
+        pairs: list[tuple[str, str]] = []
+        for tree in self.bundle.trees:
+            remote = host.trees.get(tree.name)
+            if remote:
+                pairs.extend(tree.path_map(remote))
+        return sorted(pairs, key=lambda p: len(p[0]), reverse=True)
+
+    def host_path(self, host: HostSession, local: str) -> str:
+        """Where a local path (under a shipped tree) lives on the host, or ""."""
+        for remote, here in sorted(self._pairs(host), key=lambda p: len(p[1]), reverse=True):
+            if local == here or local.startswith(here + os.sep):
+                return remote + local[len(here) :].replace(os.sep, "/")
+        return ""
+
+    def worker_sys_path(self, host: HostSession) -> list[list[str]]:
+        """The worker's sys.path on the host: ["path", p], ["stdlib"] or ["cwd"] entries."""
+        out: list[list[str]] = []
+        for entry in self.bundle.sys_path:
+            if entry.kind != "tree":
+                out.append([entry.kind])
+            elif entry.tree in host.trees:
+                base = host.trees[entry.tree]
+                out.append(["path", f"{base}/{entry.sub}" if entry.sub else base])
+            elif host.info.get("has_packages"):  # the host's own site-packages instead
+                out.extend(["path", p] for p in host.info["site"] if ["path", p] not in out)
+        return out
+
+    def worker_input(self, host: HostSession) -> dict[str, Any]:
+        project = self.bundle.project
+        return {
+            "sys_path": self.worker_sys_path(host),
+            "trees": dict(host.trees),
+            "args_map": [[project.local, host.trees.get(project.name, "")]],
+            "basetemp": f"{host.info['run_dir']}/basetemp",
+            "host": host.spec.label,
+        }
+
+    def path_mapper(self, host: HostSession) -> Callable[[str], str]:
+        pairs = self._pairs(host)
+
+        def map_path(path: str) -> str:
+            for remote, local in pairs:
+                if path == remote or path.startswith(remote + "/"):
+                    return local + path[len(remote) :].replace("/", os.sep)
+            return path
+
+        return map_path
+
+    # -- while and after the run ----------------------------------------------------------------
+
+    def ping(self, host: HostSession) -> bool:
+        if host.alive:
+            try:
+                host.alive = host.request({"op": "ping"}, timeout=PING_TIMEOUT) == "pong"
+            except (OSError, EOFError, RemoteError, execnet.TimeoutError, execnet.RemoteError):
+                host.alive = False
+        return host.alive
+
+    def fetch(self, host: HostSession, directory: str) -> list[tuple[str, bytes]]:
+        """The coverage data files a worker left in ``directory`` on the host."""
+        files: list[tuple[str, bytes]] = host.request(
+            {"op": "fetch", "dir": directory, "pattern": ".coverage.*"}, timeout=120.0
+        )
+        return files
+
+    def close(self, leftovers: dict[str, list[str]] | None = None) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        for host in self.hosts:
+            if host.channel is not None and host.alive:
+                try:
+                    host.request(
+                        {"op": "cleanup", "dirs": (leftovers or {}).get(host.spec.label, [])},
+                        timeout=PING_TIMEOUT,
+                    )
+                    host.channel.send(None)
+                except (OSError, EOFError, RemoteError, execnet.TimeoutError, execnet.RemoteError):
+                    pass
+        self.group.terminate(timeout=PING_TIMEOUT)
+
+
+def _installed_versions() -> dict[str, str]:
+    import importlib.metadata
+
+    out = {}
+    for dist in WORKER_DISTS:
+        try:
+            out[dist] = importlib.metadata.version(dist)
+        except importlib.metadata.PackageNotFoundError:
+            return {}
+    return out
+
+
+def _size(n: int) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024  # type: ignore[assignment]
+    raise AssertionError
+
+
+# -- the pytest side ----------------------------------------------------------------------------
+
+
+class RemoteHooks:
+    """xdist hooks for remote workers; registered in the controller only when hosts are given."""
+
+    def __init__(self, fleet: Fleet) -> None:
+        self.fleet = fleet
+        self.worker_hosts: dict[str, HostSession] = {}  # worker id -> host
+        self.notes: list[str] = []
+        # host label -> directories of dead workers to remove there at the end
+        self.leftovers: dict[str, list[str]] = {}
+
+    def configure_xdist(self, config: pytest.Config) -> None:
+        """Add the hosts to xdist's options (before xdist reads them in its configure)."""
+        proxies, workers = self.fleet.xdist_specs()
+        config.option.px = [*(config.getoption("px", None) or []), *proxies]
+        config.option.tx = [*(config.getoption("tx", None) or []), *workers]
+        if config.getoption("dist", "no") == "no":
+            config.option.dist = "load"
+        if config.getoption("maxworkerrestart", None) is None:
+            # xdist restarts --tx workers without limit by default; a broken host would
+            # otherwise make it start workers forever.
+            config.option.maxworkerrestart = str(2 * len(config.option.tx))
+
+    def pytest_report_header(self) -> list[str]:
+        lines = []
+        for host in self.fleet.hosts:
+            r = host.report
+            shipped = (
+                f"shipped {r.shipped_files} new file contents ({_size(r.shipped_bytes)})"
+                f" of {r.files} files"
+                if r.shipped_files
+                else f"nothing new to ship ({r.files} files cached there)"
+            )
+            packages = "" if r.packages == "shipped" else ", using the host's own packages"
+            lines.append(
+                f"distcov: host {host.spec.label} ({r.hostname}, Python {r.python}):"
+                f" {host.spec.count} worker{'s' if host.spec.count != 1 else ''}; {shipped}"
+                f"{packages}; set up in {r.seconds:.1f} s"
+            )
+        return lines
+
+    def pytest_configure_node(self, node: Any) -> None:
+        host = self.fleet.host_for_proxy(getattr(node.gateway.spec, "via", None))
+        if host is not None:
+            node.workerinput["distcov_remote"] = self.fleet.worker_input(host)
+            self.worker_hosts[node.gateway.id] = host
+
+    def pytest_xdist_getremotemodule(self) -> Any:
+        return remote_worker
+
+    def host_of(self, worker_id: str) -> HostSession | None:
+        return self.worker_hosts.get(worker_id)
+
+    def pytest_unconfigure(self) -> None:
+        self.fleet.close()
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_testnodedown(self, node: Any, error: object) -> None:
+        """A worker on an unreachable host is restarted on a host that still answers."""
+        host = self.worker_hosts.get(node.gateway.id)
+        if host is None or not error or self.fleet.ping(host):
+            return
+        live = [h for h in self.fleet.hosts if self.fleet.ping(h)]
+        if not live:
+            raise pytest.exit(
+                "distcov: every remote host is unreachable; the coverage streamed so far is"
+                " kept (see the summary)",
+                returncode=pytest.ExitCode.INTERRUPTED,
+            )
+        target = min(live, key=lambda h: sum(1 for w in self.worker_hosts.values() if w is h))
+        node.gateway.spec.via = target.proxy_id
+        note = f"host {host.spec.label} is unreachable: its workers continue on {target.spec.label}"
+        if note not in self.notes:
+            self.notes.append(note)
+
+
+def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
+    """Ship to every host and hand them to xdist; a RemoteError names each failed host."""
+    cache = getattr(config, "cache", None)
+    known = cache.get(HASH_CACHE_KEY, None) if cache is not None else None
+    bundle, digests = build_bundle(
+        str(config.rootpath),
+        extra_ignores=settings.remote_ignore,
+        hash_cache=known if isinstance(known, dict) else None,
+    )
+    if cache is not None:
+        cache.set(HASH_CACHE_KEY, digests)
+    if not _inside_root(os.getcwd(), bundle.project.local):
+        raise RemoteError(
+            f"--distcov-remote: run pytest from inside the rootdir ({bundle.project.local}):"
+            " the workers start in the same place in its copy"
+        )
+    fleet = Fleet(settings.remote, bundle)
+    fleet.start()
+    hooks = RemoteHooks(fleet)
+    hooks.configure_xdist(config)
+    return hooks
+
+
+def _inside_root(path: str, root: str) -> bool:
+    real = os.path.realpath(path)
+    return real == root or real.startswith(root + os.sep)

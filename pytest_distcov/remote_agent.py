@@ -1,0 +1,199 @@
+"""The agent that runs on a remote host, over pytest-distcov's own execnet gateway (stdlib only).
+
+execnet sends this module's source to the host and runs it there as ``__channelexec__``; the host
+has nothing but a Python, so this file imports the standard library only and nothing of its own
+package. It serves requests on its channel until it receives ``None``:
+
+``setup``      describe the host (hostname, Python, standard library, cache) and which trees
+               its cache already holds complete
+``manifests``  take the file lists of the trees to build; answer which contents are missing
+``blobs``      store file contents by digest (no answer: the controller streams them)
+``build``      put the trees together from the stored contents; answer their paths
+``fetch``      read the coverage data files a worker left in a directory (crash recovery)
+``cleanup``    remove this run's directories
+``ping``       answer ``pong`` (is the host still there?)
+
+The cache lives in ``$XDG_CACHE_HOME/pytest-distcov`` (default ``~/.cache/pytest-distcov``):
+``objects/`` holds file contents by digest, ``trees/<digest>`` the shared package trees and
+``runs/<run id>`` the per-run copies of the project, removed at the end of the run (and, if a run
+was killed, by the next run after a day).
+"""
+
+from __future__ import annotations
+
+import glob
+import importlib.metadata
+import os
+import platform
+import shutil
+import sys
+import time
+from typing import Any
+
+RUN_MAX_AGE = 24 * 3600.0
+
+
+def _cache_dir() -> str:
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.realpath(os.path.join(base, "pytest-distcov"))
+
+
+def _is_stdlib(path: str) -> bool:
+    real = os.path.realpath(path)
+    if "site-packages" in real or "dist-packages" in real:
+        return False
+    for root in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
+        if real == root or real.startswith(root + os.sep):
+            return True
+    return False
+
+
+def _has_versions(versions: dict[str, str]) -> bool:
+    if not versions:
+        return False
+    for dist, version in versions.items():
+        try:
+            if importlib.metadata.version(dist) != version:
+                return False
+        except Exception:
+            return False
+    return True
+
+
+def _prune_runs(cache: str) -> None:
+    now = time.time()
+    for path in glob.glob(os.path.join(cache, "runs", "*")):
+        try:
+            if now - os.stat(path).st_mtime > RUN_MAX_AGE:
+                shutil.rmtree(path, ignore_errors=True)
+        except OSError:
+            pass
+
+
+class Agent:
+    def __init__(self) -> None:
+        self.cache = _cache_dir()
+        self.run = ""
+        self.pending: dict[str, dict[str, Any]] = {}  # tree name -> tree (with files)
+        self.paths: dict[str, str] = {}
+        self.errors: list[str] = []  # from blobs, which get no answer of their own
+
+    def _object(self, digest: str) -> str:
+        return os.path.join(self.cache, "objects", digest[:2], digest)
+
+    def _tree_dir(self, tree: dict[str, Any]) -> str:
+        if tree["per_run"]:
+            return os.path.join(self.cache, "runs", self.run, tree["name"])
+        return os.path.join(self.cache, "trees", tree["digest"])
+
+    def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
+        self.run = msg["run"]
+        os.makedirs(os.path.join(self.cache, "runs", self.run), exist_ok=True)
+        _prune_runs(self.cache)
+        have = []
+        for tree in msg["trees"]:
+            path = self._tree_dir(tree)
+            if not tree["per_run"] and os.path.exists(os.path.join(path, ".distcov-complete")):
+                have.append(tree["name"])
+                self.paths[tree["name"]] = path
+                os.utime(path)  # in use: keeps it from any pruning by age
+        return {
+            "host": platform.node(),
+            "python": platform.python_version(),
+            "version": list(sys.version_info[:2]),
+            "executable": sys.executable,
+            "implementation": platform.python_implementation(),
+            "stdlib": [p for p in sys.path if p and _is_stdlib(p)],
+            "site": [p for p in sys.path if p and not _is_stdlib(p) and os.path.isdir(p)],
+            "cache": self.cache,
+            "run_dir": os.path.join(self.cache, "runs", self.run),
+            "have": have,
+            "has_packages": _has_versions(msg.get("versions") or {}),
+        }
+
+    def manifests(self, msg: dict[str, Any]) -> list[str]:
+        missing: set[str] = set()
+        for tree in msg["trees"]:
+            self.pending[tree["name"]] = tree
+            for _rel, digest, _size, _exe in tree["files"]:
+                if not os.path.exists(self._object(digest)):
+                    missing.add(digest)
+        return sorted(missing)
+
+    def blobs(self, msg: dict[str, Any]) -> None:
+        for digest, content in msg["items"]:
+            target = self._object(digest)
+            os.makedirs(os.path.dirname(target), exist_ok=True)
+            tmp = f"{target}.{os.getpid()}.tmp"
+            with open(tmp, "wb") as fh:
+                fh.write(content)
+            os.replace(tmp, target)
+
+    def build(self, _msg: dict[str, Any]) -> dict[str, str]:
+        if self.errors:
+            raise OSError(f"storing the shipped files failed: {self.errors[0]}")
+        for name, tree in sorted(self.pending.items()):
+            final = self._tree_dir(tree)
+            work = f"{final}.{os.getpid()}.building"
+            shutil.rmtree(work, ignore_errors=True)
+            for rel, digest, _size, executable in tree["files"]:
+                target = os.path.join(work, *rel.split("/"))
+                os.makedirs(os.path.dirname(target), exist_ok=True)
+                shutil.copyfile(self._object(digest), target)
+                os.chmod(target, 0o755 if executable else 0o644)
+            os.makedirs(work, exist_ok=True)
+            if not tree["per_run"]:
+                with open(os.path.join(work, ".distcov-complete"), "w") as fh:
+                    fh.write(tree["digest"])
+            if os.path.exists(final):  # another run built the same tree meanwhile
+                shutil.rmtree(work, ignore_errors=True)
+            else:
+                os.makedirs(os.path.dirname(final), exist_ok=True)
+                os.replace(work, final)
+            self.paths[name] = final
+        self.pending.clear()
+        return dict(self.paths)
+
+    def fetch(self, msg: dict[str, Any]) -> list[tuple[str, bytes]]:
+        out = []
+        for path in sorted(glob.glob(os.path.join(msg["dir"], msg.get("pattern", "*")))):
+            if os.path.isfile(path):
+                with open(path, "rb") as fh:
+                    out.append((os.path.basename(path), fh.read()))
+        return out
+
+    def cleanup(self, msg: dict[str, Any]) -> int:
+        removed = 0
+        for path in [*msg.get("dirs", []), os.path.join(self.cache, "runs", self.run)]:
+            if path and os.path.isdir(path):
+                shutil.rmtree(path, ignore_errors=True)
+                removed += 1
+        return removed
+
+
+def serve(channel: Any) -> None:
+    agent = Agent()
+    while True:
+        msg = channel.receive()
+        if msg is None:
+            return
+        op = msg["op"]
+        if op == "blobs":  # streamed without answers; a failure is reported by "build"
+            try:
+                agent.blobs(msg)
+            except Exception as exc:
+                agent.errors.append(f"{type(exc).__name__}: {exc}")
+            continue
+        try:
+            if op == "ping":
+                result: Any = "pong"
+            else:
+                result = getattr(agent, op)(msg)
+        except Exception as exc:  # answered as an error, so the controller can name it
+            channel.send({"error": f"{type(exc).__name__}: {exc}"})
+            continue
+        channel.send({"ok": result})
+
+
+if __name__ == "__channelexec__":
+    serve(channel)  # type: ignore[name-defined]  # noqa: F821

@@ -1,0 +1,96 @@
+"""Start an xdist worker on a remote host: the module xdist runs there, wrapped (stdlib only).
+
+pytest-distcov hands its remote workers to xdist as ``popen`` gateways started *through* a proxy
+gateway on the host (``popen//via=...``), so that xdist passes the command-line arguments through
+untouched (its ``ssh`` path rewrites them relative to rsync roots, which are deprecated). For a
+popen worker xdist sends the controller's own ``sys.path`` and temp directory; this module
+receives xdist's first message, puts the host's paths in their place, and then runs xdist's own
+worker module, unchanged, with that message replayed. Local workers of the same run pass through
+as they are.
+
+It is registered through xdist's ``pytest_xdist_getremotemodule`` hook and sent by execnet as
+source, so it must not import anything but the standard library at module level.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+from typing import Any
+
+
+def _is_stdlib(path: str) -> bool:
+    real = os.path.realpath(path)
+    if "site-packages" in real or "dist-packages" in real:
+        return False
+    for root in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
+        if real == root or real.startswith(root + os.sep):
+            return True
+    return False
+
+
+def host_sys_path(layout: list[list[str]]) -> list[str]:
+    """The worker's ``sys.path`` on this host: the controller's layout with this host's paths
+    and this host's standard library."""
+    out: list[str] = []
+    for entry in layout:
+        if entry[0] == "cwd":
+            out.append("")
+        elif entry[0] == "stdlib":
+            out.extend(p for p in sys.path if p and _is_stdlib(p) and p not in out)
+        elif entry[1] not in out:
+            out.append(entry[1])
+    return out
+
+
+def map_arg(arg: str, prefixes: list[list[str]]) -> str:
+    """An argument naming a local path under a shipped tree, pointed at the host's copy."""
+    head, eq, value = arg.partition("=") if arg.startswith("-") else ("", "", arg)
+    for local, remote in prefixes:
+        if value == local or value.startswith(local + os.sep):
+            return head + eq + remote + value[len(local) :]
+    return arg
+
+
+class _Replay:
+    """The real channel, except that the first ``receive()`` returns the message we rewrote."""
+
+    def __init__(self, channel: Any, first: object) -> None:
+        self._channel = channel
+        self._first: list[object] = [first]
+
+    def receive(self, timeout: float | None = None) -> object:
+        if self._first:
+            return self._first.pop()
+        return self._channel.receive(timeout)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._channel, name)
+
+
+def main(channel: Any) -> None:
+    workerinput, args, option_dict, change_sys_path = channel.receive()
+    remote = workerinput.get("distcov_remote")
+    if remote is not None:
+        change_sys_path = host_sys_path(remote["sys_path"])
+        args = [map_arg(a, remote["args_map"]) for a in args]
+        option_dict = dict(option_dict)
+        if option_dict.get("basetemp"):
+            os.makedirs(remote["basetemp"], exist_ok=True)
+            name = os.path.basename(str(option_dict["basetemp"]))
+            option_dict["basetemp"] = os.path.join(remote["basetemp"], name)
+    # Find xdist's worker module without importing the xdist package: pytest must import that
+    # itself, later, to rewrite its assertions (as in any xdist worker).
+    spec = importlib.util.find_spec("xdist")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("pytest-xdist is not importable on this host")
+    origin = os.path.join(next(iter(spec.submodule_search_locations)), "remote.py")
+    with open(origin, encoding="utf-8") as fh:
+        code = compile(fh.read(), origin, "exec")
+    replay = _Replay(channel, (workerinput, args, option_dict, change_sys_path))
+    exec(code, {"__name__": "__channelexec__", "__file__": origin, "channel": replay})
+
+
+if __name__ == "__channelexec__":
+    main(channel)  # type: ignore[name-defined]  # noqa: F821
