@@ -194,6 +194,7 @@ class ControllerRole:
                 continue
             if msg["kind"] == "hello":
                 state.hello = msg
+                state.notes.extend(n for n in msg["notes"] if n not in state.notes)
                 if msg["coverage"] != coverage.__version__:
                     self.errors.append(
                         f"worker {worker_id} on {msg['host']} runs coverage {msg['coverage']},"
@@ -214,12 +215,14 @@ class ControllerRole:
             self._progress()
 
     def _mapper(self, worker_id: str) -> PathMapper | None:
-        host = self.remote.host_of(worker_id) if self.remote is not None else None
-        if host is None:
+        """Maps a remote worker's paths to local ones (None for a local worker)."""
+        remote = self.remote
+        host = remote.host_of(worker_id) if remote is not None else None
+        if remote is None or host is None:
             return None
         mapper = self._mappers.get(worker_id)
         if mapper is None:
-            mapper = self._mappers[worker_id] = self.remote.fleet.path_mapper(host)  # type: ignore[union-attr]
+            mapper = self._mappers[worker_id] = remote.fleet.path_mapper(host)
         return mapper
 
     def _progress(self) -> None:
@@ -433,7 +436,9 @@ class ControllerRole:
         if self.remote is not None:
             notes.extend(self.remote.notes)
         for state in self.workers.values():
-            notes.extend(f"[{state.id}] {n}" for n in state.notes)
+            host = self.remote.host_of(state.id) if self.remote is not None else None
+            who = f"{state.id} on host {host.spec.label}" if host is not None else state.id
+            notes.extend(f"[{who}] {n}" for n in state.notes)
         workers = len(self.workers)
         title = f"distcov: {workers} worker{'s' if workers != 1 else ''}" if workers else "distcov"
         tr.write_sep("-", f"{title}, {self.engine.core} core, data in {self.plan.data_file}")

@@ -14,6 +14,7 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +23,7 @@ from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
 from .errors import SettingsError
+from .remote_worker import OMIT_ENV
 from .report import capture_coverage_warnings
 
 __all__ = ["CORE_NAMES", "Engine", "MeasureSpec", "choose_core", "open_coverage"]
@@ -58,6 +60,14 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
         )
     except CoverageException as exc:
         raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
+
+
+def _ctracer_error() -> str:
+    try:
+        import coverage.tracer  # noqa: F401
+    except ImportError as exc:
+        return str(exc)
+    return "unknown reason"
 
 
 def choose_core(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> tuple[str, str]:
@@ -104,9 +114,10 @@ class Engine:
         self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
         self.branch = bool(self.cov.get_option("run:branch"))
 
-        if not self.cov.get_option("run:core"):
-            core, self.core_note = choose_core(self.cov)
-            self.cov.set_option("run:core", core)
+        self.wanted_core = self.cov.get_option("run:core")
+        if not self.wanted_core:
+            self.wanted_core, self.core_note = choose_core(self.cov)
+            self.cov.set_option("run:core", self.wanted_core)
         quiet = []
         if self.cov.get_option("run:core") == "sysmon":
             # Our flush uses switch_context with one unchanging label: nothing is lost, so the
@@ -127,8 +138,10 @@ class Engine:
             self.cov.set_option("run:patch", [p for p in patch if p != "subprocess"])
         # Like coverage.py's own code, pytest-distcov's never belongs in the user's report (it runs
         # in every measured process, but a serial `coverage run -m pytest` never loads it).
-        own_code = str(Path(__file__).resolve().parent / "*")
-        self.cov.set_option("run:omit", [*self._list_option("run:omit"), own_code])
+        own_code = [str(Path(__file__).resolve().parent / "*")]
+        if os.environ.get(OMIT_ENV):  # a remote worker's start-up module (see remote_worker)
+            own_code.append(os.environ[OMIT_ENV])
+        self.cov.set_option("run:omit", [*self._list_option("run:omit"), *own_code])
         # With the user's own dynamic contexts, coverage switches (and so flushes) by itself,
         # and a switch of ours would conflict with it.
         self._flush_by_switch = not self.cov.get_option("run:dynamic_context")
@@ -146,6 +159,11 @@ class Engine:
         self._running = True
         info = dict(self.cov.sys_info())
         self.core = CORE_NAMES.get(str(info.get("core")), str(info.get("core")))
+        if self.core == "pytrace" and self.wanted_core != "pytrace":
+            self.notes.append(
+                f"coverage's C extension cannot be loaded here ({_ctracer_error()}): measuring"
+                " with its pure-Python tracer, which is several times slower"
+            )
 
     @property
     def running(self) -> bool:

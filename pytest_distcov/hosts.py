@@ -53,7 +53,7 @@ def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
         count, entry = int(mult), rest.strip()
     if "=" in entry:
         spec = execnet.XSpec(entry)
-        keys = {k for k in vars(spec) if not k.startswith("_")}
+        keys = {k for k, v in vars(spec).items() if not k.startswith("_") and v}
         unknown = keys - {"ssh", "python", "ssh_config", "id"}
         if not spec.ssh or unknown:
             raise SettingsError(

@@ -65,6 +65,7 @@ class Hello(TypedDict):
     coverage: str
     core: str
     datadir: str
+    notes: list[str]  # what the worker's user should know from the start (e.g. a slow core)
 
 
 class Chunk(TypedDict):
@@ -120,6 +121,7 @@ def decode(raw: Any) -> Message:
         for key in ("host", "python", "coverage", "core", "datadir"):
             _require(isinstance(raw.get(key), str), f"hello without {key!r}")
         _require(isinstance(raw.get("pid"), int), "hello without 'pid'")
+        _require(isinstance(raw.setdefault("notes", []), list), "hello with bad 'notes'")
         return cast(Hello, raw)
     if kind in ("chunk", "final"):
         _require(isinstance(raw.get("seq"), int), "chunk without 'seq'")

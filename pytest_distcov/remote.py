@@ -9,9 +9,9 @@ The flow, all in the controller:
    :mod:`~pytest_distcov.remote_agent` there, checks the host's Python, and ships the
    :class:`~pytest_distcov.shipping.Bundle` (only the contents the host's cache lacks). Every
    failure becomes one :class:`RemoteError` line naming the host and what to do.
-3. :class:`RemoteHooks` hands the hosts to xdist as proxy gateways (``--px``) plus ``popen``
-   workers started through them (``--tx popen//via=...``): xdist schedules, restarts and reports
-   as for any worker. :mod:`~pytest_distcov.remote_worker` puts the host's paths into each
+3. :class:`RemoteHooks` hands the hosts to xdist as ``popen`` workers whose Python is a local
+   launcher running ssh (``--tx popen//python=...``): xdist schedules, restarts and reports as
+   for any worker. :mod:`~pytest_distcov.remote_worker` puts the host's paths into each
    worker's start-up message. The worker then measures and streams like a local one.
 4. Paths come home: :meth:`Fleet.path_mapper` maps every path under a shipped tree on the host to
    the controller's own file, for streamed chunks and recovered files alike.
@@ -23,7 +23,10 @@ The flow, all in the controller:
 from __future__ import annotations
 
 import os
+import shlex
+import shutil
 import sys
+import tempfile
 import threading
 import time
 import uuid
@@ -84,10 +87,6 @@ class HostSession:
     alive: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    @property
-    def proxy_id(self) -> str:
-        return f"distcov-{self.index}"
-
     def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
         with self.lock:
             self.channel.send(msg)
@@ -124,6 +123,7 @@ class Fleet:
         self.group = execnet.Group(execmodel="thread")
         self.versions = _installed_versions()
         self.closed = False
+        self.scripts_dir = tempfile.mkdtemp(prefix="distcov-ssh-")
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -226,30 +226,63 @@ class Fleet:
             if batch:
                 host.channel.send({"op": "blobs", "items": batch})
         # build answers with the paths of every tree, built now or found in the cache
-        host.trees = host.request({"op": "build"}, timeout=None)
+        host.trees = host.request({"op": "build", "site_tree": self.bundle.site_tree}, timeout=None)
 
     # -- what xdist and the workers need --------------------------------------------------------
 
-    def xdist_specs(self) -> tuple[list[str], list[str]]:
-        """(proxy specs for --px, worker specs for --tx)."""
-        proxies: list[str] = []
+    def xdist_specs(self) -> list[str]:
+        """Worker specs for xdist's --tx: one ``popen`` gateway per worker, whose "python" is a
+        small local launcher that runs the host's Python over ssh (see :meth:`launcher`)."""
         workers: list[str] = []
         for host in self.hosts:
-            cwd = self.host_path(host, os.getcwd())
-            env = os.pathsep.join(
-                host.trees[t.name] for t in self.bundle.packages if t.name in host.trees
-            )
-            extra = {"id": host.proxy_id, "execmodel": "thread"}
-            if cwd:
-                extra["chdir"] = cwd
-            if env:
-                extra["env:PYTHONPATH"] = env
-            proxies.append(host.spec.xspec(**extra))
-            workers.extend([f"popen//via={host.proxy_id}"] * host.spec.count)
-        return proxies, workers
+            workers.extend([f"popen//python={self.launcher(host)}"] * host.spec.count)
+        return workers
 
-    def host_for_proxy(self, proxy_id: str | None) -> HostSession | None:
-        return next((h for h in self.hosts if h.proxy_id == proxy_id), None)
+    def launcher(self, host: HostSession) -> str:
+        """A local executable that xdist starts as a worker's Python: it runs ``ssh HOST``
+        with the host's Python (the venv's, when one was made), in the copy of the
+        invocation directory, with the shipped packages on PYTHONPATH, and forwards the
+        arguments execnet gives. To xdist this is a local ``popen`` worker: it passes the
+        command line through unchanged, and ends the worker like a local process (so a host
+        that vanished cannot break the end of the session)."""
+        path = os.path.join(self.scripts_dir, f"ssh-{host.index}")
+        if os.path.exists(path):
+            return path
+        python = self._venv(host) or host.spec.python
+        in_venv = self.bundle.site_tree if self._venv(host) else None
+        pythonpath = ":".join(
+            host.trees[t.name]
+            for t in self.bundle.packages
+            if t.name in host.trees and t.name != in_venv
+        )
+        cwd = self.host_path(host, os.getcwd()) or "."
+        prefix = f"cd {shlex.quote(cwd)} && "
+        if pythonpath:
+            prefix += f"PYTHONPATH={shlex.quote(pythonpath)} "
+        prefix += f"exec {shlex.quote(python)} "
+        ssh = ["ssh"]
+        if host.spec.ssh_config:
+            ssh += ["-F", host.spec.ssh_config]
+        ssh += shlex.split(host.spec.ssh)
+        script = (
+            f"#!{sys.executable}\n"
+            "# pytest-distcov: start a worker's Python on a remote host (made for one run)\n"
+            "import os, shlex, sys\n"
+            f"ssh = {ssh!r}\n"
+            f"command = {prefix!r} + ' '.join(shlex.quote(a) for a in sys.argv[1:])\n"
+            "os.execvp(ssh[0], [*ssh, command])\n"
+        )
+        with open(path, "w", encoding="utf-8") as fh:
+            fh.write(script)
+        os.chmod(path, 0o700)
+        return path
+
+    @staticmethod
+    def _venv(host: HostSession) -> str:
+        return host.trees.get("venv-python", "")
+
+    def host_for_launcher(self, python: str | None) -> HostSession | None:
+        return next((h for h in self.hosts if self.launcher(h) == python), None)
 
     def _pairs(self, host: HostSession) -> list[tuple[str, str]]:
         """(path on the host, local path), longest first."""
@@ -273,6 +306,8 @@ class Fleet:
         for entry in self.bundle.sys_path:
             if entry.kind != "tree":
                 out.append([entry.kind])
+            elif entry.tree == self.bundle.site_tree and "venv-site" in host.trees:
+                out.append(["path", host.trees["venv-site"]])
             elif entry.tree in host.trees:
                 base = host.trees[entry.tree]
                 out.append(["path", f"{base}/{entry.sub}" if entry.sub else base])
@@ -333,6 +368,7 @@ class Fleet:
                 except (OSError, EOFError, RemoteError, execnet.TimeoutError, execnet.RemoteError):
                     pass
         self.group.terminate(timeout=PING_TIMEOUT)
+        shutil.rmtree(self.scripts_dir, ignore_errors=True)
 
 
 def _installed_versions() -> dict[str, str]:
@@ -370,8 +406,7 @@ class RemoteHooks:
 
     def configure_xdist(self, config: pytest.Config) -> None:
         """Add the hosts to xdist's options (before xdist reads them in its configure)."""
-        proxies, workers = self.fleet.xdist_specs()
-        config.option.px = [*(config.getoption("px", None) or []), *proxies]
+        workers = self.fleet.xdist_specs()
         config.option.tx = [*(config.getoption("tx", None) or []), *workers]
         if config.getoption("dist", "no") == "no":
             config.option.dist = "load"
@@ -399,7 +434,7 @@ class RemoteHooks:
         return lines
 
     def pytest_configure_node(self, node: Any) -> None:
-        host = self.fleet.host_for_proxy(getattr(node.gateway.spec, "via", None))
+        host = self.fleet.host_for_launcher(getattr(node.gateway.spec, "python", None))
         if host is not None:
             node.workerinput["distcov_remote"] = self.fleet.worker_input(host)
             self.worker_hosts[node.gateway.id] = host
@@ -427,7 +462,7 @@ class RemoteHooks:
                 returncode=pytest.ExitCode.INTERRUPTED,
             )
         target = min(live, key=lambda h: sum(1 for w in self.worker_hosts.values() if w is h))
-        node.gateway.spec.via = target.proxy_id
+        node.gateway.spec.python = self.fleet.launcher(target)
         note = f"host {host.spec.label} is unreachable: its workers continue on {target.spec.label}"
         if note not in self.notes:
             self.notes.append(note)

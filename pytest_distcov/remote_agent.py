@@ -22,6 +22,7 @@ was killed, by the next run after a day).
 from __future__ import annotations
 
 import glob
+import hashlib
 import importlib.metadata
 import os
 import platform
@@ -129,7 +130,50 @@ class Agent:
                 fh.write(content)
             os.replace(tmp, target)
 
-    def build(self, _msg: dict[str, Any]) -> dict[str, str]:
+    def build(self, msg: dict[str, Any]) -> dict[str, str]:
+        paths = self._build_trees()
+        site = msg.get("site_tree")
+        if site and site in paths:
+            env = self._venv(paths[site])
+            paths["venv-python"] = os.path.join(env, "bin", "python3")
+            paths["venv-site"] = self._venv_site(env)
+        return paths
+
+    def _venv_site(self, env: str) -> str:
+        return os.path.join(
+            env, "lib", "python{}.{}".format(*sys.version_info[:2]), "site-packages"
+        )
+
+    def _venv(self, site_tree: str) -> str:
+        """A virtual environment whose site-packages is ``site_tree``: links and a pyvenv.cfg.
+
+        Python started through ``bin/python3`` treats the tree as its site-packages, so
+        coverage leaves it out of the measurement exactly as it leaves out the controller's.
+        """
+        exe = os.path.realpath(sys.executable)
+        key = hashlib.blake2b(f"{exe}\0{site_tree}".encode(), digest_size=8).hexdigest()
+        env = os.path.join(self.cache, "envs", key)
+        if os.path.exists(os.path.join(env, "pyvenv.cfg")):
+            return env
+        work = f"{env}.{os.getpid()}.building"
+        shutil.rmtree(work, ignore_errors=True)
+        os.makedirs(os.path.join(work, "bin"))
+        os.symlink(exe, os.path.join(work, "bin", "python3"))
+        site = self._venv_site(work)
+        os.makedirs(os.path.dirname(site))
+        os.symlink(site_tree, site)
+        with open(os.path.join(work, "pyvenv.cfg"), "w") as fh:
+            fh.write(
+                f"home = {os.path.dirname(exe)}\ninclude-system-site-packages = false\n"
+                f"version = {platform.python_version()}\n"
+            )
+        if os.path.exists(env):
+            shutil.rmtree(work, ignore_errors=True)
+        else:
+            os.replace(work, env)
+        return env
+
+    def _build_trees(self) -> dict[str, str]:
         if self.errors:
             raise OSError(f"storing the shipped files failed: {self.errors[0]}")
         for name, tree in sorted(self.pending.items()):

@@ -1,9 +1,10 @@
 """Start an xdist worker on a remote host: the module xdist runs there, wrapped (stdlib only).
 
-pytest-distcov hands its remote workers to xdist as ``popen`` gateways started *through* a proxy
-gateway on the host (``popen//via=...``), so that xdist passes the command-line arguments through
-untouched (its ``ssh`` path rewrites them relative to rsync roots, which are deprecated). For a
-popen worker xdist sends the controller's own ``sys.path`` and temp directory; this module
+pytest-distcov hands its remote workers to xdist as ``popen`` gateways whose Python is a local
+launcher running ssh (``popen//python=...``), so that xdist passes the command-line arguments
+through untouched (its ``ssh`` path rewrites them relative to rsync roots, which are deprecated,
+and fails on relative ones). For a popen worker xdist sends the controller's own ``sys.path``
+and temp directory; this module
 receives xdist's first message, puts the host's paths in their place, and then runs xdist's own
 worker module, unchanged, with that message replayed. Local workers of the same run pass through
 as they are.
@@ -18,6 +19,9 @@ import importlib.util
 import os
 import sys
 from typing import Any
+
+#: Environment variable naming one more file for the worker's engine to leave out.
+OMIT_ENV = "PYTEST_DISTCOV_OMIT"
 
 
 def _is_stdlib(path: str) -> bool:
@@ -73,6 +77,9 @@ def main(channel: Any) -> None:
     workerinput, args, option_dict, change_sys_path = channel.receive()
     remote = workerinput.get("distcov_remote")
     if remote is not None:
+        # execnet compiled this module under the controller's file name; the worker's engine
+        # leaves that file out, as it leaves out the rest of pytest-distcov.
+        os.environ[OMIT_ENV] = main.__code__.co_filename
         change_sys_path = host_sys_path(remote["sys_path"])
         args = [map_arg(a, remote["args_map"]) for a in args]
         option_dict = dict(option_dict)

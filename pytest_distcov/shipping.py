@@ -152,6 +152,9 @@ class Bundle:
     packages: tuple[Tree, ...]
     sys_path: tuple[PathEntry, ...]
     skipped: tuple[str, ...]  # sys.path entries that cannot be shipped (zip files, ...)
+    #: The tree that is the controller's site-packages: on a host it becomes the site-packages
+    #: of a virtual environment, so that coverage (and ``site``) treat it as installed code.
+    site_tree: str | None = None
 
     @property
     def trees(self) -> tuple[Tree, ...]:
@@ -444,5 +447,13 @@ def build_bundle(
     if extras:
         planner.packages.append(_extras_tree(extras, planner.cache))
         planner.layout.append(PathEntry("tree", "extras"))
-    bundle = Bundle(project, tuple(planner.packages), tuple(planner.layout), tuple(planner.skipped))
+    purelib = os.path.realpath(sysconfig.get_paths()["purelib"])
+    site_tree = next((t.name for t in planner.packages if t.local == purelib), None)
+    bundle = Bundle(
+        project,
+        tuple(planner.packages),
+        tuple(planner.layout),
+        tuple(planner.skipped),
+        site_tree,
+    )
     return bundle, planner.cache.seen

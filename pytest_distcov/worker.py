@@ -75,6 +75,7 @@ class WorkerRole:
             "coverage": coverage.__version__,
             "core": engine.core,
             "datadir": str(engine.data_dir),
+            "notes": list(engine.notes),
         }
         channel.send(hello)
 

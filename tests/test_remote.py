@@ -1,0 +1,315 @@
+"""--distcov-remote on real ssh hosts (tests/sshlab.py): hosts with nothing but a bare Python,
+which cannot see this checkout or its virtualenv, so everything they run was shipped."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from .helpers import assert_same_data, diff_data, measured, run_pytest, serial_reference
+from .sshlab import SshLab, host_python, other_minor_python
+from .test_exactness import _measure_everything
+
+pytestmark = pytest.mark.slow
+
+HOSTS = ("h1", "h2", "h3")
+
+
+@pytest.fixture
+def lab(sshlab: SshLab) -> SshLab:
+    for host in HOSTS:
+        sshlab.add_host(host)
+    return sshlab
+
+
+def _remote_args(lab: SshLab, hosts: str, *, python: str | None = None) -> list[str]:
+    return [
+        "--distcov",
+        f"--distcov-remote={hosts}",
+        f"--distcov-ssh-config={lab.ssh_config}",
+        f"--distcov-remote-python={python or host_python()}",
+        "-p",
+        "no:randomly",
+    ]
+
+
+def _no_remote_paths(data_file: Path, project: Path) -> None:
+    """Every measured file is this machine's own file under the project."""
+    files = measured(data_file, arcs=False)
+    assert files
+    for path in files:
+        assert Path(path).is_file(), path
+        assert Path(path).is_relative_to(project), path
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
+def test_two_hosts_equal_a_serial_local_run(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab, branch: bool
+) -> None:
+    _measure_everything(shapes)  # conftest and test modules too: every path must come home
+    reference = serial_reference(pytester, branch=branch)
+    extra = ["--distcov-branch"] if branch else []
+    result = run_pytest(pytester, *_remote_args(lab, "h1,2*h2"), *extra)
+    out = result.stdout.str()
+    assert result.ret == 0, out + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring * in 3 workers",
+            "distcov: host h1 (h1, Python 3.*): 1 worker; * set up in * s",
+            "distcov: host h2 (h2, Python 3.*): 2 workers; * set up in * s",
+            "*24 passed*",
+        ]
+    )
+    assert re.search(r"host h1 \(.*\): 1 worker; (shipped \d+ new file|nothing new)", out)
+    assert_same_data(shapes / ".coverage", reference, arcs=branch)
+    _no_remote_paths(shapes / ".coverage", shapes)
+    # coverage.py's own report finds every file: no "No source" for a remote path.
+    report = pytester.run(sys.executable, "-m", "coverage", "report", "--data-file=.coverage")
+    assert report.ret == 0, report.stdout.str() + report.stderr.str()
+    assert "No source" not in report.stdout.str() + report.stderr.str()
+
+
+def test_second_run_ships_only_what_changed(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    first = run_pytest(pytester, *_remote_args(lab, "h3"))
+    assert first.ret == 0, first.stdout.str()
+    warm = run_pytest(pytester, *_remote_args(lab, "h3"))
+    assert warm.ret == 0, warm.stdout.str()
+    warm.stdout.fnmatch_lines(["distcov: host h3 *nothing new to ship (* files cached there)*"])
+    # An edited source file is all that travels next time.
+    geometry = shapes / "shapes" / "geometry.py"
+    geometry.write_text(geometry.read_text() + "\n# edited\n")
+    edited = run_pytest(pytester, *_remote_args(lab, "h3"))
+    assert edited.ret == 0, edited.stdout.str()
+    edited.stdout.fnmatch_lines(["distcov: host h3 *shipped 1 new file contents (*) of * files*"])
+
+
+def test_local_and_remote_workers_together(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    _measure_everything(shapes)
+    reference = serial_reference(pytester)
+    result = run_pytest(pytester, *_remote_args(lab, "h1"), "-n", "1")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["distcov: measuring * in 2 workers", "*24 passed*"])
+    assert_same_data(shapes / ".coverage", reference)
+
+
+WORK = "\n\n".join(f"def f{i}():\n    return {i}" for i in range(30)) + "\n"
+TESTS = "import work\n\n" + "\n\n".join(
+    f"def test_{i:02d}():\n    assert work.f{i}() == {i}" for i in range(30)
+)
+
+KILL_WORKER = """
+import os, signal
+import pytest
+
+@pytest.fixture(autouse=True)
+def _kill_once(request):
+    yield
+    if request.node.name == "test_05" and not os.path.exists("killed-once"):
+        open("killed-once", "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+#: On host h3, the third test on that host's worker cuts every ssh connection to h3 (from the
+#: controller's side, as a network failure would) and waits to be cut off.
+VANISH = """
+import platform, subprocess, time
+import pytest
+
+_seen = []
+
+@pytest.fixture(autouse=True)
+def _vanish_on_h3():
+    if platform.node() == "h3":
+        _seen.append(1)
+        if len(_seen) == 3:
+            time.sleep(1.0)  # let the streamed chunks of the finished tests leave
+            subprocess.run(["pkill", "-f", "--", "ServerAliveCountMax=3 h3 "])
+            time.sleep(60)
+    yield
+"""
+
+
+def _work_project(pytester: pytest.Pytester, conftest: str) -> None:
+    pytester.makepyfile(work=WORK, test_work=TESTS)
+    pytester.makeconftest(conftest)
+    pytester.makeini("[pytest]\npythonpath = .\n")
+
+
+def _crash_item(out: str) -> str:
+    match = re.search(r"crashed while running '([^']+)'", out)
+    assert match, out
+    return match.group(1)
+
+
+def test_worker_killed_on_a_host_keeps_its_finished_tests(
+    pytester: pytest.Pytester, lab: SshLab
+) -> None:
+    """Nothing is streamed before the kill: the data must come back from the host's disk."""
+    _work_project(pytester, KILL_WORKER)
+    result = run_pytest(
+        pytester,
+        *_remote_args(lab, "h1"),
+        "--distcov-source=work",
+        "--distcov-stream-interval=3600",
+    )
+    out = result.stdout.str()
+    assert result.ret == 1, out
+    assert "Traceback" not in out
+    result.stdout.fnmatch_lines(
+        [
+            "*distcov: worker gw* on host h1 crashed (*); recovered the data of its finished"
+            " tests from the host: 1 data file"
+        ]
+    )
+    # test_05's body ran before the kill (in teardown): serial without it misses line 17 only.
+    reference = serial_reference(pytester, "--deselect", "test_work.py::test_05", source="work")
+    diff = diff_data(pytester.path / ".coverage", reference)
+    assert not diff.only_right, diff
+    assert not diff.files_only_right, diff
+    assert set(diff.only_left.get(str(pytester.path / "work.py"), [])) <= {17}, diff
+    # Remote files are cleaned up: no run directory and no worker directory left on the host.
+    host = lab.root / "hostfs" / "h1"
+    assert not list((host / "tmp").glob("distcov-*"))
+    assert not list((host / "cache" / "pytest-distcov" / "runs").iterdir())
+
+
+def test_host_that_vanishes_mid_run_keeps_what_it_streamed(
+    pytester: pytest.Pytester, lab: SshLab
+) -> None:
+    _work_project(pytester, VANISH)
+    result = run_pytest(
+        pytester,
+        *_remote_args(lab, "h1,h3"),
+        "--distcov-source=work",
+        "--distcov-stream-interval=0",
+    )
+    out = result.stdout.str()
+    assert result.ret == 1, out  # the test that was running on h3 fails as crashed
+    assert "Traceback" not in out
+    assert "INTERNALERROR" not in out
+    result.stdout.fnmatch_lines(
+        [
+            "*distcov: worker gw* on host h3 went down (*) and the host does not answer:"
+            " keeping the coverage it streamed until then*",
+            "*distcov: host h3 is unreachable: its workers continue on h1*",
+        ]
+    )
+    crashed = _crash_item(out)
+    reference = serial_reference(pytester, "--deselect", crashed, source="work")
+    assert_same_data(pytester.path / ".coverage", reference)
+
+
+def test_c_tracer_that_cannot_load_falls_back_with_one_line(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    """A host where coverage's C extension does not load (here: a damaged copy in its cache)."""
+    first = run_pytest(pytester, *_remote_args(lab, "h2"))
+    assert first.ret == 0, first.stdout.str()
+    trees = lab.root / "hostfs" / "h2" / "cache" / "pytest-distcov" / "trees"
+    tracers = list(trees.glob("*/coverage/tracer*.so"))
+    assert tracers
+    saved = [(t, t.read_bytes()) for t in tracers]
+    try:
+        for t in tracers:
+            t.write_bytes(b"not an ELF file")
+        _measure_everything(shapes)
+        reference = serial_reference(pytester)
+        result = run_pytest(pytester, *_remote_args(lab, "h2"))
+    finally:
+        for t, content in saved:
+            t.write_bytes(content)
+    assert result.ret == 0, result.stdout.str()
+    lines = [ln for ln in result.stdout.lines if "C extension cannot be loaded" in ln]
+    assert len(lines) == 1, result.stdout.str()
+    assert "host h2" in lines[0]
+    assert "pure-Python tracer" in lines[0]
+    assert_same_data(shapes / ".coverage", reference)
+
+
+# -- bad input: one clear line naming the host, quickly, no traceback, no restarts -----------
+
+
+def _assert_clean_failure(result: pytest.RunResult, *patterns: str) -> None:
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret != 0, out
+    assert "Traceback" not in out
+    assert "INTERNALERROR" not in out
+    assert "created:" not in out  # no worker was ever started
+    result.stderr.fnmatch_lines(list(patterns))
+
+
+def _timed(pytester: pytest.Pytester, *args: str) -> tuple[pytest.RunResult, float]:
+    start = time.monotonic()
+    result = run_pytest(pytester, *args)
+    return result, time.monotonic() - start
+
+
+def test_unknown_host(pytester: pytest.Pytester, shapes: Path, lab: SshLab) -> None:
+    result, took = _timed(pytester, *_remote_args(lab, "h1,nosuchhost"))
+    _assert_clean_failure(
+        result, "ERROR: distcov: nosuchhost: ssh could not connect (unknown host, *"
+    )
+    assert "h1:" not in result.stderr.str()  # the good host is not blamed
+    assert took < 45
+
+
+def test_refused_key(pytester: pytest.Pytester, shapes: Path, lab: SshLab, tmp_path: Path) -> None:
+    key = tmp_path / "stranger"
+    subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(key)], check=True)
+    config = tmp_path / "ssh_config"
+    config.write_text(
+        re.sub(r"IdentityFile \S+", f"IdentityFile {key}", lab.ssh_config.read_text())
+    )
+    args = _remote_args(lab, "h1")
+    args = [a for a in args if not a.startswith("--distcov-ssh-config")]
+    result, took = _timed(pytester, *args, f"--distcov-ssh-config={config}")
+    _assert_clean_failure(result, "ERROR: distcov: h1: ssh could not connect (*refused key*")
+    assert took < 45
+
+
+def test_host_without_that_python(pytester: pytest.Pytester, shapes: Path, lab: SshLab) -> None:
+    result, took = _timed(pytester, *_remote_args(lab, "h1", python="/opt/no/python3"))
+    _assert_clean_failure(
+        result,
+        "ERROR: distcov: h1: connected, but could not start '/opt/no/python3' there *"
+        "--distcov-remote-python*",
+    )
+    assert took < 45
+
+
+def test_host_with_another_python_minor(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    other = other_minor_python()
+    if other is None:
+        pytest.skip("no Python of another minor version on this machine")
+    result = run_pytest(pytester, *_remote_args(lab, "h1", python=other))
+    _assert_clean_failure(
+        result,
+        f"ERROR: distcov: h1 runs Python 3.* ({other}), the controller"
+        f" {sys.version_info[0]}.{sys.version_info[1]}.*: workers need the same minor version;*",
+    )
+
+
+def test_nothing_remote_is_left_running(pytester: pytest.Pytester, lab: SshLab) -> None:
+    """After a run, no process of it is left on this machine or on the hosts."""
+    _work_project(pytester, "")
+    result = run_pytest(pytester, *_remote_args(lab, "h1,h2"), "--distcov-source=work")
+    assert result.ret == 0, result.stdout.str()
+    time.sleep(1.0)
+    if shutil.which("pgrep") is None:
+        pytest.skip("pgrep is missing")
+    left = subprocess.run(
+        ["pgrep", "-f", "--", f"-F {lab.ssh_config}"], capture_output=True, text=True, check=False
+    )
+    assert left.stdout.strip() == "", left.stdout
