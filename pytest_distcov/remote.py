@@ -448,6 +448,20 @@ class RemoteHooks:
     def pytest_unconfigure(self) -> None:
         self.fleet.close()
 
+    def pytest_internalerror(self, excinfo: pytest.ExceptionInfo[BaseException]) -> bool | None:
+        """A remote worker that cannot start (its host went away after the setup, say): one
+        line instead of execnet's traceback. Other internal errors are left alone."""
+        exc = excinfo.value
+        from_execnet = any("execnet" in str(entry.path) for entry in excinfo.traceback)
+        if not (from_execnet and isinstance(exc, (OSError, EOFError))):
+            return None
+        hosts = ", ".join(h.spec.label for h in self.fleet.hosts)
+        sys.stderr.write(
+            f"distcov: a remote worker could not be started or reached ({exc}); check the"
+            f" hosts ({hosts}) and the lines above\n"
+        )
+        return True
+
     @pytest.hookimpl(trylast=True)
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         """A worker on an unreachable host is restarted on a host that still answers."""
@@ -479,10 +493,18 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
     )
     if cache is not None:
         cache.set(HASH_CACHE_KEY, digests)
-    if not _inside_root(os.getcwd(), bundle.project.local):
+    root = bundle.project.local
+    if not _inside_root(os.getcwd(), root):
         raise RemoteError(
-            f"--distcov-remote: run pytest from inside the rootdir ({bundle.project.local}):"
-            " the workers start in the same place in its copy"
+            f"--distcov-remote: run pytest from inside the rootdir ({root}): the workers start"
+            " in the same place in its copy"
+        )
+    here = os.path.relpath(os.path.realpath(os.getcwd()), root).replace(os.sep, "/")
+    if here != "." and not any(f.rel.startswith(here + "/") for f in bundle.project.files):
+        raise RemoteError(
+            f"--distcov-remote: the current directory {here} is not shipped (.gitignore or"
+            " distcov_remote_ignore leaves out every file in it); run pytest from a shipped"
+            f" directory, or from the rootdir {root}"
         )
     fleet = Fleet(settings.remote, bundle)
     fleet.start()

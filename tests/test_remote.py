@@ -313,3 +313,22 @@ def test_nothing_remote_is_left_running(pytester: pytest.Pytester, lab: SshLab) 
         ["pgrep", "-f", "--", f"-F {lab.ssh_config}"], capture_output=True, text=True, check=False
     )
     assert left.stdout.strip() == "", left.stdout
+
+
+BROKEN_ON_H1 = """
+import os, platform
+if platform.node() == "h1" and os.environ.get("PYTEST_XDIST_WORKER"):
+    os._exit(3)  # a worker that cannot even start there, as with a broken environment
+"""
+
+
+def test_a_host_where_workers_cannot_start_is_not_retried_forever(
+    pytester: pytest.Pytester, lab: SshLab
+) -> None:
+    _work_project(pytester, BROKEN_ON_H1)
+    result = run_pytest(pytester, *_remote_args(lab, "h1"), "--distcov-source=work")
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret != 0, out
+    assert "Traceback" not in out
+    assert out.count("replacing crashed worker") <= 2, out  # --max-worker-restart: 2 x 1 worker
+    assert "maximum crashed workers reached: 2" in out

@@ -1,0 +1,175 @@
+"""Remote hosts: start-up on a fresh and on a warm host, and a 2-host run against local -n 2.
+
+    python benchmarks/bench_remote.py --python 3.11 --rounds 3      (root, with openssh-server)
+
+Hosts are the test suite's ssh lab (tests/sshlab.py): real `sshd -i` in their own namespaces,
+with their own /tmp and cache, unable to see this checkout or the benchmark virtualenv, running
+Debian's /usr/bin/python3 (or a bare interpreter of the same minor version). Everything they run
+is shipped by pytest-distcov. The suites and the pinned toolchain are bench_overhead.py's.
+
+Measured, for each suite:
+
+* **first test, fresh host**: seconds from launching pytest to the first test starting on a
+  host whose cache is empty (everything is shipped);
+* **first test, warm host**: the same on a host that ran the suite before (only the changed
+  project files travel);
+* **2 hosts / -n 2**: median wall time of `--distcov-remote=hA,hB` (one worker each, warm)
+  over median wall time of a local `--distcov -n 2`, rounds alternating.
+
+The lab's hosts share this machine's cores with the controller, so the ratio shows what the ssh
+transport, the relay and the setup cost, not what more machines would gain.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _common import clean_env
+from bench_overhead import SUITES, Suite, find_python, prepare
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.sshlab import build_lab, lab_unavailable  # noqa: E402
+
+#: A pytest plugin shipped with the suite: the first test a worker starts writes the time into
+#: the host's /tmp, which the lab keeps under its own directory.
+FIRST = """
+import os, time
+
+def pytest_runtest_setup(item):
+    path = "/tmp/bench-first-test"
+    if os.environ.get("PYTEST_XDIST_WORKER") and not os.path.exists(path):
+        with open(path, "w") as fh:
+            fh.write(repr(time.time()))
+"""
+
+
+def host_python(py: Path) -> str:
+    version = subprocess.check_output(
+        [str(py), "-c", "import sys; print(*sys.version_info[:2])"], text=True
+    ).split()
+    debian = subprocess.run(
+        ["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.split()
+    if debian == version:
+        return "/usr/bin/python3"
+    base = subprocess.check_output([str(py), "-c", "import sys; print(sys.base_prefix)"], text=True)
+    return os.path.join(base.strip(), "bin", "python3")
+
+
+def run_suite(
+    py: Path, src: Path, suite: Suite, extra: list[str]
+) -> tuple[float, subprocess.CompletedProcess[str]]:
+    cmd = [
+        str(py),
+        "-m",
+        "pytest",
+        "-q",
+        "-p",
+        "no:cacheprovider",
+        "-p",
+        "no:randomly",
+        "-p",
+        "bench_first",
+        "--distcov",
+        f"--distcov-source={suite.package}",
+        "--distcov-report=",
+        *suite.args,
+        *extra,
+        *suite.tests,
+    ]
+    env = clean_env()
+    env["PYTHONPATH"] = str(src)  # bench_first, for the local runs
+    start = time.time()
+    proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
+    if proc.returncode not in (0, 1):
+        sys.exit(
+            f"bench: {suite.name} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
+            f"\n{proc.stderr[-3000:]}"
+        )
+    (src / ".coverage").unlink(missing_ok=True)
+    return start, proc
+
+
+def first_test(lab_root: Path, host: str, start: float) -> float:
+    marker = lab_root / "hostfs" / host / "tmp" / "bench-first-test"
+    seconds = float(marker.read_text()) - start
+    marker.unlink()
+    return seconds
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--python", default="3.11")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--suite", action="append", choices=sorted(SUITES))
+    args = parser.parse_args()
+    why = lab_unavailable()
+    if why:
+        sys.exit(f"bench: no ssh lab here: {why}")
+    suites = [SUITES[n] for n in (args.suite or ["more-itertools", "pyparsing"])]
+    py, sources = prepare(find_python(args.python), suites)
+    venv = Path(py).parent.parent
+    lab = build_lab(Path(tempfile.mkdtemp(prefix="bench-lab-")), hide=[str(ROOT), str(venv)])
+    hpy = host_python(py)
+    remote = ["--distcov-ssh-config", str(lab.ssh_config), "--distcov-remote-python", hpy]
+    rows = []
+    work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    for suite in suites:
+        # A copy outside this checkout: here, pytest would take the checkout as the rootdir,
+        # whose .gitignore leaves the benchmark cache (and so the suite) out of the shipping.
+        src = work / suite.name
+        shutil.copytree(sources[suite.name], src)
+        (src / "bench_first.py").write_text(FIRST)
+        fresh, warm, local, two = [], [], [], []
+        for r in range(args.rounds):
+            host = f"{suite.name}-fresh{r}"
+            lab.add_host(host)
+            start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
+            fresh.append(first_test(lab.root, host, start))
+            start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
+            warm.append(first_test(lab.root, host, start))
+        for h in ("ha", "hb"):
+            lab.add_host(h)
+        run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])  # warm both hosts
+        for r in range(args.rounds):
+            for mode in ("local", "remote") if r % 2 == 0 else ("remote", "local"):
+                t0 = time.perf_counter()
+                if mode == "local":
+                    run_suite(py, src, suite, ["-n", "2"])
+                    local.append(time.perf_counter() - t0)
+                else:
+                    run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])
+                    two.append(time.perf_counter() - t0)
+            for h in ("ha", "hb"):
+                (lab.root / "hostfs" / h / "tmp" / "bench-first-test").unlink(missing_ok=True)
+        rows.append(
+            f"| {suite.name} | {statistics.median(fresh):.2f} | {statistics.median(warm):.2f}"
+            f" | {statistics.median(local):.2f} | {statistics.median(two):.2f}"
+            f" | {statistics.median(two) / statistics.median(local):.2f}x |"
+        )
+        shutil.rmtree(src)
+    version = subprocess.check_output([str(py), "--version"], text=True).split()[1]
+    print(f"\nPython {version}, hosts run {hpy}, {args.rounds} rounds (medians, seconds)\n")
+    print(
+        "| suite | first test, fresh host | first test, warm host | local -n 2 | 2 hosts | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    print("\n".join(rows))
+
+
+if __name__ == "__main__":
+    main()
