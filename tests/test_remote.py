@@ -341,3 +341,27 @@ def test_a_host_where_workers_cannot_start_is_not_retried_forever(
     assert "Traceback" not in out
     assert out.count("replacing crashed worker") <= 2, out  # --max-worker-restart: 2 x 1 worker
     assert "maximum crashed workers reached: 2" in out
+
+
+def test_an_interpreter_that_has_everything_gets_only_the_project(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    """--distcov-remote-python pointing at a Python with the same pytest, xdist, execnet,
+    coverage and pytest-distcov (here: the environment a first run left on the host)."""
+    first = run_pytest(pytester, *_remote_args(lab, "h3"))
+    assert first.ret == 0, first.stdout.str()
+    envs = sorted((lab.root / "hostfs" / "h3" / "cache" / "pytest-distcov" / "envs").iterdir())
+    assert envs
+    python = f"/root/.cache/pytest-distcov/envs/{envs[0].name}/bin/python3"
+    _measure_everything(shapes)
+    reference = serial_reference(pytester)
+    result = run_pytest(pytester, *_remote_args(lab, "h3", python=python))
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["distcov: host h3 *: 1 worker; * files*, using the host's own packages; set up in *"]
+    )
+    line = next(ln for ln in result.stdout.lines if ln.startswith("distcov: host h3"))
+    match = re.search(r"(\d+) files", line)
+    assert match, line
+    assert int(match.group(1)) < 50  # the project's files, not the packages
+    assert_same_data(shapes / ".coverage", reference)
