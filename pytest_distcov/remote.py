@@ -41,7 +41,7 @@ from . import remote_agent, remote_worker
 from .errors import RemoteError
 from .hosts import HostSpec
 from .options import Settings
-from .shipping import Bundle, Tree, build_bundle
+from .shipping import Bundle, Tree, build_bundle, digest_bytes
 
 __all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
 
@@ -210,23 +210,46 @@ class Fleet:
                 },
                 timeout=self.timeout,
             )
-            blobs = self.bundle.blobs()
-            batch: list[tuple[str, bytes]] = []
-            size = 0
-            for digest in missing:
-                with open(blobs[digest], "rb") as fh:
-                    content = fh.read()
-                batch.append((digest, content))
-                size += len(content)
-                host.report.shipped_files += 1
-                host.report.shipped_bytes += len(content)
-                if size >= BATCH_BYTES:
-                    host.channel.send({"op": "blobs", "items": batch})
-                    batch, size = [], 0
-            if batch:
-                host.channel.send({"op": "blobs", "items": batch})
+            overrides = self._send_contents(host, missing)
+        else:
+            overrides = []
         # build answers with the paths of every tree, built now or found in the cache
-        host.trees = host.request({"op": "build", "site_tree": self.bundle.site_tree}, timeout=None)
+        host.trees = host.request(
+            {"op": "build", "site_tree": self.bundle.site_tree, "overrides": overrides},
+            timeout=None,
+        )
+
+    def _send_contents(self, host: HostSession, missing: list[str]) -> list[list[str]]:
+        """Send the contents the host lacks; return overrides for files that changed since
+        they were listed (a log the run itself writes into the project, say): each such
+        file is sent as it is now, under its new digest."""
+        candidates = self.bundle.blobs()
+        overrides: list[list[str]] = []
+        batch: list[tuple[str, bytes]] = []
+        size = 0
+
+        def add(digest: str, content: bytes) -> None:
+            nonlocal batch, size
+            batch.append((digest, content))
+            size += len(content)
+            host.report.shipped_files += 1
+            host.report.shipped_bytes += len(content)
+            if size >= BATCH_BYTES:
+                host.channel.send({"op": "blobs", "items": batch})
+                batch, size = [], 0
+
+        for digest in missing:
+            current = [(tree, rel, _read(path)) for tree, rel, path in candidates[digest]]
+            sound = next((c for _, _, c in current if digest_bytes(c) == digest), None)
+            if sound is not None:
+                add(digest, sound)
+                continue
+            for tree, rel, content in current:  # every copy changed: ship each as it is now
+                overrides.append([tree, rel, digest_bytes(content)])
+                add(digest_bytes(content), content)
+        if batch:
+            host.channel.send({"op": "blobs", "items": batch})
+        return overrides
 
     # -- what xdist and the workers need --------------------------------------------------------
 
@@ -369,6 +392,14 @@ class Fleet:
                     pass
         self.group.terminate(timeout=PING_TIMEOUT)
         shutil.rmtree(self.scripts_dir, ignore_errors=True)
+
+
+def _read(path: str) -> bytes:
+    try:
+        with open(path, "rb") as fh:
+            return fh.read()
+    except OSError:  # gone since it was listed: it is shipped empty
+        return b""
 
 
 def _installed_versions() -> dict[str, str]:

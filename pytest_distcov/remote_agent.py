@@ -113,16 +113,24 @@ class Agent:
         }
 
     def manifests(self, msg: dict[str, Any]) -> list[str]:
+        """The digests this host has no sound copy of (a stored object of the wrong size, from
+        an interrupted or damaged write, counts as missing and is sent again)."""
         missing: set[str] = set()
         for tree in msg["trees"]:
             self.pending[tree["name"]] = tree
-            for _rel, digest, _size, _exe in tree["files"]:
-                if not os.path.exists(self._object(digest)):
+            for _rel, digest, size, _exe in tree["files"]:
+                try:
+                    sound = os.stat(self._object(digest)).st_size == size
+                except OSError:
+                    sound = False
+                if not sound:
                     missing.add(digest)
         return sorted(missing)
 
     def blobs(self, msg: dict[str, Any]) -> None:
         for digest, content in msg["items"]:
+            if hashlib.blake2b(content, digest_size=16).hexdigest() != digest:
+                raise OSError(f"a shipped file arrived damaged (digest {digest})")
             target = self._object(digest)
             os.makedirs(os.path.dirname(target), exist_ok=True)
             tmp = f"{target}.{os.getpid()}.tmp"
@@ -131,7 +139,7 @@ class Agent:
             os.replace(tmp, target)
 
     def build(self, msg: dict[str, Any]) -> dict[str, str]:
-        paths = self._build_trees()
+        paths = self._build_trees(msg.get("overrides") or [])
         site = msg.get("site_tree")
         if site and site in paths:
             env = self._venv(paths[site])
@@ -173,20 +181,26 @@ class Agent:
             os.replace(work, env)
         return env
 
-    def _build_trees(self) -> dict[str, str]:
+    def _build_trees(self, overrides: list[list[str]]) -> dict[str, str]:
+        """Put the pending trees together. ``overrides`` are files that changed on the
+        controller after they were listed, each with the digest of what was sent instead."""
         if self.errors:
             raise OSError(f"storing the shipped files failed: {self.errors[0]}")
+        changed: dict[str, dict[str, str]] = {}
+        for tree_name, rel, digest in overrides:
+            changed.setdefault(tree_name, {})[rel] = digest
         for name, tree in sorted(self.pending.items()):
             final = self._tree_dir(tree)
             work = f"{final}.{os.getpid()}.building"
             shutil.rmtree(work, ignore_errors=True)
-            for rel, digest, _size, executable in tree["files"]:
+            for rel, listed, _size, executable in tree["files"]:
+                digest = changed.get(name, {}).get(rel, listed)
                 target = os.path.join(work, *rel.split("/"))
                 os.makedirs(os.path.dirname(target), exist_ok=True)
                 shutil.copyfile(self._object(digest), target)
                 os.chmod(target, 0o755 if executable else 0o644)
             os.makedirs(work, exist_ok=True)
-            if not tree["per_run"]:
+            if not tree["per_run"] and name not in changed:  # else not what its digest says
                 with open(os.path.join(work, ".distcov-complete"), "w") as fh:
                     fh.write(tree["digest"])
             if os.path.exists(final):  # another run built the same tree meanwhile

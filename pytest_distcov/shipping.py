@@ -33,7 +33,15 @@ from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-__all__ = ["Bundle", "FileEntry", "PathEntry", "Tree", "build_bundle", "digest_file"]
+__all__ = [
+    "Bundle",
+    "FileEntry",
+    "PathEntry",
+    "Tree",
+    "build_bundle",
+    "digest_bytes",
+    "digest_file",
+]
 
 #: Directory names never shipped from the project.
 PROJECT_SKIP_DIRS = frozenset(
@@ -60,6 +68,10 @@ PROJECT_SKIP_DIRS = frozenset(
 SKIP_FILES = ("*.pyc", "*.pyo", ".coverage", ".coverage.*", "*-distcov-*.tmp")
 #: Distributions not shipped with the packages: installers, never imported by tests.
 SKIP_PACKAGE_DIRS = ("pip", "pip-*.dist-info")
+
+
+def digest_bytes(content: bytes) -> str:
+    return hashlib.blake2b(content, digest_size=16).hexdigest()
 
 
 def digest_file(path: str) -> str:
@@ -160,12 +172,12 @@ class Bundle:
     def trees(self) -> tuple[Tree, ...]:
         return (self.project, *self.packages)
 
-    def blobs(self) -> dict[str, str]:
-        """Digest -> a local file with that content."""
-        out: dict[str, str] = {}
+    def blobs(self) -> dict[str, list[tuple[str, str, str]]]:
+        """Digest -> every (tree name, rel, local file) listed with that content."""
+        out: dict[str, list[tuple[str, str, str]]] = {}
         for tree in self.trees:
             for f in tree.files:
-                out.setdefault(f.digest, tree.local_path(f.rel))
+                out.setdefault(f.digest, []).append((tree.name, f.rel, tree.local_path(f.rel)))
         return out
 
     def tree(self, name: str) -> Tree:

@@ -365,3 +365,36 @@ def test_an_interpreter_that_has_everything_gets_only_the_project(
     assert match, line
     assert int(match.group(1)) < 50  # the project's files, not the packages
     assert_same_data(shapes / ".coverage", reference)
+
+
+def test_a_file_that_changes_while_shipping_does_not_corrupt_the_host_cache(
+    lab: SshLab, tmp_path: Path
+) -> None:
+    """A log the run writes into the project (here: written after the files were listed, as
+    ssh's own stderr once was) is shipped as it is, and identical files keep their content."""
+    from pytest_distcov.hosts import parse_hosts
+    from pytest_distcov.remote import Fleet
+    from pytest_distcov.shipping import build_bundle
+
+    project = tmp_path / "proj"
+    (project / "pkg").mkdir(parents=True)
+    (project / "pkg" / "__init__.py").write_text("")
+    (project / "run.log").write_text("")  # empty, like pkg/__init__.py: one content, two files
+    (project / "notes.txt").write_text("as listed\n")
+    bundle, _ = build_bundle(str(project), path=[])
+    (project / "run.log").write_text("written during the run\n")
+    (project / "notes.txt").write_text("changed after listing\n")
+    lab.add_host("h4")
+    hosts = parse_hosts(["h4"], python=host_python(), ssh_config=str(lab.ssh_config))
+    fleet = Fleet(hosts, bundle)
+    try:
+        fleet.start()
+        host = fleet.hosts[0]
+        run_dir = host.trees["project"].replace("/root/.cache", str(lab.root / "hostfs/h4/cache"))
+        # The empty content is still sound in pkg/__init__.py: run.log goes as it was listed.
+        assert Path(run_dir, "run.log").read_text() == ""
+        assert Path(run_dir, "pkg", "__init__.py").read_text() == ""
+        # No file has notes.txt's listed content any more: it goes as it is now.
+        assert Path(run_dir, "notes.txt").read_text() == "changed after listing\n"
+    finally:
+        fleet.close()
