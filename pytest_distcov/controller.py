@@ -48,7 +48,7 @@ from .merge import (
 )
 from .options import Settings
 from .protocol import Chunk, Hello, decode
-from .remote import RemoteHooks
+from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
@@ -281,7 +281,7 @@ class ControllerRole:
             f" recovering the data of its finished tests: {found} in {datadir}"
         )
 
-    def _recover_remote(self, state: WorkerState, host: Any) -> None:
+    def _recover_remote(self, state: WorkerState, host: HostSession) -> None:
         """Fetch what a dead remote worker flushed on its host, if the host still answers."""
         assert self.remote is not None
         assert state.hello is not None

@@ -83,6 +83,9 @@ class HostSession:
     channel: Any = None
     info: dict[str, Any] = field(default_factory=dict)
     trees: dict[str, str] = field(default_factory=dict)  # tree name -> path on the host
+    venv_python: str = ""  # the venv made around the shipped site-packages, if any
+    venv_site: str = ""
+    launcher: str = ""  # the local executable xdist starts as this host's workers' Python
     report: HostReport = field(default_factory=HostReport)
     alive: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
@@ -214,10 +217,13 @@ class Fleet:
         else:
             overrides = []
         # build answers with the paths of every tree, built now or found in the cache
-        host.trees = host.request(
+        paths = host.request(
             {"op": "build", "site_tree": self.bundle.site_tree, "overrides": overrides},
             timeout=None,
         )
+        host.venv_python = paths.pop("venv-python", "")
+        host.venv_site = paths.pop("venv-site", "")
+        host.trees = paths
 
     def _send_contents(self, host: HostSession, missing: list[str]) -> list[list[str]]:
         """Send the contents the host lacks; return overrides for files that changed since
@@ -258,10 +264,11 @@ class Fleet:
         small local launcher that runs the host's Python over ssh (see :meth:`launcher`)."""
         workers: list[str] = []
         for host in self.hosts:
-            workers.extend([f"popen//python={self.launcher(host)}"] * host.spec.count)
+            host.launcher = host.launcher or self._write_launcher(host)
+            workers.extend([f"popen//python={host.launcher}"] * host.spec.count)
         return workers
 
-    def launcher(self, host: HostSession) -> str:
+    def _write_launcher(self, host: HostSession) -> str:
         """A local executable that xdist starts as a worker's Python: it runs ``ssh HOST``
         with the host's Python (the venv's, when one was made), in the copy of the
         invocation directory, with the shipped packages on PYTHONPATH, and forwards the
@@ -269,10 +276,8 @@ class Fleet:
         command line through unchanged, and ends the worker like a local process (so a host
         that vanished cannot break the end of the session)."""
         path = os.path.join(self.scripts_dir, f"ssh-{host.index}")
-        if os.path.exists(path):
-            return path
-        python = self._venv(host) or host.spec.python
-        in_venv = self.bundle.site_tree if self._venv(host) else None
+        python = host.venv_python or host.spec.python
+        in_venv = self.bundle.site_tree if host.venv_python else None
         pythonpath = ":".join(
             host.trees[t.name]
             for t in self.bundle.packages
@@ -300,12 +305,8 @@ class Fleet:
         os.chmod(path, 0o700)
         return path
 
-    @staticmethod
-    def _venv(host: HostSession) -> str:
-        return host.trees.get("venv-python", "")
-
     def host_for_launcher(self, python: str | None) -> HostSession | None:
-        return next((h for h in self.hosts if self.launcher(h) == python), None)
+        return next((h for h in self.hosts if h.launcher and h.launcher == python), None)
 
     def _pairs(self, host: HostSession) -> list[tuple[str, str]]:
         """(path on the host, local path), longest first."""
@@ -324,13 +325,15 @@ class Fleet:
         return ""
 
     def worker_sys_path(self, host: HostSession) -> list[list[str]]:
-        """The worker's sys.path on the host: ["path", p], ["stdlib"] or ["cwd"] entries."""
+        """The worker's sys.path on the host, as ["path", p] entries."""
         out: list[list[str]] = []
         for entry in self.bundle.sys_path:
-            if entry.kind != "tree":
-                out.append([entry.kind])
-            elif entry.tree == self.bundle.site_tree and "venv-site" in host.trees:
-                out.append(["path", host.trees["venv-site"]])
+            if entry.kind == "cwd":
+                out.append(["path", ""])
+            elif entry.kind == "stdlib":  # as the agent found it, run by the same interpreter
+                out.extend(["path", p] for p in host.info["stdlib"] if ["path", p] not in out)
+            elif entry.tree == self.bundle.site_tree and host.venv_site:
+                out.append(["path", host.venv_site])
             elif entry.tree in host.trees:
                 base = host.trees[entry.tree]
                 out.append(["path", f"{base}/{entry.sub}" if entry.sub else base])
@@ -342,10 +345,8 @@ class Fleet:
         project = self.bundle.project
         return {
             "sys_path": self.worker_sys_path(host),
-            "trees": dict(host.trees),
             "args_map": [[project.local, host.trees.get(project.name, "")]],
             "basetemp": f"{host.info['run_dir']}/basetemp",
-            "host": host.spec.label,
         }
 
     def path_mapper(self, host: HostSession) -> Callable[[str], str]:
@@ -415,11 +416,14 @@ def _installed_versions() -> dict[str, str]:
 
 
 def _size(n: int) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if n < 1024 or unit == "GiB":
-            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
-        n /= 1024  # type: ignore[assignment]
-    raise AssertionError
+    if n < 1024:
+        return f"{n} B"
+    value, unit = n / 1024, "KiB"
+    for bigger in ("MiB", "GiB"):
+        if value < 1024:
+            break
+        value, unit = value / 1024, bigger
+    return f"{value:.1f} {unit}"
 
 
 # -- the pytest side ----------------------------------------------------------------------------
@@ -447,7 +451,10 @@ class RemoteHooks:
             config.option.maxworkerrestart = str(2 * len(config.option.tx))
 
     def pytest_report_header(self) -> list[str]:
-        lines = []
+        lines = [
+            f"distcov: not shipped to the hosts (not a directory on sys.path): {entry}"
+            for entry in self.fleet.bundle.skipped
+        ]
         for host in self.fleet.hosts:
             r = host.report
             shipped = (
@@ -507,7 +514,7 @@ class RemoteHooks:
                 returncode=pytest.ExitCode.INTERRUPTED,
             )
         target = min(live, key=lambda h: sum(1 for w in self.worker_hosts.values() if w is h))
-        node.gateway.spec.python = self.fleet.launcher(target)
+        node.gateway.spec.python = target.launcher
         note = f"host {host.spec.label} is unreachable: its workers continue on {target.spec.label}"
         if note not in self.notes:
             self.notes.append(note)

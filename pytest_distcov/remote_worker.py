@@ -17,34 +17,19 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import sys
 from typing import Any
 
 #: Environment variable naming one more file for the worker's engine to leave out.
 OMIT_ENV = "PYTEST_DISTCOV_OMIT"
 
 
-def _is_stdlib(path: str) -> bool:
-    real = os.path.realpath(path)
-    if "site-packages" in real or "dist-packages" in real:
-        return False
-    for root in {os.path.realpath(sys.base_prefix), os.path.realpath(sys.base_exec_prefix)}:
-        if real == root or real.startswith(root + os.sep):
-            return True
-    return False
-
-
 def host_sys_path(layout: list[list[str]]) -> list[str]:
-    """The worker's ``sys.path`` on this host: the controller's layout with this host's paths
-    and this host's standard library."""
+    """The worker's ``sys.path`` on this host (the controller resolved it, with the host's own
+    standard library as the agent found it), without repeats."""
     out: list[str] = []
-    for entry in layout:
-        if entry[0] == "cwd":
-            out.append("")
-        elif entry[0] == "stdlib":
-            out.extend(p for p in sys.path if p and _is_stdlib(p) and p not in out)
-        elif entry[1] not in out:
-            out.append(entry[1])
+    for _kind, path in layout:
+        if path not in out:
+            out.append(path)
     return out
 
 

@@ -44,20 +44,25 @@ def hidden_dirs() -> list[str]:
     return dirs
 
 
-def host_python() -> str:
-    """A bare Python on the hosts with this Python's minor version: Debian's own where it
-    matches, else the base interpreter this test environment was made from (no packages)."""
+def _minor(python: str) -> tuple[int, ...] | None:
+    """(major, minor) of an interpreter, or None if it cannot be run."""
     try:
         out = subprocess.run(
-            [DEBIAN_PYTHON, "-c", "import sys; print(*sys.version_info[:2])"],
+            [python, "-c", "import sys; print(*sys.version_info[:2])"],
             capture_output=True,
             text=True,
             check=True,
         ).stdout.split()
-        if tuple(int(x) for x in out) == sys.version_info[:2]:
-            return DEBIAN_PYTHON
+        return tuple(int(x) for x in out)
     except (OSError, subprocess.SubprocessError, ValueError):
-        pass
+        return None
+
+
+def host_python() -> str:
+    """A bare Python on the hosts with this Python's minor version: Debian's own where it
+    matches, else the base interpreter this test environment was made from (no packages)."""
+    if _minor(DEBIAN_PYTHON) == sys.version_info[:2]:
+        return DEBIAN_PYTHON
     return os.path.join(sys.base_prefix, "bin", "python3")
 
 
@@ -65,16 +70,8 @@ def other_minor_python() -> str | None:
     """A Python on the hosts whose minor version differs from this one, if there is one."""
     candidates = [DEBIAN_PYTHON, *sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"))]
     for cand in map(str, candidates):
-        try:
-            out = subprocess.run(
-                [cand, "-c", "import sys; print(*sys.version_info[:2])"],
-                capture_output=True,
-                text=True,
-                check=True,
-            ).stdout.split()
-        except (OSError, subprocess.SubprocessError):
-            continue
-        if tuple(int(x) for x in out) != sys.version_info[:2]:
+        minor = _minor(cand)
+        if minor is not None and minor != sys.version_info[:2]:
             return cand
     return None
 

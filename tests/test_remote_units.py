@@ -151,9 +151,33 @@ def test_worker_arguments_and_path_on_the_host() -> None:
     assert map_arg("--rootdir=/home/me/proj", prefixes) == "--rootdir=/cache/runs/1/project"
     assert map_arg("/home/me/project2", prefixes) == "/home/me/project2"
     assert map_arg("tests", prefixes) == "tests"
-    path = host_sys_path([["cwd"], ["path", "/p/one"], ["stdlib"], ["path", "/p/one"]])
-    assert path[:2] == ["", "/p/one"]
-    assert path.count("/p/one") == 1
-    assert os.path.dirname(os.__file__) in path
-    assert all("site-packages" not in p for p in path[2:])
-    assert sys.path  # the host's own sys.path is only read, never changed
+    path = host_sys_path([["path", ""], ["path", "/p/one"], ["path", "/std"], ["path", "/p/one"]])
+    assert path == ["", "/p/one", "/std"]
+
+
+def test_worker_path_uses_the_hosts_standard_library(tmp_path: Path) -> None:
+    """The controller lays out the worker's sys.path with the host's own paths: the copies of
+    the shipped trees, the venv's site-packages, and the stdlib the agent found there."""
+    from pytest_distcov.remote import Fleet
+
+    project = tmp_path / "proj"
+    project.mkdir()
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "mod.py").write_text("")
+    stdlib = os.path.dirname(os.__file__)
+    bundle, _ = build_bundle(str(project), path=["", stdlib, str(site)])
+    fleet = Fleet(parse_hosts(["h"]), bundle)
+    try:
+        host = fleet.hosts[0]
+        host.info = {"stdlib": ["/usr/lib/python3.x", "/usr/lib/python3.x/lib-dynload"]}
+        host.trees = {"project": "/c/runs/1/project", "packages-1": "/c/trees/abc"}
+        assert fleet.worker_sys_path(host) == [
+            ["path", ""],
+            ["path", "/usr/lib/python3.x"],
+            ["path", "/usr/lib/python3.x/lib-dynload"],
+            ["path", "/c/trees/abc"],
+        ]
+        assert sys.path  # the controller's own sys.path is only read
+    finally:
+        fleet.close()
