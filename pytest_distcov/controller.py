@@ -30,6 +30,7 @@ from typing import Any
 import coverage
 import pytest
 
+from . import coveralls
 from .engine import Engine, MeasureSpec, open_coverage
 from .errors import (
     DataFileError,
@@ -413,6 +414,8 @@ class ControllerRole:
             self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
             return
         self.report_text = buf.getvalue()
+        if self.settings.coveralls:
+            self._coveralls(session, cov)
         self.summary.extend(f"distcov: {n}" for n in outcome.notes)
         self.summary.extend(f"distcov: wrote {w}" for w in outcome.written)
         if self.plan.fail_under is not None and outcome.total is not None:
@@ -427,6 +430,24 @@ class ControllerRole:
                 self.summary.append(
                     f"distcov: required coverage of {verdict.wanted} reached: {verdict.shown}"
                 )
+
+    def _coveralls(self, session: pytest.Session | None, cov: coverage.Coverage) -> None:
+        """Upload after the data is saved: a failed upload never touches it."""
+        try:
+            line = coveralls.submit(
+                cov,
+                env=os.environ,
+                root=coveralls.repo_root(self.config.rootpath),
+                log=lambda text: self.summary.append(f"distcov: {text}"),
+            )
+        except DistCovError as exc:
+            if self.settings.coveralls_required:
+                self.errors.append(f"FAIL: Coveralls upload: {exc} (distcov_coveralls_required)")
+                self._set_failed(session, pytest.ExitCode.TESTS_FAILED)
+            else:
+                self.errors.append(f"Coveralls upload failed (the run's result stands): {exc}")
+            return
+        self.summary.append(f"distcov: {line}")
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:

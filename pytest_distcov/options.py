@@ -36,6 +36,8 @@ class Settings:
     stream_interval: float
     remote: tuple[HostSpec, ...] = ()
     remote_ignore: tuple[str, ...] = ()
+    coveralls: bool = False
+    coveralls_required: bool = False
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -134,6 +136,22 @@ def add_options(parser: pytest.Parser) -> None:
         help="The Python on the remote hosts (default python3).",
     )
 
+    group.addoption(
+        "--distcov-coveralls",
+        action="store_true",
+        default=None,
+        help=(
+            "Upload the combined coverage to Coveralls at the end (token from"
+            " COVERALLS_REPO_TOKEN, or GITHUB_TOKEN on GitHub Actions; never from a file)."
+        ),
+    )
+    group.addoption(
+        "--distcov-coveralls-required",
+        action="store_true",
+        default=None,
+        help="A failed Coveralls upload fails the run (default: a warning only).",
+    )
+
     parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
     parser.addini(
         "distcov_source",
@@ -160,6 +178,18 @@ def add_options(parser: pytest.Parser) -> None:
         "distcov_stream_interval",
         "Shortest pause between two streamed chunks, in seconds.",
         type="float",
+        default=None,
+    )
+    parser.addini(
+        "distcov_coveralls",
+        "Upload to Coveralls (like --distcov-coveralls).",
+        type="bool",
+        default=None,
+    )
+    parser.addini(
+        "distcov_coveralls_required",
+        "A failed Coveralls upload fails the run.",
+        type="bool",
         default=None,
     )
     parser.addini(
@@ -350,4 +380,8 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         stream_interval=_resolve_stream_interval(config, ns),
         remote=() if worker else _resolve_remote(config, ns),
         remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
+        coveralls=bool(_flag(config, ns, "distcov_coveralls", "distcov_coveralls")),
+        coveralls_required=bool(
+            _flag(config, ns, "distcov_coveralls_required", "distcov_coveralls_required")
+        ),
     )

@@ -74,6 +74,13 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --distcov-remote needs pytest-xdist, which is not active (-p no:xdist?)"
         )
+    if getattr(ns, "distcov_coveralls", None) and not settings.enabled:
+        if not getattr(ns, "no_distcov", False):
+            raise pytest.UsageError(
+                "distcov: --distcov-coveralls uploads what --distcov measures; add --distcov (or"
+                " distcov = true in the ini file), or upload a data file with"
+                " `pytest-distcov coveralls`"
+            )
     if not settings.enabled or getattr(ns, "collectonly", False):
         return
     if getattr(ns, "cov_source", None):

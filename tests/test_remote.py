@@ -120,7 +120,8 @@ def _kill_once(request):
 """
 
 #: On host h3, the third test on that host's worker cuts every ssh connection to h3 (from the
-#: controller's side, as a network failure would) and waits to be cut off.
+#: controller's side, as a network failure would) and waits to be cut off. Only this lab's
+#: connections (SSH_CONFIG is its ssh config): other tests may use their own h3 meanwhile.
 VANISH = """
 import platform, subprocess, time
 import pytest
@@ -133,7 +134,7 @@ def _vanish_on_h3():
         _seen.append(1)
         if len(_seen) == 3:
             time.sleep(1.0)  # let the streamed chunks of the finished tests leave
-            subprocess.run(["pkill", "-f", "--", "ServerAliveCountMax=3 h3 "])
+            subprocess.run(["pkill", "-f", "--", "-F SSH_CONFIG .*ServerAliveCountMax=3 h3 "])
             time.sleep(60)
     yield
 """
@@ -186,7 +187,7 @@ def test_worker_killed_on_a_host_keeps_its_finished_tests(
 def test_host_that_vanishes_mid_run_keeps_what_it_streamed(
     pytester: pytest.Pytester, lab: SshLab
 ) -> None:
-    _work_project(pytester, VANISH)
+    _work_project(pytester, VANISH.replace("SSH_CONFIG", str(lab.ssh_config)))
     result = run_pytest(
         pytester,
         *_remote_args(lab, "h1,h3"),
