@@ -15,6 +15,7 @@ from .errors import (
     RemoteError,
     ReportError,
     SettingsError,
+    StoreError,
 )
 
 __all__ = [
@@ -26,6 +27,7 @@ __all__ = [
     "RemoteError",
     "ReportError",
     "SettingsError",
+    "StoreError",
     "__version__",
 ]
 

@@ -7,17 +7,19 @@ pytest.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
 from coverage import Coverage
 
-from . import coveralls
+from .contexts import parse_where, who_covers
 from .engine import MeasureSpec, open_coverage
-from .errors import DistCovError
-from .merge import read_data_file
+from .errors import DataFileError, DistCovError, StoreError
+from .merge import ShardUnion, read_data_file, write_data_file
 from .report import (
     REPORT_KINDS,
     configured_fail_under,
@@ -27,6 +29,7 @@ from .report import (
     precision_of,
     produce_reports,
 )
+from .store import absolute_mapper, expand_stores, fetch_all
 
 __all__ = ["main"]
 
@@ -63,7 +66,103 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--finish", action="store_true", help="close the parallel build (after all its jobs)"
     )
+    comb = sub.add_parser(
+        "combine",
+        help="combine the shards of one or more stores (directories, globs, s3://bucket/prefix)",
+    )
+    comb.add_argument("stores", nargs="+", metavar="STORE")
+    comb.add_argument("--data-file", help="where to write (default: coverage's data_file)")
+    comb.add_argument("--rcfile", help="coverage configuration file (default: coverage's search)")
+    comb.add_argument(
+        "--expect", type=_positive, metavar="N", help="fail unless at least N shards arrived"
+    )
+    comb.add_argument(
+        "--root", help="project root that the shards' relative paths are under (default: .)"
+    )
+    who = sub.add_parser("who-covers", help="the tests that ran FILE:LINE[-LINE]")
+    who.add_argument("where", metavar="FILE:LINE[-LINE]")
+    who.add_argument("--data-file", help="coverage data file (default: coverage's data_file)")
+    who.add_argument("--rcfile", help="coverage configuration file (default: coverage's search)")
+    who.add_argument("--json", action="store_true", help="JSON with the phase of every test")
     return parser
+
+
+def _positive(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of shards, 1 or more: {text!r}")
+    return value
+
+
+def _data_file(args: argparse.Namespace) -> Path:
+    spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
+    cov = open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
+    return Path(os.path.abspath(str(cov.get_option("run:data_file"))))
+
+
+def _combine(args: argparse.Namespace) -> int:
+    target = _data_file(args)
+    root = Path(args.root or os.getcwd())
+    stores = expand_stores(args.stores)
+    union = ShardUnion(absolute_mapper(root))
+    came: list[str] = []
+    errors: list[str] = []
+    with tempfile.TemporaryDirectory(prefix="distcov-combine-") as tmp:
+        for store in stores:
+            try:
+                shards = store.shards()
+            except StoreError as exc:
+                errors.append(str(exc))
+                continue
+            if not shards:
+                errors.append(f"no shards in {store.url}")
+            for shard, local in fetch_all(store, shards, Path(tmp)):
+                try:
+                    if isinstance(local, StoreError):
+                        raise local
+                    union.add_file(str(local), name=shard.where)
+                except (DataFileError, StoreError) as exc:
+                    errors.append(str(exc))
+                else:
+                    came.append(shard.where)
+        if came:
+            write_data_file(target, union.write_into)
+            print(f"pytest-distcov: combined {len(came)} shards into {target}")
+    for error in errors:
+        print(f"pytest-distcov: error: {error}", file=sys.stderr)
+    if args.expect and len(came) < args.expect:
+        print(
+            f"pytest-distcov: error: expected {args.expect} shards, {len(came)} arrived"
+            + (": " + ", ".join(came) if came else ""),
+            file=sys.stderr,
+        )
+        return ERR
+    return ERR if errors or not came else OK
+
+
+def _who_covers(args: argparse.Namespace) -> int:
+    file, lines = parse_where(args.where)
+    data = read_data_file(_data_file(args))
+    try:
+        found = who_covers(data, file, lines)
+    finally:
+        data.close(force=True)
+    if args.json:
+        print(json.dumps(found.as_json(), indent=2))
+    else:
+        for test in found.tests:
+            print(test)
+    if not found.tests:
+        where = f"{found.path} lines {lines.start}-{lines.stop - 1}"
+        print(
+            f"pytest-distcov: no test ran {where}"
+            + (" (they ran outside tests: imports, collection)" if found.outside else ""),
+            file=sys.stderr,
+        )
+    return OK
 
 
 def _open(args: argparse.Namespace) -> Coverage:
@@ -75,6 +174,8 @@ def _open(args: argparse.Namespace) -> Coverage:
 
 
 def _coveralls(args: argparse.Namespace) -> int:
+    from . import coveralls  # requests is imported only when uploading
+
     def log(line: str) -> None:
         print(f"pytest-distcov: {line}", file=sys.stderr)
 
@@ -126,6 +227,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _report(args)
         if args.command == "coveralls":
             return _coveralls(args)
+        if args.command == "combine":
+            return _combine(args)
+        if args.command == "who-covers":
+            return _who_covers(args)
     except DistCovError as exc:
         print(f"pytest-distcov: error: {exc}", file=sys.stderr)
         return ERR

@@ -30,7 +30,6 @@ from typing import Any
 import coverage
 import pytest
 
-from . import coveralls
 from .engine import Engine, MeasureSpec, open_coverage
 from .errors import (
     DataFileError,
@@ -51,6 +50,7 @@ from .options import Settings
 from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
+from .store import open_store, write_shard
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 
@@ -378,7 +378,24 @@ class ControllerRole:
             self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
             return
         self._cleanup(keep=unreadable)
+        if self.settings.store:
+            self._store(session)
         self._report(session)
+
+    def _store(self, session: pytest.Session | None) -> None:
+        """This run's shard for a later `pytest-distcov combine` (the data file stays as it is)."""
+        try:
+            where = write_shard(
+                self.plan.data_file, self.config.rootpath, open_store(self.settings.store or "")
+            )
+        except DistCovError as exc:
+            self.errors.append(
+                f"{exc}; this run's data is still in {self.plan.data_file}"
+                " (combine can read that file directly)"
+            )
+            self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
+            return
+        self.summary.append(f"distcov: stored shard {where}")
 
     def _close_remote(self) -> None:
         if self.remote is not None:
@@ -433,6 +450,8 @@ class ControllerRole:
 
     def _coveralls(self, session: pytest.Session | None, cov: coverage.Coverage) -> None:
         """Upload after the data is saved: a failed upload never touches it."""
+        from . import coveralls  # requests is imported only by runs that upload
+
         try:
             line = coveralls.submit(
                 cov,

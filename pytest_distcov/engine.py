@@ -39,6 +39,8 @@ class MeasureSpec:
     source: tuple[str, ...] | None
     branch: bool | None
     config_file: str | bool
+    #: "test": per-test contexts, switched by the plugin (see contexts.py)
+    context: str | None = None
 
 
 def _config_name(config_file: str | bool) -> str:
@@ -114,10 +116,28 @@ class Engine:
         self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
         self.branch = bool(self.cov.get_option("run:branch"))
 
+        self.context = spec.context
+        if self.context and self.cov.get_option("run:dynamic_context"):
+            raise SettingsError(
+                f"--distcov-context={self.context} and [run] dynamic_context ="
+                f" {self.cov.get_option('run:dynamic_context')} in"
+                f" {_config_name(spec.config_file)} both label contexts: use one of them"
+            )
         self.wanted_core = self.cov.get_option("run:core")
         if not self.wanted_core:
             self.wanted_core, self.core_note = choose_core(self.cov)
+            if self.context and self.wanted_core == "sysmon":
+                self.wanted_core = "ctrace"
+                self.core_note = "per-test contexts need a trace function (sysmon records none)"
             self.cov.set_option("run:core", self.wanted_core)
+        elif self.context and self.wanted_core == "sysmon":
+            self.wanted_core = "ctrace"
+            self.core_note = (
+                "[run] core = sysmon records no contexts: measuring with ctrace for per-test"
+                " contexts"
+            )
+            self.cov.set_option("run:core", self.wanted_core)
+        self._label = ""
         quiet = []
         if self.cov.get_option("run:core") == "sysmon":
             # Our flush uses switch_context with one unchanging label: nothing is lost, so the
@@ -172,7 +192,13 @@ class Engine:
     def flush(self) -> None:
         """Make everything measured so far durable in :attr:`data_path`."""
         if self._running and self._flush_by_switch:
-            self.cov.switch_context("")
+            self.cov.switch_context(self._label)
+
+    def switch(self, label: str) -> None:
+        """Record what runs from now on under ``label`` (per-test contexts); flushes too."""
+        if self._running:
+            self.cov.switch_context(label)
+            self._label = label
 
     def pause(self) -> None:
         if self._running:

@@ -7,6 +7,7 @@ Hierarchy::
     ├── ProtocolError            a worker message we cannot understand (version, shape)
     ├── DataFileError            a coverage data file that cannot be read or written
     ├── RemoteError              a remote host that cannot be used (one line per host)
+    ├── StoreError               a shard store that cannot be read or written
     └── ReportError              a report that cannot be produced
         └── NothingToReport      no data matched what the reports were asked to show
 
@@ -26,6 +27,7 @@ __all__ = [
     "RemoteError",
     "ReportError",
     "SettingsError",
+    "StoreError",
 ]
 
 
@@ -47,6 +49,10 @@ class DataFileError(DistCovError):
 
 class RemoteError(DistCovError):
     """A remote host that cannot be used: one line per host, each naming what to do."""
+
+
+class StoreError(DistCovError):
+    """A shard store (directory or S3 prefix) that cannot be listed, read or written."""
 
 
 class ReportError(DistCovError):

@@ -9,6 +9,7 @@ coverage's defaults. Every bad value raises :class:`SettingsError` naming where 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +39,10 @@ class Settings:
     remote_ignore: tuple[str, ...] = ()
     coveralls: bool = False
     coveralls_required: bool = False
+    #: a directory (absolute) or s3://bucket/prefix that receives this run's shard
+    store: str | None = None
+    #: "test" for per-test contexts, else None
+    context: str | None = None
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -152,6 +157,25 @@ def add_options(parser: pytest.Parser) -> None:
         help="A failed Coveralls upload fails the run (default: a warning only).",
     )
 
+    group.addoption(
+        "--distcov-store",
+        metavar="DIR|s3://BUCKET/PREFIX",
+        default=None,
+        help=(
+            "At the end, also write the run's combined data to this store as one uniquely"
+            " named shard, paths relative to the rootdir (see `pytest-distcov combine`)."
+        ),
+    )
+    group.addoption(
+        "--distcov-context",
+        metavar="test",
+        default=None,
+        help=(
+            "Record which test ran each line: 'test' labels lines with <node id>|setup, |run"
+            " and |teardown (as pytest-cov's --cov-context=test)."
+        ),
+    )
+
     parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
     parser.addini(
         "distcov_source",
@@ -190,6 +214,18 @@ def add_options(parser: pytest.Parser) -> None:
         "distcov_coveralls_required",
         "A failed Coveralls upload fails the run.",
         type="bool",
+        default=None,
+    )
+    parser.addini(
+        "distcov_store",
+        "Store for this run's shard: a directory (relative to the ini file) or s3://bucket/prefix.",
+        type="string",
+        default=None,
+    )
+    parser.addini(
+        "distcov_context",
+        "Per-test contexts: test (like --distcov-context).",
+        type="string",
         default=None,
     )
     parser.addini(
@@ -343,6 +379,49 @@ def _resolve_remote(config: pytest.Config, ns: Any) -> tuple[HostSpec, ...]:
     return hosts
 
 
+def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
+    raw: str | None = getattr(ns, "distcov_store", None)
+    origin = "--distcov-store"
+    base = Path.cwd()
+    if raw is None:
+        raw = _ini(config, "distcov_store")
+        origin = _ini_origin(config, "distcov_store")
+        base = _ini_dir(config)
+    if raw is None:
+        return None
+    text = raw.strip()
+    if not text:
+        return None  # an empty value turns an ini store off
+    if text.startswith("s3://"):
+        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", text):
+            raise SettingsError(
+                f"invalid value {raw!r} for {origin}: expected s3://bucket/prefix with a valid"
+                " bucket name"
+            )
+        return text.rstrip("/")
+    if "://" in text:
+        raise SettingsError(
+            f"invalid value {raw!r} for {origin}: a store is a directory or s3://bucket/prefix"
+        )
+    return str((base / Path(text).expanduser()).resolve())
+
+
+CONTEXTS = ("test",)
+
+
+def _resolve_context(config: pytest.Config, ns: Any) -> str | None:
+    raw: str | None = getattr(ns, "distcov_context", None)
+    origin = "--distcov-context"
+    if raw is None:
+        raw = _ini(config, "distcov_context")
+        origin = _ini_origin(config, "distcov_context")
+    if raw is None or not raw.strip():
+        return None
+    if raw.strip() not in CONTEXTS:
+        raise SettingsError(f"invalid value {raw!r} for {origin}: expected {' or '.join(CONTEXTS)}")
+    return raw.strip()
+
+
 def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
     cli = getattr(ns, dest, None)
     if cli is not None:
@@ -380,6 +459,8 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         stream_interval=_resolve_stream_interval(config, ns),
         remote=() if worker else _resolve_remote(config, ns),
         remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
+        store=None if worker else _resolve_store(config, ns),
+        context=_resolve_context(config, ns),
         coveralls=bool(_flag(config, ns, "distcov_coveralls", "distcov_coveralls")),
         coveralls_required=bool(
             _flag(config, ns, "distcov_coveralls_required", "distcov_coveralls_required")

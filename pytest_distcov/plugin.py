@@ -25,7 +25,7 @@ from .engine import Engine, MeasureSpec
 from .errors import DistCovError
 from .options import Settings, add_options, resolve
 from .remote import RemoteHooks, start_remote
-from .worker import NoCoverHooks, WorkerRole
+from .worker import ContextHooks, NoCoverHooks, WorkerRole
 
 ENGINE_KEY = pytest.StashKey[Engine]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
@@ -74,20 +74,20 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --distcov-remote needs pytest-xdist, which is not active (-p no:xdist?)"
         )
-    if getattr(ns, "distcov_coveralls", None) and not settings.enabled:
-        if not getattr(ns, "no_distcov", False):
-            raise pytest.UsageError(
-                "distcov: --distcov-coveralls uploads what --distcov measures; add --distcov (or"
-                " distcov = true in the ini file), or upload a data file with"
-                " `pytest-distcov coveralls`"
-            )
+    coveralls_alone = getattr(ns, "distcov_coveralls", None) and not settings.enabled
+    if coveralls_alone and not getattr(ns, "no_distcov", False):
+        raise pytest.UsageError(
+            "distcov: --distcov-coveralls uploads what --distcov measures; add --distcov (or"
+            " distcov = true in the ini file), or upload a data file with"
+            " `pytest-distcov coveralls`"
+        )
     if not settings.enabled or getattr(ns, "collectonly", False):
         return
     if getattr(ns, "cov_source", None):
         raise pytest.UsageError(
             "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
         )
-    spec = MeasureSpec(settings.source, settings.branch, settings.config_file)
+    spec = MeasureSpec(settings.source, settings.branch, settings.config_file, settings.context)
     early_config.stash[SPEC_KEY] = spec
     dist = worker_id is None and _expects_xdist_controller(early_config, settings)
     try:
@@ -178,6 +178,17 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         config.pluginmanager.register(XdistControllerHooks(role), "distcov-xdist")
     else:
         config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Per-test contexts start with the session, in the process that runs the tests."""
+    config = session.config
+    engine = config.stash.get(ENGINE_KEY, None)
+    if engine is None or not engine.context or not engine.running:
+        return
+    if config.pluginmanager.has_plugin("distcov-xdist"):
+        return  # the xdist controller runs no tests
+    config.pluginmanager.register(ContextHooks(engine), "distcov-contexts")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

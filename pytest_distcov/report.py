@@ -195,7 +195,10 @@ def _one_report(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOu
     if kind == "markdown":
         return _markdown(cov, spec, term, outcome)
     if kind == "html":
-        total = cov.html_report(directory=dest)
+        # Per-test contexts are what the user asked for: show them (coverage hides them unless
+        # [html] show_contexts is set).
+        contexts = set(cov.get_data().measured_contexts()) - {""}
+        total = cov.html_report(directory=dest, show_contexts=True if contexts else None)
         outcome.written.append(f"{dest or cov.get_option('html:directory')}/index.html")
         return total
     if kind == "xml":

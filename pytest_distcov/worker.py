@@ -21,13 +21,14 @@ import coverage
 import pytest
 from coverage.exceptions import CoverageException
 
+from .contexts import ContextDeltaReader, label
 from .engine import Engine
 from .errors import DataFileError
 from .merge import DeltaReader, read_data_file
 from .protocol import PROTOCOL_VERSION, Chunk, Hello, Payload, empty_payload, payload_is_empty
 from .report import capture_coverage_warnings
 
-__all__ = ["NoCoverHooks", "WorkerRole"]
+__all__ = ["ContextHooks", "NoCoverHooks", "WorkerRole"]
 
 #: The pause is at least this many times what the last chunk cost, bounding the overhead (~2 %).
 COST_FACTOR = 50.0
@@ -50,6 +51,27 @@ class NoCoverHooks:
         return (yield)
 
 
+class ContextHooks:
+    """Per-test contexts: each test phase's lines go under ``<node id>|<phase>``.
+
+    Plain hooks registered at session start, as pytest-cov's ``--cov-context=test`` does, so
+    that every other plugin's and conftest's code in these hooks lands in the same context as in
+    a serial pytest-cov run.
+    """
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def pytest_runtest_setup(self, item: pytest.Item) -> None:
+        self.engine.switch(label(item.nodeid, "setup"))
+
+    def pytest_runtest_call(self, item: pytest.Item) -> None:
+        self.engine.switch(label(item.nodeid, "run"))
+
+    def pytest_runtest_teardown(self, item: pytest.Item) -> None:
+        self.engine.switch(label(item.nodeid, "teardown"))
+
+
 class WorkerRole:
     """Streams this worker's coverage to the controller over a private execnet channel."""
 
@@ -59,7 +81,11 @@ class WorkerRole:
         self.engine = engine
         self.channel = channel
         self.worker_id = worker_id
-        self.reader = DeltaReader(branch=engine.branch)
+        self.reader: DeltaReader | ContextDeltaReader = (
+            ContextDeltaReader(branch=engine.branch)
+            if engine.context
+            else DeltaReader(branch=engine.branch)
+        )
         self.seq = 0
         self.tests = 0
         self.min_interval = min_interval
@@ -102,7 +128,7 @@ class WorkerRole:
         try:
             with capture_coverage_warnings(self.engine.notes):
                 payload = self.reader.delta_from_file(str(self.engine.data_path))
-        except (CoverageException, sqlite3.Error, OSError) as exc:
+        except (CoverageException, DataFileError, sqlite3.Error, OSError) as exc:
             # Streaming is a convenience: the data is durable in the file and goes out whole
             # at the end. A failed read must never break the user's run.
             self._note(f"could not read {self.engine.data_path} to stream it: {exc}")
@@ -118,7 +144,11 @@ class WorkerRole:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
         data = self.engine.finish()
-        self._send("chunk", self.reader.delta(data))
+        if isinstance(self.reader, ContextDeltaReader):
+            data.write()  # everything is in the file: the reader reads it there
+            self._send("chunk", self.reader.delta_from_file(self.engine.data_path))
+        else:
+            self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).
         unreadable = []
         for path in self.engine.subprocess_files():

@@ -68,6 +68,7 @@ def test_public_names() -> None:
         "RemoteError",
         "ReportError",
         "SettingsError",
+        "StoreError",
         "__version__",
     ]
     assert pytest_distcov.__version__

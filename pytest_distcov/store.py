@@ -1,0 +1,300 @@
+"""Shared stores of shard data files: a directory (local or mounted) or an S3 prefix.
+
+One CI machine's run writes one *shard*: a coverage data file whose paths under the project
+root are relative, so that a combiner in any checkout gets its own paths back. A shard's name is
+unique (machine, process, random) and starts with :data:`SHARD_PREFIX`, never with
+``.coverage.``, so that coverage's own ``combine`` (which every coverage report command runs
+since 7.14) never eats a store's files. Writing is atomic: a directory store writes a hidden
+temporary name and renames it; an S3 object appears whole or not at all.
+
+Reading never changes a store: files are opened read-only or downloaded.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import glob
+import os
+import platform
+import re
+import secrets
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from coverage import CoverageData
+
+from .errors import StoreError
+from .merge import read_data_file
+
+__all__ = [
+    "SHARD_PREFIX",
+    "DirStore",
+    "S3Store",
+    "Shard",
+    "Store",
+    "open_store",
+    "relative_mapper",
+    "shard_name",
+    "write_shard",
+]
+
+SHARD_PREFIX = ".distcov."
+_PARTIAL = ".distcov-partial-"
+_GLOB = re.compile(r"[*?\[]")
+
+
+def shard_name(machine: str | None = None) -> str:
+    """``.distcov.<machine>.<pid>.<random>``: unique among machines writing at once."""
+    host = re.sub(r"[^A-Za-z0-9_-]+", "-", machine or platform.node() or "host").strip("-")
+    return f"{SHARD_PREFIX}{host or 'host'}.{os.getpid()}.{secrets.token_hex(6)}"
+
+
+def relative_mapper(root: Path) -> Callable[[str], str]:
+    """Paths under ``root`` become relative POSIX paths; others stay as they are."""
+    base = str(root.resolve())
+
+    def to_relative(path: str) -> str:
+        if os.path.isabs(path):
+            try:
+                rel = os.path.relpath(path, base)
+            except ValueError:  # another drive
+                return path
+            if rel != ".." and not rel.startswith(".." + os.sep):
+                return Path(rel).as_posix()
+        return path
+
+    return to_relative
+
+
+def absolute_mapper(root: Path) -> Callable[[str], str]:
+    """The combiner's side: a relative (shard) path becomes a path under ``root``."""
+    base = root.resolve()
+
+    def to_local(path: str) -> str:
+        return path if os.path.isabs(path) else str(base.joinpath(*path.split("/")))
+
+    return to_local
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One data file in a store: ``where`` names it for the user, ``ref`` for the store."""
+
+    where: str
+    ref: str
+
+
+class Store(Protocol):
+    url: str
+
+    def put(self, local: Path, name: str) -> str: ...
+    def shards(self) -> list[Shard]: ...
+    def fetch(self, shard: Shard, scratch: Path) -> Path: ...
+
+
+class DirStore:
+    """A directory: local, or a shared mount (NFS, SMB) that several machines write to."""
+
+    def __init__(self, path: Path, pattern: str | None = None) -> None:
+        self.path = path
+        self.pattern = pattern
+        self.url = str(path)
+
+    def put(self, local: Path, name: str) -> str:
+        try:
+            self.path.mkdir(parents=True, exist_ok=True)
+            partial = self.path / f"{_PARTIAL}{name}"
+            shutil.copyfile(local, partial)
+            os.replace(partial, self.path / name)
+        except OSError as exc:
+            raise StoreError(f"cannot write to the store {self.url}: {exc}") from None
+        return str(self.path / name)
+
+    def shards(self) -> list[Shard]:
+        if self.path.is_file():
+            return [Shard(str(self.path), str(self.path))]
+        if not self.path.is_dir():
+            raise StoreError(f"store {self.url} does not exist (no such directory)")
+        try:
+            names = sorted(
+                p.name
+                for p in self.path.iterdir()
+                if p.name.startswith(SHARD_PREFIX) and p.is_file()
+            )
+        except OSError as exc:
+            raise StoreError(f"cannot list the store {self.url}: {exc}") from None
+        return [Shard(str(self.path / n), str(self.path / n)) for n in names]
+
+    def fetch(self, shard: Shard, scratch: Path) -> Path:
+        return Path(shard.ref)  # read in place, read-only
+
+
+class S3Store:
+    """``s3://bucket/prefix``, through boto3 and the standard AWS environment."""
+
+    def __init__(self, url: str) -> None:
+        match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
+        if not match:
+            raise StoreError(f"{url!r} is not an S3 store: write s3://bucket/prefix")
+        self.url = url.rstrip("/")
+        self.bucket = match.group(1)
+        self.prefix = match.group(2).strip("/")
+        try:
+            import boto3
+            from botocore.config import Config
+        except ImportError:
+            raise StoreError(
+                f"the store {url} needs boto3: pip install 'pytest-distcov[s3]'"
+            ) from None
+        # boto3 reads the standard AWS environment itself (credentials, region, profile and
+        # AWS_ENDPOINT_URL for S3-compatible servers); bounded retries and timeouts.
+        self._client: Any = boto3.client(
+            "s3",
+            config=Config(
+                connect_timeout=10, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"}
+            ),
+        )
+
+    def _key(self, name: str) -> str:
+        return f"{self.prefix}/{name}" if self.prefix else name
+
+    def _error(self, action: str, exc: Exception) -> StoreError:
+        from botocore.exceptions import ClientError, NoCredentialsError
+
+        if isinstance(exc, NoCredentialsError):
+            return StoreError(
+                f"cannot {action} {self.url}: no AWS credentials (set AWS_ACCESS_KEY_ID and"
+                " AWS_SECRET_ACCESS_KEY, or AWS_PROFILE)"
+            )
+        if isinstance(exc, ClientError):
+            code = exc.response.get("Error", {}).get("Code", "")
+            if code == "NoSuchBucket":
+                return StoreError(
+                    f"cannot {action} {self.url}: bucket {self.bucket} does not exist"
+                )
+            return StoreError(f"cannot {action} {self.url}: {code or exc}")
+        return StoreError(f"cannot {action} {self.url}: {exc}")
+
+    def put(self, local: Path, name: str) -> str:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            with open(local, "rb") as body:  # one PUT: the object appears whole or not at all
+                self._client.put_object(Bucket=self.bucket, Key=self._key(name), Body=body)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("write to the store", exc) from None
+        return f"s3://{self.bucket}/{self._key(name)}"
+
+    def shards(self) -> list[Shard]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        prefix = f"{self.prefix}/" if self.prefix else ""
+        keys: list[str] = []
+        try:
+            for page in self._client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=prefix
+            ):
+                for item in page.get("Contents", []):
+                    key = item["Key"]
+                    if (
+                        key.rsplit("/", 1)[-1].startswith(SHARD_PREFIX)
+                        and "/" not in key[len(prefix) :]
+                    ):
+                        keys.append(key)
+        except (BotoCoreError, ClientError) as exc:
+            raise self._error("list the store", exc) from None
+        if not keys and not self._bucket_exists():
+            raise StoreError(f"store {self.url} does not exist (no bucket {self.bucket})")
+        return [Shard(f"s3://{self.bucket}/{k}", k) for k in sorted(keys)]
+
+    def _bucket_exists(self) -> bool:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self._client.head_bucket(Bucket=self.bucket)
+        except (BotoCoreError, ClientError):
+            return False
+        return True
+
+    def fetch(self, shard: Shard, scratch: Path) -> Path:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        local = scratch / Path(shard.ref).name
+        try:
+            answer = self._client.get_object(Bucket=self.bucket, Key=shard.ref)
+            with open(local, "wb") as out:
+                shutil.copyfileobj(answer["Body"], out)
+        except (BotoCoreError, ClientError, OSError) as exc:
+            raise self._error(f"download {shard.where} from", exc) from None
+        return local
+
+
+def open_store(spec: str) -> Store:
+    if spec.startswith("s3://"):
+        return S3Store(spec)
+    if spec.startswith(("s3:", "gs://", "http://", "https://")) or "://" in spec:
+        raise StoreError(f"unsupported store {spec!r}: use a directory or s3://bucket/prefix")
+    return DirStore(Path(spec).expanduser())
+
+
+def expand_stores(specs: list[str]) -> list[Store]:
+    """Command-line STOREs: directories, data files, globs of either, and S3 prefixes."""
+    stores: list[Store] = []
+    for spec in specs:
+        if not spec.startswith("s3://") and _GLOB.search(spec):
+            matches = sorted(glob.glob(os.path.expanduser(spec)))
+            if not matches:
+                raise StoreError(f"no store matches {spec!r}")
+            stores.extend(DirStore(Path(m), pattern=spec) for m in matches)
+        else:
+            stores.append(open_store(spec))
+    return stores
+
+
+def fetch_all(
+    store: Store, shards: list[Shard], scratch: Path
+) -> Iterator[tuple[Shard, Path | StoreError]]:
+    """Each shard with its local copy (or why it could not be fetched), in order; S3 objects
+    are downloaded eight at a time."""
+    if isinstance(store, DirStore):
+        for shard in shards:
+            yield shard, Path(shard.ref)
+        return
+
+    def one(item: tuple[int, Shard]) -> Path | StoreError:
+        index, shard = item
+        slot = scratch / str(index)
+        slot.mkdir()
+        try:
+            return store.fetch(shard, slot)
+        except StoreError as exc:
+            return exc
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        yield from zip(shards, pool.map(one, enumerate(shards)), strict=True)
+
+
+def write_shard(data_file: Path, root: Path, store: Store) -> str:
+    """Copy ``data_file`` into the store as a new shard, paths under ``root`` made relative."""
+    source = read_data_file(data_file)
+    try:
+        with tempfile.TemporaryDirectory(prefix="distcov-shard-") as tmp:
+            local = Path(tmp) / "shard"
+            shard = CoverageData(basename=str(local))
+            try:
+                shard.update(source, map_path=relative_mapper(root))
+                shard.write()
+            finally:
+                shard.close(force=True)
+            return store.put(local, shard_name())
+    finally:
+        source.close(force=True)
+
+
+def is_shard_name(name: str) -> bool:
+    return fnmatch.fnmatch(name, f"{SHARD_PREFIX}*")

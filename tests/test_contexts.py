@@ -1,0 +1,252 @@
+"""Per-test contexts (--distcov-context=test) against pytest-cov's serial --cov-context=test.
+
+The reference is a serial pytest-cov run of the same suite; every mode must record, for every
+file and line (every arc with branch coverage), the same set of context labels. The suite uses
+function-scoped fixtures with teardown code, xunit setup/teardown methods and parametrized tests;
+module or session-scoped fixtures run once per process, so in any parallel run they are
+attributed to a different test than in a serial one (see the README).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+import pytest
+from coverage import CoverageData
+
+from .helpers import RUN_TIMEOUT, run_pytest
+from .sshlab import SshLab, host_python
+
+CONFTEST_EXTRA = """
+
+@pytest.fixture
+def tracked(assorted):
+    names = [type(s).__name__ for s in assorted]
+    yield names
+    names.clear()  # teardown code: recorded under |teardown
+    assert not names
+"""
+
+TEST_MORE = """
+import pytest
+from shapes import Rectangle, Circle
+from shapes.palette import mix
+
+
+class TestXunit:
+    def setup_method(self, method):
+        self.shape = Rectangle(1, 2)
+
+    def teardown_method(self, method):
+        self.shape = Circle(self.shape.area())
+
+    def test_area(self):
+        assert self.shape.area() == 2
+
+
+def test_tracked(tracked):
+    assert tracked == ["Rectangle", "Circle", "Triangle"]
+
+
+@pytest.mark.parametrize("a, b", [("red", "blue"), ("blue", "red")])
+def test_mix_both_ways(a, b):
+    assert mix(a, b) == mix(b, a)
+"""
+
+SOURCES = ("shapes", "tests")
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, shapes: Path) -> Path:
+    conftest = shapes / "tests" / "conftest.py"
+    conftest.write_text(conftest.read_text() + CONFTEST_EXTRA)
+    (shapes / "tests" / "test_more.py").write_text(TEST_MORE)
+    return shapes
+
+
+def _reference(pytester: pytest.Pytester, *, branch: bool) -> Path:
+    """pytest-cov 7, serial, --cov-context=test, on coverage's C tracer."""
+    args = [sys.executable, "-m", "pytest", "-p", "no:distcov", "-p", "no:xdist"]
+    args += [f"--cov={s}" for s in SOURCES] + ["--cov-context=test", "--cov-report="]
+    args += ["--cov-branch"] if branch else []
+    env = {"COVERAGE_CORE": "ctrace", "COVERAGE_FILE": str(pytester.path / "ref.coverage")}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        result = pytester.run(*args, "-p", "no:randomly", timeout=RUN_TIMEOUT)
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    return pytester.path / "ref.coverage"
+
+
+def contexts_of(path: Path, root: Path, *, arcs: bool) -> dict[str, dict[object, frozenset[str]]]:
+    """file (relative to root) -> line or arc -> the context labels that recorded it."""
+    data = CoverageData(str(path))
+    data.read()
+    out: dict[str, dict[object, set[str]]] = {}
+    try:
+        names = sorted(data.measured_contexts())
+        assert len(names) > 1, f"{path} has no per-test contexts"
+        for name in names:
+            data.set_query_contexts([f"^{re.escape(name)}$"])
+            for f in data.measured_files():
+                items = (data.arcs(f) if arcs else data.lines(f)) or []
+                rel = os.path.relpath(os.path.realpath(f), os.path.realpath(root))
+                for item in items:
+                    out.setdefault(rel, {}).setdefault(item, set()).add(name)
+    finally:
+        data.close(force=True)
+    return {f: {k: frozenset(v) for k, v in items.items()} for f, items in out.items()}
+
+
+def assert_same_contexts(got: Path, want: Path, root: Path, *, arcs: bool = False) -> None:
+    a = contexts_of(got, root, arcs=arcs)
+    b = contexts_of(want, root, arcs=arcs)
+    assert sorted(a) == sorted(b)
+    diffs = {
+        (f, item): (a[f].get(item), b[f].get(item))
+        for f in b
+        for item in a[f].keys() | b[f].keys()
+        if a[f].get(item) != b[f].get(item)
+    }
+    assert not diffs, diffs
+    labels = {c for items in b.values() for cs in items.values() for c in cs}
+    # the reference really has every phase, so the comparison covers all three
+    assert {c.rsplit("|", 1)[1] for c in labels if "|" in c} == {"setup", "run", "teardown"}
+
+
+def _ours(*extra: str) -> list[str]:
+    return ["--distcov", *(f"--distcov-source={s}" for s in SOURCES), "--distcov-context=test"]
+
+
+@pytest.mark.parametrize("workers", ["0", "2", "3"])
+def test_contexts_equal_pytest_cov_serial(
+    pytester: pytest.Pytester, suite: Path, workers: str
+) -> None:
+    reference = _reference(pytester, branch=False)
+    result = run_pytest(pytester, *_ours(), "-n", workers, "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    assert_same_contexts(suite / ".coverage", reference, suite)
+
+
+def test_contexts_with_branches_equal_pytest_cov_serial(
+    pytester: pytest.Pytester, suite: Path
+) -> None:
+    reference = _reference(pytester, branch=True)
+    result = run_pytest(pytester, *_ours(), "--distcov-branch", "-n", "2", "-p", "no:randomly")
+    assert result.ret == 0, result.stdout.str()
+    assert_same_contexts(suite / ".coverage", reference, suite, arcs=True)
+
+
+def test_contexts_streamed_after_every_test_and_chosen_core(
+    pytester: pytest.Pytester, suite: Path
+) -> None:
+    """Streaming after every test (interval 0) sends many small context chunks: same result.
+    On 3.12+, where sysmon would be chosen, the header says why ctrace runs instead."""
+    reference = _reference(pytester, branch=False)
+    result = run_pytest(
+        pytester, *_ours(), "-n", "2", "--distcov-stream-interval=0", "-p", "no:randomly"
+    )
+    assert result.ret == 0, result.stdout.str()
+    assert_same_contexts(suite / ".coverage", reference, suite)
+    if sys.version_info >= (3, 12):
+        result.stdout.fnmatch_lines(
+            ["distcov: per-test contexts need a trace function (sysmon records none)*ctrace*"]
+        )
+
+
+def test_who_covers_and_html_contexts(pytester: pytest.Pytester, suite: Path) -> None:
+    result = run_pytest(pytester, *_ours(), "-n", "2", "--distcov-report=html:cov_html")
+    assert result.ret == 0, result.stdout.str()
+    cli = [sys.executable, "-m", "pytest_distcov", "who-covers"]
+    # Rectangle.__post_init__'s raise: only the two bad-sides cases run it
+    found = pytester.run(*cli, "shapes/geometry.py:16", timeout=RUN_TIMEOUT)
+    assert found.ret == 0, found.stderr.str()
+    assert found.stdout.lines == [
+        "tests/test_geometry.py::test_rectangle_rejects_bad_sides[bad0]",
+        "tests/test_geometry.py::test_rectangle_rejects_bad_sides[bad1]",
+    ]
+    as_json = pytester.run(*cli, "geometry.py:15-16", "--json", timeout=RUN_TIMEOUT)
+    doc = json.loads(as_json.stdout.str())
+    assert doc["file"] == str(suite / "shapes" / "geometry.py")
+    assert set(doc["lines"]) == {"15", "16"}
+    assert "tests/test_geometry.py::test_total_area|setup" in doc["lines"]["15"]  # a fixture
+    assert set(doc["tests"]) >= set(found.stdout.lines)
+    # the teardown half of a yield fixture
+    teardown = pytester.run(*cli, "tests/conftest.py:15", "--json", timeout=RUN_TIMEOUT)
+    assert json.loads(teardown.stdout.str())["lines"]["15"] == [
+        "tests/test_more.py::test_tracked|teardown"
+    ]
+    # html shows the contexts
+    page = next((suite / "cov_html").glob("*geometry_py.html")).read_text()
+    assert "test_rectangle_rejects_bad_sides[bad0]|run" in page
+
+    bad = pytester.run(*cli, "nowhere.py:3", timeout=RUN_TIMEOUT)
+    assert bad.ret == 1
+    assert bad.stderr.lines == [
+        "pytest-distcov: error: nowhere.py is not in the coverage data (7 files measured);"
+        " give its path as `coverage report` shows it"
+    ]
+    bad = pytester.run(*cli, "geometry.py", timeout=RUN_TIMEOUT)
+    assert bad.ret == 1
+    assert "expected FILE:LINE or FILE:FIRST-LAST" in bad.stderr.str()
+
+
+def test_who_covers_needs_contexts(pytester: pytest.Pytester, suite: Path) -> None:
+    assert run_pytest(pytester, "--distcov", "-n", "2").ret == 0
+    result = pytester.run(
+        sys.executable, "-m", "pytest_distcov", "who-covers", "geometry.py:16", timeout=60
+    )
+    assert result.ret == 1
+    assert result.stderr.lines == [
+        f"pytest-distcov: error: {suite / '.coverage'} has no per-test contexts: measure with"
+        " --distcov-context=test (or distcov_context = test in the ini file)"
+    ]
+
+
+def test_bad_context_value_is_a_usage_error(pytester: pytest.Pytester, suite: Path) -> None:
+    result = run_pytest(pytester, "--distcov", "--distcov-context=function")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        ["ERROR: distcov: invalid value 'function' for --distcov-context: expected test"]
+    )
+
+
+@pytest.mark.slow
+def test_contexts_on_remote_hosts(pytester: pytest.Pytester, suite: Path, sshlab: SshLab) -> None:
+    for host in ("h1", "h2"):
+        sshlab.add_host(host)
+    reference = _reference(pytester, branch=False)
+    result = run_pytest(
+        pytester,
+        *_ours(),
+        "--distcov-remote=h1,h2",
+        f"--distcov-ssh-config={sshlab.ssh_config}",
+        f"--distcov-remote-python={host_python()}",
+        "-p",
+        "no:randomly",
+    )
+    assert result.ret == 0, result.stdout.str()
+    assert_same_contexts(suite / ".coverage", reference, suite)
+
+
+def test_who_covers_lines_run_only_at_import(pytester: pytest.Pytester, suite: Path) -> None:
+    assert run_pytest(pytester, *_ours(), "-n", "2").ret == 0
+    result = pytester.run(
+        sys.executable, "-m", "pytest_distcov", "who-covers", "geometry.py:10-12", timeout=60
+    )
+    assert result.ret == 0
+    assert result.stdout.lines == []
+    assert result.stderr.lines == [
+        f"pytest-distcov: no test ran {suite / 'shapes' / 'geometry.py'} lines 10-12"
+        " (they ran outside tests: imports, collection)"
+    ]
