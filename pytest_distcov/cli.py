@@ -97,10 +97,14 @@ def _positive(text: str) -> int:
     return value
 
 
-def _data_file(args: argparse.Namespace) -> Path:
+def _coverage(args: argparse.Namespace) -> Coverage:
+    """A Coverage object with the user's configuration and ``--data-file`` (not loaded)."""
     spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
-    cov = open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
-    return Path(os.path.abspath(str(cov.get_option("run:data_file"))))
+    return open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
+
+
+def _data_file(args: argparse.Namespace) -> Path:
+    return Path(os.path.abspath(str(_coverage(args).get_option("run:data_file"))))
 
 
 def _combine(args: argparse.Namespace) -> int:
@@ -120,11 +124,12 @@ def _combine(args: argparse.Namespace) -> int:
             if not shards:
                 errors.append(f"no shards in {store.url}")
             for shard, local in fetch_all(store, shards, Path(tmp)):
+                if isinstance(local, StoreError):
+                    errors.append(str(local))
+                    continue
                 try:
-                    if isinstance(local, StoreError):
-                        raise local
                     union.add_file(str(local), name=shard.where)
-                except (DataFileError, StoreError) as exc:
+                except DataFileError as exc:
                     errors.append(str(exc))
                 else:
                     came.append(shard.where)
@@ -166,8 +171,7 @@ def _who_covers(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Coverage:
-    spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
-    cov = open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
+    cov = _coverage(args)
     read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad
     cov.load()
     return cov
@@ -186,7 +190,7 @@ def _coveralls(args: argparse.Namespace) -> int:
         _open(args),
         env=os.environ,
         root=coveralls.repo_root(Path.cwd()),
-        parallel=args.parallel or os.environ.get("COVERALLS_PARALLEL", "").lower() == "true",
+        parallel=args.parallel,  # COVERALLS_PARALLEL=true is read with the other variables
         flag_name=args.flag_name,
         output=Path(args.output) if args.output else None,
         log=log,

@@ -25,12 +25,12 @@ from coverage import CoverageData
 from coverage.numbits import numbits_to_nums
 
 from .errors import DataFileError, SettingsError
+from .merge import KNOWN_SCHEMAS, read_only_uri
 from .protocol import ContextData, Payload, empty_payload
 
 __all__ = ["PHASES", "ContextDeltaReader", "Found", "label", "parse_where", "who_covers"]
 
 PHASES = ("setup", "run", "teardown")
-_SCHEMAS = frozenset({7})
 
 
 def label(nodeid: str, phase: str) -> str:
@@ -43,18 +43,16 @@ def test_of(context: str) -> str:
     return nodeid if sep and phase in PHASES else context
 
 
-def open_read_only(path: str | Path) -> sqlite3.Connection:
-    return sqlite3.connect(f"file:{Path(path).resolve().as_uri()[7:]}?mode=ro", uri=True)
-
-
 class ContextDeltaReader:
     """What is new in a worker's data file since the last read, all contexts at once."""
 
     def __init__(self, *, branch: bool) -> None:
         self.branch = branch
+        # highest rowid (or id) read so far, per table
         self._line_mark = 0
         self._arc_mark = 0
         self._file_mark = 0
+        self._context_mark = 0
         self._files: dict[int, str] = {}
         self._contexts: dict[int, str] = {}
         self._tracers: dict[str, str] = {}
@@ -62,56 +60,54 @@ class ContextDeltaReader:
     def delta_from_file(self, path: str | Path) -> Payload:
         if not Path(path).exists():
             return empty_payload()  # nothing flushed yet
+        con = None
         try:
-            con = open_read_only(path)
-        except sqlite3.Error as exc:
-            raise DataFileError(f"cannot read coverage data file {path}: {exc}") from None
-        try:
+            con = sqlite3.connect(read_only_uri(path), uri=True)
             return self._delta(con, str(path))
         except sqlite3.Error as exc:
             raise DataFileError(f"cannot read coverage data file {path}: {exc}") from None
         finally:
-            con.close()
+            if con is not None:
+                con.close()
+
+    def _new(self, con: sqlite3.Connection, table: str, mark: int) -> list[tuple[int, str]]:
+        query = f"SELECT id, {'path' if table == 'file' else 'context'} FROM {table} WHERE id > ?"
+        return con.execute(query, (mark,)).fetchall()
 
     def _delta(self, con: sqlite3.Connection, path: str) -> Payload:
         payload = empty_payload()
-        tables = {r[0] for r in con.execute("SELECT name FROM sqlite_master WHERE type='table'")}
-        if "coverage_schema" not in tables:
+        found = con.execute("SELECT 1 FROM sqlite_master WHERE name = 'coverage_schema'")
+        if found.fetchone() is None:
             return payload  # nothing written yet
         (version,) = con.execute("SELECT version FROM coverage_schema").fetchone()
-        if version not in _SCHEMAS:
+        if version not in KNOWN_SCHEMAS:
             raise DataFileError(f"{path} has data schema {version}, which this reader cannot read")
-        new_files = con.execute(
-            "SELECT id, path FROM file WHERE id > ? ORDER BY id", (self._file_mark,)
-        ).fetchall()
-        for fid, fpath in new_files:
-            self._files[fid] = fpath
-            self._file_mark = max(self._file_mark, fid)
-        self._contexts.update(con.execute("SELECT id, context FROM context").fetchall())
+        new_files = self._new(con, "file", self._file_mark)
+        self._files.update(new_files)
+        self._file_mark = max((fid for fid, _ in new_files), default=self._file_mark)
+        new_contexts = self._new(con, "context", self._context_mark)
+        self._contexts.update(new_contexts)
+        self._context_mark = max((cid for cid, _ in new_contexts), default=self._context_mark)
+
         by_context: dict[str, ContextData] = {}
-
-        def bucket(cid: int, key: str) -> dict[str, Any]:
-            ctx = by_context.get(self._contexts[cid])
-            if ctx is None:
-                ctx = by_context[self._contexts[cid]] = {"lines": {}, "arcs": {}}
-            return ctx[key]  # type: ignore[literal-required, no-any-return]
-
         if self.branch:
             rows = con.execute(
                 "SELECT rowid, file_id, context_id, fromno, tono FROM arc WHERE rowid > ?",
                 (self._arc_mark,),
             ).fetchall()
-            for rowid, fid, cid, fromno, tono in rows:
-                bucket(cid, "arcs").setdefault(self._files[fid], []).append((fromno, tono))
-                self._arc_mark = max(self._arc_mark, rowid)
+            for _, fid, cid, fromno, tono in rows:
+                ctx = by_context.setdefault(self._contexts[cid], {"lines": {}, "arcs": {}})
+                ctx["arcs"].setdefault(self._files[fid], []).append((fromno, tono))
+            self._arc_mark = max((r[0] for r in rows), default=self._arc_mark)
         else:
             rows = con.execute(
                 "SELECT rowid, file_id, context_id, numbits FROM line_bits WHERE rowid >= ?",
                 (self._line_mark,),
             ).fetchall()
-            for rowid, fid, cid, numbits in rows:
-                bucket(cid, "lines")[self._files[fid]] = numbits_to_nums(numbits)
-                self._line_mark = max(self._line_mark, rowid)
+            for _, fid, cid, numbits in rows:
+                ctx = by_context.setdefault(self._contexts[cid], {"lines": {}, "arcs": {}})
+                ctx["lines"][self._files[fid]] = numbits_to_nums(numbits)
+            self._line_mark = max((r[0] for r in rows), default=self._line_mark)
         payload["contexts"] = by_context
         for fid, tracer in con.execute("SELECT file_id, tracer FROM tracer").fetchall():
             fpath = self._files.get(fid)
@@ -158,7 +154,7 @@ def _find_file(data: CoverageData, file: str) -> str:
     wanted = str(Path(file).resolve())
     if wanted in measured:
         return wanted
-    tail = "/" + Path(file).as_posix().lstrip("./")
+    tail = "/" + Path(file).as_posix().removeprefix("./").lstrip("/")
     candidates = sorted(p for p in measured if Path(p).as_posix().endswith(tail))
     if len(candidates) == 1:
         return candidates[0]

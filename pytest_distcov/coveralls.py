@@ -87,8 +87,8 @@ def _pr_number(value: str | None) -> str | None:
     """The number at the end of a PR reference (``refs/pull/12/merge``, a URL, ``12``)."""
     if not value or value == "false":
         return None
-    found = re.findall(r"(\d+)", value)
-    return found[0] if value.startswith("refs/pull/") and found else (found[-1] if found else None)
+    found = re.findall(r"\d+", value)
+    return found[-1] if found else None
 
 
 def _github(env: Mapping[str, str]) -> dict[str, str | None]:

@@ -72,7 +72,9 @@ def _ctracer_error() -> str:
     return "unknown reason"
 
 
-def choose_core(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> tuple[str, str]:
+def choose_core(
+    cov: Coverage, version: tuple[int, int] = sys.version_info[:2], *, contexts: bool = False
+) -> tuple[str, str]:
     """The core to use when the user chose none, and why, for the header line.
 
     sysmon (Python 3.12+) costs a few percent where a trace function costs 2-3x, but before
@@ -84,6 +86,8 @@ def choose_core(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) 
         return "ctrace", ""
     if cov.get_option("run:branch") and version < (3, 14):
         return "ctrace", "sysmon cannot measure branches before Python 3.14"
+    if contexts:
+        return "ctrace", "per-test contexts need a trace function (sysmon records none)"
     if cov.get_option("run:dynamic_context"):
         return "ctrace", "sysmon cannot record dynamic contexts"
     concurrency = cov.get_option("run:concurrency") or []
@@ -125,18 +129,10 @@ class Engine:
             )
         self.wanted_core = self.cov.get_option("run:core")
         if not self.wanted_core:
-            self.wanted_core, self.core_note = choose_core(self.cov)
-            if self.context and self.wanted_core == "sysmon":
-                self.wanted_core = "ctrace"
-                self.core_note = "per-test contexts need a trace function (sysmon records none)"
-            self.cov.set_option("run:core", self.wanted_core)
+            self.wanted_core, self.core_note = choose_core(self.cov, contexts=bool(self.context))
         elif self.context and self.wanted_core == "sysmon":
-            self.wanted_core = "ctrace"
-            self.core_note = (
-                "[run] core = sysmon records no contexts: measuring with ctrace for per-test"
-                " contexts"
-            )
-            self.cov.set_option("run:core", self.wanted_core)
+            self.wanted_core, self.core_note = "ctrace", "[run] core = sysmon records no contexts"
+        self.cov.set_option("run:core", self.wanted_core)
         self._label = ""
         quiet = []
         if self.cov.get_option("run:core") == "sysmon":

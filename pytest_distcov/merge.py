@@ -243,9 +243,14 @@ class DeltaReader:
         return payload
 
 
-#: The data-file schemas :class:`ShardUnion` reads straight from SQLite (coverage.py documents
+#: The data-file schemas read straight from SQLite here and in contexts.py (coverage.py documents
 #: its schema; a file of another schema gets the same refusal coverage itself gives it).
-_KNOWN_SCHEMAS = frozenset({7})
+KNOWN_SCHEMAS = frozenset({7})
+
+
+def read_only_uri(path: str | os.PathLike[str]) -> str:
+    """An SQLite URI that opens ``path`` read-only (it is never changed or journaled)."""
+    return f"file:{Path(path).resolve().as_uri()[len('file://') :]}?mode=ro"
 
 
 def _bits(number: int) -> bytes:
@@ -279,9 +284,8 @@ class ShardUnion:
     def add_file(self, path: str, name: str | None = None) -> None:
         """Add one data file; a :class:`DataFileError` names it (as ``name``) if it is unusable."""
         name = name or path
-        uri = f"file:{Path(path).resolve().as_uri()[7:]}?mode=ro"
         try:
-            self._hub.execute("ATTACH DATABASE ? AS shard", (uri,))
+            self._hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path),))
         except sqlite3.Error as exc:
             raise DataFileError(f"cannot read coverage data file {name}: {exc}") from None
         try:
@@ -296,10 +300,10 @@ class ShardUnion:
     def _read(self, path: str) -> None:
         hub = self._hub
         (version,) = hub.execute("SELECT version FROM shard.coverage_schema").fetchone() or (None,)
-        if version not in _KNOWN_SCHEMAS:
+        if version not in KNOWN_SCHEMAS:
             raise DataFileError(
                 f"cannot read coverage data file {path}: it has data schema {version}, this"
-                f" coverage.py reads {max(_KNOWN_SCHEMAS)} (was it written by another version?)"
+                f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
             )
         meta = dict(hub.execute("SELECT key, value FROM shard.meta").fetchall())
         arcs = None if "has_arcs" not in meta else meta["has_arcs"] not in ("0", "False", "")

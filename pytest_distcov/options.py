@@ -9,16 +9,16 @@ coverage's defaults. Every bad value raises :class:`SettingsError` naming where 
 from __future__ import annotations
 
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from .errors import SettingsError
+from .errors import SettingsError, StoreError
 from .hosts import HostSpec, parse_hosts
 from .report import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
+from .store import check_spec
 
 __all__ = ["Settings", "add_options", "resolve"]
 
@@ -389,21 +389,13 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
         base = _ini_dir(config)
     if raw is None:
         return None
-    text = raw.strip()
-    if not text:
+    if not raw.strip():
         return None  # an empty value turns an ini store off
-    if text.startswith("s3://"):
-        if not re.fullmatch(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?", text):
-            raise SettingsError(
-                f"invalid value {raw!r} for {origin}: expected s3://bucket/prefix with a valid"
-                " bucket name"
-            )
-        return text.rstrip("/")
-    if "://" in text:
-        raise SettingsError(
-            f"invalid value {raw!r} for {origin}: a store is a directory or s3://bucket/prefix"
-        )
-    return str((base / Path(text).expanduser()).resolve())
+    try:
+        text = check_spec(raw)
+    except StoreError as exc:
+        raise SettingsError(f"invalid value {raw!r} for {origin}: {exc}") from None
+    return text if text.startswith("s3:") else str((base / Path(text).expanduser()).resolve())
 
 
 CONTEXTS = ("test",)

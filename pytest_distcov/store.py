@@ -12,7 +12,6 @@ Reading never changes a store: files are opened read-only or downloaded.
 
 from __future__ import annotations
 
-import fnmatch
 import glob
 import os
 import platform
@@ -37,6 +36,7 @@ __all__ = [
     "S3Store",
     "Shard",
     "Store",
+    "check_spec",
     "open_store",
     "relative_mapper",
     "shard_name",
@@ -100,9 +100,8 @@ class Store(Protocol):
 class DirStore:
     """A directory: local, or a shared mount (NFS, SMB) that several machines write to."""
 
-    def __init__(self, path: Path, pattern: str | None = None) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.pattern = pattern
         self.url = str(path)
 
     def put(self, local: Path, name: str) -> str:
@@ -138,12 +137,9 @@ class S3Store:
     """``s3://bucket/prefix``, through boto3 and the standard AWS environment."""
 
     def __init__(self, url: str) -> None:
-        match = re.fullmatch(r"s3://([^/]+)/?(.*)", url)
-        if not match:
-            raise StoreError(f"{url!r} is not an S3 store: write s3://bucket/prefix")
-        self.url = url.rstrip("/")
-        self.bucket = match.group(1)
-        self.prefix = match.group(2).strip("/")
+        self.url = check_spec(url)
+        self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
+        self.prefix = prefix.strip("/")
         try:
             import boto3
             from botocore.config import Config
@@ -234,12 +230,24 @@ class S3Store:
         return local
 
 
+_S3 = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?")
+
+
+def check_spec(spec: str) -> str:
+    """A store as written by a user, checked: a directory, or ``s3://bucket[/prefix]``."""
+    text = spec.strip()
+    if text.startswith("s3:"):
+        if not _S3.fullmatch(text):
+            raise StoreError("expected s3://bucket/prefix with a valid bucket name")
+        return text.rstrip("/")
+    if "://" in text or not text:
+        raise StoreError("a store is a directory or s3://bucket/prefix")
+    return text
+
+
 def open_store(spec: str) -> Store:
-    if spec.startswith("s3://"):
-        return S3Store(spec)
-    if spec.startswith(("s3:", "gs://", "http://", "https://")) or "://" in spec:
-        raise StoreError(f"unsupported store {spec!r}: use a directory or s3://bucket/prefix")
-    return DirStore(Path(spec).expanduser())
+    text = check_spec(spec)
+    return S3Store(text) if text.startswith("s3:") else DirStore(Path(text).expanduser())
 
 
 def expand_stores(specs: list[str]) -> list[Store]:
@@ -250,7 +258,7 @@ def expand_stores(specs: list[str]) -> list[Store]:
             matches = sorted(glob.glob(os.path.expanduser(spec)))
             if not matches:
                 raise StoreError(f"no store matches {spec!r}")
-            stores.extend(DirStore(Path(m), pattern=spec) for m in matches)
+            stores.extend(DirStore(Path(m)) for m in matches)
         else:
             stores.append(open_store(spec))
     return stores
@@ -294,7 +302,3 @@ def write_shard(data_file: Path, root: Path, store: Store) -> str:
             return store.put(local, shard_name())
     finally:
         source.close(force=True)
-
-
-def is_shard_name(name: str) -> bool:
-    return fnmatch.fnmatch(name, f"{SHARD_PREFIX}*")

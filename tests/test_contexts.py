@@ -250,3 +250,14 @@ def test_who_covers_lines_run_only_at_import(pytester: pytest.Pytester, suite: P
         f"pytest-distcov: no test ran {suite / 'shapes' / 'geometry.py'} lines 10-12"
         " (they ran outside tests: imports, collection)"
     ]
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="sysmon needs Python 3.12+")
+def test_users_sysmon_core_gives_way_to_contexts(pytester: pytest.Pytester, suite: Path) -> None:
+    (suite / ".coveragerc").write_text("[run]\ncore = sysmon\n")
+    result = run_pytest(pytester, *_ours(), "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["distcov: [[]run[]] core = sysmon records no contexts*ctrace*"])
+    data = CoverageData(str(suite / ".coverage"))
+    data.read()
+    assert len(data.measured_contexts()) > 20
