@@ -2,18 +2,26 @@
 
     python benchmarks/bench_combine.py --python 3.11 --rounds 3
 
-The shards come from a real project's data: pyparsing 3.2.3's own test suite measured once with
-lines and once with branches (bench_overhead.py's pinned toolchain and sdist). Each shard holds a
-different pseudo-random 60 % of every file's lines (arcs), as the shards of a suite split over
-many CI machines cover overlapping parts of the code. Both tools read the very same files (one
-copy named ``.coverage.N`` for coverage, one ``.distcov.N`` for the store), from a warm page
-cache, rounds alternating; the table shows medians of wall time, each tool run as a fresh
-process from the command line, exactly as a CI job would run it.
+The shards come from a real project's data: pyparsing 3.2.3's own test suite (bench_overhead.py's
+pinned toolchain and sdist), measured once with lines and once with branches, both with per-test
+contexts. Two ways to cut it into shards:
+
+* ``tests``: the suite split into N runs of consecutive tests, as CI splits a suite over N
+  machines. A shard holds exactly what its tests covered, plus what ran outside any test
+  (imports, collection), which every machine also runs.
+* ``random``: each shard a different pseudo-random 60 % of every file's lines (arcs), a harder
+  case: few shards repeat a file's data exactly.
+
+Both tools read the very same files (one copy named ``.coverage.N`` for coverage, one
+``.distcov.N`` for the store) from a warm page cache, rounds alternating; the table shows medians
+of wall time, each tool run as a fresh process from the command line, exactly as a CI job would
+run it. The results of the two are checked to be equal.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import statistics
 import subprocess
@@ -32,7 +40,7 @@ SHARE = 0.6
 def measure_suite(py: Path, src: Path, suite: Suite, branch: bool, out: Path) -> Path:
     cmd = [str(py), "-m", "pytest", "-q", "-p", "no:randomly", "-p", "no:cacheprovider"]
     cmd += ["--distcov", f"--distcov-source={suite.package}", "--distcov-report=", "-n", "2"]
-    cmd += ["--distcov-branch"] if branch else []
+    cmd += ["--distcov-context=test", *(["--distcov-branch"] if branch else [])]
     cmd += [*suite.args, *suite.tests]
     done = subprocess.run(cmd, cwd=src, env=clean_env(), check=False, capture_output=True)
     if not (src / ".coverage").exists():
@@ -41,17 +49,37 @@ def measure_suite(py: Path, src: Path, suite: Suite, branch: bool, out: Path) ->
     return out
 
 
-def make_shards(py: Path, data: Path, where: Path, count: int, seed: int) -> None:
-    """``count`` shards, each a different 60 % of ``data``, twice: coverage's and ours."""
+def make_shards(py: Path, data: Path, where: Path, count: int, how: str) -> None:
+    """``count`` shards of ``data`` cut as ``how`` says, twice: coverage's copy and ours."""
     script = f"""
-import random, sys
+import random, re
 from coverage import CoverageData
 src = CoverageData({str(data)!r}); src.read()
 arcs = src.has_arcs()
-items = {{f: sorted(src.arcs(f) if arcs else src.lines(f)) for f in src.measured_files()}}
-rng = random.Random({seed})
+tests = {{}}  # node id ("" outside tests) -> file -> lines or arcs
+for context in src.measured_contexts():
+    src.set_query_contexts(["^" + re.escape(context) + "$"])
+    node = context.rsplit("|", 1)[0]
+    for f in src.measured_files():
+        got = src.arcs(f) if arcs else src.lines(f)
+        if got:
+            tests.setdefault(node, {{}}).setdefault(f, set()).update(got)
+outside = tests.pop("", {{}})
+nodes = sorted(tests)
+every = {{}}
+for files in [outside, *tests.values()]:
+    for f, got in files.items():
+        every.setdefault(f, set()).update(got)
+rng = random.Random({count})
 for n in range({count}):
-    pick = {{f: [i for i in v if rng.random() < {SHARE}] for f, v in items.items()}}
+    if {how!r} == "tests":
+        pick = {{f: set(v) for f, v in outside.items()}}
+        for node in nodes[n * len(nodes) // {count} : (n + 1) * len(nodes) // {count}]:
+            for f, got in tests[node].items():
+                pick.setdefault(f, set()).update(got)
+    else:
+        pick = {{f: [i for i in sorted(v) if rng.random() < {SHARE}] for f, v in every.items()}}
+    pick = {{f: sorted(v) for f, v in pick.items()}}
     for name in (f"ours/.distcov.{{n}}", f"theirs/.coverage.{{n}}"):
         out = CoverageData({str(where)!r} + "/" + name)
         (out.add_arcs if arcs else out.add_lines)(pick)
@@ -92,37 +120,46 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--python", default=f"{sys.version_info[0]}.{sys.version_info[1]}")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--how", choices=["tests", "random"], action="append")
     args = parser.parse_args()
     suite = SUITES["pyparsing"]
     py, sources = prepare(find_python(args.python), [suite])
     src = sources[suite.name]
     rows = []
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    print(f"{cpus} CPUs", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="distcov-bench-combine-") as tmp:
         base = Path(tmp)
         for branch in (False, True):
             kind = "branch" if branch else "line"
             data = measure_suite(py, src, suite, branch, base / f"{kind}.coverage")
-            for count in SIZES:
-                where = base / f"{kind}-{count}"
-                make_shards(py, data, where, count, seed=count)
-                theirs_cmd = [str(py), "-m", "coverage", "combine", "--keep", "--data-file"]
-                theirs_cmd += [str(where / "theirs" / ".coverage"), str(where / "theirs")]
-                ours_cmd = [str(py), "-m", "pytest_distcov", "combine", str(where / "ours")]
-                ours_cmd += ["--data-file", str(where / "ours.out")]
-                t_theirs, t_ours = [], []
-                for _ in range(args.rounds):
-                    t_theirs.append(timed(theirs_cmd, where))
-                    t_ours.append(timed(ours_cmd, where))
-                assert same_result(py, where / "ours.out", where / "theirs" / ".coverage"), where
-                a, b = statistics.median(t_theirs), statistics.median(t_ours)
-                rows.append((kind, count, a, b))
-                print(f"{kind:6} {count:5} coverage {a:6.2f} s  distcov {b:6.2f} s  {a / b:4.1f}x")
-                shutil.rmtree(where)
-    print()
-    print("| data | shard files | `coverage combine --keep` | `pytest-distcov combine` | ratio |")
-    print("|---|---|---|---|---|")
-    for kind, count, a, b in rows:
-        print(f"| {kind} | {count:,} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x |")
+            for how in args.how or ["tests", "random"]:
+                for count in SIZES:
+                    where = base / f"{kind}-{how}-{count}"
+                    make_shards(py, data, where, count, how)
+                    theirs = [str(py), "-m", "coverage", "combine", "--keep", "--data-file"]
+                    theirs += [str(where / "theirs" / ".coverage"), str(where / "theirs")]
+                    ours = [str(py), "-m", "pytest_distcov", "combine", str(where / "ours")]
+                    ours += ["--data-file", str(where / "ours.out")]
+                    t_theirs, t_ours = [], []
+                    for _ in range(args.rounds):
+                        t_theirs.append(timed(theirs, where))
+                        t_ours.append(timed(ours, where))
+                    assert same_result(py, where / "ours.out", where / "theirs" / ".coverage")
+                    a, b = statistics.median(t_theirs), statistics.median(t_ours)
+                    rows.append((kind, how, count, a, b))
+                    print(
+                        f"{kind:6} {how:6} {count:5} coverage {a:6.2f} s  ours {b:6.2f} s"
+                        f"  {a / b:4.1f}x",
+                        file=sys.stderr,
+                    )
+                    shutil.rmtree(where)
+    print(
+        "| data | shards | files | `coverage combine --keep` | `pytest-distcov combine` | ratio |"
+    )
+    print("|---|---|---|---|---|---|")
+    for kind, how, count, a, b in rows:
+        print(f"| {kind} | {how} | {count:,} | {a:.2f} s | {b:.2f} s | {a / b:.1f}x |")
 
 
 if __name__ == "__main__":

@@ -7,29 +7,23 @@ pytest.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from coverage import Coverage
-
-from .contexts import parse_where, who_covers
-from .engine import MeasureSpec, open_coverage
-from .errors import DataFileError, DistCovError, StoreError
-from .merge import ShardUnion, read_data_file, write_data_file
-from .report import (
-    REPORT_KINDS,
-    configured_fail_under,
-    judge_fail_under,
-    parse_percent,
-    parse_report_spec,
-    precision_of,
-    produce_reports,
-)
+from .errors import DistCovError, StoreError
 from .store import absolute_mapper, expand_stores, fetch_all
+from .union import ShardUnion
+
+if TYPE_CHECKING:
+    from coverage import Coverage
+
+# Modules that load coverage.py are imported where they are used: `combine` starts its readers
+# before loading it. The report kinds are report.REPORT_KINDS (a test keeps the two equal).
+_REPORT_KINDS = "term, term-missing, html, xml, json, lcov, markdown"
 
 __all__ = ["main"]
 
@@ -49,7 +43,7 @@ def _parser() -> argparse.ArgumentParser:
         "--format",
         action="append",
         metavar="TYPE[:DEST]",
-        help=f"report to write (repeatable): {', '.join(REPORT_KINDS)}. Default: term.",
+        help=f"report to write (repeatable): {_REPORT_KINDS}. Default: term.",
     )
     rep.add_argument("--data-file", help="coverage data file (default: coverage's data_file)")
     rep.add_argument("--fail-under", metavar="PCT", help="exit 2 below PCT (0 to 100)")
@@ -99,6 +93,8 @@ def _positive(text: str) -> int:
 
 def _coverage(args: argparse.Namespace) -> Coverage:
     """A Coverage object with the user's configuration and ``--data-file`` (not loaded)."""
+    from .engine import MeasureSpec, open_coverage
+
     spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
     return open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
 
@@ -108,13 +104,14 @@ def _data_file(args: argparse.Namespace) -> Path:
 
 
 def _combine(args: argparse.Namespace) -> int:
-    target = _data_file(args)
     root = Path(args.root or os.getcwd())
     stores = expand_stores(args.stores)
     union = ShardUnion(absolute_mapper(root))
     came: list[str] = []
     errors: list[str] = []
-    with tempfile.TemporaryDirectory(prefix="distcov-combine-") as tmp:
+    target = Path()
+
+    def fetched(scratch: Path) -> Iterator[tuple[str, str]]:
         for store in stores:
             try:
                 shards = store.shards()
@@ -123,17 +120,27 @@ def _combine(args: argparse.Namespace) -> int:
                 continue
             if not shards:
                 errors.append(f"no shards in {store.url}")
-            for shard, local in fetch_all(store, shards, Path(tmp)):
+            for shard, local in fetch_all(store, shards, scratch):
                 if isinstance(local, StoreError):
                     errors.append(str(local))
-                    continue
-                try:
-                    union.add_file(str(local), name=shard.where)
-                except DataFileError as exc:
-                    errors.append(str(exc))
                 else:
-                    came.append(shard.where)
+                    yield shard.where, str(local)
+
+    def find_target() -> None:  # loads coverage.py: done while the readers read
+        nonlocal target
+        target = _data_file(args)
+
+    with tempfile.TemporaryDirectory(prefix="distcov-combine-") as tmp, union:
+        # every download finishes first: the union may fork reader processes
+        shards = list(fetched(Path(tmp)))
+        for name, problem in union.add_files(shards, meanwhile=find_target):
+            if problem is None:
+                came.append(name)
+            else:
+                errors.append(str(problem))
         if came:
+            from .merge import write_data_file
+
             write_data_file(target, union.write_into)
             print(f"pytest-distcov: combined {len(came)} shards into {target}")
     for error in errors:
@@ -149,6 +156,9 @@ def _combine(args: argparse.Namespace) -> int:
 
 
 def _who_covers(args: argparse.Namespace) -> int:
+    from .contexts import parse_where, who_covers
+    from .merge import read_data_file
+
     file, lines = parse_where(args.where)
     data = read_data_file(_data_file(args))
     try:
@@ -156,6 +166,8 @@ def _who_covers(args: argparse.Namespace) -> int:
     finally:
         data.close(force=True)
     if args.json:
+        import json
+
         print(json.dumps(found.as_json(), indent=2))
     else:
         for test in found.tests:
@@ -171,6 +183,8 @@ def _who_covers(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Coverage:
+    from .merge import read_data_file
+
     cov = _coverage(args)
     read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad
     cov.load()
@@ -200,6 +214,15 @@ def _coveralls(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .report import (
+        configured_fail_under,
+        judge_fail_under,
+        parse_percent,
+        parse_report_spec,
+        precision_of,
+        produce_reports,
+    )
+
     specs = [parse_report_spec(f) for f in (args.format or ["term"])]
     cov = _open(args)
     fail_under = (

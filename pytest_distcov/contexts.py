@@ -25,8 +25,8 @@ from coverage import CoverageData
 from coverage.numbits import numbits_to_nums
 
 from .errors import DataFileError, SettingsError
-from .merge import KNOWN_SCHEMAS, read_only_uri
 from .protocol import ContextData, Payload, empty_payload
+from .union import KNOWN_SCHEMAS, read_only_uri
 
 __all__ = ["PHASES", "ContextDeltaReader", "Found", "label", "parse_where", "who_covers"]
 

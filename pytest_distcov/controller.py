@@ -39,18 +39,13 @@ from .errors import (
     ReportError,
     SettingsError,
 )
-from .merge import (
-    Accumulator,
-    PathMapper,
-    read_data_file,
-    update_from_file,
-    write_data_file,
-)
+from .merge import Accumulator, read_data_file, update_from_file, write_data_file
 from .options import Settings
 from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
 from .store import open_store, write_shard
+from .union import PathMapper
 
 __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 

@@ -25,19 +25,15 @@ from coverage.exceptions import CoverageException
 
 from .errors import DataFileError
 from .protocol import ContextData, Payload, empty_payload
+from .union import PathMapper, identity
 
-__all__ = ["Accumulator", "DeltaReader", "ShardUnion", "read_data_file", "write_data_file"]
+__all__ = ["Accumulator", "DeltaReader", "read_data_file", "write_data_file"]
 
-PathMapper = Callable[[str], str]
 #: Line numbers, or (from, to) arcs when branch coverage is on: one run never mixes the two.
 Measured = set[Any]
 
 # What sqlite and coverage raise on a damaged or foreign file.
 _READ_ERRORS = (CoverageException, sqlite3.Error, OSError, ValueError)
-
-
-def _identity(path: str) -> str:
-    return path
 
 
 class Accumulator:
@@ -64,7 +60,7 @@ class Accumulator:
 
     def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> int:
         """Merge a worker's payload; return how many lines or arcs were new here."""
-        map_path = map_path or _identity
+        map_path = map_path or identity
         new = 0
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
@@ -241,135 +237,3 @@ class DeltaReader:
                 self._sent_files.add(path)
                 payload["touched"].setdefault(tracer, []).append(path)
         return payload
-
-
-#: The data-file schemas read straight from SQLite here and in contexts.py (coverage.py documents
-#: its schema; a file of another schema gets the same refusal coverage itself gives it).
-KNOWN_SCHEMAS = frozenset({7})
-
-
-def read_only_uri(path: str | os.PathLike[str]) -> str:
-    """An SQLite URI that opens ``path`` read-only (it is never changed or journaled)."""
-    return f"file:{Path(path).resolve().as_uri()[len('file://') :]}?mode=ro"
-
-
-def _bits(number: int) -> bytes:
-    return number.to_bytes((number.bit_length() + 7) // 8, "little")
-
-
-class ShardUnion:
-    """The union of many whole data files, read straight from their SQLite tables.
-
-    This is ``coverage combine`` without its per-file overhead. Each file is attached read-only
-    (never changed) to one in-memory SQLite database. Its lines are kept as integers whose set
-    bits are the line numbers (a numbits blob read as one little-endian integer, so a union is
-    one ``|``); its arcs are copied by SQLite itself into a table that keeps each arc once.
-    Contexts, file tracers and measured-but-empty files are kept. Paths go through ``map_path``
-    (a shard's relative paths become the combiner's own) when the union is written out.
-    """
-
-    def __init__(self, map_path: PathMapper | None = None) -> None:
-        self.map_path = map_path or _identity
-        self.has_arcs: bool | None = None
-        self.first: str = ""
-        self._lines: dict[tuple[str, str], int] = {}
-        self._files: set[str] = set()
-        self._tracers: dict[str, str] = {}
-        self._hub = sqlite3.connect(":memory:", uri=True, isolation_level=None)
-        self._hub.execute(
-            "CREATE TABLE arc (path TEXT, context TEXT, fromno INTEGER, tono INTEGER,"
-            " UNIQUE (path, context, fromno, tono))"
-        )
-
-    def add_file(self, path: str, name: str | None = None) -> None:
-        """Add one data file; a :class:`DataFileError` names it (as ``name``) if it is unusable."""
-        name = name or path
-        try:
-            self._hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path),))
-        except sqlite3.Error as exc:
-            raise DataFileError(f"cannot read coverage data file {name}: {exc}") from None
-        try:
-            self._read(name)
-        except sqlite3.Error as exc:
-            raise DataFileError(
-                f"cannot read coverage data file {name}: {exc} (is it a coverage.py data file?)"
-            ) from None
-        finally:
-            self._hub.execute("DETACH DATABASE shard")
-
-    def _read(self, path: str) -> None:
-        hub = self._hub
-        (version,) = hub.execute("SELECT version FROM shard.coverage_schema").fetchone() or (None,)
-        if version not in KNOWN_SCHEMAS:
-            raise DataFileError(
-                f"cannot read coverage data file {path}: it has data schema {version}, this"
-                f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
-            )
-        meta = dict(hub.execute("SELECT key, value FROM shard.meta").fetchall())
-        arcs = None if "has_arcs" not in meta else meta["has_arcs"] not in ("0", "False", "")
-        if arcs is not None and self.has_arcs is not None and arcs != self.has_arcs:
-            kind = "branch (arc)" if arcs else "line"
-            raise DataFileError(
-                f"cannot combine coverage data file {path}: it holds {kind} data, but"
-                f" {self.first} does not; combine shards measured the same way"
-            )
-        files = dict(hub.execute("SELECT id, path FROM shard.file").fetchall())
-        contexts = dict(hub.execute("SELECT id, context FROM shard.context").fetchall())
-        tracers = hub.execute("SELECT file_id, tracer FROM shard.tracer").fetchall()
-        if arcs:
-            # one statement: all of the file's arcs or (on an error) none of them
-            hub.execute(
-                "INSERT OR IGNORE INTO main.arc SELECT f.path, c.context, a.fromno, a.tono"
-                " FROM shard.arc a JOIN shard.file f ON f.id = a.file_id"
-                " JOIN shard.context c ON c.id = a.context_id"
-            )
-        elif arcs is not None:
-            bits = hub.execute("SELECT file_id, context_id, numbits FROM shard.line_bits")
-            lines = self._lines
-            for fid, cid, numbits in bits.fetchall():
-                key = (contexts[cid], files[fid])
-                lines[key] = lines.get(key, 0) | int.from_bytes(numbits, "little")
-        if arcs is not None and self.has_arcs is None:
-            self.has_arcs, self.first = arcs, path
-        self._files.update(files.values())
-        for fid, tracer in tracers:
-            if tracer:
-                self._tracers[files[fid]] = tracer
-
-    def write_into(self, data: CoverageData) -> None:
-        from coverage.numbits import numbits_to_nums
-
-        mapped = {p: self.map_path(p) for p in self._files}
-        by_context: dict[str, dict[str, Any]] = {}
-        if self.has_arcs:
-            data.add_arcs({})
-            sets: dict[tuple[str, str], set[tuple[int, int]]] = {}
-            rows = self._hub.execute("SELECT path, context, fromno, tono FROM arc")
-            for path, context, fromno, tono in rows:
-                sets.setdefault((context, mapped[path]), set()).add((fromno, tono))
-            for (context, path), arc_set in sets.items():
-                by_context.setdefault(context, {})[path] = sorted(arc_set)
-        elif self.has_arcs is not None:
-            data.add_lines({})
-            numbers: dict[tuple[str, str], int] = {}
-            for (context, path), number in self._lines.items():
-                key = (context, mapped[path])
-                numbers[key] = numbers.get(key, 0) | number
-            for (context, path), number in numbers.items():
-                by_context.setdefault(context, {})[path] = numbits_to_nums(_bits(number))
-        for context, files in sorted(by_context.items()):
-            data.set_context(context or None)
-            if self.has_arcs:
-                data.add_arcs(files)
-            else:
-                data.add_lines(files)
-        data.set_context(None)
-        tracers = {mapped[p]: t for p, t in self._tracers.items()}
-        if tracers:
-            data.add_file_tracers(tracers)
-        measured = {p for files in by_context.values() for p in files}
-        by_plugin: dict[str, list[str]] = {}
-        for path in sorted(set(mapped.values()) - measured):
-            by_plugin.setdefault(tracers.get(path, ""), []).append(path)
-        for plugin, paths in sorted(by_plugin.items()):
-            data.touch_files(paths, plugin or None)

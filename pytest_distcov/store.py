@@ -14,21 +14,14 @@ from __future__ import annotations
 
 import glob
 import os
-import platform
 import re
-import secrets
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
-
-from coverage import CoverageData
+from typing import Any, NamedTuple, Protocol
 
 from .errors import StoreError
-from .merge import read_data_file
 
 __all__ = [
     "SHARD_PREFIX",
@@ -50,6 +43,9 @@ _GLOB = re.compile(r"[*?\[]")
 
 def shard_name(machine: str | None = None) -> str:
     """``.distcov.<machine>.<pid>.<random>``: unique among machines writing at once."""
+    import platform
+    import secrets
+
     host = re.sub(r"[^A-Za-z0-9_-]+", "-", machine or platform.node() or "host").strip("-")
     return f"{SHARD_PREFIX}{host or 'host'}.{os.getpid()}.{secrets.token_hex(6)}"
 
@@ -81,8 +77,7 @@ def absolute_mapper(root: Path) -> Callable[[str], str]:
     return to_local
 
 
-@dataclass(frozen=True)
-class Shard:
+class Shard(NamedTuple):
     """One data file in a store: ``where`` names it for the user, ``ref`` for the store."""
 
     where: str
@@ -120,11 +115,10 @@ class DirStore:
         if not self.path.is_dir():
             raise StoreError(f"store {self.url} does not exist (no such directory)")
         try:
-            names = sorted(
-                p.name
-                for p in self.path.iterdir()
-                if p.name.startswith(SHARD_PREFIX) and p.is_file()
-            )
+            with os.scandir(self.path) as entries:
+                names = sorted(
+                    e.name for e in entries if e.name.startswith(SHARD_PREFIX) and e.is_file()
+                )
         except OSError as exc:
             raise StoreError(f"cannot list the store {self.url}: {exc}") from None
         return [Shard(str(self.path / n), str(self.path / n)) for n in names]
@@ -283,12 +277,18 @@ def fetch_all(
         except StoreError as exc:
             return exc
 
+    from concurrent.futures import ThreadPoolExecutor
+
     with ThreadPoolExecutor(max_workers=8) as pool:
         yield from zip(shards, pool.map(one, enumerate(shards)), strict=True)
 
 
 def write_shard(data_file: Path, root: Path, store: Store) -> str:
     """Copy ``data_file`` into the store as a new shard, paths under ``root`` made relative."""
+    from coverage import CoverageData
+
+    from .merge import read_data_file
+
     source = read_data_file(data_file)
     try:
         with tempfile.TemporaryDirectory(prefix="distcov-shard-") as tmp:

@@ -44,3 +44,17 @@ def test_report_errors_are_one_line(pytester: pytest.Pytester, data_file: Path) 
     assert result.ret == 1
     assert "unknown report type 'pdf'" in result.stderr.str()
     assert "Traceback" not in result.stderr.str()
+
+
+def test_command_line_loads_coverage_only_when_needed(pytester: pytest.Pytester) -> None:
+    """`combine` starts its reader processes before coverage.py is loaded (it costs 0.07 s)."""
+    code = (
+        "import sys, pytest_distcov.cli\n"
+        "assert 'coverage' not in sys.modules, 'coverage loaded'\n"
+        "assert 'multiprocessing' not in sys.modules, 'multiprocessing loaded'\n"
+        "from pytest_distcov.report import REPORT_KINDS\n"
+        "from pytest_distcov.cli import _REPORT_KINDS\n"
+        "assert _REPORT_KINDS == ', '.join(REPORT_KINDS), _REPORT_KINDS\n"
+    )
+    result = pytester.run(sys.executable, "-c", code)
+    assert result.ret == 0, result.stderr.str()
