@@ -32,10 +32,6 @@ def identity(path: str) -> str:
     return path
 
 
-def _nothing() -> None:
-    pass
-
-
 #: The data-file schemas read straight from SQLite here and in contexts.py (coverage.py documents
 #: its schema; a file of another schema gets the same refusal coverage itself gives it).
 KNOWN_SCHEMAS = frozenset({7})
@@ -203,12 +199,6 @@ class ShardUnion:
         self._reader = _Reader()
         self._parts: list[dict[bool | None, _Part]] = [self._reader.parts]
 
-    def add_file(self, path: str, name: str | None = None) -> None:
-        """Add one data file; a :class:`DataFileError` names it (as ``name``) if it is unusable."""
-        ((_, error),) = self.add_files([(name or path, path)])
-        if error is not None:
-            raise error
-
     def add_files(
         self, items: Iterable[tuple[str, str]], *, meanwhile: Callable[[], object] | None = None
     ) -> list[tuple[str, DataFileError | None]]:
@@ -216,16 +206,21 @@ class ShardUnion:
 
         Each name comes with ``None`` or the :class:`DataFileError` that names what is wrong
         with it; an unusable file adds nothing, and the others are still added. ``meanwhile``
-        is called once, in this process, while reader processes read (before reading if there
-        are none): the caller's own start-up work then costs no wall time.
+        is called exactly once, in this process: while reader processes read, or before the
+        files are read here (the caller's own start-up work then costs no wall time).
         """
+        pending = [meanwhile] if meanwhile else []
+
+        def meanwhile_once() -> None:
+            while pending:
+                pending.pop()()
+
         todo = list(items)
         self.readers = 1
-        outcomes = None
-        if self._parallel(len(todo)):
-            outcomes = self._read_in_processes(todo, meanwhile or _nothing)
-        elif meanwhile is not None:
-            meanwhile()
+        outcomes = (
+            self._read_in_processes(todo, meanwhile_once) if self._parallel(len(todo)) else None
+        )
+        meanwhile_once()  # no processes, or they could not start
         if outcomes is None:
             outcomes = [self._reader.read(name, path) for name, path in todo]
         pairs = zip(todo, outcomes, strict=True)
@@ -367,15 +362,17 @@ def _read_tables(hub: sqlite3.Connection, name: str) -> _ShardRead | DataFileErr
     try:
         rows = hub.execute(_META_QUERY).fetchall()
     except sqlite3.Error:
-        rows = None  # a table is missing: another schema says so below, or nothing does
-    if rows is None or not any(table == 0 and key in KNOWN_SCHEMAS for table, key, _ in rows):
+        # a table is missing: a file of another schema is told so, anything else is re-raised
         (version,) = hub.execute("SELECT version FROM shard.coverage_schema").fetchone() or (None,)
-        if version not in KNOWN_SCHEMAS:
-            return DataFileError(
-                f"cannot read coverage data file {name}: it has data schema {version}, this"
-                f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
-            )
-        rows = hub.execute(_META_QUERY).fetchall()  # raises what the first attempt raised
+        if version in KNOWN_SCHEMAS:
+            raise
+    else:
+        version = next((key for table, key, _ in rows if table == 0), None)
+    if version not in KNOWN_SCHEMAS:
+        return DataFileError(
+            f"cannot read coverage data file {name}: it has data schema {version}, this"
+            f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
+        )
     tables: list[dict[Any, Any]] = [{}, {}, {}, {}, {}]
     for table, key, value in rows:
         tables[table][key] = value
