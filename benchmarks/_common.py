@@ -16,6 +16,18 @@ with open(out, "w") as f:
 sys.exit(int(code))
 """
 
+#: The same for SlipCover's own command line (``python -m slipcover ... -m pytest ...``).
+SLIPCOVER_LAUNCHER = """
+import resource, runpy, sys
+out = sys.argv[1]
+sys.argv = ["slipcover", *sys.argv[2:]]
+try:
+    runpy.run_module("slipcover", run_name="__main__", alter_sys=True)
+finally:
+    with open(out, "w") as f:
+        f.write(str(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss))
+"""
+
 
 def clean_env() -> dict[str, str]:
     """The environment without coverage's or pytest's own variables."""

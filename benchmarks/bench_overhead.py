@@ -26,14 +26,20 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _common import LAUNCHER, clean_env
+from _common import LAUNCHER, SLIPCOVER_LAUNCHER, clean_env
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 CACHE = HERE / ".cache"
 
 #: The toolchain every venv gets, pinned so that runs can be compared over time.
-TOOLCHAIN = ["pytest==9.2.0", "pytest-xdist==3.8.0", "pytest-cov==7.1.0", "coverage==7.17.3"]
+TOOLCHAIN = [
+    "pytest==9.2.0",
+    "pytest-xdist==3.8.0",
+    "pytest-cov==7.1.0",
+    "coverage==7.17.3",
+    "slipcover==1.1.0",  # pytest-distcov[fast], and the SlipCover mode
+]
 
 
 @dataclass(frozen=True)
@@ -71,8 +77,15 @@ SUITES = {
 MODES = {
     "plain": [],
     "pytest-cov": ["--cov={pkg}"],
+    # the default engine: sysmon on 3.12+, SlipCover's probes on 3.10/3.11 (slipcover installed)
     "distcov": ["--distcov", "--distcov-source={pkg}"],
+    # coverage.py's C tracer, as on 3.10/3.11 without pytest-distcov[fast]
+    "distcov-ctrace": ["--distcov", "--distcov-source={pkg}", "--distcov-engine=coverage"],
+    # SlipCover's own command line and xdist plugin (its JSON report to a file)
+    "slipcover": [],
 }
+#: The modes that only mean something where the probe engine runs.
+PROBE_MODES = ("distcov-ctrace", "slipcover")
 
 
 def find_python(spec: str) -> str:
@@ -157,11 +170,30 @@ class Sample:
 def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tuple[float, int, int]:
     args = [a.format(pkg=suite.package) for a in MODES[mode]]
     rss_file = src / ".bench-rss"
+    if mode == "slipcover":
+        package_dir = subprocess.check_output(
+            [str(py), "-c", f"import {suite.package} as m, os; print(os.path.dirname(m.__file__))"],
+            text=True,
+            cwd="/",
+        ).strip()
+        out = src / ".bench-slipcover.json"
+        launcher = [SLIPCOVER_LAUNCHER, str(rss_file), "--source", package_dir, "--json"]
+        # SlipCover's pytest plugin is imported before pytest can rewrite it: a warning that
+        # suites with filterwarnings = error would turn into an error
+        launcher += [
+            "--out",
+            str(out),
+            "-m",
+            "pytest",
+            "-W",
+            "ignore::pytest.PytestAssertRewriteWarning",
+        ]
+    else:
+        launcher = [LAUNCHER, str(rss_file)]
     cmd = [
         str(py),
         "-c",
-        LAUNCHER,
-        str(rss_file),
+        *launcher,
         "-n",
         str(workers),
         "-q",
@@ -182,7 +214,9 @@ def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tup
             f"bench: {suite.name} {mode} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
             f"\n{proc.stderr[-3000:]}"
         )
-    for leftover in (".coverage", "coverage.xml"):
+    if mode == "slipcover" and not (src / ".bench-slipcover.json").exists():
+        sys.exit(f"bench: {suite.name} slipcover wrote no report:\n{proc.stdout[-3000:]}")
+    for leftover in (".coverage", "coverage.xml", ".bench-slipcover.json"):
         (src / leftover).unlink(missing_ok=True)
     return elapsed, int(rss_file.read_text()), proc.returncode
 
@@ -213,18 +247,20 @@ def bench(
 
 
 def table(version: str, results: dict[str, dict[str, Sample]], workers: int) -> str:
-    lines = [
-        f"| Python {version}, `-n {workers}` | plain | pytest-cov | distcov | pytest-cov / plain"
-        " | distcov / plain | distcov / pytest-cov |",
-        "|---|---|---|---|---|---|---|",
-    ]
+    modes = list(next(iter(results.values())))
+    head = f"| Python {version}, `-n {workers}` | " + " | ".join(modes)
+    head += " | " + " | ".join(f"{m} / plain" for m in modes if m != "plain")
+    compare = [("distcov", "pytest-cov")] + (
+        [("distcov", "slipcover")] if "slipcover" in modes else []
+    )
+    head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
+    lines = [head, "|---" * (1 + 2 * len(modes) - 1 + len(compare)) + "|"]
     for name, by_mode in results.items():
         med = {m: statistics.median(s.seconds) for m, s in by_mode.items()}
-        lines.append(
-            f"| {name} | {med['plain']:.2f} s | {med['pytest-cov']:.2f} s | {med['distcov']:.2f} s"
-            f" | {med['pytest-cov'] / med['plain']:.2f}x | {med['distcov'] / med['plain']:.2f}x"
-            f" | {med['distcov'] / med['pytest-cov']:.2f} |"
-        )
+        cells = [f"{med[m]:.2f} s" for m in modes]
+        cells += [f"{med[m] / med['plain']:.2f}x" for m in modes if m != "plain"]
+        cells += [f"{med[a] / med[b]:.2f}" for a, b in compare]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -232,6 +268,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", action="append", help="3.11, 3.13, ... or a path")
     parser.add_argument("--suite", action="append", choices=sorted(SUITES))
+    parser.add_argument("--mode", action="append", choices=sorted(MODES), help="only these")
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
@@ -247,9 +284,11 @@ def main() -> None:
             [str(py), "-c", "import platform; print(platform.python_version())"], text=True
         ).strip()
         print(f"bench: Python {version}: {args.rounds} rounds", file=sys.stderr)
-        results = bench(
-            py, sources, suites, rounds=args.rounds, workers=args.workers, modes=list(MODES)
-        )
+        probes = tuple(int(p) for p in version.split(".")[:2]) < (3, 12)
+        modes = [m for m in MODES if probes or m not in PROBE_MODES]
+        if args.mode:
+            modes = [m for m in modes if m in args.mode or m == "plain"]
+        results = bench(py, sources, suites, rounds=args.rounds, workers=args.workers, modes=modes)
         out.append(table(version, results, args.workers))
         raw[version] = {
             n: {m: vars(s) | {"codes": sorted(s.codes)} for m, s in r.items()}

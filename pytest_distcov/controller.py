@@ -159,10 +159,10 @@ class ControllerRole:
         what = "lines and branches" if self.engine.branch else "lines"
         lines = [
             f"distcov: measuring {what} of {self.plan.source_desc}"
-            f" with the {self.engine.core} core {where}"
+            f" with {self.engine.description} {where}"
         ]
         if self.engine.core_note:
-            lines.append(f"distcov: {self.engine.core_note}: using the {self.engine.core} core")
+            lines.append(f"distcov: {self.engine.core_note}: using {self.engine.description}")
         return lines
 
     # -- receiving from workers -------------------------------------------------------------
@@ -476,7 +476,7 @@ class ControllerRole:
             notes.extend(f"[{who}] {n}" for n in state.notes)
         workers = len(self.workers)
         title = f"distcov: {workers} worker{'s' if workers != 1 else ''}" if workers else "distcov"
-        tr.write_sep("-", f"{title}, {self.engine.core} core, data in {self.plan.data_file}")
+        tr.write_sep("-", f"{title}, {self.engine.description}, data in {self.plan.data_file}")
         if self.report_text:
             tr.write(self.report_text)
         for line in self.summary:

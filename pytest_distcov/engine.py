@@ -23,6 +23,7 @@ from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
 from .errors import SettingsError
+from .probes import Probes, probe_obstacle, probes_available
 from .remote_worker import OMIT_ENV
 from .report import capture_coverage_warnings
 
@@ -41,6 +42,8 @@ class MeasureSpec:
     config_file: str | bool
     #: "test": per-test contexts, switched by the plugin (see contexts.py)
     context: str | None = None
+    #: "auto", "coverage" or "probes" (--distcov-engine)
+    engine: str = "auto"
 
 
 def _config_name(config_file: str | bool) -> str:
@@ -128,8 +131,14 @@ class Engine:
                 f" {_config_name(spec.config_file)} both label contexts: use one of them"
             )
         self.wanted_core = self.cov.get_option("run:core")
-        if not self.wanted_core:
-            self.wanted_core, self.core_note = choose_core(self.cov, contexts=bool(self.context))
+        #: measuring with SlipCover's probes (see probes.py) instead of a coverage.py core
+        self.use_probes = self._choose_probes(spec)
+        self._probes: Probes | None = None
+        if self.use_probes:
+            self.wanted_core = "ctrace"  # a fallback only: the probes measure
+        elif not self.wanted_core:
+            self.wanted_core, note = choose_core(self.cov, contexts=bool(self.context))
+            self.core_note = self.core_note or note
         elif self.context and self.wanted_core == "sysmon":
             self.wanted_core, self.core_note = "ctrace", "[run] core = sysmon records no contexts"
         self.cov.set_option("run:core", self.wanted_core)
@@ -162,11 +171,53 @@ class Engine:
         # and a switch of ours would conflict with it.
         self._flush_by_switch = not self.cov.get_option("run:dynamic_context")
 
+    def _choose_probes(self, spec: MeasureSpec) -> bool:
+        """Probes where asked for or (``auto``) where they pay and measure all that is asked.
+
+        ``auto`` falls back to coverage.py with a note naming the reason, except where probes
+        are not meant to run (Python 3.12+, where sysmon is the fast path); an explicit
+        ``probes`` that cannot measure this run is a usage error naming the setting.
+        """
+        if spec.engine == "coverage":
+            return False
+        if sys.version_info[:2] >= (3, 12):
+            if spec.engine == "probes":
+                self.core_note = (
+                    "the probe engine is for Python 3.10 and 3.11; Python 3.12+ uses"
+                    " coverage.py's cores (sysmon where it can)"
+                )
+            return False
+        reason = probes_available() or probe_obstacle(self.cov, contexts=bool(self.context))
+        if not reason and self.wanted_core:
+            reason = f"[run] core = {self.wanted_core} (or COVERAGE_CORE) chooses coverage.py"
+        if not reason:
+            return True
+        if spec.engine == "probes":
+            raise SettingsError(f"--distcov-engine=probes cannot measure this run: {reason}")
+        if "pip install" not in reason:  # not having the extra installed is no news
+            self.core_note = reason
+        return False
+
     def _list_option(self, name: str) -> list[str]:
         value = self.cov.get_option(name)
         return [str(v) for v in value] if isinstance(value, list) else []
 
+    @property
+    def description(self) -> str:
+        """How this engine measures, for the header and the summary."""
+        return "SlipCover's probes" if self.core == "probes" else f"the {self.core} core"
+
     def start(self) -> None:
+        if self.use_probes:
+            try:
+                with capture_coverage_warnings(self.notes):
+                    self._probes = Probes(self.cov)
+            except CoverageException as exc:
+                raise SettingsError(f"cannot start coverage: {exc}") from None
+            self._probes.start()
+            self._running = True
+            self.core = "probes"
+            return
         with capture_coverage_warnings(self.notes):
             try:
                 self.cov.start()
@@ -187,7 +238,10 @@ class Engine:
 
     def flush(self) -> None:
         """Make everything measured so far durable in :attr:`data_path`."""
-        if self._running and self._flush_by_switch:
+        if self._probes is not None:
+            if self._running:
+                self._probes.flush()
+        elif self._running and self._flush_by_switch:
             self.cov.switch_context(self._label)
 
     def switch(self, label: str) -> None:
@@ -197,19 +251,37 @@ class Engine:
             self._label = label
 
     def pause(self) -> None:
-        if self._running:
+        if self._probes is not None:
+            if self._running:
+                self._probes.flush()  # what ran before the pause counts
+                self._running = False
+        elif self._running:
             with capture_coverage_warnings(self.notes):
                 self.cov.stop()
             self._running = False
 
     def resume(self) -> None:
-        if not self._running:
+        if self._probes is not None:
+            if not self._running:
+                self._probes.rearm(self._probes.sci.take())  # what ran paused does not
+                self._running = True
+        elif not self._running:
             with capture_coverage_warnings(self.notes):
                 self.cov.start()
             self._running = True
 
     def finish(self) -> CoverageData:
         """Stop measuring; return the complete data (also on disk at :attr:`data_path`)."""
+        if self._probes is not None:
+            with capture_coverage_warnings(self.notes):
+                if self._running:
+                    self._probes.flush()
+                else:
+                    self._probes.sci.take()  # seen while paused: not measured
+                self._probes.stop()
+                self._running = False
+                self._probes.side.finish()
+                return self._probes.data
         with capture_coverage_warnings(self.notes):
             self.cov.stop()
             self._running = False

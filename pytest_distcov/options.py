@@ -9,12 +9,14 @@ coverage's defaults. Every bad value raises :class:`SettingsError` naming where 
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from . import remote_worker
 from .errors import SettingsError, StoreError
 from .hosts import HostSpec, parse_hosts
 from .report import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
@@ -43,6 +45,8 @@ class Settings:
     store: str | None = None
     #: "test" for per-test contexts, else None
     context: str | None = None
+    #: what measures: "auto", "coverage" (coverage.py's cores) or "probes" (SlipCover's)
+    engine: str = "auto"
 
 
 def add_options(parser: pytest.Parser) -> None:
@@ -175,8 +179,24 @@ def add_options(parser: pytest.Parser) -> None:
             " and |teardown (as pytest-cov's --cov-context=test)."
         ),
     )
+    group.addoption(
+        "--distcov-engine",
+        metavar="auto|coverage|probes",
+        default=None,
+        help=(
+            "What measures: coverage.py's cores, or (Python 3.10/3.11, pytest-distcov[fast])"
+            " SlipCover's bytecode probes. Default auto: sysmon on 3.12+, probes on 3.10/3.11"
+            " where they can measure the run, else coverage.py's C tracer."
+        ),
+    )
 
     parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
+    parser.addini(
+        "distcov_engine",
+        "What measures: auto, coverage or probes (like --distcov-engine).",
+        type="string",
+        default=None,
+    )
     parser.addini(
         "distcov_source",
         "Directories or packages to measure, one per line (like --distcov-source).",
@@ -414,6 +434,30 @@ def _resolve_context(config: pytest.Config, ns: Any) -> str | None:
     return raw.strip()
 
 
+ENGINES = ("auto", "coverage", "probes")
+#: the engine when neither the command line nor the ini file names one
+ENGINE_ENV = remote_worker.ENGINE_ENV
+
+
+def _resolve_engine(config: pytest.Config, ns: Any) -> str:
+    raw: str | None = getattr(ns, "distcov_engine", None)
+    origin = "--distcov-engine"
+    if raw is None:
+        raw = _ini(config, "distcov_engine")
+        origin = _ini_origin(config, "distcov_engine")
+    if raw is None:
+        raw = os.environ.get(ENGINE_ENV)
+        origin = f"the {ENGINE_ENV} environment variable"
+    if raw is None or not raw.strip():
+        return "auto"
+    if raw.strip() not in ENGINES:
+        raise SettingsError(
+            f"invalid value {raw!r} for {origin}: expected {', '.join(ENGINES[:-1])}"
+            f" or {ENGINES[-1]}"
+        )
+    return raw.strip()
+
+
 def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
     cli = getattr(ns, dest, None)
     if cli is not None:
@@ -453,6 +497,7 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
         store=None if worker else _resolve_store(config, ns),
         context=_resolve_context(config, ns),
+        engine=_resolve_engine(config, ns),
         coveralls=bool(_flag(config, ns, "distcov_coveralls", "distcov_coveralls")),
         coveralls_required=bool(
             _flag(config, ns, "distcov_coveralls_required", "distcov_coveralls_required")

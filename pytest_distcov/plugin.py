@@ -87,7 +87,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
         )
-    spec = MeasureSpec(settings.source, settings.branch, settings.config_file, settings.context)
+    spec = MeasureSpec(
+        settings.source, settings.branch, settings.config_file, settings.context, settings.engine
+    )
     early_config.stash[SPEC_KEY] = spec
     dist = worker_id is None and _expects_xdist_controller(early_config, settings)
     try:

@@ -117,10 +117,16 @@ class Fleet:
     """The remote hosts of one run, over pytest-distcov's own gateways."""
 
     def __init__(
-        self, hosts: Sequence[HostSpec], bundle: Bundle, *, timeout: float = CONNECT_TIMEOUT
+        self,
+        hosts: Sequence[HostSpec],
+        bundle: Bundle,
+        *,
+        timeout: float = CONNECT_TIMEOUT,
+        engine: str = "auto",
     ) -> None:
         self.hosts = [HostSession(spec, i + 1) for i, spec in enumerate(hosts)]
         self.bundle = bundle
+        self.engine = engine
         self.timeout = timeout
         self.run_id = uuid.uuid4().hex[:12]
         self.group = execnet.Group(execmodel="thread")
@@ -347,6 +353,8 @@ class Fleet:
             "sys_path": self.worker_sys_path(host),
             "args_map": [[project.local, host.trees.get(project.name, "")]],
             "basetemp": f"{host.info['run_dir']}/basetemp",
+            # as resolved here, so that a choice made by the environment holds there too
+            "engine": self.engine,
         }
 
     def path_mapper(self, host: HostSession) -> Callable[[str], str]:
@@ -544,7 +552,7 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
             " distcov_remote_ignore leaves out every file in it); run pytest from a shipped"
             f" directory, or from the rootdir {root}"
         )
-    fleet = Fleet(settings.remote, bundle)
+    fleet = Fleet(settings.remote, bundle, engine=settings.engine)
     fleet.start()
     hooks = RemoteHooks(fleet)
     hooks.configure_xdist(config)

@@ -21,6 +21,8 @@ from typing import Any
 
 #: Environment variable naming one more file for the worker's engine to leave out.
 OMIT_ENV = "PYTEST_DISTCOV_OMIT"
+#: The engine the controller resolved (options.ENGINE_ENV; stdlib-only module, so a copy).
+ENGINE_ENV = "DISTCOV_ENGINE"
 
 
 def host_sys_path(layout: list[list[str]]) -> list[str]:
@@ -65,6 +67,7 @@ def main(channel: Any) -> None:
         # execnet compiled this module under the controller's file name; the worker's engine
         # leaves that file out, as it leaves out the rest of pytest-distcov.
         os.environ[OMIT_ENV] = main.__code__.co_filename
+        os.environ[ENGINE_ENV] = remote.get("engine", "auto")
         change_sys_path = host_sys_path(remote["sys_path"])
         args = [map_arg(a, remote["args_map"]) for a in args]
         option_dict = dict(option_dict)

@@ -30,6 +30,9 @@ _SCRUB = (
 def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in _SCRUB:
         monkeypatch.delenv(name, raising=False)
+    # coverage.py's cores, whose raw data the tests compare with `coverage run`'s; the probe
+    # engine's tests (test_probes.py) choose it explicitly and compare reports instead.
+    monkeypatch.setenv("DISTCOV_ENGINE", "coverage")
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ plugin under test owns its process's tracer; data files are compared with covera
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 from dataclasses import dataclass
@@ -94,3 +95,47 @@ def assert_same_data(got: Path | str, want: Path | str, *, arcs: bool = False) -
     diff = diff_data(got, want, arcs=arcs)
     assert not diff, f"combined data differs from the reference: {diff}"
     assert measured(got, arcs=arcs), "no data at all"
+
+
+def report_view(data_file: Path | str, project: Path | str) -> dict[str, dict[str, list[object]]]:
+    """What coverage's JSON report shows of a data file: per file, the statements executed and
+    missing (multi-line statements folded to their first line) and the branches, if any.
+
+    Run in the project's directory, so that its coverage configuration applies.
+    """
+    from coverage import Coverage
+
+    out = Path(project) / f"report-{Path(data_file).name.lstrip('.')}.json"
+    cwd = os.getcwd()
+    os.chdir(project)
+    try:
+        cov = Coverage(data_file=str(data_file))
+        cov.load()
+        cov.json_report(outfile=str(out), ignore_errors=True)
+    finally:
+        os.chdir(cwd)
+    files = json.loads(out.read_text())["files"]
+    return {
+        os.path.realpath(os.path.join(project, name)): {
+            k: info[k] for k in REPORT_KEYS if k in info
+        }
+        for name, info in files.items()
+    }
+
+
+REPORT_KEYS = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
+
+
+def assert_same_report(got: Path | str, want: Path | str, project: Path | str) -> None:
+    """coverage's reports of two data files agree file by file, line by line."""
+    a, b = report_view(got, project), report_view(want, project)
+    assert a, "nothing to report"
+    diffs = {}
+    for name in sorted(a.keys() | b.keys()):
+        mine, theirs = a.get(name, {}), b.get(name, {})
+        differ = {
+            k: (mine.get(k), theirs.get(k)) for k in REPORT_KEYS if mine.get(k) != theirs.get(k)
+        }
+        if differ:
+            diffs[name] = differ
+    assert not diffs, f"reports differ (got, want): {diffs}"

@@ -18,7 +18,7 @@ def test_line_coverage_core(pytester: pytest.Pytester, shapes: Path) -> None:
     result.stdout.fnmatch_lines(
         [f"distcov: measuring lines of *shapes with the {core} core in 2 workers"]
     )
-    result.stdout.fnmatch_lines([f"*distcov: 2 workers, {core} core*"])
+    result.stdout.fnmatch_lines([f"*distcov: 2 workers, the {core} core*"])
 
 
 def test_branch_coverage_core(pytester: pytest.Pytester, shapes: Path) -> None:

@@ -21,11 +21,13 @@ TESTS = ("tests/test_recipes.py", "-k", "not test_primes and not test_large")
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="session")
-def sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    cache = getattr(pytestconfig, "cache", None)  # absent with -p no:cacheprovider
-    where = cache.mkdir("distcov-sdists") if cache else tmp_path_factory.mktemp("sdists")
-    found = sorted(where.glob("more_itertools-10.7.0.tar.gz"))
+def fetch_sdist(config: pytest.Config, factory: pytest.TempPathFactory, requirement: str) -> Path:
+    """A pinned sdist from PyPI (``name==version``), downloaded once into pytest's cache."""
+    cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
+    where = cache.mkdir("distcov-sdists") if cache else factory.mktemp("sdists")
+    name, _, version = requirement.partition("==")
+    pattern = f"{name.replace('-', '_')}-{version}.tar.gz"
+    found = sorted(where.glob(pattern)) or sorted(where.glob(f"{name}-{version}.tar.gz"))
     if not found:
         subprocess.run(
             [
@@ -39,24 +41,34 @@ def sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory)
                 ":all:",
                 "-d",
                 str(where),
-                SDIST,
+                requirement,
             ],
             check=True,
         )
-        found = sorted(where.glob("more_itertools-10.7.0.tar.gz"))
+        found = sorted(where.glob(pattern)) or sorted(where.glob(f"{name}-{version}.tar.gz"))
     return found[0]
 
 
-@pytest.fixture
-def suite(pytester: pytest.Pytester, sdist: Path) -> Path:
+def unpack_suite(pytester: pytest.Pytester, sdist: Path) -> Path:
+    """The sdist's tree as the test's project directory (package and tests at the top)."""
     with tarfile.open(sdist) as tar:
         tar.extractall(pytester.path, filter="data")
-    root = pytester.path / "more_itertools-10.7.0"
+    root = pytester.path / sdist.name.removesuffix(".tar.gz")
     pytester.chdir()
     for item in root.iterdir():
         item.rename(pytester.path / item.name)
     (pytester.path / "pytest.ini").write_text("[pytest]\npythonpath = .\n")
     return pytester.path
+
+
+@pytest.fixture(scope="session")
+def sdist(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return fetch_sdist(pytestconfig, tmp_path_factory, SDIST)
+
+
+@pytest.fixture
+def suite(pytester: pytest.Pytester, sdist: Path) -> Path:
+    return unpack_suite(pytester, sdist)
 
 
 @pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])

@@ -1,0 +1,450 @@
+"""The probe engine (Python 3.10 and 3.11): SlipCover's bytecode probes, coverage.py's data.
+
+On Python 3.10 and 3.11 every coverage.py core is a trace function, called for every line the
+measured code runs. SlipCover (``pip install pytest-distcov[fast]``) instead inserts a probe
+at the start of every line of the measured code objects; a probe records its line once, and
+probes that keep firing are taken out again, so code that runs a million times costs almost
+nothing after its first runs.
+
+Everything around the probes is coverage.py's own, so the data means what coverage.py's means:
+
+* *which files* are measured is decided by coverage.py's own rules (``source``, ``include``,
+  ``omit``, the stdlib and third-party rules), through the same object its tracer asks;
+* the lines go into coverage.py's data file through :class:`coverage.CoverageData`, under the
+  file names coverage.py would use (``relative_files`` included), so streaming, crash recovery,
+  combining and every report work unchanged;
+* modules imported before measuring starts are measured as under coverage.py: their code that
+  runs later counts (their functions get probes), their import-time code does not.
+
+Probes see line *starts*, where coverage.py's tracer also sees the continuation lines of a
+statement that spans several lines; coverage.py's reports fold those into the statement's
+first line, so the reports agree (the tests compare coverage's JSON reports file by file).
+
+What probes cannot do makes the run use coverage.py instead (see :func:`probe_obstacle`):
+branch coverage, contexts, coverage plugins, ``concurrency`` other than threads, ``patch``.
+
+coverage.py has no public API for "should this file be measured" or for adding lines to a
+running measurement's data, so this module reaches into ``Coverage``'s internals in one place,
+:class:`_CoverageSide`, checked when the engine starts: if a coverage.py release changes them,
+``auto`` falls back to coverage.py's own tracer and says why.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import gc
+import sys
+import types
+from collections import defaultdict
+from typing import Any
+
+from coverage import Coverage, CoverageData
+
+__all__ = ["PROBE_PYTHONS", "Probes", "probe_obstacle", "probes_available"]
+
+#: the Pythons where probes pay: 3.12+ has coverage.py's sysmon core.
+PROBE_PYTHONS = ((3, 10), (3, 11))
+#: SlipCover releases whose (partly private) interface this module was written against.
+SLIPCOVER_SERIES = "1.1."
+
+
+def probes_available() -> str:
+    """'' if SlipCover can be used here, else why not (for the header's fallback note)."""
+    if sys.version_info[:2] not in PROBE_PYTHONS:
+        return (
+            f"the probe engine is for Python 3.10 and 3.11 (this is"
+            f" {sys.version_info[0]}.{sys.version_info[1]})"
+        )
+    if sys.implementation.name != "cpython":
+        return "the probe engine needs CPython"
+    try:
+        import slipcover
+    except ImportError:
+        return "the probe engine needs SlipCover: pip install pytest-distcov[fast]"
+    missing = [name for name in _COVERAGE_INTERNALS if not hasattr(Coverage, name)]
+    if missing:
+        return (
+            f"the probe engine needs coverage.py internals that this release lacks"
+            f" ({', '.join(missing)})"
+        )
+    if not slipcover.__version__.startswith(SLIPCOVER_SERIES):
+        return (
+            f"the probe engine needs SlipCover {SLIPCOVER_SERIES}x, not {slipcover.__version__}:"
+            " pip install pytest-distcov[fast]"
+        )
+    return ""
+
+
+def probe_obstacle(cov: Coverage, *, contexts: bool) -> str:
+    """'' if probes can measure everything this run asks for, else the setting that stops them.
+
+    The message names the setting, for the fallback note and for the usage error when the
+    user asked for ``--distcov-engine=probes``.
+    """
+    concurrency_option = cov.get_option("run:concurrency") or []
+    patch_option = cov.get_option("run:patch") or []
+    assert isinstance(concurrency_option, list)
+    assert isinstance(patch_option, list)
+    concurrency = [str(c) for c in concurrency_option if c != "thread"]
+    patch = [str(p) for p in patch_option]
+    obstacles = [
+        (cov.get_option("run:branch"), "branch coverage ([run] branch or --distcov-branch)"),
+        (contexts, "per-test contexts (--distcov-context)"),
+        (cov.get_option("run:dynamic_context"), "[run] dynamic_context"),
+        (cov.get_option("run:plugins"), "coverage plugins ([run] plugins)"),
+        (concurrency, f"[run] concurrency = {', '.join(concurrency)}"),
+        (patch, f"[run] patch = {', '.join(patch)}"),
+        (cov.get_option("run:timid"), "[run] timid"),
+    ]
+    for present, setting in obstacles:
+        if present:
+            return f"{setting} needs coverage.py's tracer"
+    return ""
+
+
+#: the methods of ``Coverage`` that :class:`_CoverageSide` calls.
+_COVERAGE_INTERNALS = ("_init", "_init_for_start", "_post_save_work", "_should_trace")
+
+
+class _CoverageSide:
+    """The coverage.py internals the probe engine needs, in one place.
+
+    ``Coverage`` decides which files to trace in ``_inorout.should_trace`` (what its tracers
+    call), names them with ``_file_mapper``, and keeps its data in ``_data``; after the run,
+    ``_post_save_work`` adds the never-imported files of ``[run] source``.
+    """
+
+    def __init__(self, cov: Coverage) -> None:
+        self.cov = cov
+        cov._init()
+        cov._inited_for_start = True
+        cov._init_for_start()
+        inorout = getattr(cov, "_inorout", None)
+        data = getattr(cov, "_data", None)
+        mapper = getattr(cov, "_file_mapper", None)
+        if inorout is None or not isinstance(data, CoverageData) or mapper is None:
+            raise RuntimeError("coverage.py's internals are not what the probe engine expects")
+        self._inorout = inorout
+        self.data: CoverageData = data
+        self._mapper = mapper
+        #: a code object's file name -> the file name coverage.py records, or None
+        self._names: dict[str, str | None] = {}
+
+    def name_for(self, filename: str, module_globals: dict[str, Any] | None = None) -> str | None:
+        """What coverage.py would record ``filename`` as, or None if it would not measure it."""
+        try:
+            return self._names[filename]
+        except KeyError:
+            pass
+        frame = _Frame(module_globals) if module_globals is not None else None
+        disp = self._inorout.should_trace(filename, frame)
+        name = self._mapper(disp.source_filename) if disp.trace else None
+        self._names[filename] = name
+        return name
+
+    def finish(self) -> None:
+        """What ``Coverage.get_data`` does after a run: never-imported source files at 0 %."""
+        self.cov._post_save_work()
+
+
+class _Frame:
+    """What coverage.py's file rules read from a frame: its globals (module name, __file__)."""
+
+    __slots__ = ("f_globals",)
+
+    def __init__(self, module_globals: dict[str, Any]) -> None:
+        self.f_globals = module_globals
+
+
+def _slipcover_class() -> type:
+    import slipcover
+
+    class _Recorder(slipcover.Slipcover):  # type: ignore[misc]
+        """SlipCover that hands every newly seen line to us once, and still removes probes.
+
+        SlipCover's probes put a line in ``newly_seen`` on its first hit; after some more hits,
+        ``deinstrument_seen`` takes ``newly_seen`` (through ``_get_newly_seen``) and removes
+        those lines' probes. We take lines out of ``newly_seen`` after every test, so they are
+        kept in ``_to_remove`` until that happens; and lines SlipCover takes are kept in
+        ``_unreported`` until we take them.
+        """
+
+        def __init__(self, **kwargs: Any) -> None:
+            self._unreported: dict[str, set[int]] = defaultdict(set)
+            self._to_remove: dict[str, set[int]] = defaultdict(set)
+            #: code with probes (also with some removed) -> the code it was made from
+            self.origin: dict[types.CodeType, types.CodeType] = {}
+            #: code with probes -> every line it and its nested code have probes for
+            self.lines: dict[types.CodeType, frozenset[int]] = {}
+            #: the functions whose code gets its probes removed (see deinstrument_seen)
+            self.functions: set[types.FunctionType] = set()
+            super().__init__(**kwargs)
+
+        def instrument(self, co: Any, parent: Any = None) -> Any:
+            if not isinstance(co, types.CodeType):
+                return super().instrument(co, parent)
+            # SlipCover computes what its own reports need for every module it instruments
+            # (about a third of the instrumenting time); we report through coverage.py, so we
+            # instrument every code object as nested code and register the outermost ourselves.
+            new = super().instrument(co, parent if parent is not None else co)
+            with self.lock:
+                if parent is None:
+                    self.instrumented[co.co_filename].add(new)
+                self.origin[new] = self.origin.get(co, co)
+                lines = {line for _, line in self.code2index[new]}
+                for const in new.co_consts:
+                    if isinstance(const, types.CodeType) and const in self.lines:
+                        lines |= self.lines[const]
+                self.lines[new] = frozenset(lines)
+            return new
+
+        def deinstrument(self, co: Any, lines: set[int]) -> Any:
+            if isinstance(co, types.CodeType) and lines.isdisjoint(self.lines.get(co, lines)):
+                return co  # no probe to remove here (SlipCover would rebuild it to find out)
+            new = super().deinstrument(co, lines)
+            if isinstance(co, types.CodeType) and new is not co:
+                self.origin[new] = self.origin.get(co, co)
+                self.lines[new] = self.lines.get(co, frozenset())
+            return new
+
+        def deinstrument_seen(self) -> None:
+            """Remove the probes of the lines seen (called by a probe that keeps firing).
+
+            SlipCover then finds the functions to give the new code by walking every module
+            and every frame's globals, recursively through classes, on every call; we keep the
+            functions made from probed code as modules are executed, and walk only those.
+            """
+            with self.lock:
+                for name, lines in self._get_newly_seen().items():
+                    for code in list(self.instrumented[name]):
+                        self.deinstrument(code, lines)
+                if self.replace_map:
+                    for func in self.functions:
+                        new = self.replace_map.get(func.__code__)
+                        if new is not None:
+                            func.__code__ = new
+                    self.replace_map.clear()
+
+        def add_functions(self, namespace: dict[str, Any]) -> None:
+            """Keep the functions (and methods) defined in a module we probe."""
+            found = slipcover.Slipcover.find_functions(list(namespace.values()), set())
+            with self.lock:
+                self.functions.update(f for f in found if f.__code__ in self.origin)
+
+        def _get_newly_seen(self) -> dict[str, set[int]]:  # called by deinstrument_seen
+            with self.lock:
+                fresh: dict[str, set[int]] = slipcover.Slipcover._get_newly_seen(self)
+                for name, lines in fresh.items():
+                    self._unreported[name] |= lines
+                for name, lines in self._to_remove.items():
+                    fresh[name] |= lines
+                self._to_remove = defaultdict(set)
+                return fresh
+
+        def take(self) -> dict[str, set[int]]:
+            """The lines seen since the last call (none twice)."""
+            with self.lock:
+                fresh: dict[str, set[int]] = slipcover.Slipcover._get_newly_seen(self)
+                if self._unreported:
+                    for name, lines in self._unreported.items():
+                        fresh[name] |= lines
+                    self._unreported = defaultdict(set)
+                for name, lines in fresh.items():
+                    self._to_remove[name] |= lines
+                return fresh
+
+    return _Recorder
+
+
+class _Loader:
+    """Wraps a module's own loader: executes its code with probes, passes everything else on.
+
+    ``get_data``, ``get_resource_reader``, ``is_package``... reach the original loader, so
+    ``pkgutil.get_data`` and ``importlib.resources`` work as without probes.
+    """
+
+    def __init__(self, probes: Probes, loader: Any) -> None:
+        self._probes = probes
+        self._loader = loader
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+    def create_module(self, spec: Any) -> Any:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: types.ModuleType) -> None:
+        code = self._loader.get_code(module.__name__)
+        if code is None:  # pragma: no cover - source loaders always have code
+            self._loader.exec_module(module)
+            return
+        try:
+            exec(self._probes.sci.instrument(code), module.__dict__)
+        finally:
+            self._probes.sci.add_functions(module.__dict__)
+
+
+class _Finder:
+    """A ``sys.meta_path`` entry that gives newly imported measured modules probes."""
+
+    def __init__(self, probes: Probes) -> None:
+        self.probes = probes
+
+    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        for finder in sys.meta_path:
+            if finder is self or not hasattr(finder, "find_spec"):
+                continue
+            spec = finder.find_spec(fullname, path, target)
+            if spec is None or spec.loader is None:
+                continue
+            loader, origin = spec.loader, spec.origin
+            # Python source only: not built-in, frozen or compiled modules, and not pytest's
+            # assertion rewriter (which has no get_code: see _hook_pytest_rewriter)
+            if (
+                spec.has_location
+                and isinstance(origin, str)
+                and origin.endswith((".py", ".pyw"))
+                and hasattr(loader, "get_code")
+                and self.probes.measures(origin, {"__name__": fullname, "__file__": origin})
+            ):
+                spec.loader = _Loader(self.probes, loader)  # type: ignore[assignment]
+            return spec
+        return None
+
+
+class Probes:
+    """Probes in this process's measured code, and the lines they saw, as coverage.py names them."""
+
+    def __init__(self, cov: Coverage) -> None:
+        import slipcover
+
+        self.side = _CoverageSide(cov)
+        self.sci: Any = _slipcover_class()(d_miss_threshold=50)
+        self._finder = _Finder(self)
+        self._slipcover = slipcover
+        self._started = False
+
+    @property
+    def data(self) -> CoverageData:
+        return self.side.data
+
+    def measures(self, filename: str, module_globals: dict[str, Any] | None = None) -> bool:
+        return self.side.name_for(filename, module_globals) is not None
+
+    def matches(self, filename: Any) -> bool:
+        """SlipCover's FileMatcher interface (for pytest's assertion-rewritten modules)."""
+        return isinstance(filename, str) and self.measures(filename)
+
+    def start(self) -> None:
+        if self._started:
+            return
+        self._started = True
+        self.data.add_lines({})  # line data from the start, as coverage.py's tracer makes it
+        sys.meta_path.insert(0, self._finder)
+        self._hook_pytest_rewriter(self._exec_rewritten)
+        self._instrument_loaded()
+
+    def _hook_pytest_rewriter(self, hook: Any) -> None:
+        """Route the modules pytest's assertion rewriter executes (test modules, conftests).
+
+        SlipCover's ``wrap_pytest`` makes the rewriter call ``_Slipcover_exec_wrapper`` instead
+        of ``exec``, once per process; we point that name at this engine's hook (and back at
+        ``exec`` when it stops), so a second engine in one process (pytester) works too.
+        """
+        try:
+            from _pytest.assertion import rewrite
+        except ImportError:  # pragma: no cover - pytest always has it
+            return
+        if not hasattr(rewrite, "_Slipcover_exec_wrapper"):
+            self._slipcover.wrap_pytest(self.sci, self)
+        rewrite._Slipcover_exec_wrapper = hook  # type: ignore[attr-defined]
+
+    def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
+        if not isinstance(code, types.CodeType) or not self.measures(
+            code.co_filename, module_globals
+        ):
+            exec(code, module_globals)
+            return
+        try:
+            exec(self.sci.instrument(code), module_globals)
+        finally:
+            self.sci.add_functions(module_globals)
+
+    def _instrument_loaded(self) -> None:
+        """Probes for the functions of measured modules imported before we started."""
+        measured: dict[str, list[types.FunctionType]] = defaultdict(list)
+        for obj in gc.get_objects():
+            if type(obj) is types.FunctionType:
+                code = obj.__code__
+                if type(code) is types.CodeType and self.measures(
+                    code.co_filename, obj.__globals__
+                ):
+                    measured[code.co_filename].append(obj)
+        if not measured:
+            return
+        replaced: dict[types.CodeType, types.CodeType] = {}
+        for funcs in measured.values():
+            for func in funcs:
+                code = func.__code__
+                if code not in replaced:
+                    replaced[code] = self.sci.instrument(code)
+                func.__code__ = replaced[code]
+                self.sci.functions.add(func)
+
+    def take(self) -> dict[str, set[int]]:
+        """Lines seen since the last call, by the file names coverage.py records."""
+        fresh = self.sci.take()
+        out: dict[str, set[int]] = {}
+        for filename, lines in fresh.items():
+            if not lines:
+                continue
+            name = self.side.name_for(filename)
+            if name is not None:
+                out.setdefault(name, set()).update(lines)
+        return out
+
+    def flush(self) -> bool:
+        """Add the newly seen lines to the data file; True if there were any."""
+        lines = self.take()
+        if lines:
+            self.data.add_lines(lines)
+        return bool(lines)
+
+    def rearm(self, seen: dict[str, set[int]]) -> None:
+        """Fresh probes for the functions whose lines ``seen`` (which is not recorded) holds.
+
+        While measuring is paused (pytest-cov's ``no_cover``; the xdist controller during the
+        test loop) coverage.py records nothing. Probes cannot be paused: a line first run then
+        has used up its probe. So that a later, measured run of that line is recorded as
+        coverage.py would, every function holding such a line gets its code instrumented
+        afresh (nested code included, for closures made later).
+        """
+        seen = {name: lines for name, lines in seen.items() if lines}
+        if not seen:
+            return
+        sci = self.sci
+        with sci.lock:
+            touched = [
+                code
+                for code, lines in sci.lines.items()
+                if code.co_filename in seen and not lines.isdisjoint(seen[code.co_filename])
+            ]
+        if not touched:
+            return
+        fresh: dict[types.CodeType, types.CodeType] = {}
+        for obj in gc.get_referrers(*touched):  # one pass over the heap, in C
+            if type(obj) is not types.FunctionType or obj.__code__ not in sci.origin:
+                continue
+            code = obj.__code__
+            if code not in fresh:
+                fresh[code] = sci.instrument(sci.origin[code])
+            obj.__code__ = fresh[code]
+            sci.functions.add(obj)
+
+    def stop(self) -> None:
+        if not self._started:
+            return
+        self._started = False
+        self._hook_pytest_rewriter(exec)
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self._finder)

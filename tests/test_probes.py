@@ -1,0 +1,353 @@
+"""The probe engine (3.10/3.11, pytest-distcov[fast]): what users see equals the C tracer's.
+
+Probes see where lines start; coverage.py's tracer also sees continuation lines. Both fold into
+the same statements in coverage.py's reports, so these tests compare coverage's JSON reports
+(statements and branches executed and missing, file by file) rather than raw data files.
+"""
+
+from __future__ import annotations
+
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+from pytest_distcov.probes import probes_available
+
+from .helpers import assert_same_data, assert_same_report, run_pytest, serial_reference
+from .test_real_suite import fetch_sdist, unpack_suite
+
+WHY_NOT = probes_available()
+needs_probes = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "probes available")
+
+#: Everything in one module that probes must see as coverage.py's tracer does. `early` is
+#: imported by a -p plugin before measuring starts; `late` by the test module, after.
+LIBRARY = """
+import pkgutil
+import threading
+
+LOADED = True
+
+
+def double(x):
+    return (
+        x
+        * 2
+    )
+
+
+def in_thread():
+    out = []
+    thread = threading.Thread(target=lambda: out.append(_thread_body()))
+    thread.start()
+    thread.join()
+    return out[0]
+
+
+def _thread_body():
+    return "thread"
+
+
+def payload():
+    return pkgutil.get_data(__name__, "payload.txt")
+
+
+def only_paused():
+    return "paused"
+
+
+def paused_then_measured(flag):
+    if flag:
+        return "a"
+    return "b"
+
+
+def deco(func):
+    def wrapper(*args):
+        return func(*args)
+
+    return wrapper
+
+
+@deco
+def decorated(x):
+    return x + 1
+
+
+def make_closure():
+    def inner():
+        return "inner"
+
+    return inner
+
+
+class Thing:
+    def method(self):
+        return 1
+
+    @staticmethod
+    def static():
+        return 2
+
+    @property
+    def prop(self):
+        return 3
+
+
+def gen():
+    yield 1
+    yield 2
+
+
+def never():
+    return "never"
+"""
+
+TESTS = """
+import pytest
+
+import early
+import late
+
+
+@pytest.mark.no_cover
+def test_a_paused():
+    for m in (early, late):
+        m.only_paused()
+        m.paused_then_measured(True)
+        m.make_closure()()
+
+
+def test_b_measured():
+    for m in (early, late):
+        assert m.paused_then_measured(True) == "a"
+        assert m.double(2) == 4
+        assert m.in_thread() == "thread"
+        assert m.Thing().method() + m.Thing.static() + m.Thing().prop == 6
+        assert m.decorated(1) == 2
+        assert m.make_closure()() == "inner"
+        assert list(m.gen()) == [1, 2]
+        assert m.payload() == b"payload\\n"
+
+
+def test_c_fixture(no_cover):
+    early.paused_then_measured(False)
+"""
+
+
+def _project(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Path:
+    for name in ("early", "late"):
+        package = pytester.mkpydir(name)
+        (package / "__init__.py").write_text(LIBRARY)
+        (package / "payload.txt").write_text("payload\n")
+    pytester.makepyfile(early_plugin="import early\n", test_behaviour=TESTS)
+    pytester.makeini("[pytest]\n")
+    monkeypatch.setenv("PYTHONPATH", str(pytester.path))
+    return pytester.path
+
+
+def _run(pytester: pytest.Pytester, engine: str, *args: str) -> Path:
+    result = run_pytest(
+        pytester,
+        "-p",
+        "early_plugin",
+        "--distcov",
+        "--distcov-source=early",
+        "--distcov-source=late",
+        f"--distcov-engine={engine}",
+        "--distcov-report=",
+        *args,
+    )
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    want = "SlipCover's probes" if engine == "probes" else "the ctrace core"
+    result.stdout.fnmatch_lines([f"distcov: measuring lines of * with {want} *"])
+    saved = pytester.path / f".coverage-{engine}-{'-'.join(args) or 'plain'}"
+    shutil.move(pytester.path / ".coverage", saved)
+    return saved
+
+
+@needs_probes
+def test_probes_report_what_the_c_tracer_reports(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pre-imported and later modules, no_cover (marker and fixture), threads, closures,
+    decorators, properties, generators, multi-line statements, and pkgutil.get_data through
+    the probing loader: the report equals the C tracer's, in-process and with xdist."""
+    project = _project(pytester, monkeypatch)
+    reference = _run(pytester, "coverage", "-p", "no:xdist")
+    for mode in (["-p", "no:xdist"], ["-n", "2"]):
+        got = _run(pytester, "probes", *mode)
+        assert_same_report(got, reference, project)
+    # The reference is not trivially empty: what ran only paused is missing, as is never().
+    from .helpers import report_view
+
+    late = report_view(reference, project)[str(project / "late" / "__init__.py")]
+    assert 32 in late["missing_lines"]  # only_paused's body
+    assert 36 in late["executed_lines"]  # paused_then_measured: run again, measured
+    assert 79 in late["missing_lines"]  # never()
+
+
+@needs_probes
+def test_auto_chooses_probes_and_falls_back_for_branches(
+    shapes: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("DISTCOV_ENGINE")
+    result = run_pytest(pytester, "--distcov", "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring lines of *shapes with SlipCover's probes in 2 workers",
+            "*distcov: 2 workers, SlipCover's probes, data in*",
+        ]
+    )
+    reference = serial_reference(pytester, source="shapes")
+    assert_same_report(shapes / ".coverage", reference, shapes)
+
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-branch")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring lines and branches of *shapes with the ctrace core in 2 workers",
+            "distcov: branch coverage ([run] branch or --distcov-branch) needs coverage.py's"
+            " tracer: using the ctrace core",
+        ]
+    )
+    reference = serial_reference(pytester, source="shapes", branch=True)
+    assert_same_data(shapes / ".coverage", reference, arcs=True)
+    assert_same_report(shapes / ".coverage", reference, shapes)
+
+
+OBSTACLES = {
+    "branch": (["--distcov-branch"], "", "branch coverage ([run] branch or --distcov-branch)"),
+    "context": (["--distcov-context=test"], "", "per-test contexts (--distcov-context)"),
+    "dynamic": ([], "dynamic_context = test_function", "[run] dynamic_context"),
+    "patch": ([], "patch = subprocess", "[run] patch = subprocess"),
+    "concurrency": ([], "concurrency = multiprocessing", "[run] concurrency = multiprocessing"),
+    "core": ([], "core = ctrace", "[run] core = ctrace"),
+}
+
+
+@needs_probes
+@pytest.mark.parametrize("case", OBSTACLES)
+def test_settings_probes_cannot_honour(
+    shapes: Path, pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    """An explicit --distcov-engine=probes names the setting; auto says why it falls back."""
+    args, run_setting, named = OBSTACLES[case]
+    named = named.replace("[", "[[]")  # fnmatch: a literal [
+    if run_setting:
+        pytester.path.joinpath(".coveragerc").write_text(f"[run]\n{run_setting}\n")
+    result = run_pytest(pytester, "--distcov", "-p", "no:xdist", "--distcov-engine=probes", *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: distcov: --distcov-engine=probes cannot measure this run: {named}*"]
+    )
+    assert "Traceback" not in result.stderr.str()
+    monkeypatch.delenv("DISTCOV_ENGINE")
+    result = run_pytest(pytester, "--distcov", "-p", "no:xdist", *args)
+    assert result.ret == 0, result.stdout.str()
+    assert "SlipCover's probes" not in result.stdout.str()
+    if case != "core":  # the user's own choice of core is no news
+        result.stdout.fnmatch_lines([f"distcov: {named}*: using the ctrace core"])
+
+
+@pytest.mark.parametrize(
+    "where", ["--distcov-engine=fast", "ini", "env"], ids=["option", "ini", "environment"]
+)
+def test_bad_engine_value_is_a_usage_error(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    pytester.makepyfile(test_x="def test_x():\n    pass\n")
+    args = ["--distcov"]
+    if where == "ini":
+        pytester.makeini("[pytest]\ndistcov_engine = fast\n")
+        named = "distcov_engine in *tox.ini"
+    elif where == "env":
+        monkeypatch.setenv("DISTCOV_ENGINE", "fast")
+        named = "the DISTCOV_ENGINE environment variable"
+    else:
+        args.append(where)
+        named = "--distcov-engine"
+    result = run_pytest(pytester, *args)
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(
+        [f"ERROR: distcov: invalid value 'fast' for {named}: expected auto, coverage or probes"]
+    )
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="Python 3.12+ behaviour")
+def test_probes_on_new_pythons_use_coverage_cores(shapes: Path, pytester: pytest.Pytester) -> None:
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-engine=probes")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring lines of *shapes with the sysmon core in 2 workers",
+            "distcov: the probe engine is for Python 3.10 and 3.11*: using the sysmon core",
+        ]
+    )
+
+
+@needs_probes
+def test_killed_worker_keeps_finished_tests_with_probes(
+    pytester: pytest.Pytester, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The worker's file gets each test's new lines as the test finishes: a SIGKILL loses
+    nothing finished (the crash test of test_crash.py, measured by probes)."""
+    from .helpers import diff_data
+    from .test_crash import F3_BODY, _run_killer
+    from .test_crash import _project as crash_project
+
+    crash_project(pytester)
+    reference = serial_reference(pytester, "-k", "not test_3_kill", source="work")
+    monkeypatch.setenv("DISTCOV_ENGINE", "probes")
+    result = _run_killer(pytester, stream_interval=3600)
+    assert result.ret == 1, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        ["*SlipCover's probes*", "*distcov: worker gw* crashed*1 data file*"]
+    )
+    diff = diff_data(pytester.path / ".coverage", reference)
+    assert not diff.only_right, diff
+    assert not diff.files_only_right, diff
+    assert set(diff.only_left.get(str(pytester.path / "work.py"), [])) <= F3_BODY, diff
+
+
+REAL_SUITES = {
+    "more-itertools": (
+        "more-itertools==10.7.0",
+        "more_itertools",
+        ("tests/test_recipes.py", "-k", "not test_primes and not test_large"),
+    ),
+    "pyparsing": (
+        "pyparsing==3.2.3",
+        "pyparsing",
+        ("tests/test_simple_unit.py", "tests/test_util.py"),
+    ),
+}
+
+
+@needs_probes
+@pytest.mark.slow
+@pytest.mark.parametrize("name", REAL_SUITES)
+def test_real_suites_report_what_serial_coverage_reports(
+    pytester: pytest.Pytester,
+    pytestconfig: pytest.Config,
+    tmp_path_factory: pytest.TempPathFactory,
+    name: str,
+) -> None:
+    requirement, package, tests = REAL_SUITES[name]
+    project = unpack_suite(pytester, fetch_sdist(pytestconfig, tmp_path_factory, requirement))
+    reference = serial_reference(pytester, *tests, source=package)
+    for mode in (["-n", "0"], ["-n", "2"]):
+        result = run_pytest(
+            pytester,
+            "--distcov",
+            f"--distcov-source={package}",
+            "--distcov-engine=probes",
+            "--distcov-report=",
+            *mode,
+            *tests,
+        )
+        assert result.ret == 0, result.stdout.str()[-3000:]
+        result.stdout.fnmatch_lines(["distcov: measuring lines of * with SlipCover's probes *"])
+        assert_same_report(project / ".coverage", reference, project)
