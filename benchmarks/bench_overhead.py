@@ -250,11 +250,10 @@ def table(version: str, results: dict[str, dict[str, Sample]], workers: int) -> 
     modes = list(next(iter(results.values())))
     head = f"| Python {version}, `-n {workers}` | " + " | ".join(modes)
     head += " | " + " | ".join(f"{m} / plain" for m in modes if m != "plain")
-    compare = [("distcov", "pytest-cov")] + (
-        [("distcov", "slipcover")] if "slipcover" in modes else []
-    )
+    pairs = [("distcov", "pytest-cov"), ("distcov", "slipcover")]
+    compare = [(a, b) for a, b in pairs if a in modes and b in modes]
     head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
-    lines = [head, "|---" * (1 + 2 * len(modes) - 1 + len(compare)) + "|"]
+    lines = [head, "|---" * (2 * len(modes) + len(compare)) + "|"]
     for name, by_mode in results.items():
         med = {m: statistics.median(s.seconds) for m, s in by_mode.items()}
         cells = [f"{med[m]:.2f} s" for m in modes]

@@ -292,8 +292,8 @@ class _Finder:
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
         for finder in sys.meta_path:
-            if finder is self or not hasattr(finder, "find_spec"):
-                continue
+            if isinstance(finder, _Finder) or not hasattr(finder, "find_spec"):
+                continue  # (another engine's finder, in a pytester run in this process)
             spec = finder.find_spec(fullname, path, target)
             if spec is None or spec.loader is None:
                 continue
