@@ -37,7 +37,8 @@ TOOLCHAIN = [
     "pytest==9.2.0",
     "pytest-xdist==3.8.0",
     "pytest-cov==7.1.0",
-    "coverage==7.17.3",
+    "coverage==7.17.3; python_version >= '3.11'",
+    "coverage==7.16.2; python_version < '3.11'",  # 7.17 needs 3.11+
     "slipcover==1.1.0",  # pytest-distcov[fast], and the SlipCover mode
 ]
 
