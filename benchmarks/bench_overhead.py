@@ -15,6 +15,7 @@ The controller's peak RSS is recorded too (the process that runs pytest; workers
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -168,15 +169,18 @@ class Sample:
     codes: set[int] = field(default_factory=set)
 
 
+@functools.cache
+def installed_dir(py: Path, package: str) -> str:
+    """Where ``package`` is installed in the venv (SlipCover's --source takes directories)."""
+    code = f"import {package} as m, os; print(os.path.dirname(m.__file__))"
+    return subprocess.check_output([str(py), "-c", code], text=True, cwd="/").strip()
+
+
 def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tuple[float, int, int]:
     args = [a.format(pkg=suite.package) for a in MODES[mode]]
     rss_file = src / ".bench-rss"
     if mode == "slipcover":
-        package_dir = subprocess.check_output(
-            [str(py), "-c", f"import {suite.package} as m, os; print(os.path.dirname(m.__file__))"],
-            text=True,
-            cwd="/",
-        ).strip()
+        package_dir = installed_dir(py, suite.package)
         out = src / ".bench-slipcover.json"
         launcher = [SLIPCOVER_LAUNCHER, str(rss_file), "--source", package_dir, "--json"]
         # SlipCover's pytest plugin is imported before pytest can rewrite it: a warning that

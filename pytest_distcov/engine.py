@@ -23,7 +23,7 @@ from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
 from .errors import SettingsError
-from .probes import Probes, probe_obstacle, probes_available
+from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .remote_worker import OMIT_ENV
 from .report import capture_coverage_warnings
 
@@ -194,7 +194,7 @@ class Engine:
             return True
         if spec.engine == "probes":
             raise SettingsError(f"--distcov-engine=probes cannot measure this run: {reason}")
-        if "pip install" not in reason:  # not having the extra installed is no news
+        if reason != NOT_INSTALLED:  # not having the extra installed is no news
             self.core_note = reason
         return False
 
@@ -214,10 +214,14 @@ class Engine:
                     self._probes = Probes(self.cov)
             except CoverageException as exc:
                 raise SettingsError(f"cannot start coverage: {exc}") from None
-            self._probes.start()
-            self._running = True
-            self.core = "probes"
-            return
+            except RuntimeError as exc:  # coverage.py's internals changed (see probes.py)
+                self.use_probes = False
+                self.core_note = str(exc)  # and measure with the tracer made ready above
+            else:
+                self._probes.start()
+                self._running = True
+                self.core = "probes"
+                return
         with capture_coverage_warnings(self.notes):
             try:
                 self.cov.start()
@@ -252,9 +256,8 @@ class Engine:
 
     def pause(self) -> None:
         if self._probes is not None:
-            if self._running:
-                self._probes.flush()  # what ran before the pause counts
-                self._running = False
+            self._probes.pause()
+            self._running = False
         elif self._running:
             with capture_coverage_warnings(self.notes):
                 self.cov.stop()
@@ -262,9 +265,8 @@ class Engine:
 
     def resume(self) -> None:
         if self._probes is not None:
-            if not self._running:
-                self._probes.rearm(self._probes.sci.take())  # what ran paused does not
-                self._running = True
+            self._probes.resume()
+            self._running = True
         elif not self._running:
             with capture_coverage_warnings(self.notes):
                 self.cov.start()
@@ -273,15 +275,11 @@ class Engine:
     def finish(self) -> CoverageData:
         """Stop measuring; return the complete data (also on disk at :attr:`data_path`)."""
         if self._probes is not None:
+            self._running = False
             with capture_coverage_warnings(self.notes):
-                if self._running:
-                    self._probes.flush()
-                else:
-                    self._probes.sci.take()  # seen while paused: not measured
-                self._probes.stop()
-                self._running = False
-                self._probes.side.finish()
-                return self._probes.data
+                data = self._probes.finish()
+            self.notes.extend(n for n in self._probes.notes if n not in self.notes)
+            return data
         with capture_coverage_warnings(self.notes):
             self.cov.stop()
             self._running = False

@@ -421,41 +421,34 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
 CONTEXTS = ("test",)
 
 
-def _resolve_context(config: pytest.Config, ns: Any) -> str | None:
-    raw: str | None = getattr(ns, "distcov_context", None)
-    origin = "--distcov-context"
+def _choice(
+    config: pytest.Config, ns: Any, key: str, choices: tuple[str, ...], env: str | None = None
+) -> str | None:
+    """One of ``choices`` from --KEY, else the ini key, else ``env``; None if none is set."""
+    option = "--" + key.replace("_", "-")
+    raw: str | None = getattr(ns, key, None)
+    origin = option
     if raw is None:
-        raw = _ini(config, "distcov_context")
-        origin = _ini_origin(config, "distcov_context")
+        raw = _ini(config, key)
+        origin = _ini_origin(config, key)
+    if raw is None and env is not None:
+        raw = os.environ.get(env)
+        origin = f"the {env} environment variable"
     if raw is None or not raw.strip():
         return None
-    if raw.strip() not in CONTEXTS:
-        raise SettingsError(f"invalid value {raw!r} for {origin}: expected {' or '.join(CONTEXTS)}")
+    if raw.strip() not in choices:
+        expected = (
+            " or ".join(choices)
+            if len(choices) < 3
+            else (f"{', '.join(choices[:-1])} or {choices[-1]}")
+        )
+        raise SettingsError(f"invalid value {raw!r} for {origin}: expected {expected}")
     return raw.strip()
 
 
 ENGINES = ("auto", "coverage", "probes")
 #: the engine when neither the command line nor the ini file names one
 ENGINE_ENV = remote_worker.ENGINE_ENV
-
-
-def _resolve_engine(config: pytest.Config, ns: Any) -> str:
-    raw: str | None = getattr(ns, "distcov_engine", None)
-    origin = "--distcov-engine"
-    if raw is None:
-        raw = _ini(config, "distcov_engine")
-        origin = _ini_origin(config, "distcov_engine")
-    if raw is None:
-        raw = os.environ.get(ENGINE_ENV)
-        origin = f"the {ENGINE_ENV} environment variable"
-    if raw is None or not raw.strip():
-        return "auto"
-    if raw.strip() not in ENGINES:
-        raise SettingsError(
-            f"invalid value {raw!r} for {origin}: expected {', '.join(ENGINES[:-1])}"
-            f" or {ENGINES[-1]}"
-        )
-    return raw.strip()
 
 
 def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
@@ -496,8 +489,8 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         remote=() if worker else _resolve_remote(config, ns),
         remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
         store=None if worker else _resolve_store(config, ns),
-        context=_resolve_context(config, ns),
-        engine=_resolve_engine(config, ns),
+        context=_choice(config, ns, "distcov_context", CONTEXTS),
+        engine=_choice(config, ns, "distcov_engine", ENGINES, ENGINE_ENV) or "auto",
         coveralls=bool(_flag(config, ns, "distcov_coveralls", "distcov_coveralls")),
         coveralls_required=bool(
             _flag(config, ns, "distcov_coveralls_required", "distcov_coveralls_required")

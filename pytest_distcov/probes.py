@@ -25,8 +25,8 @@ branch coverage, contexts, coverage plugins, ``concurrency`` other than threads,
 
 coverage.py has no public API for "should this file be measured" or for adding lines to a
 running measurement's data, so this module reaches into ``Coverage``'s internals in one place,
-:class:`_CoverageSide`, checked when the engine starts: if a coverage.py release changes them,
-``auto`` falls back to coverage.py's own tracer and says why.
+:class:`_CoverageSide`, checked before probes are chosen and again when they start: if a
+coverage.py release changes them, the run measures with coverage.py's own tracer and says why.
 """
 
 from __future__ import annotations
@@ -40,12 +40,14 @@ from typing import Any
 
 from coverage import Coverage, CoverageData
 
-__all__ = ["PROBE_PYTHONS", "Probes", "probe_obstacle", "probes_available"]
+__all__ = ["NOT_INSTALLED", "PROBE_PYTHONS", "Probes", "probe_obstacle", "probes_available"]
 
 #: the Pythons where probes pay: 3.12+ has coverage.py's sysmon core.
 PROBE_PYTHONS = ((3, 10), (3, 11))
 #: SlipCover releases whose (partly private) interface this module was written against.
 SLIPCOVER_SERIES = "1.1."
+#: why not, when the ``fast`` extra is simply not installed (``auto`` then says nothing)
+NOT_INSTALLED = "the probe engine needs SlipCover: pip install pytest-distcov[fast]"
 
 
 def probes_available() -> str:
@@ -60,7 +62,7 @@ def probes_available() -> str:
     try:
         import slipcover
     except ImportError:
-        return "the probe engine needs SlipCover: pip install pytest-distcov[fast]"
+        return NOT_INSTALLED
     missing = [name for name in _COVERAGE_INTERNALS if not hasattr(Coverage, name)]
     if missing:
         return (
@@ -103,7 +105,7 @@ def probe_obstacle(cov: Coverage, *, contexts: bool) -> str:
 
 
 #: the methods of ``Coverage`` that :class:`_CoverageSide` calls.
-_COVERAGE_INTERNALS = ("_init", "_init_for_start", "_post_save_work", "_should_trace")
+_COVERAGE_INTERNALS = ("_init", "_init_for_start", "_post_save_work")
 
 
 class _CoverageSide:
@@ -278,10 +280,7 @@ class _Loader:
         if code is None:  # pragma: no cover - source loaders always have code
             self._loader.exec_module(module)
             return
-        try:
-            exec(self._probes.sci.instrument(code), module.__dict__)
-        finally:
-            self._probes.sci.add_functions(module.__dict__)
+        self._probes.execute(code, module.__dict__)
 
 
 class _Finder:
@@ -323,6 +322,9 @@ class Probes:
         self._finder = _Finder(self)
         self._slipcover = slipcover
         self._started = False
+        self._paused = False
+        #: what went wrong with single modules (for the run's notes)
+        self.notes: list[str] = []
 
     @property
     def data(self) -> CoverageData:
@@ -330,10 +332,6 @@ class Probes:
 
     def measures(self, filename: str, module_globals: dict[str, Any] | None = None) -> bool:
         return self.side.name_for(filename, module_globals) is not None
-
-    def matches(self, filename: Any) -> bool:
-        """SlipCover's FileMatcher interface (for pytest's assertion-rewritten modules)."""
-        return isinstance(filename, str) and self.measures(filename)
 
     def start(self) -> None:
         if self._started:
@@ -356,40 +354,46 @@ class Probes:
         except ImportError:  # pragma: no cover - pytest always has it
             return
         if not hasattr(rewrite, "_Slipcover_exec_wrapper"):
-            self._slipcover.wrap_pytest(self.sci, self)
+            self._slipcover.wrap_pytest(self.sci, None)  # its own wrapper is replaced below
         rewrite._Slipcover_exec_wrapper = hook  # type: ignore[attr-defined]
 
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
-        if not isinstance(code, types.CodeType) or not self.measures(
-            code.co_filename, module_globals
-        ):
+        if isinstance(code, types.CodeType) and self.measures(code.co_filename, module_globals):
+            self.execute(code, module_globals)
+        else:
             exec(code, module_globals)
-            return
+
+    def execute(self, code: types.CodeType, module_globals: dict[str, Any]) -> None:
+        """Run a measured module's code with probes, and keep the functions it defines."""
         try:
-            exec(self.sci.instrument(code), module_globals)
+            exec(self._probed(code), module_globals)
         finally:
             self.sci.add_functions(module_globals)
 
+    def _probed(self, code: types.CodeType) -> types.CodeType:
+        """``code`` with probes; if SlipCover cannot rewrite it, unchanged, with a note (the
+        user's run must not break, and the gap must not be silent)."""
+        try:
+            probed: types.CodeType = self.sci.instrument(code)
+        except Exception as exc:  # any failure of the bytecode editor
+            note = f"could not put probes into {code.co_filename} ({exc!r}): not measured"
+            if note not in self.notes:
+                self.notes.append(note)
+            return code
+        return probed
+
     def _instrument_loaded(self) -> None:
         """Probes for the functions of measured modules imported before we started."""
-        measured: dict[str, list[types.FunctionType]] = defaultdict(list)
-        for obj in gc.get_objects():
-            if type(obj) is types.FunctionType:
-                code = obj.__code__
-                if type(code) is types.CodeType and self.measures(
-                    code.co_filename, obj.__globals__
-                ):
-                    measured[code.co_filename].append(obj)
-        if not measured:
-            return
         replaced: dict[types.CodeType, types.CodeType] = {}
-        for funcs in measured.values():
-            for func in funcs:
-                code = func.__code__
+        for obj in gc.get_objects():
+            if type(obj) is not types.FunctionType:
+                continue
+            code = obj.__code__
+            if type(code) is types.CodeType and self.measures(code.co_filename, obj.__globals__):
                 if code not in replaced:
-                    replaced[code] = self.sci.instrument(code)
-                func.__code__ = replaced[code]
-                self.sci.functions.add(func)
+                    replaced[code] = self._probed(code)
+                obj.__code__ = replaced[code]
+                self.sci.functions.add(obj)
 
     def take(self) -> dict[str, set[int]]:
         """Lines seen since the last call, by the file names coverage.py records."""
@@ -409,6 +413,27 @@ class Probes:
         if lines:
             self.data.add_lines(lines)
         return bool(lines)
+
+    def pause(self) -> None:
+        """Stop recording: what ran so far counts (flushed), what runs from now on does not."""
+        if not self._paused:
+            self.flush()
+            self._paused = True
+
+    def resume(self) -> None:
+        if self._paused:
+            self._paused = False
+            self.rearm(self.sci.take())  # ran while paused: not recorded, probes renewed
+
+    def finish(self) -> CoverageData:
+        """Record the last lines, stop probing new modules, add coverage.py's after-run work."""
+        if self._paused:
+            self.sci.take()  # ran while paused: not recorded
+        else:
+            self.flush()
+        self.stop()
+        self.side.finish()
+        return self.data
 
     def rearm(self, seen: dict[str, set[int]]) -> None:
         """Fresh probes for the functions whose lines ``seen`` (which is not recorded) holds.

@@ -24,6 +24,7 @@ needs_probes = pytest.mark.skipif(bool(WHY_NOT), reason=WHY_NOT or "probes avail
 #: Everything in one module that probes must see as coverage.py's tracer does. `early` is
 #: imported by a -p plugin before measuring starts; `late` by the test module, after.
 LIBRARY = """
+import importlib.resources
 import pkgutil
 import threading
 
@@ -51,6 +52,10 @@ def _thread_body():
 
 def payload():
     return pkgutil.get_data(__name__, "payload.txt")
+
+
+def resource():
+    return importlib.resources.files(__name__).joinpath("payload.txt").read_bytes()
 
 
 def only_paused():
@@ -129,6 +134,7 @@ def test_b_measured():
         assert m.make_closure()() == "inner"
         assert list(m.gen()) == [1, 2]
         assert m.payload() == b"payload\\n"
+        assert m.resource() == b"payload\\n"
 
 
 def test_c_fixture(no_cover):
@@ -183,9 +189,9 @@ def test_probes_report_what_the_c_tracer_reports(
     from .helpers import report_view
 
     late = report_view(reference, project)[str(project / "late" / "__init__.py")]
-    assert 32 in late["missing_lines"]  # only_paused's body
-    assert 36 in late["executed_lines"]  # paused_then_measured: run again, measured
-    assert 79 in late["missing_lines"]  # never()
+    assert 37 in late["missing_lines"]  # only_paused's body
+    assert 41 in late["executed_lines"]  # paused_then_measured: run again, measured
+    assert 84 in late["missing_lines"]  # never()
 
 
 @needs_probes
@@ -351,3 +357,28 @@ def test_real_suites_report_what_serial_coverage_reports(
         assert result.ret == 0, result.stdout.str()[-3000:]
         result.stdout.fnmatch_lines(["distcov: measuring lines of * with SlipCover's probes *"])
         assert_same_report(project / ".coverage", reference, project)
+
+
+@needs_probes
+def test_code_slipcover_cannot_rewrite_still_runs_and_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SlipCover's bytecode editor failing on a module must not break the user's import; the
+    module runs without probes and the run's notes say which file is not measured."""
+    from coverage import Coverage
+
+    from pytest_distcov.probes import Probes
+
+    monkeypatch.chdir(tmp_path)
+    probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
+
+    def broken(code: object, parent: object = None) -> object:
+        raise ValueError("bad bytecode")
+
+    monkeypatch.setattr(probes.sci, "instrument", broken)
+    namespace: dict[str, object] = {"__name__": "m"}
+    probes.execute(compile("x = 1\n", str(tmp_path / "m.py"), "exec"), namespace)
+    assert namespace["x"] == 1
+    assert probes.notes == [
+        f"could not put probes into {tmp_path / 'm.py'} (ValueError('bad bytecode')): not measured"
+    ]

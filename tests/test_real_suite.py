@@ -26,8 +26,12 @@ def fetch_sdist(config: pytest.Config, factory: pytest.TempPathFactory, requirem
     cache = getattr(config, "cache", None)  # absent with -p no:cacheprovider
     where = cache.mkdir("distcov-sdists") if cache else factory.mktemp("sdists")
     name, _, version = requirement.partition("==")
-    pattern = f"{name.replace('-', '_')}-{version}.tar.gz"
-    found = sorted(where.glob(pattern)) or sorted(where.glob(f"{name}-{version}.tar.gz"))
+    names = {f"{name.replace('-', '_')}-{version}.tar.gz", f"{name}-{version}.tar.gz"}
+
+    def cached() -> list[Path]:
+        return sorted(p for p in where.glob("*.tar.gz") if p.name in names)
+
+    found = cached()
     if not found:
         subprocess.run(
             [
@@ -45,7 +49,7 @@ def fetch_sdist(config: pytest.Config, factory: pytest.TempPathFactory, requirem
             ],
             check=True,
         )
-        found = sorted(where.glob(pattern)) or sorted(where.glob(f"{name}-{version}.tar.gz"))
+        found = cached()
     return found[0]
 
 
