@@ -35,6 +35,7 @@ import contextlib
 import gc
 import sys
 import types
+import weakref
 from collections import defaultdict
 from typing import Any
 
@@ -176,10 +177,13 @@ def _slipcover_class() -> type:
             self._to_remove: dict[str, set[int]] = defaultdict(set)
             #: code with probes (also with some removed) -> the code it was made from
             self.origin: dict[types.CodeType, types.CodeType] = {}
+            #: code whose probes were (partly) removed -> the code made from it without them
+            self.successor: dict[types.CodeType, types.CodeType] = {}
             #: code with probes -> every line it and its nested code have probes for
             self.lines: dict[types.CodeType, frozenset[int]] = {}
-            #: the functions whose code gets its probes removed (see deinstrument_seen)
-            self.functions: set[types.FunctionType] = set()
+            #: the functions whose code gets its probes removed (see deinstrument_seen); weak,
+            #: so that closures found on the stack do not outlive their users
+            self.functions: weakref.WeakSet[types.FunctionType] = weakref.WeakSet()
             super().__init__(**kwargs)
 
         def instrument(self, co: Any, parent: Any = None) -> Any:
@@ -214,18 +218,40 @@ def _slipcover_class() -> type:
 
             SlipCover then finds the functions to give the new code by walking every module
             and every frame's globals, recursively through classes, on every call; we keep the
-            functions made from probed code as modules are executed, and walk only those.
+            functions made from probed code as modules are executed, add the functions that
+            the running frames hold (closures and lambdas made at run time, which no module
+            holds: the probe that called us is in one of them), and walk only those.
             """
             with self.lock:
                 for name, lines in self._get_newly_seen().items():
                     for code in list(self.instrumented[name]):
                         self.deinstrument(code, lines)
                 if self.replace_map:
-                    for func in self.functions:
-                        new = self.replace_map.get(func.__code__)
-                        if new is not None:
-                            func.__code__ = new
+                    # A function can hold any earlier version (one made while its module was
+                    # still executing, or one found on the stack only now): follow the chain.
+                    self.successor.update(self.replace_map)
                     self.replace_map.clear()
+                    self._adopt_from_stack()
+                    successor = self.successor
+                    for func in list(self.functions):
+                        code = func.__code__
+                        if code in successor:
+                            while code in successor:
+                                code = successor[code]
+                            func.__code__ = code
+
+        def _adopt_from_stack(self) -> None:
+            """Register the probed functions that running frames hold in their locals."""
+            for top in list(sys._current_frames().values()):
+                frame: types.FrameType | None = top
+                while frame is not None:
+                    names = frame.f_locals
+                    if names is not frame.f_globals:  # a module's namespace: registered
+                        for value in list(names.values()):
+                            func = value.__func__ if type(value) is types.MethodType else value
+                            if type(func) is types.FunctionType and func.__code__ in self.origin:
+                                self.functions.add(func)
+                    frame = frame.f_back
 
         def add_functions(self, namespace: dict[str, Any]) -> None:
             """Keep the functions (and methods) defined in a module we probe."""

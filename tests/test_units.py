@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -10,6 +11,7 @@ import execnet
 import pytest
 from coverage import CoverageData
 
+from pytest_distcov.engine import NewOnly
 from pytest_distcov.errors import DataFileError, ProtocolError, SettingsError
 from pytest_distcov.merge import Accumulator, DeltaReader, read_data_file, write_data_file
 from pytest_distcov.protocol import PROTOCOL_VERSION, decode, empty_payload
@@ -190,3 +192,91 @@ def test_fails_under_decides_as_coverage_does(
     )
     total = 100.0 * covered / statements
     assert fails_under(total, threshold, precision) == (result.returncode == 2), result.stdout
+
+
+def _spied(data: CoverageData, method: str) -> list[dict[str, list[object]]]:
+    """What reaches ``data``'s real ``method`` (installed before NewOnly wraps it)."""
+    calls: list[dict[str, list[object]]] = []
+    real = getattr(data, method)
+
+    def spy(found: dict[str, list[object]]) -> None:
+        calls.append({name: sorted(items) for name, items in found.items()})  # type: ignore[type-var]
+        real(found)
+
+    setattr(data, method, spy)
+    return calls
+
+
+def test_new_only_writes_each_line_once_and_keeps_everything(tmp_path: Path) -> None:
+    data = CoverageData(str(tmp_path / ".coverage"))
+    calls = _spied(data, "add_lines")
+    NewOnly(data)
+    data.add_lines({"a.py": {1, 2}, "b.py": set()})
+    data.add_lines({"a.py": {2, 1}, "b.py": set()})  # nothing new: nothing written
+    data.add_lines({"a.py": {2, 3}, "c.py": {7}})
+    assert calls == [{"a.py": [1, 2], "b.py": []}, {}, {"a.py": [3], "c.py": [7]}]
+    data.write()
+    back = CoverageData(str(tmp_path / ".coverage"))
+    back.read()
+    assert {f: sorted(back.lines(f) or []) for f in back.measured_files()} == {
+        "a.py": [1, 2, 3],
+        "b.py": [],
+        "c.py": [7],
+    }
+
+
+def test_new_only_arcs(tmp_path: Path) -> None:
+    data = CoverageData(str(tmp_path / ".coverage"))
+    calls = _spied(data, "add_arcs")
+    NewOnly(data)
+    data.add_arcs({"a.py": [(-1, 1), (1, 2)]})
+    data.add_arcs({"a.py": [(1, 2), (2, -1)]})
+    assert calls == [{"a.py": [(-1, 1), (1, 2)]}, {"a.py": [(2, -1)]}]
+    assert data.has_arcs()
+    assert sorted(data.arcs("a.py") or []) == [(-1, 1), (1, 2), (2, -1)]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_new_only_forgets_in_a_forked_child(tmp_path: Path) -> None:
+    """coverage gives a forked child a new data file: it must get every line again."""
+    data = CoverageData(str(tmp_path / ".coverage"))
+    calls = _spied(data, "add_lines")
+    NewOnly(data)
+    data.add_lines({"a.py": {1}})
+    pid = os.fork()
+    if pid == 0:  # the child: report through the exit status only
+        try:
+            data.add_lines({"a.py": {1}})
+            os._exit(0 if calls[-1] == {"a.py": [1]} else 1)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    data.add_lines({"a.py": {1}})  # the parent still knows
+    assert calls[-1] == {}
+
+
+ENGINE_SCRIPT = """
+import sys
+from pathlib import Path
+from pytest_distcov.engine import Engine, MeasureSpec, NewOnly
+spec = MeasureSpec(source=(sys.argv[1],), branch=None, config_file=False, engine="coverage",
+                   context=sys.argv[2] or None)
+engine = Engine(spec, Path(sys.argv[1]) / "data", "t", subprocesses=False, partial=True)
+engine.start()
+print(type(getattr(engine.cov._data.add_lines, "__self__", None)).__name__)
+engine.finish()
+"""
+
+
+@pytest.mark.parametrize(("context", "expected"), [("", "NewOnly"), ("test", "CoverageData")])
+def test_engine_flushes_only_new_lines(tmp_path: Path, context: str, expected: str) -> None:
+    """The worker's engine writes only new lines, except with per-test contexts (each test its
+    own context). Guards against a coverage release that moved the data object."""
+    out = subprocess.run(
+        [sys.executable, "-c", ENGINE_SCRIPT, str(tmp_path), context],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert out.strip() == expected
