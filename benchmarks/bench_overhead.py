@@ -255,7 +255,7 @@ def table(version: str, results: dict[str, dict[str, Sample]], workers: int) -> 
     modes = list(next(iter(results.values())))
     head = f"| Python {version}, `-n {workers}` | " + " | ".join(modes)
     head += " | " + " | ".join(f"{m} / plain" for m in modes if m != "plain")
-    pairs = [("distcov", "pytest-cov"), ("distcov", "slipcover")]
+    pairs = [("distcov", "pytest-cov"), ("distcov-ctrace", "pytest-cov"), ("distcov", "slipcover")]
     compare = [(a, b) for a, b in pairs if a in modes and b in modes]
     head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
     lines = [head, "|---" * (2 * len(modes) + len(compare)) + "|"]
