@@ -39,7 +39,13 @@ from .errors import (
     ReportError,
     SettingsError,
 )
-from .merge import Accumulator, read_data_file, update_from_file, write_data_file
+from .merge import (
+    JOURNAL_SUFFIX,
+    Accumulator,
+    read_data_file,
+    update_from_file,
+    write_data_file,
+)
 from .options import Settings
 from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
@@ -111,6 +117,12 @@ class WorkerState:
     down_error: str | None = None
     tests: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+def _count_data_files(names: list[str]) -> str:
+    """'2 data files': a worker's journal goes with its data file and is not counted."""
+    count = sum(1 for name in names if not name.endswith(JOURNAL_SUFFIX))
+    return f"{count} data file{'s' if count != 1 else ''}"
 
 
 class ControllerRole:
@@ -270,8 +282,8 @@ class ControllerRole:
             return
         datadir = Path(state.hello["datadir"])
         files = sorted(str(p) for p in datadir.glob(".coverage.*") if p.is_file())
-        self.recover_paths.extend((state.id, f, None) for f in files)
-        found = f"{len(files)} data file{'s' if len(files) != 1 else ''}"
+        self.recover_paths.extend((state.id, f, None) for f in files)  # journals too
+        found = _count_data_files(files)
         self.summary.append(
             f"distcov: worker {state.id} on {state.hello['host']} crashed ({state.down_error});"
             f" recovering the data of its finished tests: {found} in {datadir}"
@@ -305,7 +317,7 @@ class ControllerRole:
         self.remote.leftovers.setdefault(host.spec.label, []).append(state.hello["datadir"])
         self.summary.append(
             f"distcov: {where} crashed ({state.down_error}); recovered the data of its finished"
-            f" tests from the host: {len(files)} data file{'s' if len(files) != 1 else ''}"
+            f" tests from the host: {_count_data_files([name for name, _ in files])}"
         )
 
     # -- the end ----------------------------------------------------------------------------

@@ -13,6 +13,7 @@ Everything here speaks coverage.py's public data API (``CoverageData``) and neve
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import sqlite3
@@ -27,7 +28,18 @@ from .errors import DataFileError
 from .protocol import ContextData, Payload, empty_payload
 from .union import PathMapper, identity
 
-__all__ = ["Accumulator", "DeltaReader", "read_data_file", "write_data_file"]
+#: A worker's journal of flushed lines: its data file's name plus this (see engine.NewOnly).
+JOURNAL_SUFFIX = ".journal"
+
+__all__ = [
+    "JOURNAL_SUFFIX",
+    "Accumulator",
+    "DeltaReader",
+    "read_data_file",
+    "update_from_file",
+    "update_from_journal",
+    "write_data_file",
+]
 
 #: Line numbers, or (from, to) arcs when branch coverage is on: one run never mixes the two.
 Measured = set[Any]
@@ -140,10 +152,37 @@ def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
     return data
 
 
+def update_from_journal(
+    target: CoverageData, path: str | os.PathLike[str], map_path: PathMapper | None = None
+) -> None:
+    """Union a worker's journal of flushed lines or arcs (see ``engine.NewOnly``) into
+    ``target``. A last line cut short (the worker was killed while writing it) is skipped: it
+    belonged to a test that had not finished."""
+    mapped = map_path or identity
+    try:
+        with open(path, encoding="utf-8") as fh:
+            records = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"cannot read journal {os.fspath(path)}: {exc}") from None
+    for text in records:
+        try:
+            kind, record = json.loads(text)
+        except ValueError:
+            continue
+        if kind == "arcs":
+            target.add_arcs({mapped(f): [tuple(a) for a in arcs] for f, arcs in record.items()})
+        else:
+            target.add_lines({mapped(f): lines for f, lines in record.items()})
+
+
 def update_from_file(
     target: CoverageData, path: str | os.PathLike[str], map_path: PathMapper | None = None
 ) -> None:
-    """Union the data file at ``path`` into ``target``; the file itself is not changed."""
+    """Union the data file (or a worker's journal) at ``path`` into ``target``; the file itself
+    is not changed."""
+    if os.fspath(path).endswith(JOURNAL_SUFFIX):
+        update_from_journal(target, path, map_path)
+        return
     source = read_data_file(path)
     try:
         target.update(source, map_path=map_path)

@@ -1,10 +1,11 @@
 """The worker role: an xdist worker (local or on a remote host) that measures and streams.
 
-After every test the engine flushes to the worker's own data file, which costs one small SQLite
-write and makes every finished test durable: if the worker is killed, the controller recovers
-that file. Streaming to the controller is batched by time. A chunk is what is new in the data
-file since the previous chunk, and the pause between chunks grows with what a chunk costs, so
-streaming never takes more than about 2 % of the worker's time.
+After every test the engine makes what the test ran durable: what its data file does not hold
+yet is appended to a journal beside it (most tests add nothing), so if the worker is killed,
+the controller recovers both. Streaming to the controller is batched by time: the journal is
+moved into the data file, and a chunk is what is new in the data file since the previous chunk.
+The pause between chunks grows with what a chunk costs, so streaming never takes more than
+about 2 % of the worker's time.
 """
 
 from __future__ import annotations
@@ -127,6 +128,7 @@ class WorkerRole:
             return
         try:
             with capture_coverage_warnings(self.engine.notes):
+                self.engine.consolidate()
                 payload = self.reader.delta_from_file(str(self.engine.data_path))
         except (CoverageException, DataFileError, sqlite3.Error, OSError) as exc:
             # Streaming is a convenience: the data is durable in the file and goes out whole

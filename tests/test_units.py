@@ -256,6 +256,27 @@ def test_new_only_forgets_in_a_forked_child(tmp_path: Path) -> None:
     assert calls[-1] == {}
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_new_only_child_leaves_its_parents_journal_alone(tmp_path: Path) -> None:
+    data = CoverageData(str(tmp_path / ".coverage"))
+    journal = tmp_path / "journal"
+    new_only = NewOnly(data, journal)
+    new_only.deferring = True
+    data.add_lines({"a.py": {1}})
+    before = journal.read_bytes()
+    pid = os.fork()
+    if pid == 0:  # the child writes to its own data file, and never empties the journal
+        try:
+            data.add_lines({"b.py": {2}})
+            new_only.consolidate()
+            os._exit(0)
+        except BaseException:
+            os._exit(2)
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert journal.read_bytes() == before
+
+
 ENGINE_SCRIPT = """
 import sys
 from pathlib import Path
@@ -280,3 +301,42 @@ def test_engine_flushes_only_new_lines(tmp_path: Path, context: str, expected: s
         check=True,
     ).stdout
     assert out.strip() == expected
+
+
+def test_new_only_journals_deferred_flushes_and_recovery_reads_them(tmp_path: Path) -> None:
+    """After a test, what is new goes to the journal (no SQLite write); consolidate moves it
+    into the data file and empties the journal; a dead worker's journal is recovered, a last
+    line cut short by the kill skipped."""
+    from pytest_distcov.merge import update_from_file
+
+    data = CoverageData(str(tmp_path / ".coverage.gw0"))
+    calls = _spied(data, "add_lines")
+    journal = tmp_path / ".coverage.gw0.journal"
+    new_only = NewOnly(data, journal)
+    new_only.deferring = True
+    data.add_lines({"a.py": {1, 2}})
+    data.add_lines({"a.py": {2, 3}, "b.py": {5}})
+    assert calls == [{}, {}]  # only the kind of data reached SQLite
+    recovered = CoverageData(str(tmp_path / "recovered"))
+    with journal.open("a") as fh:
+        fh.write('["lines",{"c.py":[9')  # the kill came while this was written
+    update_from_file(recovered, journal)
+    assert {f: sorted(recovered.lines(f) or []) for f in recovered.measured_files()} == {
+        "a.py": [1, 2, 3],
+        "b.py": [5],
+    }
+    new_only.consolidate()
+    assert calls[-1] == {"a.py": [1, 2, 3], "b.py": [5]}
+    assert journal.read_text() == ""
+    new_only.deferring = False
+    data.add_lines({"a.py": {4}})  # at the end: straight to the data file
+    assert calls[-1] == {"a.py": [4]}
+
+
+def test_new_only_writes_directly_when_the_journal_cannot_be_written(tmp_path: Path) -> None:
+    data = CoverageData(str(tmp_path / ".coverage"))
+    calls = _spied(data, "add_lines")
+    new_only = NewOnly(data, tmp_path / "no-such-dir" / "journal")
+    new_only.deferring = True
+    data.add_lines({"a.py": {1}})
+    assert calls == [{"a.py": [1]}]
