@@ -208,6 +208,14 @@ class NewOnly:
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
 
+    def close(self) -> None:
+        """At the end: everything into the data file, the journal closed; no more journaling."""
+        with self._lock:
+            self._consolidate()
+            if self._fd is not None:
+                os.close(self._fd)
+            self._fd, self._journal = None, None
+
     def _forked(self) -> None:
         """A forked child has a data file of its own; the journal is its parent's."""
         self._pid, self._given, self._pending = os.getpid(), {}, {}
@@ -421,7 +429,8 @@ class Engine:
                 self.cov.stop()
                 self._running = False
                 data = self.cov.get_data()
-        self.consolidate()
+        if self._new_only is not None:
+            self._new_only.close()
         return data
 
     def subprocess_files(self) -> list[str]:

@@ -169,10 +169,13 @@ def update_from_journal(
             kind, record = json.loads(text)
         except ValueError:
             continue
-        if kind == "arcs":
-            target.add_arcs({mapped(f): [tuple(a) for a in arcs] for f, arcs in record.items()})
-        else:
-            target.add_lines({mapped(f): lines for f, lines in record.items()})
+        try:
+            if kind == "arcs":
+                target.add_arcs({mapped(f): [tuple(a) for a in arcs] for f, arcs in record.items()})
+            else:
+                target.add_lines({mapped(f): lines for f, lines in record.items()})
+        except (*_READ_ERRORS, TypeError, AttributeError) as exc:  # not our journal's records
+            raise DataFileError(f"cannot combine journal {os.fspath(path)}: {exc}") from None
 
 
 def update_from_file(

@@ -437,11 +437,7 @@ def _choice(
     if raw is None or not raw.strip():
         return None
     if raw.strip() not in choices:
-        expected = (
-            " or ".join(choices)
-            if len(choices) < 3
-            else (f"{', '.join(choices[:-1])} or {choices[-1]}")
-        )
+        expected = " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
         raise SettingsError(f"invalid value {raw!r} for {origin}: expected {expected}")
     return raw.strip()
 

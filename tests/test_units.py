@@ -340,3 +340,34 @@ def test_new_only_writes_directly_when_the_journal_cannot_be_written(tmp_path: P
     new_only.deferring = True
     data.add_lines({"a.py": {1}})
     assert calls == [{"a.py": [1]}]
+
+
+def test_new_only_close_moves_the_journal_in_and_stops_journaling(tmp_path: Path) -> None:
+    data = CoverageData(str(tmp_path / ".coverage"))
+    calls = _spied(data, "add_lines")
+    journal = tmp_path / "journal"
+    new_only = NewOnly(data, journal)
+    new_only.deferring = True
+    data.add_lines({"a.py": {1}})
+    new_only.close()
+    assert calls[-1] == {"a.py": [1]}
+    assert journal.read_text() == ""
+    data.add_lines({"a.py": {2}})  # still deferring, but the journal is closed
+    assert calls[-1] == {"a.py": [2]}
+
+
+def test_a_journal_that_does_not_fit_is_a_named_error(tmp_path: Path) -> None:
+    """Arcs in a journal for line data (or records of another shape) are a DataFileError that
+    names the journal, which the controller then keeps for inspection."""
+    from pytest_distcov.merge import update_from_file
+
+    target = CoverageData(str(tmp_path / "target"))
+    target.add_lines({"a.py": {1}})
+    journal = tmp_path / ".coverage.gw0.journal"
+    journal.write_text('["arcs",{"a.py":[[1,2]]}]\n')
+    with pytest.raises(DataFileError, match=r"cannot combine journal .*gw0\.journal"):
+        update_from_file(target, journal)
+    journal.write_text('["lines",[1,2]]\n')
+    with pytest.raises(DataFileError, match=r"cannot combine journal"):
+        update_from_file(target, journal)
+    assert target.lines("a.py") == [1]
