@@ -34,6 +34,7 @@ from __future__ import annotations
 import contextlib
 import gc
 import sys
+import threading
 import types
 import weakref
 from collections import defaultdict
@@ -132,6 +133,12 @@ class _CoverageSide:
         self._mapper = mapper
         #: a code object's file name -> the file name coverage.py records, or None
         self._names: dict[str, str | None] = {}
+        self._deciding = threading.local()
+
+    @property
+    def deciding(self) -> bool:
+        """True while coverage.py decides about a file in this thread (see name_for)."""
+        return getattr(self._deciding, "active", False)
 
     def name_for(self, filename: str, module_globals: dict[str, Any] | None = None) -> str | None:
         """What coverage.py would record ``filename`` as, or None if it would not measure it."""
@@ -140,7 +147,16 @@ class _CoverageSide:
         except KeyError:
             pass
         frame = _Frame(module_globals) if module_globals is not None else None
-        disp = self._inorout.should_trace(filename, frame)
+        # When sys.path has changed, coverage.py first looks up the source packages with
+        # importlib, which asks our finder, which would ask coverage.py again before it has
+        # noted the new sys.path: a recursion down to RecursionError, every lookup recomputing
+        # the third-party paths (0.2-0.5 s a worker on python-dateutil). The finder stays out
+        # of coverage.py's own lookups.
+        outer, self._deciding.active = self.deciding, True
+        try:
+            disp = self._inorout.should_trace(filename, frame)
+        finally:
+            self._deciding.active = outer
         name = self._mapper(disp.source_filename) if disp.trace else None
         self._names[filename] = name
         return name
@@ -316,6 +332,8 @@ class _Finder:
         self.probes = probes
 
     def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
+        if self.probes.side.deciding:
+            return None  # coverage.py looking up a source package: the other finders answer
         for finder in sys.meta_path:
             if isinstance(finder, _Finder) or not hasattr(finder, "find_spec"):
                 continue  # (another engine's finder, in a pytester run in this process)
@@ -349,6 +367,8 @@ class Probes:
         self._slipcover = slipcover
         self._started = False
         self._paused = False
+        #: the lines recorded so far, by code file name (what a paused test ran is not)
+        self._recorded: defaultdict[str, set[int]] = defaultdict(set)
         #: what went wrong with single modules (for the run's notes)
         self.notes: list[str] = []
 
@@ -428,6 +448,7 @@ class Probes:
         for filename, lines in fresh.items():
             if not lines:
                 continue
+            self._recorded[filename] |= lines
             name = self.side.name_for(filename)
             if name is not None:
                 out.setdefault(name, set()).update(lines)
@@ -449,7 +470,11 @@ class Probes:
     def resume(self) -> None:
         if self._paused:
             self._paused = False
-            self.rearm(self.sci.take())  # ran while paused: not recorded, probes renewed
+            # Ran while paused: not recorded. Lines recorded before need no probe again (they
+            # are in the data); the others get fresh probes.
+            recorded = self._recorded
+            seen = self.sci.take()
+            self.rearm({name: lines - recorded[name] for name, lines in seen.items()})
 
     def finish(self) -> CoverageData:
         """Record the last lines, stop probing new modules, add coverage.py's after-run work."""

@@ -10,7 +10,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,6 +19,8 @@ from typing import TextIO
 import coverage
 from coverage import Coverage
 from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
+from coverage.plugin import FileReporter
+from coverage.python import PythonFileReporter
 
 from .errors import NothingToReport, ReportError, SettingsError
 
@@ -37,6 +39,7 @@ __all__ = [
     "parse_report_spec",
     "precision_of",
     "produce_reports",
+    "share_parses",
     "threshold_decimals",
 ]
 
@@ -166,6 +169,35 @@ def precision_of(cov: Coverage) -> int:
     return value if isinstance(value, int) else 0
 
 
+def share_parses(cov: Coverage) -> None:
+    """Have ``cov`` parse each source file once for all its reports.
+
+    coverage.py parses every file it reports (tokens, AST, statements, exclusions) again for
+    every report: term, xml and html parse each file three times, and the parse is most of a
+    report's time (0.2-0.25 s for python-dateutil's 18 files). This keeps the file reporters
+    coverage.py makes for Python files (never a coverage plugin's), so the next report uses
+    the parse the first one made; what each report says is unchanged. It wraps
+    ``Coverage._get_file_reporter`` (not public); without it, reports parse as they always do.
+    """
+    original: Callable[[object], FileReporter] | None = getattr(cov, "_get_file_reporter", None)
+    if original is None or getattr(original, "_distcov_shared", False):
+        return
+    reporters: dict[str, FileReporter] = {}
+
+    def file_reporter(morf: object) -> FileReporter:
+        if isinstance(morf, str):
+            known = reporters.get(morf)
+            if known is not None:
+                return known
+        reporter = original(morf)
+        if isinstance(morf, str) and type(reporter) is PythonFileReporter:
+            reporters[morf] = reporter
+        return reporter
+
+    file_reporter._distcov_shared = True  # type: ignore[attr-defined]
+    cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
+
+
 def _markdown(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutcome) -> float:
     buf = io.StringIO()
     total = cov.report(file=buf, output_format="markdown")
@@ -225,8 +257,10 @@ def produce_reports(
     """Write every report in ``specs`` from the data ``cov`` has loaded.
 
     The terminal ones go to ``term``. The total is computed even without a report when
-    ``need_total`` (for fail-under). Raises :class:`ReportError` naming the failed report.
+    ``need_total`` (for fail-under). Each file is parsed once for all the reports. Raises
+    :class:`ReportError` naming the failed report.
     """
+    share_parses(cov)
     outcome = ReportOutcome()
     with capture_coverage_warnings(outcome.notes):
         for spec in specs:

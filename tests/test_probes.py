@@ -8,6 +8,7 @@ the same statements in coverage.py's reports, so these tests compare coverage's 
 from __future__ import annotations
 
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -434,3 +435,96 @@ def test_spent_probes_leave_every_function_that_keeps_running(tmp_path: Path) ->
         assert func.__code__ not in sci.successor, func  # and it runs the newest version
     executed = {2, 3, 4, 5, 10, 11, 12, 15, 16, 17, 19, 22, 23, 24, 25}
     assert probes.take() == {str(tmp_path / "hot_module.py"): executed}
+
+
+SYS_PATH_SCRIPT = """
+import sys
+from pathlib import Path
+
+from coverage import Coverage
+from coverage.inorout import InOrOut
+
+from pytest_distcov.probes import Probes
+
+root = Path(sys.argv[1])
+recomputed = []
+original = InOrOut.set_matchers_depending_on_syspath
+
+
+def counting(self):
+    recomputed.append(len(recomputed))
+    return original(self)
+
+
+InOrOut.set_matchers_depending_on_syspath = counting
+sys.path.insert(0, str(root))
+probes = Probes(Coverage(source=["srcpkg"], data_file=str(root / ".coverage")))
+probes.start()
+before = len(recomputed)
+sys.path.append(str(root / "elsewhere"))  # as pytest's import modes do for test directories
+import srcpkg.mod
+
+assert srcpkg.mod.double(2) == 4
+data = probes.finish()
+print(len(recomputed) - before, sorted(data.lines(str(root / "srcpkg" / "mod.py"))))
+"""
+
+
+@needs_probes
+def test_a_changed_sys_path_is_looked_at_once(tmp_path: Path) -> None:
+    """After sys.path changes, coverage.py looks up the source packages again, with importlib;
+    the probe finder must stay out of that lookup, or coverage.py asks it again, recursively
+    until RecursionError (120 recomputations of the third-party paths a worker on
+    python-dateutil, instead of 3)."""
+    package = tmp_path / "srcpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "mod.py").write_text("def double(x):\n    return 2 * x\n")
+    out = subprocess.run(
+        [sys.executable, "-c", SYS_PATH_SCRIPT, str(tmp_path)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split(maxsplit=1) == ["1", "[1, 2]\n"]
+
+
+PAUSED_MODULE = """
+def both(flag):
+    if flag:
+        return 1
+    return 0
+"""
+
+
+@needs_probes
+def test_resume_renews_probes_only_for_lines_first_run_while_paused(tmp_path: Path) -> None:
+    """Lines run while paused are not recorded, and must get fresh probes so that a later
+    measured run records them as coverage.py would. Lines recorded before need none: renewing
+    is a heap walk and re-instrumenting (python-dateutil runs its xfail tests paused, and they
+    run the same code again and again)."""
+    from coverage import Coverage
+
+    from pytest_distcov.probes import Probes
+
+    probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
+    namespace: dict[str, Any] = {"__name__": "paused_module"}
+    filename = str(tmp_path / "paused_module.py")
+    probes.execute(compile(PAUSED_MODULE, filename, "exec"), namespace)
+    both = namespace["both"]
+    both(False)
+    probes.pause()  # records what ran so far
+    assert probes.data.lines(filename) == [2, 3, 5]
+    before = both.__code__
+    both(True)  # line 4 first runs while paused
+    probes.resume()
+    renewed = both.__code__
+    assert renewed is not before  # fresh probes, for every line of both
+    probes.pause()
+    both(False)  # lines 3 and 5 hit their fresh probes, but they are recorded already
+    probes.resume()
+    assert both.__code__ is renewed  # nothing to renew
+    assert probes.take() == {}  # what ran while paused is not recorded
+    both(True)
+    assert probes.take() == {filename: {4}}

@@ -192,3 +192,66 @@ def test_unwritable_data_file_keeps_the_combined_data(
         v for f, v in measured(rescued[0], arcs=False).items() if f.endswith("geometry.py")
     )
     assert len(geometry) > 50  # the workers' tests are in it, not just the controller's imports
+
+
+MODULE_A = """\
+def grade(n):
+    if n > 10:
+        return "big"
+    return "small"  # pragma: no cover
+"""
+MODULE_B = "VALUE = 1\n\n\ndef unused():\n    return VALUE\n"
+
+
+def test_reports_parse_each_file_once_and_say_what_coverage_says(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """coverage.py parses each file again for every report; ours share one parse a file (most
+    of a report's time), and every report still reads as coverage.py's own."""
+    import io
+
+    from coverage import Coverage, CoverageData
+    from coverage.parser import PythonParser
+
+    from pytest_distcov.report import parse_report_spec, produce_reports
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "a.py").write_text(MODULE_A)
+    (tmp_path / "b.py").write_text(MODULE_B)
+    data = CoverageData(str(tmp_path / ".coverage"))
+    data.add_lines({str(tmp_path / "a.py"): [1, 2, 3], str(tmp_path / "b.py"): [1, 4]})
+    data.write()
+
+    reference = Coverage(data_file=str(tmp_path / ".coverage"))
+    reference.load()
+    expected_term = io.StringIO()
+    expected_total = reference.report(file=expected_term, show_missing=True)
+    reference.xml_report(outfile="ref.xml")
+    reference.json_report(outfile="ref.json")
+    reference.lcov_report(outfile="ref.lcov")
+    expected_files = json.loads(Path("ref.json").read_text())["files"]
+
+    parses: list[str] = []
+    original = PythonParser.parse_source
+
+    def counting(self: PythonParser) -> None:
+        parses.append(self.filename)
+        original(self)
+
+    monkeypatch.setattr(PythonParser, "parse_source", counting)
+    cov = Coverage(data_file=str(tmp_path / ".coverage"))
+    cov.load()
+    specs = [
+        parse_report_spec(s) for s in ("term-missing", "xml:x.xml", "json:x.json", "lcov:x.lcov")
+    ]
+    term = io.StringIO()
+    outcome = produce_reports(cov, specs, term, need_total=True)
+    assert sorted(parses) == [str(tmp_path / "a.py"), str(tmp_path / "b.py")]
+    assert term.getvalue() == expected_term.getvalue()
+    assert json.loads(Path("x.json").read_text())["files"] == expected_files
+    assert Path("x.lcov").read_text() == Path("ref.lcov").read_text()
+    packages = [ET.parse(name).getroot().find("packages") for name in ("x.xml", "ref.xml")]
+    assert packages[0] is not None
+    assert packages[1] is not None
+    assert ET.tostring(packages[0]) == ET.tostring(packages[1])
+    assert outcome.total == expected_total == pytest.approx(100 * 5 / 6)
