@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import inspect
 import sys
 import threading
 import types
@@ -175,6 +176,39 @@ class _Frame:
         self.f_globals = module_globals
 
 
+class _Code:
+    """What the probe engine knows about one version of a code object with probes.
+
+    Kept in a dict keyed by ``id(code)``: a code object's own hash is computed afresh on every
+    lookup, over its bytecode and, recursively, over all the code nested in it (a module's
+    hash covers every function in it), which made dict lookups keyed by code the largest cost
+    of removing probes. ``code`` keeps the object alive, so its id is not reused.
+    """
+
+    __slots__ = ("code", "lines", "origin", "run_once", "successor", "version")
+
+    def __init__(
+        self,
+        code: types.CodeType,
+        origin: types.CodeType,
+        lines: frozenset[int],
+        *,
+        run_once: bool,
+        version: int = 0,
+    ) -> None:
+        self.code = code
+        #: the code without probes it was made from
+        self.origin = origin
+        #: every line this code and the code nested in it have probes for
+        self.lines = lines
+        #: a module's code, or a class body that runs with it: runs once (see deinstrument)
+        self.run_once = run_once
+        #: how many times probes were removed to make this version
+        self.version = version
+        #: the next version (with fewer probes), once there is one
+        self.successor: types.CodeType | None = None
+
+
 def _slipcover_class() -> type:
     import slipcover
 
@@ -191,43 +225,99 @@ def _slipcover_class() -> type:
         def __init__(self, **kwargs: Any) -> None:
             self._unreported: dict[str, set[int]] = defaultdict(set)
             self._to_remove: dict[str, set[int]] = defaultdict(set)
-            #: code with probes (also with some removed) -> the code it was made from
-            self.origin: dict[types.CodeType, types.CodeType] = {}
-            #: code whose probes were (partly) removed -> the code made from it without them
-            self.successor: dict[types.CodeType, types.CodeType] = {}
-            #: code with probes -> every line it and its nested code have probes for
-            self.lines: dict[types.CodeType, frozenset[int]] = {}
+            #: id(code) -> every version of every code object with probes (see _Code)
+            self.codes: dict[int, _Code] = {}
+            #: file name -> id(code) -> its outermost code with probes (newest versions):
+            #: where removing probes starts
+            self.roots: dict[str, dict[int, types.CodeType]] = defaultdict(dict)
+            #: ids of the code objects being instrumented that run once
+            self._run_once_src: set[int] = set()
+            #: code versions made by removing probes (functions need updating when it grows)
+            self._replaced = 0
             #: the functions whose code gets its probes removed (see deinstrument_seen); weak,
             #: so that closures found on the stack do not outlive their users
             self.functions: weakref.WeakSet[types.FunctionType] = weakref.WeakSet()
             super().__init__(**kwargs)
 
+        def probed(self, code: types.CodeType) -> _Code | None:
+            """What we know about ``code``, if it has (or had) probes."""
+            info = self.codes.get(id(code))
+            return info if info is not None and info.code is code else None
+
+        def newest(self, info: _Code) -> _Code:
+            while info.successor is not None:
+                info = self.codes[id(info.successor)]
+            return info
+
         def instrument(self, co: Any, parent: Any = None) -> Any:
             if not isinstance(co, types.CodeType):
                 return super().instrument(co, parent)
+            run_once = not co.co_flags & inspect.CO_OPTIMIZED and (
+                parent is None or id(parent) in self._run_once_src
+            )
+            if run_once:
+                self._run_once_src.add(id(co))
             # SlipCover computes what its own reports need for every module it instruments
             # (about a third of the instrumenting time); we report through coverage.py, so we
             # instrument every code object as nested code and register the outermost ourselves.
-            new = super().instrument(co, parent if parent is not None else co)
+            try:
+                new = super().instrument(co, parent if parent is not None else co)
+            finally:
+                self._run_once_src.discard(id(co))
             with self.lock:
-                if parent is None:
-                    self.instrumented[co.co_filename].add(new)
-                self.origin[new] = self.origin.get(co, co)
                 lines = {line for _, line in self.code2index[new]}
                 for const in new.co_consts:
-                    if isinstance(const, types.CodeType) and const in self.lines:
-                        lines |= self.lines[const]
-                self.lines[new] = frozenset(lines)
+                    if isinstance(const, types.CodeType):
+                        nested = self.probed(const)
+                        if nested is not None:
+                            lines |= nested.lines
+                before = self.probed(co)
+                origin = before.origin if before is not None else co
+                self.codes[id(new)] = _Code(new, origin, frozenset(lines), run_once=run_once)
+                if parent is None:
+                    self.roots[co.co_filename][id(new)] = new
             return new
 
         def deinstrument(self, co: Any, lines: set[int]) -> Any:
-            if isinstance(co, types.CodeType) and lines.isdisjoint(self.lines.get(co, lines)):
+            info = self.probed(co) if isinstance(co, types.CodeType) else None
+            if info is None:
+                return super().deinstrument(co, lines)
+            if lines.isdisjoint(info.lines):
                 return co  # no probe to remove here (SlipCover would rebuild it to find out)
-            new = super().deinstrument(co, lines)
-            if isinstance(co, types.CodeType) and new is not co:
-                self.origin[new] = self.origin.get(co, co)
-                self.lines[new] = self.lines.get(co, frozenset())
+            if info.run_once:
+                new = self._with_new_nested(co, lines)
+            else:
+                new = super().deinstrument(co, lines)
+            if new is not co:
+                self.codes[id(new)] = _Code(
+                    new, info.origin, info.lines, run_once=info.run_once, version=info.version + 1
+                )
+                info.successor = new
+                self._replaced += 1
+                roots = self.roots[co.co_filename]
+                if roots.get(id(co)) is co:
+                    del roots[id(co)]
+                    roots[id(new)] = new
             return new
+
+        def _with_new_nested(self, co: types.CodeType, lines: set[int]) -> types.CodeType:
+            """Code that runs once, holding its nested code without those lines' probes.
+
+            A module's code and its class bodies have run by the time their probes fire often
+            enough to be removed (or are running, in a frame that keeps its code), so removing
+            their own probes gains nothing. What matters is the code nested in them (functions
+            made from it later get it, and the next removal starts from it), so only their
+            constants are replaced, without SlipCover rebuilding the whole code object.
+            """
+            consts: list[Any] | None = None
+            for i, const in enumerate(co.co_consts):
+                if isinstance(const, types.CodeType):
+                    new_const = self.deinstrument(const, lines)
+                    if new_const is not const:
+                        if consts is None:
+                            consts = list(co.co_consts)
+                        consts[i] = new_const
+            return co if consts is None else co.replace(co_consts=tuple(consts))
 
         def deinstrument_seen(self) -> None:
             """Remove the probes of the lines seen (called by a probe that keeps firing).
@@ -239,22 +329,19 @@ def _slipcover_class() -> type:
             holds: the probe that called us is in one of them), and walk only those.
             """
             with self.lock:
+                replaced = self._replaced
                 for name, lines in self._get_newly_seen().items():
-                    for code in list(self.instrumented[name]):
+                    for code in list(self.roots[name].values()):
                         self.deinstrument(code, lines)
-                if self.replace_map:
+                self.replace_map.clear()  # (SlipCover's; we follow _Code.successor)
+                if self._replaced != replaced:
                     # A function can hold any earlier version (one made while its module was
                     # still executing, or one found on the stack only now): follow the chain.
-                    self.successor.update(self.replace_map)
-                    self.replace_map.clear()
                     self._adopt_from_stack()
-                    successor = self.successor
                     for func in list(self.functions):
-                        code = func.__code__
-                        if code in successor:
-                            while code in successor:
-                                code = successor[code]
-                            func.__code__ = code
+                        info = self.probed(func.__code__)
+                        if info is not None and info.successor is not None:
+                            func.__code__ = self.newest(info).code
 
         def _adopt_from_stack(self) -> None:
             """Register the probed functions that running frames hold in their locals."""
@@ -265,7 +352,7 @@ def _slipcover_class() -> type:
                     if names is not frame.f_globals:  # a module's namespace: registered
                         for value in list(names.values()):
                             func = value.__func__ if type(value) is types.MethodType else value
-                            if type(func) is types.FunctionType and func.__code__ in self.origin:
+                            if type(func) is types.FunctionType and self.probed(func.__code__):
                                 self.functions.add(func)
                     frame = frame.f_back
 
@@ -273,7 +360,7 @@ def _slipcover_class() -> type:
             """Keep the functions (and methods) defined in a module we probe."""
             found = slipcover.Slipcover.find_functions(list(namespace.values()), set())
             with self.lock:
-                self.functions.update(f for f in found if f.__code__ in self.origin)
+                self.functions.update(f for f in found if self.probed(f.__code__))
 
         def _get_newly_seen(self) -> dict[str, set[int]]:  # called by deinstrument_seen
             with self.lock:
@@ -501,20 +588,23 @@ class Probes:
         sci = self.sci
         with sci.lock:
             touched = [
-                code
-                for code, lines in sci.lines.items()
-                if code.co_filename in seen and not lines.isdisjoint(seen[code.co_filename])
+                info.code
+                for info in sci.codes.values()
+                if info.code.co_filename in seen
+                and not info.lines.isdisjoint(seen[info.code.co_filename])
             ]
         if not touched:
             return
-        fresh: dict[types.CodeType, types.CodeType] = {}
+        fresh: dict[int, types.CodeType] = {}  # id(code): its codes stay in sci.codes
         for obj in gc.get_referrers(*touched):  # one pass over the heap, in C
-            if type(obj) is not types.FunctionType or obj.__code__ not in sci.origin:
+            if type(obj) is not types.FunctionType:
                 continue
-            code = obj.__code__
-            if code not in fresh:
-                fresh[code] = sci.instrument(sci.origin[code])
-            obj.__code__ = fresh[code]
+            info = sci.probed(obj.__code__)
+            if info is None:
+                continue
+            if id(info.code) not in fresh:
+                fresh[id(info.code)] = sci.instrument(info.origin)
+            obj.__code__ = fresh[id(info.code)]
             sci.functions.add(obj)
 
     def stop(self) -> None:
