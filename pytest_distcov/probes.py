@@ -32,6 +32,7 @@ coverage.py release changes them, the run measures with coverage.py's own tracer
 from __future__ import annotations
 
 import contextlib
+import datetime
 import gc
 import inspect
 import sys
@@ -185,7 +186,7 @@ class _Code:
     of removing probes. ``code`` keeps the object alive, so its id is not reused.
     """
 
-    __slots__ = ("code", "lines", "origin", "run_once", "successor", "version")
+    __slots__ = ("code", "first", "lines", "origin", "run_once", "successor", "version")
 
     def __init__(
         self,
@@ -195,10 +196,13 @@ class _Code:
         *,
         run_once: bool,
         version: int = 0,
+        first: types.CodeType | None = None,
     ) -> None:
         self.code = code
         #: the code without probes it was made from
         self.origin = origin
+        #: the version with every probe in place (this one, for version 0)
+        self.first = first or code
         #: every line this code and the code nested in it have probes for
         self.lines = lines
         #: a module's code, or a class body that runs with it: runs once (see deinstrument)
@@ -209,8 +213,13 @@ class _Code:
         self.successor: types.CodeType | None = None
 
 
+#: the type of SlipCover's probes (a stdlib module's capsule has the same type)
+_CAPSULE = type(datetime.datetime_CAPI)
+
+
 def _slipcover_class() -> type:
     import slipcover
+    import slipcover.probe
 
     class _Recorder(slipcover.Slipcover):  # type: ignore[misc]
         """SlipCover that hands every newly seen line to us once, and still removes probes.
@@ -232,6 +241,8 @@ def _slipcover_class() -> type:
             self.roots: dict[str, dict[int, types.CodeType]] = defaultdict(dict)
             #: ids of the code objects being instrumented that run once
             self._run_once_src: set[int] = set()
+            #: file name -> the last module code instrumented for it, and its version 0
+            self._modules: dict[str, tuple[types.CodeType, _Code]] = {}
             #: code versions made by removing probes (functions need updating when it grows)
             self._replaced = 0
             #: the functions whose code gets its probes removed (see deinstrument_seen); weak,
@@ -249,12 +260,51 @@ def _slipcover_class() -> type:
                 info = self.codes[id(info.successor)]
             return info
 
+        def reprobe(self, info: _Code, *, root: bool = True) -> types.CodeType:
+            """``info``'s code with every probe in place again, and fresh (unseen) probes.
+
+            The version with every probe in place holds its probes as constants, in the order
+            of its lines: a copy with new probes there (and in its nested code) is that code
+            instrumented afresh, without SlipCover rewriting the bytecode again.
+            """
+            first = info.first
+            lines = [line for _, line in self.code2index[first]]
+            consts = list(first.co_consts)
+            slots = [i for i, const in enumerate(consts) if type(const) is _CAPSULE]
+            if self.branch or len(slots) != len(lines):  # not what this was written against
+                fallback: types.CodeType = self.instrument(
+                    info.origin, None if root else info.origin
+                )
+                return fallback
+            for i, line in zip(slots, lines, strict=True):
+                consts[i] = slipcover.probe.new(
+                    self, first.co_filename, line, self.d_miss_threshold
+                )
+            for i, const in enumerate(consts):
+                nested = self.probed(const) if isinstance(const, types.CodeType) else None
+                if nested is not None:
+                    consts[i] = self.reprobe(nested, root=False)
+            new = first.replace(co_consts=tuple(consts))
+            with self.lock:
+                self.code2index[new] = self.code2index[first]
+                self.codes[id(new)] = _Code(new, info.origin, info.lines, run_once=info.run_once)
+                if root:
+                    self.roots[new.co_filename][id(new)] = new
+            return new
+
         def instrument(self, co: Any, parent: Any = None) -> Any:
             if not isinstance(co, types.CodeType):
                 return super().instrument(co, parent)
             run_once = not co.co_flags & inspect.CO_OPTIMIZED and (
                 parent is None or id(parent) in self._run_once_src
             )
+            if run_once and parent is None:
+                # A module imported again (a test that reloads it, or drops it from
+                # sys.modules): its code equals the last one's, so fresh probes in the
+                # instrumented copy make the same code as instrumenting it again.
+                known = self._modules.get(co.co_filename)
+                if known is not None and known[0] == co:
+                    return self.reprobe(known[1])
             if run_once:
                 self._run_once_src.add(id(co))
             # SlipCover computes what its own reports need for every module it instruments
@@ -273,9 +323,11 @@ def _slipcover_class() -> type:
                             lines |= nested.lines
                 before = self.probed(co)
                 origin = before.origin if before is not None else co
-                self.codes[id(new)] = _Code(new, origin, frozenset(lines), run_once=run_once)
+                info = self.codes[id(new)] = _Code(new, origin, frozenset(lines), run_once=run_once)
                 if parent is None:
                     self.roots[co.co_filename][id(new)] = new
+                    if run_once:
+                        self._modules[co.co_filename] = (co, info)
             return new
 
         def deinstrument(self, co: Any, lines: set[int]) -> Any:
@@ -290,7 +342,12 @@ def _slipcover_class() -> type:
                 new = super().deinstrument(co, lines)
             if new is not co:
                 self.codes[id(new)] = _Code(
-                    new, info.origin, info.lines, run_once=info.run_once, version=info.version + 1
+                    new,
+                    info.origin,
+                    info.lines,
+                    run_once=info.run_once,
+                    version=info.version + 1,
+                    first=info.first,
                 )
                 info.successor = new
                 self._replaced += 1
@@ -579,8 +636,8 @@ class Probes:
         While measuring is paused (pytest-cov's ``no_cover``; the xdist controller during the
         test loop) coverage.py records nothing. Probes cannot be paused: a line first run then
         has used up its probe. So that a later, measured run of that line is recorded as
-        coverage.py would, every function holding such a line gets its code instrumented
-        afresh (nested code included, for closures made later).
+        coverage.py would, every function holding such a line gets its code with fresh probes
+        (nested code included, for closures made later).
         """
         seen = {name: lines for name, lines in seen.items() if lines}
         if not seen:
@@ -603,7 +660,7 @@ class Probes:
             if info is None:
                 continue
             if id(info.code) not in fresh:
-                fresh[id(info.code)] = sci.instrument(info.origin)
+                fresh[id(info.code)] = sci.reprobe(info)
             obj.__code__ = fresh[id(info.code)]
             sci.functions.add(obj)
 

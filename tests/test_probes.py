@@ -497,29 +497,46 @@ def both(flag):
     if flag:
         return 1
     return 0
+
+
+def outer(x):
+    def inner():
+        return x
+
+    return inner()
 """
 
 
 @needs_probes
-def test_resume_renews_probes_only_for_lines_first_run_while_paused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("layout", ["known", "unknown"])
+def test_resume_renews_probes_only_for_lines_first_run_while_paused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, layout: str
+) -> None:
     """Lines run while paused are not recorded, and must get fresh probes so that a later
     measured run records them as coverage.py would. Lines recorded before need none: renewing
-    is a heap walk and re-instrumenting (python-dateutil runs its xfail tests paused, and they
-    run the same code again and again)."""
+    is a heap walk and new probes (python-dateutil runs its xfail tests paused, and they run
+    the same code again and again). New probes are swapped into the code's constants; where
+    the constants are not laid out as expected (another SlipCover), the code is instrumented
+    afresh instead."""
     from coverage import Coverage
 
+    from pytest_distcov import probes as probes_module
     from pytest_distcov.probes import Probes
+
+    if layout == "unknown":
+        monkeypatch.setattr(probes_module, "_CAPSULE", type(None))
 
     probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
     namespace: dict[str, Any] = {"__name__": "paused_module"}
     filename = str(tmp_path / "paused_module.py")
     probes.execute(compile(PAUSED_MODULE, filename, "exec"), namespace)
-    both = namespace["both"]
+    both, outer = namespace["both"], namespace["outer"]
     both(False)
     probes.pause()  # records what ran so far
-    assert probes.data.lines(filename) == [2, 3, 5]
+    assert sorted(probes.data.lines(filename) or []) == [2, 3, 5, 8]
     before = both.__code__
     both(True)  # line 4 first runs while paused
+    assert outer(1) == 1  # and all of outer, and of the closure it makes
     probes.resume()
     renewed = both.__code__
     assert renewed is not before  # fresh probes, for every line of both
@@ -529,4 +546,61 @@ def test_resume_renews_probes_only_for_lines_first_run_while_paused(tmp_path: Pa
     assert both.__code__ is renewed  # nothing to renew
     assert probes.take() == {}  # what ran while paused is not recorded
     both(True)
-    assert probes.take() == {filename: {4}}
+    assert outer(2) == 2  # a closure made from renewed code has fresh probes too
+    assert probes.take() == {filename: {4, 9, 10, 12}}
+
+
+REIMPORTED_MODULE = """
+import sys
+
+
+class Shape:
+    SIDES = 4
+
+    def area(self, side):
+        return side * side
+
+
+def scale(x):
+    if x > 1:
+        return x * 10
+    return x
+"""
+
+
+@needs_probes
+def test_a_module_imported_again_gets_fresh_probes_without_instrumenting_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tests that drop a module from sys.modules and import it again (python-dateutil's do,
+    16 times a worker) run its code again: it must be measured as freshly instrumented code
+    would be, even where its first run was not measured (a paused test), but the bytecode
+    need not be rewritten again."""
+    import slipcover
+    from coverage import Coverage
+
+    from pytest_distcov.probes import Probes
+
+    probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
+    filename = str(tmp_path / "again.py")
+    rewrites: list[str] = []
+    rewrite = slipcover.Slipcover.instrument
+
+    def counting(self: Any, co: Any, parent: Any = None) -> Any:
+        rewrites.append(co.co_name)
+        return rewrite(self, co, parent)
+
+    monkeypatch.setattr(slipcover.Slipcover, "instrument", counting)
+    probes.pause()
+    first: dict[str, Any] = {"__name__": "again"}
+    probes.execute(compile(REIMPORTED_MODULE, filename, "exec"), first)
+    assert first["Shape"]().area(3) == 9
+    probes.resume()  # the first import ran paused: nothing recorded
+    assert probes.take() == {}
+    assert sorted(rewrites) == ["<module>", "Shape", "area", "scale"]
+    again: dict[str, Any] = {"__name__": "again"}
+    probes.execute(compile(REIMPORTED_MODULE, filename, "exec"), again)
+    assert len(rewrites) == 4  # the instrumented code was reused
+    assert again["Shape"]().area(2) == 4
+    assert again["scale"](2) == 20
+    assert probes.take() == {filename: {2, 5, 6, 8, 9, 12, 13, 14}}
