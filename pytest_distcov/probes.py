@@ -503,12 +503,9 @@ class Probes:
     """Probes in this process's measured code, and the lines they saw, as coverage.py names them."""
 
     def __init__(self, cov: Coverage) -> None:
-        import slipcover
-
         self.side = _CoverageSide(cov)
         self.sci: Any = _slipcover_class()(d_miss_threshold=50)
         self._finder = _Finder(self)
-        self._slipcover = slipcover
         self._started = False
         self._paused = False
         #: the lines recorded so far, by code file name (what a paused test ran is not)
@@ -535,17 +532,20 @@ class Probes:
     def _hook_pytest_rewriter(self, hook: Any) -> None:
         """Route the modules pytest's assertion rewriter executes (test modules, conftests).
 
-        SlipCover's ``wrap_pytest`` makes the rewriter call ``_Slipcover_exec_wrapper`` instead
-        of ``exec``, once per process; we point that name at this engine's hook (and back at
-        ``exec`` when it stops), so a second engine in one process (pytester) works too.
+        The rewriter runs a module's code with ``exec``, a global name it finds in builtins:
+        a module global of that name in ``_pytest.assertion.rewrite`` is found first. (SlipCover's
+        ``wrap_pytest`` rewrites the rewriter's bytecode to call ``_Slipcover_exec_wrapper``
+        instead, 0.02 s a process; if something already did that, that name is pointed at
+        the hook too.) When the engine stops both point at ``exec`` again, so a second engine
+        in one process (pytester) works too.
         """
         try:
             from _pytest.assertion import rewrite
         except ImportError:  # pragma: no cover - pytest always has it
             return
-        if not hasattr(rewrite, "_Slipcover_exec_wrapper"):
-            self._slipcover.wrap_pytest(self.sci, None)  # its own wrapper is replaced below
-        rewrite._Slipcover_exec_wrapper = hook  # type: ignore[attr-defined]
+        rewrite.exec = hook  # type: ignore[attr-defined]
+        if hasattr(rewrite, "_Slipcover_exec_wrapper"):
+            rewrite._Slipcover_exec_wrapper = hook
 
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
         if isinstance(code, types.CodeType) and self.measures(code.co_filename, module_globals):

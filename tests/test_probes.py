@@ -604,3 +604,56 @@ def test_a_module_imported_again_gets_fresh_probes_without_instrumenting_again(
     assert again["Shape"]().area(2) == 4
     assert again["scale"](2) == 20
     assert probes.take() == {filename: {2, 5, 6, 8, 9, 12, 13, 14}}
+
+
+REWRITTEN_CONFTEST = """
+import pytest
+
+
+@pytest.fixture
+def value():
+    return 3
+"""
+REWRITTEN_TESTS = """
+def helper(x):
+    if x:
+        return "yes"
+    return "no"
+
+
+def test_one(value):
+    assert helper(value) == "yes"
+"""
+
+
+@needs_probes
+def test_test_modules_and_conftests_run_by_pytest_get_probes(pytester: pytest.Pytester) -> None:
+    """pytest's assertion rewriter executes test modules and conftests itself (not through an
+    import loader): with them measured, probes report them as the C tracer does."""
+    pytester.makeconftest(REWRITTEN_CONFTEST)
+    pytester.makepyfile(test_rewritten=REWRITTEN_TESTS)
+    reports = {}
+    for engine in ("coverage", "probes"):
+        for mode in (["-p", "no:xdist"], ["-n", "2"]):
+            result = run_pytest(
+                pytester,
+                "--distcov",
+                f"--distcov-source={pytester.path}",
+                f"--distcov-engine={engine}",
+                "--distcov-report=",
+                *mode,
+            )
+            assert result.ret == 0, result.stdout.str() + result.stderr.str()
+            saved = pytester.path / f".coverage-{engine}-{mode[-1]}"
+            shutil.move(pytester.path / ".coverage", saved)
+            reports[engine, mode[-1]] = saved
+    reference = reports["coverage", "no:xdist"]
+    for got in reports.values():
+        assert_same_report(got, reference, pytester.path)
+    from .helpers import report_view
+
+    view = report_view(reference, pytester.path)
+    tests = view[str(pytester.path / "test_rewritten.py")]
+    assert tests["executed_lines"] == [1, 2, 3, 7, 8]
+    assert tests["missing_lines"] == [4]
+    assert view[str(pytester.path / "conftest.py")]["executed_lines"] == [1, 4, 5, 6]
