@@ -17,7 +17,7 @@ import json
 import os
 import re
 import sqlite3
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -26,7 +26,7 @@ from coverage.exceptions import CoverageException
 
 from .errors import DataFileError
 from .protocol import ContextData, Payload, empty_payload
-from .union import PathMapper, identity
+from .union import PathMapper, identity, read_live_file
 
 #: A worker's journal of flushed lines: its data file's name plus this (see engine.NewOnly).
 JOURNAL_SUFFIX = ".journal"
@@ -239,26 +239,37 @@ class DeltaReader:
         self._sent_files: set[str] = set()
 
     def delta_from_file(self, path: str) -> Payload:
-        data = CoverageData(basename=path)
-        try:
-            data.read()
-            return self.delta(data)
-        finally:
-            data.close()
+        if not os.path.exists(path):
+            return empty_payload()  # nothing flushed yet
+        by_context, files, tracers = read_live_file(path, arcs=self.branch)
+        return self._delta(by_context, files, tracers)
 
     def delta(self, data: CoverageData) -> Payload:
-        payload = empty_payload()
         files = sorted(data.measured_files())
         contexts = sorted(data.measured_contexts()) or [""]
+        by_context: dict[str, dict[str, Iterable[Any]]] = {}
         for label in contexts:
             if len(contexts) > 1:
                 data.set_query_contexts([_context_pattern(label)])
+            by_context[label] = {
+                path: (data.arcs(path) if self.branch else data.lines(path)) or () for path in files
+            }
+        if len(contexts) > 1:
+            data.set_query_contexts(None)
+        tracers = {path: tracer for path in files if (tracer := data.file_tracer(path))}
+        return self._delta(by_context, files, tracers)
+
+    def _delta(
+        self,
+        by_context: Mapping[str, Mapping[str, Iterable[Any]]],
+        files: Iterable[str],
+        tracers: Mapping[str, str],
+    ) -> Payload:
+        payload = empty_payload()
+        for label in sorted(by_context):
             sent = self._sent.setdefault(label, {})
             ctx: ContextData = {"lines": {}, "arcs": {}}
-            for path in files:
-                items: Iterable[Any] | None = data.arcs(path) if self.branch else data.lines(path)
-                if not items:
-                    continue
+            for path, items in sorted(by_context[label].items()):
                 shadow = sent.setdefault(path, set())
                 fresh = set(items) - shadow
                 if fresh:
@@ -269,10 +280,8 @@ class DeltaReader:
                         ctx["lines"][path] = sorted(fresh)
             if ctx["lines"] or ctx["arcs"]:
                 payload["contexts"][label] = ctx
-        if len(contexts) > 1:
-            data.set_query_contexts(None)
-        for path in files:
-            tracer = data.file_tracer(path) or ""
+        for path in sorted(files):
+            tracer = tracers.get(path, "")
             if tracer and self._sent_tracers.get(path) != tracer:
                 payload["tracers"][path] = self._sent_tracers[path] = tracer
             if path not in self._sent_files:

@@ -22,7 +22,14 @@ from .errors import DataFileError
 if TYPE_CHECKING:
     from coverage import CoverageData
 
-__all__ = ["KNOWN_SCHEMAS", "PathMapper", "ShardUnion", "identity", "read_only_uri"]
+__all__ = [
+    "KNOWN_SCHEMAS",
+    "PathMapper",
+    "ShardUnion",
+    "identity",
+    "read_live_file",
+    "read_only_uri",
+]
 
 PathMapper = Callable[[str], str]
 
@@ -345,6 +352,44 @@ def _read_shard(hub: sqlite3.Connection, name: str, path: str) -> _ShardRead | D
         )
     finally:
         hub.execute("DETACH DATABASE shard")
+
+
+def read_live_file(
+    path: str, *, arcs: bool
+) -> tuple[dict[str, dict[str, set[Any]]], list[str], dict[str, str]]:
+    """A data file's lines (or arcs), by context and file; its files; its file tracers.
+
+    For a worker's own data file, streamed while it runs: one SQLite connection and a few
+    queries, where ``CoverageData`` (coverage.py 7.17) opens and closes a connection for every
+    query (two a measured file). Not immutable: its own process writes it between reads. Only
+    the kind asked for is read, as ``CoverageData.lines``/``arcs`` give nothing of the other.
+    """
+    from coverage.numbits import numbits_to_nums  # (the command line loads coverage.py late)
+
+    hub = sqlite3.connect(":memory:")
+    try:
+        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path),))
+        read = _read_tables(hub, path)
+    except sqlite3.Error as exc:
+        raise DataFileError(f"cannot read coverage data file {path}: {exc}") from None
+    finally:
+        hub.close()
+    if isinstance(read, DataFileError):
+        raise read
+    by_context: dict[str, dict[str, set[Any]]] = {}
+    if arcs:
+        for name, context, blob in read.packed:
+            by_context.setdefault(context, {}).setdefault(name, set()).update(
+                _unpack_arc(key) for key in memoryview(blob).cast("d")
+            )
+        for name, context, rows in read.wide:
+            by_context.setdefault(context, {}).setdefault(name, set()).update(map(tuple, rows))
+    else:
+        for name, context, numbits in read.lines:
+            by_context.setdefault(context, {}).setdefault(name, set()).update(
+                numbits_to_nums(numbits)
+            )
+    return by_context, read.files, read.tracers
 
 
 #: Everything but the measured data, in one query: a row per schema version, meta key, file,

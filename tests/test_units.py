@@ -371,3 +371,40 @@ def test_a_journal_that_does_not_fit_is_a_named_error(tmp_path: Path) -> None:
     with pytest.raises(DataFileError, match=r"cannot combine journal"):
         update_from_file(target, journal)
     assert target.lines("a.py") == [1]
+
+
+@pytest.mark.parametrize("branch", [False, True])
+def test_delta_from_a_file_equals_delta_from_coverage_data(tmp_path: Path, branch: bool) -> None:
+    """Streaming reads the worker's data file straight from SQLite (one connection, not one a
+    query); what it sends must be what coverage.py's own reading gives: every context, file
+    tracers, never-executed files, and arcs beyond the packed range."""
+    path = tmp_path / "d"
+    assert DeltaReader(branch=branch).delta_from_file(str(path)) == empty_payload()
+    data = CoverageData(basename=str(path))
+    far = 2**26  # beyond what an arc packs into one number: read row by row
+    for context, items in (("", {"/a.py": [1, 2]}), ("t1", {"/a.py": [2, 3], "/b.py": [5]})):
+        data.set_context(context or None)
+        if branch:
+            data.add_arcs({p: [(-1, n) for n in ns] + [(ns[0], far)] for p, ns in items.items()})
+        else:
+            data.add_lines(items)
+    data.touch_files(["/never.py"])
+    data.add_file_tracers({"/b.py": "some.plugin"})
+    data.write()
+    from_file, from_data = DeltaReader(branch=branch), DeltaReader(branch=branch)
+    first = from_file.delta_from_file(str(path))
+    assert first == from_data.delta(data)
+    assert set(first["contexts"]) == {"", "t1"}
+    assert first["tracers"] == {"/b.py": "some.plugin"}
+    assert "/never.py" in first["touched"][""]
+    data.set_context("t1")
+    if branch:
+        data.add_arcs({"/a.py": [(-1, 9)]})
+    else:
+        data.add_lines({"/a.py": [9]})
+    data.write()
+    second = from_file.delta_from_file(str(path))
+    assert second == from_data.delta(data)
+    assert second["contexts"]["t1"]["arcs" if branch else "lines"] == {
+        "/a.py": [(-1, 9)] if branch else [9]
+    }
