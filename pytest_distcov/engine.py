@@ -188,7 +188,12 @@ class NewOnly:
                 self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
             os.write(self._fd, line.encode())
         except OSError:
-            self._journal = None  # write to the data file directly from now on
+            # Write to the data file directly from now on; what the journal holds goes there
+            # too (the journal is left as it is: recovering it again only repeats a union).
+            fd, self._fd, self._journal = self._fd, None, None
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
             self._consolidate()
             return False
         self._pending_kind = kind

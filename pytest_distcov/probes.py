@@ -151,9 +151,9 @@ class _CoverageSide:
         frame = _Frame(module_globals) if module_globals is not None else None
         # When sys.path has changed, coverage.py first looks up the source packages with
         # importlib, which asks our finder, which would ask coverage.py again before it has
-        # noted the new sys.path: a recursion down to RecursionError, every lookup recomputing
-        # the third-party paths (0.2-0.5 s a worker on python-dateutil). The finder stays out
-        # of coverage.py's own lookups.
+        # noted the new sys.path: a recursion down to RecursionError, every level recomputing
+        # the third-party paths (120 times a worker on python-dateutil instead of 3). The
+        # finder stays out of coverage.py's own lookups.
         outer, self._deciding.active = self.deciding, True
         try:
             disp = self._inorout.should_trace(filename, frame)
@@ -241,8 +241,8 @@ def _slipcover_class() -> type:
             self.roots: dict[str, dict[int, types.CodeType]] = defaultdict(dict)
             #: ids of the code objects being instrumented that run once
             self._run_once_src: set[int] = set()
-            #: file name -> the last module code instrumented for it, and its version 0
-            self._modules: dict[str, tuple[types.CodeType, _Code]] = {}
+            #: file name -> its module code last instrumented (version 0; .origin: the code)
+            self._modules: dict[str, _Code] = {}
             #: code versions made by removing probes (functions need updating when it grows)
             self._replaced = 0
             #: the functions whose code gets its probes removed (see deinstrument_seen); weak,
@@ -303,8 +303,8 @@ def _slipcover_class() -> type:
                 # sys.modules): its code equals the last one's, so fresh probes in the
                 # instrumented copy make the same code as instrumenting it again.
                 known = self._modules.get(co.co_filename)
-                if known is not None and known[0] == co:
-                    return self.reprobe(known[1])
+                if known is not None and known.origin == co:
+                    return self.reprobe(known)
             if run_once:
                 self._run_once_src.add(id(co))
             # SlipCover computes what its own reports need for every module it instruments
@@ -327,7 +327,7 @@ def _slipcover_class() -> type:
                 if parent is None:
                     self.roots[co.co_filename][id(new)] = new
                     if run_once:
-                        self._modules[co.co_filename] = (co, info)
+                        self._modules[co.co_filename] = info
             return new
 
         def deinstrument(self, co: Any, lines: set[int]) -> Any:
@@ -536,14 +536,17 @@ class Probes:
         a module global of that name in ``_pytest.assertion.rewrite`` is found first. (SlipCover's
         ``wrap_pytest`` rewrites the rewriter's bytecode to call ``_Slipcover_exec_wrapper``
         instead, 0.02 s a process; if something already did that, that name is pointed at
-        the hook too.) When the engine stops both point at ``exec`` again, so a second engine
-        in one process (pytester) works too.
+        the hook too.) When the engine stops, the rewriter uses ``exec`` again, so a second
+        engine in one process (pytester) works too.
         """
         try:
             from _pytest.assertion import rewrite
         except ImportError:  # pragma: no cover - pytest always has it
             return
-        rewrite.exec = hook  # type: ignore[attr-defined]
+        if hook is exec:
+            vars(rewrite).pop("exec", None)  # the builtin again
+        else:
+            rewrite.exec = hook  # type: ignore[attr-defined]
         if hasattr(rewrite, "_Slipcover_exec_wrapper"):
             rewrite._Slipcover_exec_wrapper = hook
 

@@ -180,7 +180,7 @@ def share_parses(cov: Coverage) -> None:
     ``Coverage._get_file_reporter`` (not public); without it, reports parse as they always do.
     """
     original: Callable[[object], FileReporter] | None = getattr(cov, "_get_file_reporter", None)
-    if original is None or getattr(original, "_distcov_shared", False):
+    if original is None:
         return
     reporters: dict[str, FileReporter] = {}
 
@@ -194,7 +194,6 @@ def share_parses(cov: Coverage) -> None:
             reporters[morf] = reporter
         return reporter
 
-    file_reporter._distcov_shared = True  # type: ignore[attr-defined]
     cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
 
 

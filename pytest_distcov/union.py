@@ -338,10 +338,12 @@ class ShardUnion:
             data.touch_files(paths, plugin or None)
 
 
-def _read_shard(hub: sqlite3.Connection, name: str, path: str) -> _ShardRead | DataFileError:
+def _read_shard(
+    hub: sqlite3.Connection, name: str, path: str, *, immutable: bool = True
+) -> _ShardRead | DataFileError:
     """Read one data file through ``hub`` (in any thread); errors are returned, naming ``name``."""
     try:
-        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=True),))
+        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=immutable),))
     except sqlite3.Error as exc:
         return DataFileError(f"cannot read coverage data file {name}: {exc}")
     try:
@@ -368,10 +370,7 @@ def read_live_file(
 
     hub = sqlite3.connect(":memory:")
     try:
-        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path),))
-        read = _read_tables(hub, path)
-    except sqlite3.Error as exc:
-        raise DataFileError(f"cannot read coverage data file {path}: {exc}") from None
+        read = _read_shard(hub, path, path, immutable=False)
     finally:
         hub.close()
     if isinstance(read, DataFileError):

@@ -572,10 +572,10 @@ def scale(x):
 def test_a_module_imported_again_gets_fresh_probes_without_instrumenting_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Tests that drop a module from sys.modules and import it again (python-dateutil's do,
-    16 times a worker) run its code again: it must be measured as freshly instrumented code
-    would be, even where its first run was not measured (a paused test), but the bytecode
-    need not be rewritten again."""
+    """Tests that drop a module from sys.modules and import it again (python-dateutil's do:
+    on one worker its tz.py was instrumented 4 times) run its code again: it must be measured
+    as freshly instrumented code would be, even where its first run was not measured (a
+    paused test), but the bytecode need not be rewritten again."""
     import slipcover
     from coverage import Coverage
 
