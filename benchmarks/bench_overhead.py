@@ -4,10 +4,15 @@
 
 For each interpreter it builds a virtualenv under benchmarks/.cache/ with a pinned toolchain,
 this checkout of pytest-distcov (a normal, non-editable install) and the pinned suites, which
-are real sdists downloaded from PyPI with their own tests. Then, for every suite, it runs the
-modes in alternating order, round after round, so that machine noise falls on all modes alike,
-and prints the median wall time of each mode and its ratio to plain `pytest -n 2`, as a
-Markdown table (``--markdown FILE`` also writes it to a file).
+are real sdists downloaded from PyPI with their own tests. Then, for every suite, it runs
+each mode once untimed (a warm-up) and then the modes in alternating order, round after round,
+so that machine noise falls on all modes alike, and prints the median wall time of each mode
+and its ratio to plain `pytest -n 2`, as a Markdown table (``--markdown FILE`` also writes it
+to a file).
+
+Each mode keeps its own pytest cache directory from run to run, as a developer's checkout
+does; pytest-distcov keeps the report's parses of unchanged sources there. ``distcov-cold``
+clears its cache before every run: the figure of a first run in a fresh CI checkout.
 
 The controller's peak RSS is recorded too (the process that runs pytest; workers excluded).
 """
@@ -81,6 +86,9 @@ MODES = {
     "pytest-cov": ["--cov={pkg}"],
     # the default engine: sysmon on 3.12+, SlipCover's probes on 3.10/3.11 (slipcover installed)
     "distcov": ["--distcov", "--distcov-source={pkg}"],
+    # the same, each run as the first one in a fresh checkout: pytest's cache (which keeps
+    # the report's parses of unchanged sources) is cleared first
+    "distcov-cold": ["--distcov", "--distcov-source={pkg}", "--cache-clear"],
     # coverage.py's C tracer, as on 3.10/3.11 without pytest-distcov[fast]
     "distcov-ctrace": ["--distcov", "--distcov-source={pkg}", "--distcov-engine=coverage"],
     # SlipCover's own command line and xdist plugin (its JSON report to a file)
@@ -202,8 +210,9 @@ def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tup
         "-n",
         str(workers),
         "-q",
-        "-p",
-        "no:cacheprovider",
+        # every mode keeps its own pytest cache from run to run, as a developer's checkout does
+        "-o",
+        f"cache_dir=.bench-cache/{mode}",
         "-p",
         "no:randomly",
         *suite.args,
@@ -236,6 +245,11 @@ def bench(
     modes: list[str],
 ) -> dict[str, dict[str, Sample]]:
     results: dict[str, dict[str, Sample]] = {s.name: {m: Sample() for m in modes} for s in suites}
+    for s in suites:
+        shutil.rmtree(sources[s.name] / ".bench-cache", ignore_errors=True)
+        for mode in modes:  # untimed: compiled bytecode and pytest's caches, as in later rounds
+            time_mode(py, sources[s.name], s, mode, workers)
+        print(f"  warm-up {s.name:15} done", file=sys.stderr)
     for r in range(rounds):
         for s in suites:
             order = modes[r % len(modes) :] + modes[: r % len(modes)]  # alternate who goes first
@@ -255,7 +269,12 @@ def table(version: str, results: dict[str, dict[str, Sample]], workers: int) -> 
     modes = list(next(iter(results.values())))
     head = f"| Python {version}, `-n {workers}` | " + " | ".join(modes)
     head += " | " + " | ".join(f"{m} / plain" for m in modes if m != "plain")
-    pairs = [("distcov", "pytest-cov"), ("distcov-ctrace", "pytest-cov"), ("distcov", "slipcover")]
+    pairs = [
+        ("distcov", "pytest-cov"),
+        ("distcov-cold", "pytest-cov"),
+        ("distcov-ctrace", "pytest-cov"),
+        ("distcov", "slipcover"),
+    ]
     compare = [(a, b) for a, b in pairs if a in modes and b in modes]
     head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
     lines = [head, "|---" * (2 * len(modes) + len(compare)) + "|"]

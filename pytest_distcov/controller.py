@@ -47,6 +47,7 @@ from .merge import (
     write_data_file,
 )
 from .options import Settings
+from .parses import ParseCache
 from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
@@ -424,7 +425,11 @@ class ControllerRole:
         buf = io.StringIO()
         try:
             outcome = produce_reports(
-                cov, self.settings.reports, buf, need_total=self.plan.fail_under is not None
+                cov,
+                self.settings.reports,
+                buf,
+                need_total=self.plan.fail_under is not None,
+                parse_cache=self._parse_cache(),
             )
         except NothingToReport as exc:
             if self.plan.fail_under is None:
@@ -454,6 +459,18 @@ class ControllerRole:
                 self.summary.append(
                     f"distcov: required coverage of {verdict.wanted} reached: {verdict.shown}"
                 )
+
+    def _parse_cache(self) -> ParseCache | None:
+        """Parses of the reported files kept in pytest's cache directory, so that a run of
+        unchanged sources reports without parsing them (none with -p no:cacheprovider)."""
+        cache = getattr(self.config, "cache", None)
+        if cache is None:
+            return None
+        try:
+            directory = cache.mkdir("distcov")
+        except OSError:
+            return None
+        return ParseCache(directory / "parses")
 
     def _coveralls(self, session: pytest.Session | None, cov: coverage.Coverage) -> None:
         """Upload after the data is saved: a failed upload never touches it."""

@@ -10,7 +10,7 @@ import io
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
@@ -19,10 +19,9 @@ from typing import TextIO
 import coverage
 from coverage import Coverage
 from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
-from coverage.plugin import FileReporter
-from coverage.python import PythonFileReporter
 
 from .errors import NothingToReport, ReportError, SettingsError
+from .parses import ParseCache, share_parses
 
 __all__ = [
     "REPORT_KINDS",
@@ -39,7 +38,6 @@ __all__ = [
     "parse_report_spec",
     "precision_of",
     "produce_reports",
-    "share_parses",
     "threshold_decimals",
 ]
 
@@ -169,34 +167,6 @@ def precision_of(cov: Coverage) -> int:
     return value if isinstance(value, int) else 0
 
 
-def share_parses(cov: Coverage) -> None:
-    """Have ``cov`` parse each source file once for all its reports.
-
-    coverage.py parses every file it reports (tokens, AST, statements, exclusions) again for
-    every report: term, xml and html parse each file three times, and the parse is most of a
-    report's time (0.2-0.25 s for python-dateutil's 18 files). This keeps the file reporters
-    coverage.py makes for Python files (never a coverage plugin's), so the next report uses
-    the parse the first one made; what each report says is unchanged. It wraps
-    ``Coverage._get_file_reporter`` (not public); without it, reports parse as they always do.
-    """
-    original: Callable[[object], FileReporter] | None = getattr(cov, "_get_file_reporter", None)
-    if original is None:
-        return
-    reporters: dict[str, FileReporter] = {}
-
-    def file_reporter(morf: object) -> FileReporter:
-        if isinstance(morf, str):
-            known = reporters.get(morf)
-            if known is not None:
-                return known
-        reporter = original(morf)
-        if isinstance(morf, str) and type(reporter) is PythonFileReporter:
-            reporters[morf] = reporter
-        return reporter
-
-    cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
-
-
 def _markdown(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutcome) -> float:
     buf = io.StringIO()
     total = cov.report(file=buf, output_format="markdown")
@@ -252,14 +222,16 @@ def produce_reports(
     term: TextIO,
     *,
     need_total: bool,
+    parse_cache: ParseCache | None = None,
 ) -> ReportOutcome:
     """Write every report in ``specs`` from the data ``cov`` has loaded.
 
     The terminal ones go to ``term``. The total is computed even without a report when
-    ``need_total`` (for fail-under). Each file is parsed once for all the reports. Raises
-    :class:`ReportError` naming the failed report.
+    ``need_total`` (for fail-under). Each file is parsed once for all the reports, or not at
+    all when ``parse_cache`` has its parse. Raises :class:`ReportError` naming the failed
+    report.
     """
-    share_parses(cov)
+    parses = share_parses(cov, parse_cache)
     outcome = ReportOutcome()
     with capture_coverage_warnings(outcome.notes):
         for spec in specs:
@@ -278,4 +250,5 @@ def produce_reports(
                 raise NothingToReport("no data to report: nothing measured matched") from None
             except CoverageException as exc:
                 raise ReportError(f"could not compute the total coverage: {exc}") from None
+    parses.save()
     return outcome

@@ -1,0 +1,251 @@
+"""Source parses for reports: one a file for all of a run's reports, and kept across runs.
+
+coverage.py parses every file it reports (tokens, AST, code objects: statements, exclusions,
+multi-line statements, arcs) again for every report, and again in every run. For
+python-dateutil's 18 files one parse of all of them is 0.17 s on Python 3.13 (0.24 s on
+3.11), most of a report's time, spent by the controller after every worker is done. A parse
+depends only on the file's name and text, the exclusion regex, the interpreter (its version
+and ``-O``) and coverage.py's version. So:
+
+* :func:`share_parses` has one ``Coverage`` keep the reporter of each file, so every report
+  of a run uses the parse the first one made;
+* with a :class:`ParseCache` (the plugin keeps one in pytest's cache directory), a parse is
+  stored under a digest of all of the above, and a later run of the same files restores it
+  instead of parsing (dateutil: 0.17 s -> 0.01 s).
+
+Both reach into coverage.py: ``Coverage._get_file_reporter``, ``PythonFileReporter._parser``
+and the parser's attributes, which are stored and restored as a whole, whatever they are. A
+parse is restored only into the coverage.py version that made it (its version is in the
+digest). Anything unexpected (an unreadable cache file, state that is not plain data) means
+the file is parsed as coverage.py always does; a cache never makes a report fail. The cache
+is read with ``marshal``, as Python reads the ``.pyc`` files beside it: it is trusted as much
+as the checkout's ``__pycache__``.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import hashlib
+import marshal
+import os
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import coverage
+from coverage import Coverage
+from coverage.exceptions import CoverageException
+from coverage.parser import PythonParser
+from coverage.plugin import FileReporter
+from coverage.python import PythonFileReporter
+from coverage.types import TMorf
+
+__all__ = ["ParseCache", "SharedParses", "share_parses"]
+
+#: Bump when what is stored changes meaning.
+_FORMAT = 1
+#: Parser attributes that are not the parse: its inputs, the AST (dropped by coverage.py
+#: itself once it has the arcs) and a memo that grows with what a report asks.
+_NOT_STATE = frozenset({"text", "filename", "exclude", "_ast_root", "_first_line_cache"})
+#: The parser attribute that holds the arcs, None until branch reporting asks for them.
+_ARCS = "_all_arcs"
+#: The factories of the ``defaultdict`` attributes a parser may have, by name.
+_FACTORIES: dict[str, type] = {"list": list, "set": set, "dict": dict, "int": int}
+_FACTORY_NAMES: dict[object, str] = {factory: name for name, factory in _FACTORIES.items()}
+#: Entries kept at most; beyond it only the files of the latest run are kept.
+_MAX_ENTRIES = 5000
+
+
+def _digest(filename: str, exclude: str | None, text: str) -> bytes:
+    h = hashlib.sha256()
+    for part in (
+        str(_FORMAT),
+        coverage.__version__,
+        sys.version,
+        str(sys.flags.optimize),  # -O drops asserts from the code objects coverage.py reads
+        filename,
+        exclude or "",
+    ):
+        h.update(part.encode("utf-8", "surrogatepass") + b"\0")
+    h.update(text.encode("utf-8", "surrogatepass"))
+    return h.digest()
+
+
+class ParseCache:
+    """Parses of source files, in one file (``path``), by file name and digest."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._entries: dict[str, tuple[bytes, bytes]] = {}
+        self._changed: dict[str, tuple[bytes, bytes]] = {}
+        self._read()
+
+    def _read(self) -> None:
+        try:
+            blob = marshal.loads(self.path.read_bytes())
+        except (OSError, EOFError, ValueError, TypeError):
+            return  # none yet, or unreadable: it is rebuilt by this run
+        if not (isinstance(blob, tuple) and len(blob) == 2 and blob[0] == _FORMAT):
+            return
+        entries = blob[1]
+        if not isinstance(entries, dict):
+            return
+        self._entries = {
+            name: entry
+            for name, entry in entries.items()
+            if isinstance(name, str)
+            and isinstance(entry, tuple)
+            and len(entry) == 2
+            and all(isinstance(part, bytes) for part in entry)
+        }
+
+    def restore(
+        self, filename: str, exclude: str | None, text: str, *, arcs: bool
+    ) -> dict[str, object] | None:
+        """The stored parser state of this very text, or None. With ``arcs``, only a state
+        that has the arcs (a parse restored without them could not compute them)."""
+        entry = self._entries.get(filename)
+        if entry is None or entry[0] != _digest(filename, exclude, text):
+            return None
+        try:
+            state, defaults = marshal.loads(entry[1])
+        except (EOFError, ValueError, TypeError):
+            return None
+        if not (isinstance(state, dict) and isinstance(defaults, dict)):
+            return None
+        if arcs and state.get(_ARCS) is None:
+            return None
+        for name, factory in defaults.items():
+            value = state.get(name)
+            if not isinstance(value, dict) or factory not in _FACTORIES:
+                return None
+            state[name] = collections.defaultdict(_FACTORIES[factory], value)
+        return state
+
+    def keep(self, parser: PythonParser) -> None:
+        """Remember ``parser``'s parse (saved by :meth:`save`)."""
+        state: dict[str, object] = {}
+        defaults: dict[str, str] = {}
+        for name, value in vars(parser).items():
+            if name in _NOT_STATE:
+                continue
+            if isinstance(value, collections.defaultdict):
+                factory = _FACTORY_NAMES.get(value.default_factory)
+                if factory is None:
+                    return  # not a kind of state this cache knows how to keep
+                defaults[name] = factory
+                state[name] = dict(value)
+            else:
+                state[name] = value
+        try:
+            blob = marshal.dumps((state, defaults))
+        except ValueError:
+            return  # coverage.py keeps something that is not plain data: not cached
+        entry = (_digest(parser.filename, parser.exclude, parser.text), blob)
+        if self._entries.get(parser.filename) != entry:
+            self._changed[parser.filename] = entry
+
+    def save(self) -> None:
+        """Write the cache if this run parsed anything new; failing to write loses nothing."""
+        if not self._changed:
+            return
+        entries = {**self._entries, **self._changed}
+        if len(entries) > _MAX_ENTRIES:
+            entries = dict(self._changed)
+        tmp = self.path.with_name(f"{self.path.name}.{os.getpid()}.tmp")
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            tmp.write_bytes(marshal.dumps((_FORMAT, entries)))
+            os.replace(tmp, self.path)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
+            return
+        self._entries, self._changed = entries, {}
+
+
+class _CachedReporter(PythonFileReporter):
+    """coverage.py's reporter of a Python file, whose parse may come from a :class:`ParseCache`."""
+
+    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache, arcs: bool) -> None:
+        super().__init__(morf, coverage=cov)
+        self._distcov_cache = cache
+        self._distcov_arcs = arcs
+        self.restored = False  # its parse came from the cache (and is there still)
+
+    @property
+    def parser(self) -> PythonParser:
+        if getattr(self, "_parser", None) is None:
+            self._restore()
+        return super().parser
+
+    def _restore(self) -> None:
+        assert self.coverage is not None
+        exclude = self.coverage._exclude_regex("exclude")
+        try:
+            text = self.source()
+        except (CoverageException, OSError):
+            return  # coverage.py's own parse says what is wrong with the file
+        state = self._distcov_cache.restore(self.filename, exclude, text, arcs=self._distcov_arcs)
+        if state is None:
+            return
+        parser = PythonParser(text=text, filename=self.filename, exclude=exclude)
+        vars(parser).update(state)
+        self._parser = parser
+        self.restored = True
+
+
+class SharedParses:
+    """The reporters one ``Coverage`` keeps for its Python files (see :func:`share_parses`)."""
+
+    def __init__(self, cache: ParseCache | None) -> None:
+        self.cache = cache
+        self.reporters: dict[str, FileReporter] = {}
+
+    def save(self) -> None:
+        """Store the parses this run made in the cache, if there is one."""
+        if self.cache is None:
+            return
+        for reporter in self.reporters.values():
+            if isinstance(reporter, _CachedReporter) and reporter.restored:
+                continue
+            parser = getattr(reporter, "_parser", None)
+            if isinstance(parser, PythonParser):
+                self.cache.keep(parser)
+        self.cache.save()
+
+
+def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses:
+    """Have ``cov`` parse each source file once for all its reports (and, with ``cache``,
+    restore parses an earlier run made of the same text).
+
+    This keeps the file reporters coverage.py makes for Python files (never a coverage
+    plugin's), so the next report uses the parse the first one made; what each report says
+    is unchanged. It wraps ``Coverage._get_file_reporter`` (not public); without it, reports
+    parse as they always do.
+    """
+    shared = SharedParses(cache)
+    original: Callable[[TMorf], FileReporter] | None = getattr(cov, "_get_file_reporter", None)
+    if original is None:
+        return shared
+    arcs: bool | None = None
+
+    def file_reporter(morf: TMorf) -> FileReporter:
+        nonlocal arcs
+        if isinstance(morf, str):
+            known = shared.reporters.get(morf)
+            if known is not None:
+                return known
+        reporter = original(morf)
+        if not isinstance(morf, str) or type(reporter) is not PythonFileReporter:
+            return reporter
+        if cache is not None:
+            if arcs is None:
+                arcs = cov.get_data().has_arcs()
+            reporter = _CachedReporter(morf, cov, cache, arcs)
+        shared.reporters[morf] = reporter
+        return reporter
+
+    cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
+    return shared
