@@ -165,23 +165,38 @@ class ParseCache:
         self._entries, self._changed = entries, {}
 
 
-class _CachedReporter(PythonFileReporter):
-    """coverage.py's reporter of a Python file, whose parse may come from a :class:`ParseCache`."""
+class _SharedReporter(PythonFileReporter):
+    """coverage.py's reporter of a Python file, kept for all of a run's reports; its parse
+    may come from a :class:`ParseCache`."""
 
-    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache, arcs: bool) -> None:
+    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache | None, arcs: bool) -> None:
         super().__init__(morf, coverage=cov)
         self._distcov_cache = cache
         self._distcov_arcs = arcs
-        self.restored = False  # its parse came from the cache (and is there still)
+        #: parsed by coverage.py in this run, and completely (not restored from the cache)
+        self.fresh = False
 
     @property
     def parser(self) -> PythonParser:
         if getattr(self, "_parser", None) is None:
-            self._restore()
+            if self._distcov_cache is not None:
+                self._restore()
+            if getattr(self, "_parser", None) is None:
+                try:
+                    parser = super().parser
+                except BaseException:
+                    # coverage.py keeps the half-made parser of a file that is not Python, and
+                    # would hand it to the next report as if it were whole; a reporter of its
+                    # own (as each coverage.py report makes) fails there the same way again.
+                    self._parser = None
+                    raise
+                self.fresh = True
+                return parser
         return super().parser
 
     def _restore(self) -> None:
         assert self.coverage is not None
+        assert self._distcov_cache is not None
         exclude = self.coverage._exclude_regex("exclude")
         try:
             text = self.source()
@@ -193,7 +208,6 @@ class _CachedReporter(PythonFileReporter):
         parser = PythonParser(text=text, filename=self.filename, exclude=exclude)
         vars(parser).update(state)
         self._parser = parser
-        self.restored = True
 
 
 class SharedParses:
@@ -208,11 +222,10 @@ class SharedParses:
         if self.cache is None:
             return
         for reporter in self.reporters.values():
-            if isinstance(reporter, _CachedReporter) and reporter.restored:
-                continue
-            parser = getattr(reporter, "_parser", None)
-            if isinstance(parser, PythonParser):
-                self.cache.keep(parser)
+            if isinstance(reporter, _SharedReporter) and reporter.fresh:
+                parser = getattr(reporter, "_parser", None)
+                if isinstance(parser, PythonParser):
+                    self.cache.keep(parser)
         self.cache.save()
 
 
@@ -240,10 +253,9 @@ def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses
         reporter = original(morf)
         if not isinstance(morf, str) or type(reporter) is not PythonFileReporter:
             return reporter
-        if cache is not None:
-            if arcs is None:
-                arcs = cov.get_data().has_arcs()
-            reporter = _CachedReporter(morf, cov, cache, arcs)
+        if arcs is None:
+            arcs = cov.get_data().has_arcs() if cache is not None else False
+        reporter = _SharedReporter(morf, cov, cache, arcs)
         shared.reporters[morf] = reporter
         return reporter
 

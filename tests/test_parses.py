@@ -8,6 +8,7 @@ import json
 import re
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -81,15 +82,18 @@ def _outputs(root: Path) -> dict[str, str]:
 
 
 def _coverage_says(root: Path) -> tuple[str, dict[str, str]]:
-    """coverage.py's own reports of the data in ``root``."""
+    """coverage.py's own reports of the data in ``root`` (its warnings ignored: ours become
+    notes)."""
     cov = Coverage()
     cov.load()
     term = io.StringIO()
-    cov.report(file=term, show_missing=True)
-    cov.xml_report(outfile="x.xml")
-    cov.json_report(outfile="x.json")
-    cov.lcov_report(outfile="x.lcov")
-    cov.html_report(directory="html")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cov.report(file=term, show_missing=True)
+        cov.xml_report(outfile="x.xml")
+        cov.json_report(outfile="x.json")
+        cov.lcov_report(outfile="x.lcov")
+        cov.html_report(directory="html")
     return term.getvalue(), _outputs(root)
 
 
@@ -184,6 +188,22 @@ def test_a_damaged_cache_is_rebuilt_and_never_fails_a_report(project: Path) -> N
         cache.write_bytes(damage)
         assert _ours(project, cache) == (*expected, parsed)
         assert _ours(project, cache) == (*expected, [])
+
+
+def test_a_file_that_does_not_parse_is_never_kept(project: Path) -> None:
+    """coverage.py keeps the half-made parser of a file that is not Python; with
+    ``ignore_errors`` the report goes on without it. That parser must neither serve the next
+    report of the run (json would then fail on the file) nor come back, as an empty parse, in
+    the next run."""
+    _measure(project, branch=False)
+    (project / "other.py").write_text("def broken(:\n")
+    (project / ".coveragerc").write_text("[report]\nignore_errors = True\n")
+    expected = _coverage_says(project)
+    assert "other" not in expected[0]
+    cache = project / "cache" / "parses"
+    tries = ["other.py"] * len(REPORTS)  # every report tries it, as coverage.py's own do
+    assert _ours(project, cache) == (*expected, ["mod.py", *tries])
+    assert _ours(project, cache) == (*expected, tries)
 
 
 def test_a_parse_that_is_not_plain_data_is_not_kept(tmp_path: Path) -> None:
