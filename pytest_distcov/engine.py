@@ -8,9 +8,11 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
 * :meth:`Engine.flush` makes everything measured so far durable in the engine's own data file
   (``Coverage.switch_context`` flushes the collector into the data file, and nothing else: no
   source-tree walk, no warnings), so a process killed later loses nothing already flushed;
-* only what is new reaches the data file (:class:`NewOnly`): the one place this module reaches
-  past coverage's documented API, to the data object coverage writes into (``Coverage._data``).
-  Without it (another coverage release), flushing stays correct, only slower;
+* only what is new reaches the data file (:class:`NewOnly`), and the flush after each test
+  reads the tracer's sets without emptying them (:class:`~pytest_distcov.tap.TracerTap`): the
+  two places this package reaches past coverage's documented API, to the data object coverage
+  writes into (``Coverage._data``) and to its collector (``Coverage._collector``). Without
+  them (another coverage release), flushing stays correct, only slower;
 * its data file lives in a private directory, never where a user's ``coverage combine`` would
   pick it up, and it is never erased.
 """
@@ -35,6 +37,7 @@ from .merge import JOURNAL_SUFFIX
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .remote_worker import OMIT_ENV
 from .report import capture_coverage_warnings
+from .tap import TracerTap
 
 __all__ = [
     "CORE_NAMES",
@@ -127,8 +130,10 @@ class NewOnly:
     already given need not be written again: a set difference in memory decides. What is new
     after a test (while :attr:`deferring`) is appended as one line to ``journal`` (a few
     microseconds, where an SQLite write costs 0.14 ms) and written to the data file by
-    :meth:`consolidate`, which the worker calls before it streams and at the end. A worker
-    killed in between leaves the journal beside its data file, and recovery reads both
+    :meth:`consolidate`: at the end, and before the worker reads the data file to stream it
+    (only when the chunks cannot come from memory, see :meth:`take_unsent`). The journal holds
+    each line once, so it grows no larger than the lines covered. A worker killed in between
+    leaves the journal beside its data file, and recovery reads both
     (:func:`pytest_distcov.merge.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
     """
@@ -137,24 +142,51 @@ class NewOnly:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._given: dict[str, set[Hashable]] = {}
+        self._data = data
         self._add_lines = data.add_lines
         self._add_arcs = data.add_arcs
+        self._add_file_tracers = data.add_file_tracers
         self._journal = journal
         self._fd: int | None = None
         #: in the journal, not yet in the data file: (kind, name -> items)
         self._pending: dict[str, set[Hashable]] = {}
         self._pending_kind = ""
+        #: the kinds the data file has been told of (coverage records it with the first add)
+        self._kinds: set[str] = set()
         #: True while the engine flushes after a test: new data goes to the journal
         self.deferring = False
+        #: what passed through since :meth:`take_unsent` (kept only once a streamer asks)
+        self.tracking = False
+        self._unsent: dict[str, set[Hashable]] = {}
+        self._unsent_kind = ""
+        #: False once a coverage plugin traced a file: its tracer name does not pass through here
+        self.complete = True
         # Instance attributes shadow the class's methods for this one object only.
         data.add_lines = self.add_lines  # type: ignore[method-assign]
         data.add_arcs = self.add_arcs  # type: ignore[method-assign]
+        data.add_file_tracers = self.add_file_tracers  # type: ignore[method-assign]
 
     def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
         self._add("lines", line_data)
 
     def add_arcs(self, arc_data: Mapping[str, Collection[tuple[int, int]]]) -> None:
         self._add("arcs", arc_data)
+
+    def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
+        if file_tracers:
+            self.complete = False
+        self._add_file_tracers(file_tracers)
+
+    def add_fresh(self, kind: str, fresh: Mapping[str, Collection[Any]]) -> None:
+        """Take items known to be new (from a :class:`~pytest_distcov.tap.TracerTap`).
+
+        They skip the comparison with what was given before, and are not remembered for it:
+        coverage's own flush at the end gives them again, and then they go to the data file.
+        """
+        with self._lock:
+            if os.getpid() != self._pid:
+                self._forked()
+            self._deliver(kind, dict(fresh))
 
     def _real(self, kind: str) -> Callable[[dict[str, Collection[Any]]], None]:
         return self._add_lines if kind == "lines" else self._add_arcs
@@ -170,13 +202,30 @@ class NewOnly:
                     new[name] = items  # even when empty: the file is recorded as measured
                 elif not given.issuperset(items):
                     new[name] = [i for i in items if i not in given]
-            # Always, also when empty: coverage then records the kind of data (lines or arcs).
-            if new and self.deferring and self._journal is not None and self._append(kind, new):
-                self._real(kind)({})
-            else:
-                self._real(kind)(new)
+            self._deliver(kind, new)
             for name, items in new.items():
                 self._given.setdefault(name, set()).update(items)
+
+    def _deliver(self, kind: str, new: dict[str, Collection[Any]]) -> None:
+        """``new`` to the journal while deferring, else to the data file; and to the unsent."""
+        if new and self.deferring and self._journal is not None and self._append(kind, new):
+            if kind not in self._kinds:  # coverage records the kind (lines or arcs) with an add
+                self._real(kind)({})
+        elif new or kind not in self._kinds:
+            self._real(kind)(new)
+        self._kinds.add(kind)
+        if self.tracking:
+            unsent = self._unsent
+            for name, items in new.items():
+                unsent.setdefault(name, set()).update(items)
+            self._unsent_kind = kind
+
+    def take_unsent(self) -> tuple[str, str, dict[str, set[Hashable]]]:
+        """(kind, context label, name -> items): what passed through since the last call."""
+        with self._lock:
+            unsent, self._unsent = self._unsent, {}
+            context = getattr(self._data, "_current_context", None) or ""
+            return self._unsent_kind, context, unsent
 
     def _append(self, kind: str, new: dict[str, Collection[Any]]) -> bool:
         """Journal ``new``; False (and no more journaling) if the journal cannot be written."""
@@ -224,6 +273,7 @@ class NewOnly:
     def _forked(self) -> None:
         """A forked child has a data file of its own; the journal is its parent's."""
         self._pid, self._given, self._pending = os.getpid(), {}, {}
+        self._kinds, self.tracking, self._unsent = set(), False, {}
         if self._fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self._fd)  # the child's copy of the descriptor only
@@ -300,6 +350,7 @@ class Engine:
         # and a switch of ours would conflict with it.
         self._flush_by_switch = not self.cov.get_option("run:dynamic_context")
         self._new_only: NewOnly | None = None
+        self._tap: TracerTap | None = None
 
     def _choose_probes(self, spec: MeasureSpec) -> bool:
         """Probes where asked for or (``auto``) where they pay and measure all that is asked.
@@ -373,6 +424,8 @@ class Engine:
         if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
             journal = self.data_path.with_name(self.data_path.name + JOURNAL_SUFFIX)
             self._new_only = NewOnly(data, journal)
+            if self._probes is None:
+                self._tap = TracerTap.make(self.cov)
 
     @property
     def running(self) -> bool:
@@ -388,10 +441,37 @@ class Engine:
                 if self._running:
                     self._probes.flush()
             elif self._running and self._flush_by_switch:
-                self.cov.switch_context(self._label)
+                tap = self._tap
+                if tap is not None and tap.usable and new_only is not None:
+                    fresh = tap.take()
+                    if fresh:
+                        new_only.add_fresh(tap.kind, fresh)
+                else:
+                    # From now on coverage's flush: it gives again what the tap saw (whole
+                    # sets), and the file tracers only it writes.
+                    self._tap = None
+                    self.cov.switch_context(self._label)
         finally:
             if new_only is not None:
                 new_only.deferring = False
+
+    def stream_from_memory(self) -> bool:
+        """Keep what each flush adds for :meth:`take_fresh`; False where it cannot be kept."""
+        if self._new_only is None:
+            return False
+        self._new_only.tracking = True
+        return True
+
+    def take_fresh(self) -> tuple[str, dict[str, set[Any]]] | None:
+        """(context label, name -> items): what flushes added since the last call, or None when
+        only the data file holds everything (then read that, after :meth:`consolidate`)."""
+        new_only = self._new_only
+        if new_only is None or not new_only.tracking or not new_only.complete:
+            return None
+        kind, context, fresh = new_only.take_unsent()
+        if fresh and kind != ("arcs" if self.branch else "lines"):
+            return None  # not expected: the data file decides
+        return context, fresh
 
     def consolidate(self) -> None:
         """Move what the journal holds into :attr:`data_path` (before reading that file)."""

@@ -244,6 +244,10 @@ class DeltaReader:
         by_context, files, tracers = read_live_file(path, arcs=self.branch)
         return self._delta(by_context, files, tracers)
 
+    def delta_of(self, context: str, found: Mapping[str, Iterable[Any]]) -> Payload:
+        """The part of ``found`` (one context's lines or arcs, by file) not returned before."""
+        return self._delta({context: found}, found.keys(), {})
+
     def delta(self, data: CoverageData) -> Payload:
         files = sorted(data.measured_files())
         contexts = sorted(data.measured_contexts()) or [""]

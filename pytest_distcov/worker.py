@@ -2,10 +2,11 @@
 
 After every test the engine makes what the test ran durable: what its data file does not hold
 yet is appended to a journal beside it (most tests add nothing), so if the worker is killed,
-the controller recovers both. Streaming to the controller is batched by time: the journal is
-moved into the data file, and a chunk is what is new in the data file since the previous chunk.
-The pause between chunks grows with what a chunk costs, so streaming never takes more than
-about 2 % of the worker's time.
+the controller recovers both. Streaming to the controller is batched by time: a chunk is what
+the engine's flushes added since the previous chunk, which it keeps in memory (where it cannot,
+a chunk is what is new in the data file, after the journal is moved into it). The pause
+between chunks grows with what a chunk costs, so streaming never takes more than about 2 % of
+the worker's time.
 """
 
 from __future__ import annotations
@@ -92,6 +93,7 @@ class WorkerRole:
         self.min_interval = min_interval
         self.interval = min_interval
         self.last_send = time.monotonic()
+        engine.stream_from_memory()
         hello: Hello = {
             "proto": PROTOCOL_VERSION,
             "kind": "hello",
@@ -127,9 +129,7 @@ class WorkerRole:
         if now - self.last_send < self.interval:
             return
         try:
-            with capture_coverage_warnings(self.engine.notes):
-                self.engine.consolidate()
-                payload = self.reader.delta_from_file(str(self.engine.data_path))
+            payload = self._fresh_payload()
         except (CoverageException, DataFileError, sqlite3.Error, OSError) as exc:
             # Streaming is a convenience: the data is durable in the file and goes out whole
             # at the end. A failed read must never break the user's run.
@@ -142,6 +142,16 @@ class WorkerRole:
         # An explicit 0 means "after every test", whatever it costs.
         if self.min_interval > 0:
             self.interval = max(self.min_interval, COST_FACTOR * (done - now))
+
+    def _fresh_payload(self) -> Payload:
+        """What is new since the last chunk: kept in memory by the engine, or else read from
+        the data file (after the journal is moved into it)."""
+        fresh = self.engine.take_fresh()
+        if fresh is not None and isinstance(self.reader, DeltaReader):
+            return self.reader.delta_of(*fresh)
+        with capture_coverage_warnings(self.engine.notes):
+            self.engine.consolidate()
+            return self.reader.delta_from_file(str(self.engine.data_path))
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
