@@ -17,6 +17,7 @@ existing one.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import os
 import queue
@@ -48,6 +49,7 @@ from .merge import (
 )
 from .options import Settings
 from .parses import ParseCache
+from .preparse import PreParser
 from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
@@ -160,6 +162,17 @@ class ControllerRole:
         self._finished = False
         self._mappers: dict[str, PathMapper] = {}
         self.session: pytest.Session | None = None
+        self._cache: ParseCache | None = None
+        self._cache_made = False
+        #: parses the report will need, made while the tests run (xdist only, see preparse.py)
+        self.preparser: PreParser | None = None
+        self._preparse = bool(workers) and PreParser.possible() and self._reports_parse()
+
+    def _reports_parse(self) -> bool:
+        """True if the end of the run parses sources: a report, a total, or an upload."""
+        return bool(
+            self.settings.reports or self.plan.fail_under is not None or self.settings.coveralls
+        )
 
     # -- header -----------------------------------------------------------------------------
 
@@ -212,16 +225,34 @@ class ControllerRole:
                     )
                 continue
             chunk: Chunk = msg
+            mapper = self._mapper(worker_id)
             try:
-                self.acc.add_payload(chunk["data"], self._mapper(worker_id))
+                self.acc.add_payload(chunk["data"], mapper)
             except DataFileError as exc:
                 self.errors.append(f"worker {worker_id}: {exc}")
+            python_files = chunk["data"]["touched"].get("", ())  # each named once a worker
+            if python_files and self._preparse:
+                self._preparse_files([mapper(p) for p in python_files] if mapper else python_files)
             state.tests = chunk["tests"]
             state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
             if chunk["kind"] == "final":
                 state.finished = True
         if got and self.config.get_verbosity() > 0:
             self._progress()
+
+    def _preparse_files(self, names: list[str]) -> None:
+        if self.preparser is None:
+            cache = self._parse_cache()
+            if cache is None:
+                self._preparse = False
+                return
+            self.preparser = PreParser(
+                cache,
+                self.engine.cov._exclude_regex("exclude"),
+                arcs=self.plan.branch,
+                relative_files=bool(self.engine.cov.get_option("run:relative_files")),
+            )
+        self.preparser.offer(names)
 
     def _mapper(self, worker_id: str) -> PathMapper | None:
         """Maps a remote worker's paths to local ones (None for a local worker)."""
@@ -343,6 +374,14 @@ class ControllerRole:
         if self._finished:
             return
         self._finished = True
+        try:
+            self._finish_run(session)
+        finally:
+            self._preparse = False
+            if self.preparser is not None:
+                self.preparser.stop()
+
+    def _finish_run(self, session: pytest.Session | None) -> None:
         self.drain()
         for state in self.workers.values():
             if not state.finished and state.down_error is None:
@@ -423,13 +462,16 @@ class ControllerRole:
         cov = open_coverage(self.spec, data_file=str(self.plan.data_file))
         cov.load()
         buf = io.StringIO()
+        parse_cache = self._parse_cache()
+        if parse_cache is not None and self.preparser is not None:
+            parse_cache.incoming = self.preparser.take
         try:
             outcome = produce_reports(
                 cov,
                 self.settings.reports,
                 buf,
                 need_total=self.plan.fail_under is not None,
-                parse_cache=self._parse_cache(),
+                parse_cache=parse_cache,
             )
         except NothingToReport as exc:
             if self.plan.fail_under is None:
@@ -463,14 +505,13 @@ class ControllerRole:
     def _parse_cache(self) -> ParseCache | None:
         """Parses of the reported files kept in pytest's cache directory, so that a run of
         unchanged sources reports without parsing them (none with -p no:cacheprovider)."""
-        cache = getattr(self.config, "cache", None)
-        if cache is None:
-            return None
-        try:
-            directory = cache.mkdir("distcov")
-        except OSError:
-            return None
-        return ParseCache(directory / "parses")
+        if not self._cache_made:
+            self._cache_made = True
+            cache = getattr(self.config, "cache", None)
+            if cache is not None:
+                with contextlib.suppress(OSError):
+                    self._cache = ParseCache(cache.mkdir("distcov") / "parses")
+        return self._cache
 
     def _coveralls(self, session: pytest.Session | None, cov: coverage.Coverage) -> None:
         """Upload after the data is saved: a failed upload never touches it."""

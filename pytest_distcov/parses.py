@@ -36,12 +36,13 @@ from pathlib import Path
 import coverage
 from coverage import Coverage
 from coverage.exceptions import CoverageException
+from coverage.files import canonical_filename
 from coverage.parser import PythonParser
 from coverage.plugin import FileReporter
-from coverage.python import PythonFileReporter
+from coverage.python import PythonFileReporter, source_for_morf
 from coverage.types import TMorf
 
-__all__ = ["ParseCache", "SharedParses", "share_parses"]
+__all__ = ["ParseCache", "SharedParses", "parse_entry", "share_parses"]
 
 #: Bump when what is stored changes meaning.
 _FORMAT = 1
@@ -79,6 +80,8 @@ class ParseCache:
         self.path = path
         self._entries: dict[str, tuple[bytes, bytes]] = {}
         self._changed: dict[str, tuple[bytes, bytes]] = {}
+        #: called before each lookup: adopts parses made elsewhere meanwhile (preparse.py)
+        self.incoming: Callable[[], object] | None = None
         self._read()
 
     def _read(self) -> None:
@@ -105,6 +108,8 @@ class ParseCache:
     ) -> dict[str, object] | None:
         """The stored parser state of this very text, or None. With ``arcs``, only a state
         that has the arcs (a parse restored without them could not compute them)."""
+        if self.incoming is not None:
+            self.incoming()
         entry = self._entries.get(filename)
         if entry is None or entry[0] != _digest(filename, exclude, text):
             return None
@@ -123,28 +128,21 @@ class ParseCache:
             state[name] = collections.defaultdict(_FACTORIES[factory], value)
         return state
 
+    def knows(self, filename: str) -> bool:
+        """True if a parse of some text of this file is stored (maybe not of today's text)."""
+        return filename in self._entries
+
     def keep(self, parser: PythonParser) -> None:
         """Remember ``parser``'s parse (saved by :meth:`save`)."""
-        state: dict[str, object] = {}
-        defaults: dict[str, str] = {}
-        for name, value in vars(parser).items():
-            if name in _NOT_STATE:
-                continue
-            if isinstance(value, collections.defaultdict):
-                factory = _FACTORY_NAMES.get(value.default_factory)
-                if factory is None:
-                    return  # not a kind of state this cache knows how to keep
-                defaults[name] = factory
-                state[name] = dict(value)
-            else:
-                state[name] = value
-        try:
-            blob = marshal.dumps((state, defaults))
-        except ValueError:
-            return  # coverage.py keeps something that is not plain data: not cached
-        entry = (_digest(parser.filename, parser.exclude, parser.text), blob)
-        if self._entries.get(parser.filename) != entry:
-            self._changed[parser.filename] = entry
+        entry = _entry_of(parser)
+        if entry is not None:
+            self.adopt(parser.filename, *entry)
+
+    def adopt(self, filename: str, digest: bytes, blob: bytes) -> None:
+        """Remember a parse made elsewhere (:func:`parse_entry`); restored like any other."""
+        entry = (digest, blob)
+        if self._entries.get(filename) != entry:
+            self._entries[filename] = self._changed[filename] = entry
 
     def save(self) -> None:
         """Write the cache if this run parsed anything new; failing to write loses nothing."""
@@ -163,6 +161,52 @@ class ParseCache:
                 tmp.unlink(missing_ok=True)
             return
         self._entries, self._changed = entries, {}
+
+
+def _entry_of(parser: PythonParser) -> tuple[bytes, bytes] | None:
+    """(digest, stored state) of a parse, or None when its state is not plain data."""
+    state: dict[str, object] = {}
+    defaults: dict[str, str] = {}
+    for name, value in vars(parser).items():
+        if name in _NOT_STATE:
+            continue
+        if isinstance(value, collections.defaultdict):
+            factory = _FACTORY_NAMES.get(value.default_factory)
+            if factory is None:
+                return None  # not a kind of state this cache knows how to keep
+            defaults[name] = factory
+            state[name] = dict(value)
+        else:
+            state[name] = value
+    try:
+        blob = marshal.dumps((state, defaults))
+    except ValueError:
+        return None  # coverage.py keeps something that is not plain data: not cached
+    return _digest(parser.filename, parser.exclude, parser.text), blob
+
+
+def parse_entry(
+    name: str, exclude: str | None, *, arcs: bool, relative_files: bool = False
+) -> tuple[str, bytes, bytes] | None:
+    """(file name, digest, stored state) of the parse a report makes of the measured file
+    ``name``, as :meth:`ParseCache.adopt` takes it; None if it is not Python or not there.
+
+    The file name is the one coverage.py's reporter gives the file (``PythonFileReporter``),
+    the parse is what its report asks for: statements, exclusions, multi-line statements and,
+    with ``arcs``, the arcs and their descriptions.
+    """
+    try:
+        filename = source_for_morf(name)
+        if not relative_files:
+            filename = canonical_filename(filename)
+        parser = PythonParser(filename=filename, exclude=exclude)
+        parser.parse_source()
+        if arcs:
+            parser.arcs()
+    except Exception:  # whatever coverage.py's report would say about it, it says it then
+        return None
+    entry = _entry_of(parser)
+    return None if entry is None else (filename, *entry)
 
 
 class _SharedReporter(PythonFileReporter):

@@ -116,12 +116,17 @@ def _ours(root: Path, cache: Path) -> tuple[str, dict[str, str], list[str]]:
     return term.getvalue(), _outputs(root), sorted(parsed)
 
 
+def make_project(root: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """The two modules in ``root``, the current directory."""
+    monkeypatch.chdir(root)
+    (root / "mod.py").write_text(MODULE)
+    (root / "other.py").write_text(OTHER)
+    return root
+
+
 @pytest.fixture
 def project(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "mod.py").write_text(MODULE)
-    (tmp_path / "other.py").write_text(OTHER)
-    return tmp_path
+    return make_project(tmp_path, monkeypatch)
 
 
 @pytest.mark.parametrize("branch", [False, True], ids=["lines", "branch"])
