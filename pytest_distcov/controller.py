@@ -534,6 +534,12 @@ class ControllerRole:
         self.summary.append(f"distcov: {line}")
 
     @pytest.hookimpl(trylast=True)
+    def pytest_unconfigure(self) -> None:
+        """A run that ends before its report (an interrupt, a usage error): no helper left."""
+        self._preparse = False
+        if self.preparser is not None:
+            self.preparser.stop()
+
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self._finish(self.session)
         tr = terminalreporter
