@@ -533,13 +533,13 @@ class ControllerRole:
             return
         self.summary.append(f"distcov: {line}")
 
-    @pytest.hookimpl(trylast=True)
     def pytest_unconfigure(self) -> None:
         """A run that ends before its report (an interrupt, a usage error): no helper left."""
         self._preparse = False
         if self.preparser is not None:
             self.preparser.stop()
 
+    @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         self._finish(self.session)
         tr = terminalreporter
