@@ -23,6 +23,15 @@ EXAMPLE = ROOT / "examples" / "shapes"
 RUN_TIMEOUT = 240
 
 
+def run_python(*args: str) -> str:
+    """``python ARGS`` in a fresh interpreter (this one); its standard output."""
+    import subprocess
+
+    return subprocess.run(
+        [sys.executable, *args], capture_output=True, text=True, check=True
+    ).stdout
+
+
 def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
     """pytest in a subprocess, in ``pytester.path``."""
     return pytester.runpytest_subprocess(*args, timeout=RUN_TIMEOUT)

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import textwrap
 import types
 from pathlib import Path
@@ -15,6 +13,8 @@ from coverage.collector import Collector
 
 from pytest_distcov import tap as tap_module
 from pytest_distcov.tap import TracerTap, packing_matches, unpack_arc
+
+from .helpers import run_python
 
 
 def _collector(*, branch: bool = False, packed: bool = False) -> Any:
@@ -159,12 +159,7 @@ def test_an_engine_streams_from_the_tap_exactly_what_coverage_records(
     the journal holds it all before the end; the end result is coverage's own."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "mod.py").write_text(textwrap.dedent(MOD))
-    out = subprocess.run(
-        [sys.executable, "-c", ENGINE_SCRIPT, str(tmp_path), mode],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_python("-c", ENGINE_SCRIPT, str(tmp_path), mode)
     got = json.loads(out)
     assert got["tap"], got["core"]
     name = str(tmp_path / "src" / "mod.py")

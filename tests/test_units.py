@@ -17,6 +17,8 @@ from pytest_distcov.merge import Accumulator, DeltaReader, read_data_file, write
 from pytest_distcov.protocol import PROTOCOL_VERSION, decode, empty_payload
 from pytest_distcov.report import ReportSpec, fails_under, parse_report_spec
 
+from .helpers import run_python
+
 
 def _chunk(**data: object) -> dict[str, object]:
     payload = empty_payload()
@@ -295,12 +297,7 @@ engine.finish()
 def test_engine_flushes_only_new_lines(tmp_path: Path, context: str, expected: str) -> None:
     """The worker's engine writes only new lines, except with per-test contexts (each test its
     own context). Guards against a coverage release that moved the data object."""
-    out = subprocess.run(
-        [sys.executable, "-c", ENGINE_SCRIPT, str(tmp_path), context],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
+    out = run_python("-c", ENGINE_SCRIPT, str(tmp_path), context)
     assert out.strip() == expected
 
 
