@@ -237,6 +237,8 @@ class ControllerRole:
             state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
             if chunk["kind"] == "final":
                 state.finished = True
+        if self.preparser is not None:
+            self.preparser.pump()  # never waits; keeps both of the helper's pipes moving
         if got and self.config.get_verbosity() > 0:
             self._progress()
 

@@ -53,6 +53,8 @@ class PreParser:
         self._offered: set[str] = set()
         self._proc: subprocess.Popen[bytes] | None = None
         self._buffer = b""
+        #: names not yet written to the helper (its stdin pipe was full)
+        self._outbox = bytearray()
         self._broken = False
         #: parses the helper sent back (a figure for tests and the curious)
         self.received = 0
@@ -62,22 +64,42 @@ class PreParser:
         return os.name == "posix" and hasattr(os, "nice") and not sys.flags.optimize
 
     def offer(self, names: Iterable[str]) -> None:
-        """Have the helper parse these files (those not offered before, not in the cache)."""
+        """Have the helper parse these files (those not offered before, not in the cache).
+
+        Never waits: the names are queued and written as far as the pipe takes them now; the
+        rest goes with a later call (or never, and the report parses those files itself).
+        """
         if self._broken:
             return
         fresh = [n for n in names if n not in self._offered and not self.cache.knows(n)]
         if not fresh:
             return
         self._offered.update(fresh)
+        self._outbox += "".join(f"{name}\n" for name in fresh).encode("utf-8", "surrogateescape")
         try:
-            proc = self._proc or self._start()
-            assert proc.stdin is not None
-            proc.stdin.write(
-                "".join(f"{name}\n" for name in fresh).encode("utf-8", "surrogateescape")
-            )
-            proc.stdin.flush()
+            if self._proc is None:
+                self._start()
+            self.pump()
         except (OSError, ValueError):  # it could not start, or it is gone: the report parses
             self._broken = True
+
+    def pump(self) -> None:
+        """Move names to the helper and its parses to the cache, as far as that goes at once.
+
+        Both pipes are non-blocking on this side, so a helper that is slow, stuck or gone never
+        stalls the controller. Reading its output here (not only at report time) keeps the
+        helper from blocking on a full stdout pipe, and so from no longer reading its stdin.
+        """
+        proc = self._proc
+        if proc is None or proc.stdin is None:
+            return
+        self.take()
+        while self._outbox:
+            try:
+                sent = os.write(proc.stdin.fileno(), self._outbox[: 1 << 16])
+            except BlockingIOError:
+                return  # the pipe is full: the rest goes with a later call
+            del self._outbox[:sent]
 
     def _start(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k not in _UNMEASURED}
@@ -93,8 +115,9 @@ class PreParser:
         assert proc.stdin is not None
         assert proc.stdout is not None
         os.set_blocking(proc.stdout.fileno(), False)
+        os.set_blocking(proc.stdin.fileno(), False)
         settings = {"exclude": self.exclude, "arcs": self.arcs, "relative": self.relative_files}
-        proc.stdin.write(json.dumps(settings).encode() + b"\n")
+        self._outbox[:0] = json.dumps(settings).encode() + b"\n"
         return proc
 
     def take(self) -> int:

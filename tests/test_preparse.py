@@ -56,7 +56,7 @@ def test_parse_entry_refuses_what_is_not_python(project: Path) -> None:
 def _wait_for(preparser: PreParser, count: int) -> None:
     deadline = time.monotonic() + 60  # the helper runs at the lowest priority on a busy machine
     while preparser.received < count and time.monotonic() < deadline:
-        preparser.take()
+        preparser.pump()
         time.sleep(0.05)
 
 
@@ -150,3 +150,61 @@ def test_a_first_run_reports_what_a_run_without_cache_reports(
     assert len(table(cold)) > 4
     assert table(cold) == table(off)
     assert not [p for p in os.listdir(pytester.path) if p.startswith(".coverage.")]
+
+
+def _pipe_capacity() -> int:
+    """Bytes a pipe holds before a blocking write waits (Linux: F_GETPIPE_SZ; else 64 KiB)."""
+    import fcntl
+
+    read_end, write_end = os.pipe()
+    try:
+        return int(fcntl.fcntl(write_end, getattr(fcntl, "F_GETPIPE_SZ", 1032)))
+    except OSError:
+        return 1 << 16
+    finally:
+        os.close(read_end)
+        os.close(write_end)
+
+
+@posix_only
+def test_a_stopped_helper_never_blocks_the_controller(tmp_path: Path) -> None:
+    """The helper is frozen (SIGSTOP, as a process at nice 19 is on a saturated machine) while
+    the controller offers it several pipes' worth of file names: every offer returns at once
+    (the rest is queued), and once the helper runs again every file reaches the cache."""
+    import signal
+    import threading
+
+    count = 3000
+    root = tmp_path / ("deep-directory-name-" * 4)
+    root.mkdir()
+    names = []
+    for i in range(count):
+        path = root / f"module_with_a_long_name_{i:05d}.py"
+        path.write_text(f"VALUE = {i}\n\ndef f(x):\n    return x + {i}\n")
+        names.append(str(path))
+    assert sum(len(n) + 1 for n in names) > 2 * _pipe_capacity()  # more than a pipe holds
+
+    preparser = PreParser(ParseCache(tmp_path / "parses"), None, arcs=True, relative_files=False)
+    preparser.offer(names[:1])
+    helper = preparser._proc
+    assert helper is not None
+    os.kill(helper.pid, signal.SIGSTOP)
+    try:
+        offering = threading.Thread(
+            target=lambda: [preparser.offer(names[i : i + 100]) for i in range(1, count, 100)],
+            daemon=True,
+        )
+        offering.start()
+        offering.join(timeout=120)  # a generous bound: a blocked write would never return
+        assert not offering.is_alive(), "offer() blocked on the stopped helper's pipe"
+        assert preparser._outbox, "the names that did not fit in the pipe should be queued"
+    finally:
+        os.kill(helper.pid, signal.SIGCONT)
+    try:
+        _wait_for(preparser, count)
+        assert preparser.received == count
+        assert not preparser._outbox
+        assert all(preparser.cache.knows(n) for n in names)
+    finally:
+        preparser.stop()
+    assert helper.poll() is not None  # stopped and reaped
