@@ -9,8 +9,6 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-import execnet
-
 from .errors import SettingsError
 
 __all__ = ["HostSpec", "parse_hosts"]
@@ -52,6 +50,8 @@ def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
             raise SettingsError(f"{entry!r}: the worker count before '*' must be a number >= 1")
         count, entry = int(mult), rest.strip()
     if "=" in entry:
+        import execnet  # only for a full spec: resolving the options stays light
+
         spec = execnet.XSpec(entry)
         keys = {k for k, v in vars(spec).items() if not k.startswith("_") and v}
         unknown = keys - {"ssh", "python", "ssh_config", "id"}

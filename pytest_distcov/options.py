@@ -19,7 +19,7 @@ import pytest
 from . import remote_worker
 from .errors import SettingsError, StoreError
 from .hosts import HostSpec, parse_hosts
-from .report import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
+from .reportspec import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
 from .store import check_spec
 
 __all__ = ["Settings", "add_options", "resolve"]

@@ -16,21 +16,24 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .controller import ControllerRole, OutputPlan, XdistControllerHooks
-from .engine import Engine, MeasureSpec
 from .errors import DistCovError
 from .options import Settings, add_options, resolve
-from .remote import RemoteHooks, start_remote
-from .worker import ContextHooks, NoCoverHooks, WorkerRole
 
-ENGINE_KEY = pytest.StashKey[Engine]()
-SETTINGS_KEY = pytest.StashKey[Settings]()
-SPEC_KEY = pytest.StashKey[MeasureSpec]()
-PLAN_KEY = pytest.StashKey[OutputPlan]()
+if TYPE_CHECKING:
+    from .controller import OutputPlan
+    from .engine import Engine, MeasureSpec
+    from .remote import RemoteHooks
+
+# The role modules (and coverage.py, execnet, sqlite3 with them) are imported only when a run
+# measures: an installed plugin that is not asked for costs a pytest start next to nothing.
+ENGINE_KEY: pytest.StashKey[Engine] = pytest.StashKey()
+SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
+SPEC_KEY: pytest.StashKey[MeasureSpec] = pytest.StashKey()
+PLAN_KEY: pytest.StashKey[OutputPlan] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -87,6 +90,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
         )
+    from .controller import OutputPlan
+    from .engine import Engine, MeasureSpec
+
     spec = MeasureSpec(
         settings.source, settings.branch, settings.config_file, settings.context, settings.engine
     )
@@ -134,6 +140,8 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _configure_worker(config: pytest.Config, engine: Engine, workerinput: dict[str, Any]) -> None:
+    from .worker import NoCoverHooks, WorkerRole
+
     channel = workerinput.get("distcov_channel")
     if channel is None:  # the controller does not collect coverage: nothing to send to
         engine.finish()
@@ -150,6 +158,10 @@ def _configure_worker(config: pytest.Config, engine: Engine, workerinput: dict[s
 
 
 def _configure_controller(config: pytest.Config, engine: Engine) -> None:
+    from .controller import ControllerRole, OutputPlan, XdistControllerHooks
+    from .remote import start_remote
+    from .worker import NoCoverHooks
+
     settings = config.stash[SETTINGS_KEY]
     spec = config.stash[SPEC_KEY]
     plan = config.stash.get(PLAN_KEY, None)
@@ -190,6 +202,8 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if config.pluginmanager.has_plugin("distcov-xdist"):
         return  # the xdist controller runs no tests
+    from .worker import ContextHooks
+
     config.pluginmanager.register(ContextHooks(engine), "distcov-contexts")
 
 

@@ -7,7 +7,6 @@ reports for the same data. Knows coverage.py's public ``Coverage`` reporting API
 from __future__ import annotations
 
 import io
-import math
 import os
 import warnings
 from collections.abc import Iterator
@@ -20,8 +19,15 @@ import coverage
 from coverage import Coverage
 from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
 
-from .errors import NothingToReport, ReportError, SettingsError
+from .errors import NothingToReport, ReportError
 from .parses import ParseCache, share_parses
+from .reportspec import (
+    REPORT_KINDS,
+    TERM_KINDS,
+    ReportSpec,
+    parse_percent,
+    parse_report_spec,
+)
 
 __all__ = [
     "REPORT_KINDS",
@@ -40,37 +46,6 @@ __all__ = [
     "produce_reports",
     "threshold_decimals",
 ]
-
-REPORT_KINDS = ("term", "term-missing", "html", "xml", "json", "lcov", "markdown")
-_TERM_KINDS = ("term", "term-missing")
-
-
-@dataclass(frozen=True)
-class ReportSpec:
-    """One requested report: ``kind``, where to write it, and (terminal only) skip-covered."""
-
-    kind: str
-    dest: str | None = None
-    skip_covered: bool = False
-
-    def __str__(self) -> str:
-        if self.skip_covered:
-            return f"{self.kind}:skip-covered"
-        return f"{self.kind}:{self.dest}" if self.dest else self.kind
-
-
-def parse_report_spec(text: str) -> ReportSpec:
-    kind, sep, dest = text.partition(":")
-    kind = kind.strip().lower()
-    if kind not in REPORT_KINDS:
-        raise SettingsError(f"unknown report type {kind!r}; choose from {', '.join(REPORT_KINDS)}")
-    if kind in _TERM_KINDS:
-        if sep and dest != "skip-covered":
-            raise SettingsError(f"{kind} takes only ':skip-covered', not {dest!r}")
-        return ReportSpec(kind, None, skip_covered=bool(sep))
-    if sep and not dest:
-        raise SettingsError(f"{kind}: is missing the destination after ':'")
-    return ReportSpec(kind, dest or None)
 
 
 @dataclass
@@ -125,17 +100,6 @@ def format_percent(total: float, precision: int) -> str:
     return f"{total:.{precision}f}%"
 
 
-def parse_percent(raw: object, origin: str) -> float:
-    """A fail-under threshold from any source; ``origin`` names it in the error."""
-    try:
-        value = float(raw)  # type: ignore[arg-type]
-    except (TypeError, ValueError):
-        value = math.nan
-    if math.isnan(value) or not 0 <= value <= 100:
-        raise SettingsError(f"invalid value {raw!r} for {origin}: expected a number from 0 to 100")
-    return value
-
-
 def configured_fail_under(cov: Coverage) -> float | None:
     """coverage's own ``[report] fail_under``, or None when it is not set (0)."""
     configured = cov.get_option("report:fail_under")
@@ -187,7 +151,7 @@ def _markdown(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutc
 
 def _one_report(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOutcome) -> float:
     kind, dest = spec.kind, spec.dest
-    if kind in _TERM_KINDS:
+    if kind in TERM_KINDS:
         return cov.report(
             file=term,
             show_missing=True if kind == "term-missing" else None,
