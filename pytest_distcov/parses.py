@@ -7,8 +7,10 @@ python-dateutil's 18 files one parse of all of them is 0.17 s on Python 3.13 (0.
 depends only on the file's name and text, the exclusion regex, the interpreter (its version
 and ``-O``) and coverage.py's version. So:
 
-* :func:`share_parses` has one ``Coverage`` keep the reporter of each file, so every report
-  of a run uses the parse the first one made;
+* :func:`share_parses` has one ``Coverage`` keep the parse of each file (its state, compact,
+  without the AST: as coverage.py itself, no reporter is kept once its file is reported, so
+  memory grows with the parses' state, not with whole parsers), so every report of a run
+  restores the parse the first one made;
 * with a :class:`ParseCache` (the plugin keeps one in pytest's cache directory), a parse is
   stored under a digest of all of the above, and a later run of the same files restores it
   instead of parsing (dateutil: 0.17 s -> 0.01 s).
@@ -76,7 +78,8 @@ def _digest(filename: str, exclude: str | None, text: str) -> bytes:
 class ParseCache:
     """Parses of source files, in one file (``path``), by file name and digest."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | None) -> None:
+        """``path`` None: kept in memory only, for the reports of one run."""
         self.path = path
         self._entries: dict[str, tuple[bytes, bytes]] = {}
         self._changed: dict[str, tuple[bytes, bytes]] = {}
@@ -85,6 +88,8 @@ class ParseCache:
         self._read()
 
     def _read(self) -> None:
+        if self.path is None:
+            return
         try:
             blob = marshal.loads(self.path.read_bytes())
         except (OSError, EOFError, ValueError, TypeError):
@@ -146,7 +151,7 @@ class ParseCache:
 
     def save(self) -> None:
         """Write the cache if this run parsed anything new; failing to write loses nothing."""
-        if not self._changed:
+        if not self._changed or self.path is None:
             return
         entries = {**self._entries, **self._changed}
         if len(entries) > _MAX_ENTRIES:
@@ -210,37 +215,35 @@ def parse_entry(
 
 
 class _SharedReporter(PythonFileReporter):
-    """coverage.py's reporter of a Python file, kept for all of a run's reports; its parse
-    may come from a :class:`ParseCache`."""
+    """coverage.py's reporter of a Python file whose parse is restored from, or kept in, a
+    :class:`ParseCache`."""
 
-    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache | None, arcs: bool) -> None:
+    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache, arcs: bool) -> None:
         super().__init__(morf, coverage=cov)
         self._distcov_cache = cache
         self._distcov_arcs = arcs
-        #: parsed by coverage.py in this run, and completely (not restored from the cache)
-        self.fresh = False
 
     @property
     def parser(self) -> PythonParser:
         if getattr(self, "_parser", None) is None:
-            if self._distcov_cache is not None:
-                self._restore()
+            self._restore()
             if getattr(self, "_parser", None) is None:
                 try:
                     parser = super().parser
+                    if self._distcov_arcs:
+                        parser.arcs()  # what the report of arc data asks next, kept with it
                 except BaseException:
                     # coverage.py keeps the half-made parser of a file that is not Python, and
                     # would hand it to the next report as if it were whole; a reporter of its
                     # own (as each coverage.py report makes) fails there the same way again.
                     self._parser = None
                     raise
-                self.fresh = True
+                self._distcov_cache.keep(parser)
                 return parser
         return super().parser
 
     def _restore(self) -> None:
         assert self.coverage is not None
-        assert self._distcov_cache is not None
         exclude = self.coverage._exclude_regex("exclude")
         try:
             text = self.source()
@@ -255,21 +258,14 @@ class _SharedReporter(PythonFileReporter):
 
 
 class SharedParses:
-    """The reporters one ``Coverage`` keeps for its Python files (see :func:`share_parses`)."""
+    """The parses one ``Coverage`` shares between its reports (see :func:`share_parses`)."""
 
     def __init__(self, cache: ParseCache | None) -> None:
-        self.cache = cache
-        self.reporters: dict[str, FileReporter] = {}
+        #: in memory only when the run keeps no cache on disk
+        self.cache = cache if cache is not None else ParseCache(None)
 
     def save(self) -> None:
-        """Store the parses this run made in the cache, if there is one."""
-        if self.cache is None:
-            return
-        for reporter in self.reporters.values():
-            if isinstance(reporter, _SharedReporter) and reporter.fresh:
-                parser = getattr(reporter, "_parser", None)
-                if isinstance(parser, PythonParser):
-                    self.cache.keep(parser)
+        """Store the parses this run made in the cache, if it has a file."""
         self.cache.save()
 
 
@@ -277,10 +273,11 @@ def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses
     """Have ``cov`` parse each source file once for all its reports (and, with ``cache``,
     restore parses an earlier run made of the same text).
 
-    This keeps the file reporters coverage.py makes for Python files (never a coverage
-    plugin's), so the next report uses the parse the first one made; what each report says
-    is unchanged. It wraps ``Coverage._get_file_reporter`` (not public); without it, reports
-    parse as they always do.
+    Each file reporter coverage.py makes for a Python file (never a coverage plugin's) keeps
+    its parse in the cache as soon as it is made, and restores it in the next report; what
+    each report says is unchanged. The reporters themselves are not kept (coverage.py lets go
+    of each once its file is reported, and so do we: a parser holds the file's AST). It wraps
+    ``Coverage._get_file_reporter`` (not public); without it, reports parse as they always do.
     """
     shared = SharedParses(cache)
     original: Callable[[TMorf], FileReporter] | None = getattr(cov, "_get_file_reporter", None)
@@ -290,18 +287,12 @@ def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses
 
     def file_reporter(morf: TMorf) -> FileReporter:
         nonlocal arcs
-        if isinstance(morf, str):
-            known = shared.reporters.get(morf)
-            if known is not None:
-                return known
         reporter = original(morf)
         if not isinstance(morf, str) or type(reporter) is not PythonFileReporter:
             return reporter
         if arcs is None:
-            arcs = cov.get_data().has_arcs() if cache is not None else False
-        reporter = _SharedReporter(morf, cov, cache, arcs)
-        shared.reporters[morf] = reporter
-        return reporter
+            arcs = cov.get_data().has_arcs()
+        return _SharedReporter(morf, cov, shared.cache, arcs)
 
     cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
     return shared
