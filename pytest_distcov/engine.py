@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Collection, Hashable, Mapping
@@ -136,9 +137,15 @@ class NewOnly:
     leaves the journal beside its data file, and recovery reads both
     (:func:`pytest_distcov.merge.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
+
+    If the data file cannot be written (a full temporary directory, a file-size limit), one
+    note goes to ``notes`` and no more writes are tried: what passes through is still kept in
+    memory for streaming, and :meth:`memory_copy` gives everything given, in memory.
     """
 
-    def __init__(self, data: CoverageData, journal: Path | None = None) -> None:
+    def __init__(
+        self, data: CoverageData, journal: Path | None = None, notes: list[str] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._given: dict[str, set[Hashable]] = {}
@@ -146,7 +153,13 @@ class NewOnly:
         self._add_lines = data.add_lines
         self._add_arcs = data.add_arcs
         self._add_file_tracers = data.add_file_tracers
+        self._touch_files = data.touch_files
         self._journal = journal
+        self._notes = notes if notes is not None else []
+        #: why the data file could not be written ('' while it can)
+        self.failed = ""
+        self._tracers: dict[str, str] = {}
+        self._touched: dict[str, set[str]] = {}
         self._fd: int | None = None
         #: in the journal, not yet in the data file: (kind, name -> items)
         self._pending: dict[str, set[Hashable]] = {}
@@ -165,6 +178,7 @@ class NewOnly:
         data.add_lines = self.add_lines  # type: ignore[method-assign]
         data.add_arcs = self.add_arcs  # type: ignore[method-assign]
         data.add_file_tracers = self.add_file_tracers  # type: ignore[method-assign]
+        data.touch_files = self.touch_files  # type: ignore[method-assign]
 
     def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
         self._add("lines", line_data)
@@ -175,7 +189,12 @@ class NewOnly:
     def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
         if file_tracers:
             self.complete = False
-        self._add_file_tracers(file_tracers)
+            self._tracers.update(file_tracers)
+        self._write(self._add_file_tracers, file_tracers)
+
+    def touch_files(self, filenames: Collection[str], plugin_name: str | None = None) -> None:
+        self._touched.setdefault(plugin_name or "", set()).update(filenames)
+        self._write(lambda names: self._touch_files(names, plugin_name), filenames)
 
     def add_fresh(self, kind: str, fresh: Mapping[str, Collection[Any]]) -> None:
         """Take items known to be new (from a :class:`~pytest_distcov.tap.TracerTap`).
@@ -189,7 +208,36 @@ class NewOnly:
             self._deliver(kind, dict(fresh))
 
     def _real(self, kind: str) -> Callable[[dict[str, Collection[Any]]], None]:
+        add = self._real_add(kind)
+
+        def write(items: dict[str, Collection[Any]]) -> None:
+            self._write(add, items)
+
+        return write
+
+    def _real_add(self, kind: str) -> Callable[[dict[str, Collection[Any]]], None]:
         return self._add_lines if kind == "lines" else self._add_arcs
+
+    def _write(self, write: Callable[[Any], None], items: Any) -> bool:
+        """``write(items)`` to the data file; False (with one note, and no more writes) when
+        the disk refuses it. Other errors are coverage's to tell: they are raised."""
+        if self.failed:
+            return False
+        try:
+            write(items)
+        except (CoverageException, sqlite3.Error, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, CoverageException) else exc
+            if not isinstance(cause, (sqlite3.Error, OSError)):
+                raise
+            self.failed = str(cause)
+            where = os.path.dirname(self._data.data_filename())
+            self._notes.append(
+                f"could not write to {where} ({self.failed}): measuring goes on, with this"
+                " process's data in memory (should the process die, what it had not handed on"
+                " is lost); free space there or set TMPDIR to a larger disk"
+            )
+            return False
+        return True
 
     def _add(self, kind: str, found: Mapping[str, Collection[Any]]) -> None:
         with self._lock:
@@ -257,10 +305,30 @@ class NewOnly:
 
     def _consolidate(self) -> None:
         if self._pending:
-            self._real(self._pending_kind)(dict(self._pending))
+            if not self._write(self._real_add(self._pending_kind), dict(self._pending)):
+                return  # the journal keeps what the data file could not take
             self._pending = {}
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
+
+    def memory_copy(self) -> CoverageData | None:
+        """Everything given, in an in-memory ``CoverageData``; None if the data file holds it
+        (no write failed)."""
+        if not self.failed:
+            return None
+        copy = CoverageData(no_disk=True)
+        given: dict[str, set[Any]] = {n: set(i) for n, i in self._given.items()}
+        for name, items in self._pending.items():
+            given.setdefault(name, set()).update(items)
+        if "arcs" in self._kinds:
+            copy.add_arcs(given)
+        else:
+            copy.add_lines(given)
+        if self._tracers:
+            copy.add_file_tracers(self._tracers)
+        for plugin, names in sorted(self._touched.items()):
+            copy.touch_files(sorted(names), plugin or None)
+        return copy
 
     def close(self) -> None:
         """At the end: everything into the data file, the journal closed; no more journaling."""
@@ -423,7 +491,7 @@ class Engine:
         data = getattr(self.cov, "_data", None)  # see NewOnly
         if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
             journal = self.data_path.with_name(self.data_path.name + JOURNAL_SUFFIX)
-            self._new_only = NewOnly(data, journal)
+            self._new_only = NewOnly(data, journal, self.notes)
             if self._probes is None:
                 self._tap = TracerTap.make(self.cov)
 
@@ -516,6 +584,7 @@ class Engine:
                 data = self.cov.get_data()
         if self._new_only is not None:
             self._new_only.close()
+            data = self._new_only.memory_copy() or data  # the file lacks what it refused
         return data
 
     def subprocess_files(self) -> list[str]:
