@@ -135,7 +135,19 @@ def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
     """Open a coverage data file for reading, with an error that names it."""
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise DataFileError(f"coverage data file {path} does not exist")
+        what = (
+            "is a directory"
+            if os.path.isdir(path)
+            else "is not a regular file"
+            if os.path.exists(path)
+            else "does not exist"
+        )
+        raise DataFileError(f"coverage data file {path} {what}")
+    try:
+        with open(path, "rb"):  # SQLite would only say "unable to open database file"
+            pass
+    except OSError as exc:
+        raise DataFileError(f"cannot read coverage data file {path}: {exc.strerror}") from None
     data = CoverageData(basename=path)
     try:
         data.read()
