@@ -33,7 +33,7 @@ from typing import Any
 from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
-from .errors import SettingsError
+from .errors import DistCovError, SettingsError
 from .merge import JOURNAL_SUFFIX
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .remote_worker import OMIT_ENV
@@ -367,6 +367,8 @@ class Engine:
         self.core_note = ""
         self.core = "?"
         self._running = False
+        #: the data file could not be written and nothing else held the data (see _switch)
+        self.disk_full = False
         self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
         self.branch = bool(self.cov.get_option("run:branch"))
 
@@ -518,7 +520,7 @@ class Engine:
                     # From now on coverage's flush: it gives again what the tap saw (whole
                     # sets), and the file tracers only it writes.
                     self._tap = None
-                    self.cov.switch_context(self._label)
+                    self._switch(self._label)
         finally:
             if new_only is not None:
                 new_only.deferring = False
@@ -548,9 +550,43 @@ class Engine:
 
     def switch(self, label: str) -> None:
         """Record what runs from now on under ``label`` (per-test contexts); flushes too."""
-        if self._running:
-            self.cov.switch_context(label)
+        if self._running and self._switch(label):
             self._label = label
+
+    def _switch(self, label: str) -> bool:
+        """``cov.switch_context`` (it flushes into the data file). Where only that file holds
+        the data (per-test contexts: elsewhere NewOnly keeps it in memory), a write the disk
+        refuses stops measuring in this process, with one note; then False."""
+        try:
+            self.cov.switch_context(label)
+        except CoverageException as exc:
+            self._refused(exc)
+            with contextlib.suppress(Exception):  # stopping only; nothing more is written
+                self.cov.stop()
+            self._running = False
+            return False
+        return True
+
+    def _refused(self, exc: CoverageException) -> None:
+        """A write of the data file failed: one note if the disk refused it, else raise."""
+        cause = exc.__cause__
+        if not isinstance(cause, (sqlite3.Error, OSError)):
+            raise exc
+        self.disk_full = True
+        self.notes.append(
+            f"could not write to {self.data_dir} ({cause}): this run's contexts are kept only in"
+            " the data file, so this process stopped measuring there (what it ran after that"
+            " is not in the data); free space there or set TMPDIR to a larger disk"
+        )
+
+    def _salvage(self) -> CoverageData:
+        """After a refused write (see _switch): what the data file holds, if it is readable."""
+        from .merge import read_data_file
+
+        try:
+            return read_data_file(self.data_path)
+        except DistCovError:
+            return CoverageData(no_disk=True)
 
     def pause(self) -> None:
         if self._probes is not None:
@@ -565,7 +601,7 @@ class Engine:
         if self._probes is not None:
             self._probes.resume()
             self._running = True
-        elif not self._running:
+        elif not self._running and not self.disk_full:
             with capture_coverage_warnings(self.notes):
                 self.cov.start()
             self._running = True
@@ -577,11 +613,17 @@ class Engine:
             with capture_coverage_warnings(self.notes):
                 data = self._probes.finish()
             self.notes.extend(n for n in self._probes.notes if n not in self.notes)
+        elif self.disk_full:
+            data = self._salvage()
         else:
             with capture_coverage_warnings(self.notes):
                 self.cov.stop()
                 self._running = False
-                data = self.cov.get_data()
+                try:
+                    data = self.cov.get_data()
+                except CoverageException as exc:  # (with NewOnly, a disk error never gets here)
+                    self._refused(exc)
+                    data = self._salvage()
         if self._new_only is not None:
             self._new_only.close()
             data = self._new_only.memory_copy() or data  # the file lacks what it refused

@@ -162,8 +162,14 @@ class WorkerRole:
     def pytest_sessionfinish(self) -> None:
         data = self.engine.finish()
         if isinstance(self.reader, ContextDeltaReader):
-            data.write()  # everything is in the file: the reader reads it there
-            self._send("chunk", self.reader.delta_from_file(self.engine.data_path))
+            try:
+                data.write()  # everything is in the file: the reader reads it there
+                self._send("chunk", self.reader.delta_from_file(self.engine.data_path))
+            except (CoverageException, DataFileError, sqlite3.Error, OSError) as exc:
+                self._note(
+                    f"could not read {self.engine.data_path} at the end ({exc}): what this"
+                    " worker measured after its last chunk is lost"
+                )
         else:
             self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).

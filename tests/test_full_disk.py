@@ -18,7 +18,13 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import assert_same_data, assert_same_report, run_pytest, serial_reference
+from .helpers import (
+    assert_same_data,
+    assert_same_report,
+    diff_data,
+    run_pytest,
+    serial_reference,
+)
 
 #: Enough measured files (with long names) that their rows outgrow the pages SQLite has.
 MODULES = 300
@@ -139,3 +145,36 @@ def test_full_temp_dir_is_one_note_and_the_data_stays_exact(
         assert_same_report(data, reference, pytester.path)
     else:
         assert_same_data(data, reference)
+
+
+def test_full_temp_dir_with_per_test_contexts_stops_measuring_with_a_note(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, small_tmpfs: Path
+) -> None:
+    """Contexts live only in the data file: a worker that cannot write it stops measuring,
+    says so, and the run goes on; the combined data holds nothing a serial run lacks."""
+    _project(pytester)
+    reference = serial_reference(pytester, "-p", "no:randomly", source="pkg")
+    monkeypatch.setenv("TMPDIR", str(small_tmpfs))
+    monkeypatch.setenv("FILL_DIR", str(small_tmpfs))
+    result = run_pytest(
+        pytester,
+        "-n",
+        "2",
+        "-p",
+        "no:randomly",
+        "--distcov",
+        "--distcov-source=pkg",
+        "--distcov-context=test",
+        "--distcov-report=",
+    )
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 0, out
+    assert "Traceback" not in out, out
+    assert "INTERNALERROR" not in out, out
+    stopped = [line for line in result.stdout.lines if "stopped measuring there" in line]
+    assert stopped, out
+    for line in stopped:
+        assert f"could not write to {small_tmpfs}/distcov-" in line, line
+    diff = diff_data(pytester.path / ".coverage", reference)
+    assert not diff.only_left, diff  # lost lines at most, never invented ones
+    assert not diff.files_only_left, diff
