@@ -178,3 +178,52 @@ def test_full_temp_dir_with_per_test_contexts_stops_measuring_with_a_note(
     diff = diff_data(pytester.path / ".coverage", reference)
     assert not diff.only_left, diff  # lost lines at most, never invented ones
     assert not diff.files_only_left, diff
+
+
+#: A file-size limit instead of a full disk (EFBIG; SIGXFSZ ignored, as a limit is met in CI):
+#: the journal and the SQLite data file both hit it, in one process of its own.
+FILE_SIZE_LIMIT = """
+import json, os, resource, signal, sys
+from pathlib import Path
+from coverage import CoverageData
+from pytest_distcov.engine import NewOnly
+
+where = Path(sys.argv[1])
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG
+data = CoverageData(basename=str(where / ".coverage.w"))
+notes = []
+new_only = NewOnly(data, where / ".coverage.w.journal", notes)
+new_only.tracking = True
+data.add_lines({})
+limit = os.path.getsize(where / ".coverage.w") + 8192
+resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+want = {}
+for i in range(400):
+    name = f"/project/src/a_module_with_a_long_name_{i:04d}.py"
+    lines = list(range(1, 40))
+    want[name] = set(lines)
+    new_only.deferring = i % 2 == 0  # both ways: through the journal and straight to SQLite
+    data.add_lines({name: lines})
+new_only.deferring = False
+new_only.close()
+copy = new_only.memory_copy()
+print(json.dumps({
+    "notes": notes,
+    "same": {f: set(copy.lines(f)) for f in copy.measured_files()} == want,
+    "unsent": sum(len(v) for v in new_only.take_unsent()[2].values()),
+}))
+"""
+
+
+def test_file_size_limit_is_one_note_and_nothing_is_lost(tmp_path: Path) -> None:
+    """NewOnly past RLIMIT_FSIZE: one note, and everything given is still in its memory copy
+    and in what is left to stream."""
+    import json
+
+    from .helpers import run_python
+
+    got = json.loads(run_python("-c", FILE_SIZE_LIMIT, str(tmp_path)))
+    assert len(got["notes"]) == 1, got
+    assert got["notes"][0].startswith(f"could not write to {tmp_path} ("), got
+    assert got["same"], got
+    assert got["unsent"] == 400 * 39, got
