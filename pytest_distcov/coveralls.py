@@ -435,6 +435,19 @@ def to_json(payload: Mapping[str, Any], *, reveal: bool) -> str:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
+def _is_http_url(text: str) -> bool:
+    """An http(s) URL with a host and a valid port (a request to anything else cannot succeed,
+    so it is refused at once instead of being retried)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 @dataclass
 class Uploader:
     """Posts jobs and finishes parallel builds, with retries; never shows the token."""
@@ -449,7 +462,7 @@ class Uploader:
     @classmethod
     def from_env(cls, token: Secret, env: Mapping[str, str], **kw: Any) -> Uploader:
         host = env.get("COVERALLS_HOST") or env.get("COVERALLS_ENDPOINT") or DEFAULT_HOST
-        if not re.match(r"https?://[^/]", host):
+        if not _is_http_url(host):
             raise CoverallsError(
                 f"COVERALLS_HOST must be an http(s) URL such as {DEFAULT_HOST}, not {host!r}"
             )

@@ -84,7 +84,8 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
             **kwargs,  # type: ignore[arg-type]
         )
     except CoverageException as exc:
-        raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
+        reason = " ".join(str(exc).split())  # configparser's messages span lines
+        raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {reason}") from None
 
 
 def _ctracer_error() -> str:

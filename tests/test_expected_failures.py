@@ -133,6 +133,13 @@ def test_files_another_user_cannot_read_or_write_are_one_line(open_dir: Path) ->
         _run(project, "report", "--data-file", str(secret), prefix=prefix),
         f"cannot read coverage data file {secret}: Permission denied",
     )
+    closed = open_dir / "closed"
+    closed.mkdir(mode=0o700, exist_ok=True)
+    shutil.copyfile(project / ".coverage", closed / ".coverage")
+    _one_line_error(  # (not "does not exist": it does, behind a directory it cannot enter)
+        _run(project, "report", "--data-file", str(closed / ".coverage"), prefix=prefix),
+        f"cannot read coverage data file {closed / '.coverage'}: Permission denied",
+    )
     combined = _run(project, "combine", str(store), "--data-file", str(out / "c"), prefix=prefix)
     _one_line_error(combined, f"cannot read coverage data file {secret}: Permission denied")
     assert combined.stdout == f"pytest-distcov: combined 1 shards into {out / 'c'}\n"
@@ -227,3 +234,21 @@ def test_coveralls_job_with_a_source_not_on_disk_is_one_line(
         f"no upload: cannot read {missing} for its line count and digest (Not a directory)",
     )
     assert not (pytester.path / "payload.json").exists()
+
+
+def test_broken_configuration_and_coveralls_host_are_one_line(
+    open_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    project = open_dir / "project"
+    bad = open_dir / "bad.rc"
+    bad.write_text("[run\nbranch = true\n")
+    result = _run(project, "report", "--rcfile", str(bad))
+    _one_line_error(result, f"cannot use {bad}: Couldn't read config file {bad}: File contains")
+    assert len(result.stderr.splitlines()) == 1, result.stderr  # configparser's text spans lines
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", "t0ken")
+    for host in ("http://[::1", "http://127.0.0.1:99999", "ftp://example.org"):
+        monkeypatch.setenv("COVERALLS_HOST", host)
+        sent = _run(project, "coveralls")
+        # refused at once: a URL that cannot be requested is not retried (with backoff)
+        _one_line_error(sent, "COVERALLS_HOST must be an http(s) URL such as")
+        assert "retrying" not in sent.stderr
