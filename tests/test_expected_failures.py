@@ -24,7 +24,9 @@ EXE = [sys.executable, "-m", "pytest_distcov"]
 
 
 def _unprivileged() -> list[str]:
-    """A prefix that runs a command as a user who cannot read another's 0600 file."""
+    """A prefix under which file permissions hold for the command, also for root: root keeps
+    its uid (so the interpreter under /root stays reachable) but loses the capabilities that
+    override permissions, so a mode-000 file is unreadable even to its owner."""
     if os.geteuid() != 0:
         return []
     setpriv = shutil.which("setpriv")
@@ -32,7 +34,7 @@ def _unprivileged() -> list[str]:
         if os.environ.get("CI"):
             pytest.fail("setpriv (util-linux) is needed to test permissions as root")
         pytest.skip("setpriv (util-linux) is needed to test permissions as root")
-    return [setpriv, "--reuid=nobody", "--regid=nogroup", "--clear-groups"]
+    return [setpriv, "--bounding-set=-dac_override,-dac_read_search"]
 
 
 def _run(
@@ -62,12 +64,11 @@ def _one_line_error(result: subprocess.CompletedProcess[str], *fragments: str) -
 
 @pytest.fixture(scope="module")
 def open_dir() -> Iterator[Path]:
-    """A directory every user may enter (pytester's own is its owner's alone), holding a data
-    file of the example project."""
+    """A directory of its own (made and removed here, outside pytester's), holding a data file
+    of the example project."""
     from .helpers import EXAMPLE
 
     where = Path(tempfile.mkdtemp(prefix="distcov-errors-"))
-    where.chmod(0o755)
     project = where / "project"
     shutil.copytree(EXAMPLE, project, ignore=shutil.ignore_patterns(".coverage*", "__pycache__"))
     made = subprocess.run(
@@ -115,39 +116,43 @@ def test_unusable_data_files_are_one_line(open_dir: Path) -> None:
     )
 
 
-def test_files_another_user_cannot_read_or_write_are_one_line(open_dir: Path) -> None:
+def test_files_without_permission_are_one_line(open_dir: Path) -> None:
     prefix = _unprivileged()
     project = open_dir / "project"
     store = open_dir / "store"
-    store.mkdir(mode=0o755, exist_ok=True)
+    store.mkdir(exist_ok=True)
     shutil.copyfile(project / ".coverage", store / ".distcov.a.1.aaaa")
     secret = store / ".distcov.b.2.bbbb"
     shutil.copyfile(project / ".coverage", secret)
-    secret.chmod(0o600)
-    (store / ".distcov.a.1.aaaa").chmod(0o644)
+    secret.chmod(0o000)
+    store.chmod(0o555)  # listable, not writable
     out = open_dir / "writable"
-    out.mkdir(mode=0o777, exist_ok=True)
-    out.chmod(0o777)
-
-    _one_line_error(
-        _run(project, "report", "--data-file", str(secret), prefix=prefix),
-        f"cannot read coverage data file {secret}: Permission denied",
-    )
+    out.mkdir(exist_ok=True)
     closed = open_dir / "closed"
-    closed.mkdir(mode=0o700, exist_ok=True)
+    closed.mkdir(exist_ok=True)
     shutil.copyfile(project / ".coverage", closed / ".coverage")
-    _one_line_error(  # (not "does not exist": it does, behind a directory it cannot enter)
-        _run(project, "report", "--data-file", str(closed / ".coverage"), prefix=prefix),
-        f"cannot read coverage data file {closed / '.coverage'}: Permission denied",
-    )
-    combined = _run(project, "combine", str(store), "--data-file", str(out / "c"), prefix=prefix)
-    _one_line_error(combined, f"cannot read coverage data file {secret}: Permission denied")
-    assert combined.stdout == f"pytest-distcov: combined 1 shards into {out / 'c'}\n"
-    if prefix or os.geteuid() != 0:  # root may write anywhere
+    closed.chmod(0o000)
+    try:
+        _one_line_error(
+            _run(project, "report", "--data-file", str(secret), prefix=prefix),
+            f"cannot read coverage data file {secret}: Permission denied",
+        )
+        _one_line_error(  # (not "does not exist": it does, behind a directory it cannot enter)
+            _run(project, "report", "--data-file", str(closed / ".coverage"), prefix=prefix),
+            f"cannot read coverage data file {closed / '.coverage'}: Permission denied",
+        )
+        combined = _run(
+            project, "combine", str(store), "--data-file", str(out / "c"), prefix=prefix
+        )
+        _one_line_error(combined, f"cannot read coverage data file {secret}: Permission denied")
+        assert combined.stdout == f"pytest-distcov: combined 1 shards into {out / 'c'}\n"
         _one_line_error(
             _run(project, "combine", str(store), "--data-file", str(store / "c"), prefix=prefix),
             f"cannot write the combined data to {store / 'c'}: no permission to write in {store}",
         )
+    finally:
+        closed.chmod(0o755)
+        store.chmod(0o755)
 
 
 def test_s3_settings_boto3_refuses_are_one_line_or_a_usage_error(
