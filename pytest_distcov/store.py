@@ -314,11 +314,13 @@ def fetch_all(
     def one(item: tuple[int, Shard]) -> Path | StoreError:
         index, shard = item
         slot = scratch / str(index)
-        slot.mkdir()
         try:
+            slot.mkdir()
             return store.fetch(shard, slot)
         except StoreError as exc:
             return exc
+        except OSError as exc:  # the scratch directory (a full TMPDIR)
+            return StoreError(f"cannot download {shard.where} into {scratch}: {exc.strerror}")
 
     from concurrent.futures import ThreadPoolExecutor
 
