@@ -14,7 +14,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from .errors import DistCovError, StoreError
+from .errors import DataFileError, DistCovError, StoreError
 from .store import absolute_mapper, expand_stores, fetch_all
 from .union import ShardUnion
 
@@ -139,10 +139,12 @@ def _combine(args: argparse.Namespace) -> int:
             else:
                 errors.append(str(problem))
         if came:
-            from .merge import write_data_file
-
-            write_data_file(target, union.write_into)
-            print(f"pytest-distcov: combined {len(came)} shards into {target}")
+            try:
+                _write_combined(target, union)
+            except DataFileError as exc:
+                errors.append(str(exc))
+            else:
+                print(f"pytest-distcov: combined {len(came)} shards into {target}")
     for error in errors:
         print(f"pytest-distcov: error: {error}", file=sys.stderr)
     if args.expect and len(came) < args.expect:
@@ -153,6 +155,26 @@ def _combine(args: argparse.Namespace) -> int:
         )
         return ERR
     return ERR if errors or not came else OK
+
+
+def _write_combined(target: Path, union: ShardUnion) -> None:
+    import sqlite3
+
+    from coverage.exceptions import CoverageException
+
+    from .merge import write_data_file
+
+    try:
+        write_data_file(target, union.write_into)
+    except (OSError, sqlite3.Error, CoverageException) as exc:
+        cause = exc.__cause__ if isinstance(exc, CoverageException) and exc.__cause__ else exc
+        reason = cause.strerror if isinstance(cause, OSError) and cause.strerror else str(cause)
+        if target.parent.is_dir() and not os.access(target.parent, os.W_OK):
+            reason = f"no permission to write in {target.parent}"
+        raise DataFileError(
+            f"cannot write the combined data to {target}: {reason}; nothing was written there"
+            " (give another --data-file, or make its directory writable and free space)"
+        ) from None
 
 
 def _who_covers(args: argparse.Namespace) -> int:

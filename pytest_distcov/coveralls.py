@@ -338,13 +338,21 @@ def _branch_groups(report: Mapping[str, Any]) -> list[int]:
 
 
 def _json_report(cov: Coverage) -> dict[str, Any]:
-    with tempfile.TemporaryDirectory(prefix="distcov-coveralls-") as tmp:
-        out = os.path.join(tmp, "coverage.json")
-        try:
-            cov.json_report(outfile=out)
-        except CoverageException as exc:
-            raise CoverallsError(f"no upload: coverage could not report the data ({exc})") from exc
-        files: dict[str, Any] = json.loads(Path(out).read_text())["files"]
+    try:
+        with tempfile.TemporaryDirectory(prefix="distcov-coveralls-") as tmp:
+            out = os.path.join(tmp, "coverage.json")
+            try:
+                cov.json_report(outfile=out)
+            except CoverageException as exc:
+                raise CoverallsError(
+                    f"no upload: coverage could not report the data ({exc})"
+                ) from exc
+            files: dict[str, Any] = json.loads(Path(out).read_text())["files"]
+    except OSError as exc:  # the temporary directory: full, or not writable
+        raise CoverallsError(
+            f"no upload: cannot write coverage's JSON report to a temporary directory ({exc});"
+            " free space there or set TMPDIR"
+        ) from None
     return files
 
 
@@ -359,7 +367,14 @@ def source_files(cov: Coverage, root: Path) -> list[dict[str, Any]]:
         path = Path(reported)
         if not path.is_absolute():
             path = Path.cwd() / path
-        content = path.read_bytes()
+        try:
+            content = path.read_bytes()
+        except OSError as exc:
+            raise CoverallsError(
+                f"no upload: cannot read {path} for its line count and digest"
+                f" ({exc.strerror or exc}); Coveralls needs each reported file on disk: leave it"
+                " out of the reports ([report] omit) or make it readable"
+            ) from None
         missing = set(info["missing_lines"])
         executed = set(info["executed_lines"])
         hits: list[int | None] = [
@@ -420,6 +435,19 @@ def to_json(payload: Mapping[str, Any], *, reveal: bool) -> str:
 # -- HTTP ---------------------------------------------------------------------------------------
 
 
+def _is_http_url(text: str) -> bool:
+    """An http(s) URL with a host and a valid port (a request to anything else cannot succeed,
+    so it is refused at once instead of being retried)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(text)
+        parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+    except ValueError:
+        return False
+    return parts.scheme in ("http", "https") and bool(parts.hostname)
+
+
 @dataclass
 class Uploader:
     """Posts jobs and finishes parallel builds, with retries; never shows the token."""
@@ -434,7 +462,7 @@ class Uploader:
     @classmethod
     def from_env(cls, token: Secret, env: Mapping[str, str], **kw: Any) -> Uploader:
         host = env.get("COVERALLS_HOST") or env.get("COVERALLS_ENDPOINT") or DEFAULT_HOST
-        if not re.match(r"https?://[^/]", host):
+        if not _is_http_url(host):
             raise CoverallsError(
                 f"COVERALLS_HOST must be an http(s) URL such as {DEFAULT_HOST}, not {host!r}"
             )
@@ -552,7 +580,13 @@ def submit(
         cov, env=env, root=root, token=token, parallel=parallel, flag_name=flag_name
     )
     if output is not None:
-        output.write_text(to_json(payload, reveal=False))
+        try:
+            output.write_text(to_json(payload, reveal=False))
+        except OSError as exc:
+            raise CoverallsError(
+                f"cannot write the Coveralls payload to {output}: {exc.strerror or exc}"
+                " (nothing was sent)"
+            ) from None
         return f"wrote the Coveralls payload to {output} (nothing was sent)"
     assert token is not None
     answer = Uploader.from_env(token, env, log=log).upload(payload)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sqlite3
 import sys
 import threading
 from collections.abc import Callable, Collection, Hashable, Mapping
@@ -32,7 +33,7 @@ from typing import Any
 from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
-from .errors import SettingsError
+from .errors import DistCovError, SettingsError
 from .merge import JOURNAL_SUFFIX
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .remote_worker import OMIT_ENV
@@ -83,7 +84,8 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
             **kwargs,  # type: ignore[arg-type]
         )
     except CoverageException as exc:
-        raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
+        reason = " ".join(str(exc).split())  # configparser's messages span lines
+        raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {reason}") from None
 
 
 def _ctracer_error() -> str:
@@ -136,9 +138,15 @@ class NewOnly:
     leaves the journal beside its data file, and recovery reads both
     (:func:`pytest_distcov.merge.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
+
+    If the data file cannot be written (a full temporary directory, a file-size limit), one
+    note goes to ``notes`` and no more writes are tried: what passes through is still kept in
+    memory for streaming, and :meth:`memory_copy` gives everything given, in memory.
     """
 
-    def __init__(self, data: CoverageData, journal: Path | None = None) -> None:
+    def __init__(
+        self, data: CoverageData, journal: Path | None = None, notes: list[str] | None = None
+    ) -> None:
         self._lock = threading.Lock()
         self._pid = os.getpid()
         self._given: dict[str, set[Hashable]] = {}
@@ -146,7 +154,13 @@ class NewOnly:
         self._add_lines = data.add_lines
         self._add_arcs = data.add_arcs
         self._add_file_tracers = data.add_file_tracers
+        self._touch_files = data.touch_files
         self._journal = journal
+        self._notes = notes if notes is not None else []
+        #: why the data file could not be written ('' while it can)
+        self.failed = ""
+        self._tracers: dict[str, str] = {}
+        self._touched: dict[str, set[str]] = {}
         self._fd: int | None = None
         #: in the journal, not yet in the data file: (kind, name -> items)
         self._pending: dict[str, set[Hashable]] = {}
@@ -165,6 +179,7 @@ class NewOnly:
         data.add_lines = self.add_lines  # type: ignore[method-assign]
         data.add_arcs = self.add_arcs  # type: ignore[method-assign]
         data.add_file_tracers = self.add_file_tracers  # type: ignore[method-assign]
+        data.touch_files = self.touch_files  # type: ignore[method-assign]
 
     def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
         self._add("lines", line_data)
@@ -175,7 +190,12 @@ class NewOnly:
     def add_file_tracers(self, file_tracers: Mapping[str, str]) -> None:
         if file_tracers:
             self.complete = False
-        self._add_file_tracers(file_tracers)
+            self._tracers.update(file_tracers)
+        self._write(self._add_file_tracers, file_tracers)
+
+    def touch_files(self, filenames: Collection[str], plugin_name: str | None = None) -> None:
+        self._touched.setdefault(plugin_name or "", set()).update(filenames)
+        self._write(lambda names: self._touch_files(names, plugin_name), filenames)
 
     def add_fresh(self, kind: str, fresh: Mapping[str, Collection[Any]]) -> None:
         """Take items known to be new (from a :class:`~pytest_distcov.tap.TracerTap`).
@@ -189,7 +209,36 @@ class NewOnly:
             self._deliver(kind, dict(fresh))
 
     def _real(self, kind: str) -> Callable[[dict[str, Collection[Any]]], None]:
+        add = self._real_add(kind)
+
+        def write(items: dict[str, Collection[Any]]) -> None:
+            self._write(add, items)
+
+        return write
+
+    def _real_add(self, kind: str) -> Callable[[dict[str, Collection[Any]]], None]:
         return self._add_lines if kind == "lines" else self._add_arcs
+
+    def _write(self, write: Callable[[Any], None], items: Any) -> bool:
+        """``write(items)`` to the data file; False (with one note, and no more writes) when
+        the disk refuses it. Other errors are coverage's to tell: they are raised."""
+        if self.failed:
+            return False
+        try:
+            write(items)
+        except (CoverageException, sqlite3.Error, OSError) as exc:
+            cause = exc.__cause__ if isinstance(exc, CoverageException) else exc
+            if not isinstance(cause, (sqlite3.Error, OSError)):
+                raise
+            self.failed = str(cause)
+            where = os.path.dirname(self._data.data_filename())
+            self._notes.append(
+                f"could not write to {where} ({self.failed}): measuring goes on, with this"
+                " process's data in memory (should the process die, what it had not handed on"
+                " is lost); free space there or set TMPDIR to a larger disk"
+            )
+            return False
+        return True
 
     def _add(self, kind: str, found: Mapping[str, Collection[Any]]) -> None:
         with self._lock:
@@ -257,10 +306,30 @@ class NewOnly:
 
     def _consolidate(self) -> None:
         if self._pending:
-            self._real(self._pending_kind)(dict(self._pending))
+            if not self._write(self._real_add(self._pending_kind), dict(self._pending)):
+                return  # the journal keeps what the data file could not take
             self._pending = {}
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
+
+    def memory_copy(self) -> CoverageData | None:
+        """Everything given, in an in-memory ``CoverageData``; None if the data file holds it
+        (no write failed)."""
+        if not self.failed:
+            return None
+        copy = CoverageData(no_disk=True)
+        given: dict[str, set[Any]] = {n: set(i) for n, i in self._given.items()}
+        for name, items in self._pending.items():
+            given.setdefault(name, set()).update(items)
+        if "arcs" in self._kinds:
+            copy.add_arcs(given)
+        else:
+            copy.add_lines(given)
+        if self._tracers:
+            copy.add_file_tracers(self._tracers)
+        for plugin, names in sorted(self._touched.items()):
+            copy.touch_files(sorted(names), plugin or None)
+        return copy
 
     def close(self) -> None:
         """At the end: everything into the data file, the journal closed; no more journaling."""
@@ -299,6 +368,8 @@ class Engine:
         self.core_note = ""
         self.core = "?"
         self._running = False
+        #: the data file could not be written and nothing else held the data (see _switch)
+        self.disk_full = False
         self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
         self.branch = bool(self.cov.get_option("run:branch"))
 
@@ -423,7 +494,7 @@ class Engine:
         data = getattr(self.cov, "_data", None)  # see NewOnly
         if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
             journal = self.data_path.with_name(self.data_path.name + JOURNAL_SUFFIX)
-            self._new_only = NewOnly(data, journal)
+            self._new_only = NewOnly(data, journal, self.notes)
             if self._probes is None:
                 self._tap = TracerTap.make(self.cov)
 
@@ -450,7 +521,7 @@ class Engine:
                     # From now on coverage's flush: it gives again what the tap saw (whole
                     # sets), and the file tracers only it writes.
                     self._tap = None
-                    self.cov.switch_context(self._label)
+                    self._switch(self._label)
         finally:
             if new_only is not None:
                 new_only.deferring = False
@@ -480,9 +551,43 @@ class Engine:
 
     def switch(self, label: str) -> None:
         """Record what runs from now on under ``label`` (per-test contexts); flushes too."""
-        if self._running:
-            self.cov.switch_context(label)
+        if self._running and self._switch(label):
             self._label = label
+
+    def _switch(self, label: str) -> bool:
+        """``cov.switch_context`` (it flushes into the data file). Where only that file holds
+        the data (per-test contexts: elsewhere NewOnly keeps it in memory), a write the disk
+        refuses stops measuring in this process, with one note; then False."""
+        try:
+            self.cov.switch_context(label)
+        except CoverageException as exc:
+            self._refused(exc)
+            with contextlib.suppress(Exception):  # stopping only; nothing more is written
+                self.cov.stop()
+            self._running = False
+            return False
+        return True
+
+    def _refused(self, exc: CoverageException) -> None:
+        """A write of the data file failed: one note if the disk refused it, else raise."""
+        cause = exc.__cause__
+        if not isinstance(cause, (sqlite3.Error, OSError)):
+            raise exc
+        self.disk_full = True
+        self.notes.append(
+            f"could not write to {self.data_dir} ({cause}): this run's contexts are kept only in"
+            " the data file, so this process stopped measuring there (what it ran after that"
+            " is not in the data); free space there or set TMPDIR to a larger disk"
+        )
+
+    def _salvage(self) -> CoverageData:
+        """After a refused write (see _switch): what the data file holds, if it is readable."""
+        from .merge import read_data_file
+
+        try:
+            return read_data_file(self.data_path)
+        except DistCovError:
+            return CoverageData(no_disk=True)
 
     def pause(self) -> None:
         if self._probes is not None:
@@ -497,7 +602,7 @@ class Engine:
         if self._probes is not None:
             self._probes.resume()
             self._running = True
-        elif not self._running:
+        elif not self._running and not self.disk_full:
             with capture_coverage_warnings(self.notes):
                 self.cov.start()
             self._running = True
@@ -509,13 +614,20 @@ class Engine:
             with capture_coverage_warnings(self.notes):
                 data = self._probes.finish()
             self.notes.extend(n for n in self._probes.notes if n not in self.notes)
+        elif self.disk_full:
+            data = self._salvage()
         else:
             with capture_coverage_warnings(self.notes):
                 self.cov.stop()
                 self._running = False
-                data = self.cov.get_data()
+                try:
+                    data = self.cov.get_data()
+                except CoverageException as exc:  # (with NewOnly, a disk error never gets here)
+                    self._refused(exc)
+                    data = self._salvage()
         if self._new_only is not None:
             self._new_only.close()
+            data = self._new_only.memory_copy() or data  # the file lacks what it refused
         return data
 
     def subprocess_files(self) -> list[str]:

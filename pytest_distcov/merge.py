@@ -17,6 +17,7 @@ import json
 import os
 import re
 import sqlite3
+import stat
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -134,8 +135,19 @@ class Accumulator:
 def read_data_file(path: str | os.PathLike[str]) -> CoverageData:
     """Open a coverage data file for reading, with an error that names it."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise DataFileError(f"coverage data file {path} does not exist")
+    try:  # SQLite would only say "unable to open database file"; a FIFO must not block
+        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NONBLOCK", 0))
+        try:
+            kind = os.fstat(fd).st_mode
+        finally:
+            os.close(fd)
+    except FileNotFoundError:
+        raise DataFileError(f"coverage data file {path} does not exist") from None
+    except OSError as exc:
+        raise DataFileError(f"cannot read coverage data file {path}: {exc.strerror}") from None
+    if not stat.S_ISREG(kind):
+        what = "a directory" if stat.S_ISDIR(kind) else "not a regular file"
+        raise DataFileError(f"coverage data file {path} is {what}")
     data = CoverageData(basename=path)
     try:
         data.read()

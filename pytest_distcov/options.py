@@ -20,7 +20,7 @@ from . import remote_worker
 from .errors import SettingsError, StoreError
 from .hosts import HostSpec, parse_hosts
 from .reportspec import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
-from .store import check_spec
+from .store import check_spec, s3_environment_problem
 
 __all__ = ["Settings", "add_options", "resolve"]
 
@@ -415,6 +415,9 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
         text = check_spec(raw)
     except StoreError as exc:
         raise SettingsError(f"invalid value {raw!r} for {origin}: {exc}") from None
+    problem = s3_environment_problem(os.environ) if text.startswith("s3:") else ""
+    if problem:
+        raise SettingsError(f"cannot use the store {text} ({origin}): {problem}")
     return text if text.startswith("s3:") else str((base / Path(text).expanduser()).resolve())
 
 

@@ -492,7 +492,7 @@ class _Finder:
                 and isinstance(origin, str)
                 and origin.endswith((".py", ".pyw"))
                 and hasattr(loader, "get_code")
-                and self.probes.measures(origin, {"__name__": fullname, "__file__": origin})
+                and self.probes.decides(origin, {"__name__": fullname, "__file__": origin})
             ):
                 spec.loader = _Loader(self.probes, loader)  # type: ignore[assignment]
             return spec
@@ -512,6 +512,9 @@ class Probes:
         self._recorded: defaultdict[str, set[int]] = defaultdict(set)
         #: what went wrong with single modules (for the run's notes)
         self.notes: list[str] = []
+        #: True once coverage.py failed to decide about a module: no new probes (see decides)
+        self._off = False
+        self._off_lock = threading.Lock()
 
     @property
     def data(self) -> CoverageData:
@@ -519,6 +522,33 @@ class Probes:
 
     def measures(self, filename: str, module_globals: dict[str, Any] | None = None) -> bool:
         return self.side.name_for(filename, module_globals) is not None
+
+    def decides(self, filename: str, module_globals: dict[str, Any]) -> bool:
+        """:meth:`measures` for a module being imported or executed, where an exception must
+        never reach the user's ``import``: coverage.py failing to decide turns the probes off
+        for the rest of the run (with a note), and the module is imported without probes."""
+        if self._off:
+            return False
+        try:
+            return self.measures(filename, module_globals)
+        except Exception as exc:  # coverage.py's internals, in the middle of a user's import
+            self._turn_off(str(module_globals.get("__name__") or filename), exc)
+            return False
+
+    def _turn_off(self, module: str, exc: Exception) -> None:
+        """No more probes in new code; those in place still record what they see."""
+        with self._off_lock:
+            if self._off:
+                return
+            self._off = True
+        self.notes.append(
+            f"probes turned off at `import {module}`: coverage.py failed to decide whether to"
+            f" measure it ({type(exc).__name__}: {exc}); from there on this process measures"
+            " only the modules imported before it, so the data lacks the code imported later"
+        )
+        self._hook_pytest_rewriter(exec)
+        with contextlib.suppress(ValueError):
+            sys.meta_path.remove(self._finder)
 
     def start(self) -> None:
         if self._started:
@@ -551,7 +581,7 @@ class Probes:
             rewrite._Slipcover_exec_wrapper = hook
 
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
-        if isinstance(code, types.CodeType) and self.measures(code.co_filename, module_globals):
+        if isinstance(code, types.CodeType) and self.decides(code.co_filename, module_globals):
             self.execute(code, module_globals)
         else:
             exec(code, module_globals)
@@ -582,7 +612,7 @@ class Probes:
             if type(obj) is not types.FunctionType:
                 continue
             code = obj.__code__
-            if type(code) is types.CodeType and self.measures(code.co_filename, obj.__globals__):
+            if type(code) is types.CodeType and self.decides(code.co_filename, obj.__globals__):
                 if code not in replaced:
                     replaced[code] = self._probed(code)
                 obj.__code__ = replaced[code]

@@ -17,7 +17,7 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
@@ -32,6 +32,7 @@ __all__ = [
     "check_spec",
     "open_store",
     "relative_mapper",
+    "s3_environment_problem",
     "shard_name",
     "write_shard",
 ]
@@ -113,6 +114,8 @@ class DirStore:
         if self.path.is_file():
             return [Shard(str(self.path), str(self.path))]
         if not self.path.is_dir():
+            if self.path.exists():
+                raise StoreError(f"store {self.url} is neither a directory nor a data file")
             raise StoreError(f"store {self.url} does not exist (no such directory)")
         try:
             with os.scandir(self.path) as entries:
@@ -134,21 +137,33 @@ class S3Store:
         self.url = check_spec(url)
         self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/")
+        problem = s3_environment_problem(os.environ)
+        if problem:
+            raise StoreError(f"cannot use the store {self.url}: {problem}")
         try:
             import boto3
             from botocore.config import Config
+            from botocore.exceptions import BotoCoreError
         except ImportError:
             raise StoreError(
                 f"the store {url} needs boto3: pip install 'pytest-distcov[s3]'"
             ) from None
         # boto3 reads the standard AWS environment itself (credentials, region, profile and
         # AWS_ENDPOINT_URL for S3-compatible servers); bounded retries and timeouts.
-        self._client: Any = boto3.client(
-            "s3",
-            config=Config(
-                connect_timeout=10, read_timeout=60, retries={"max_attempts": 4, "mode": "standard"}
-            ),
-        )
+        try:
+            self._client: Any = boto3.client(
+                "s3",
+                config=Config(
+                    connect_timeout=10,
+                    read_timeout=60,
+                    retries={"max_attempts": 4, "mode": "standard"},
+                ),
+            )
+        except (BotoCoreError, ValueError) as exc:  # a profile, region or endpoint it refuses
+            raise StoreError(
+                f"cannot use the store {self.url}: {str(exc).rstrip('.')} (check the AWS_*"
+                " environment variables and the AWS config file)"
+            ) from None
 
     def _key(self, name: str) -> str:
         return f"{self.prefix}/{name}" if self.prefix else name
@@ -225,6 +240,34 @@ class S3Store:
 
 
 _S3 = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/.*)?")
+#: The variables that give boto3 an S3 endpoint, the more specific first.
+ENDPOINT_VARIABLES = ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
+
+
+def s3_environment_problem(env: Mapping[str, str]) -> str:
+    """'' if the S3 endpoint that ``env`` sets (if any) is a URL boto3 can use, else what is
+    wrong with it, naming the variable (boto3 itself raises a bare ValueError)."""
+    from urllib.parse import urlsplit
+
+    if env.get("AWS_IGNORE_CONFIGURED_ENDPOINT_URLS", "").lower() == "true":
+        return ""
+    for name in ENDPOINT_VARIABLES:
+        value = env.get(name)
+        if not value:
+            continue
+        try:
+            parts = urlsplit(value)
+            ok = parts.scheme in ("http", "https") and bool(parts.hostname)
+            parts.port  # noqa: B018 - raises ValueError for a port out of range or not a number
+        except ValueError:
+            ok = False
+        if not ok:
+            return (
+                f"{name}={value!r} is not a URL such as https://s3.example.com or"
+                f" http://127.0.0.1:9000; correct it, or unset it to use AWS itself"
+            )
+        return ""  # boto3 uses the first one set
+    return ""
 
 
 def check_spec(spec: str) -> str:
@@ -271,11 +314,13 @@ def fetch_all(
     def one(item: tuple[int, Shard]) -> Path | StoreError:
         index, shard = item
         slot = scratch / str(index)
-        slot.mkdir()
         try:
+            slot.mkdir()
             return store.fetch(shard, slot)
         except StoreError as exc:
             return exc
+        except OSError as exc:  # the scratch directory (a full TMPDIR)
+            return StoreError(f"cannot download {shard.where} into {scratch}: {exc.strerror}")
 
     from concurrent.futures import ThreadPoolExecutor
 

@@ -345,6 +345,11 @@ def _read_shard(
     try:
         hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=immutable),))
     except sqlite3.Error as exc:
+        try:  # SQLite names no reason: the file system does
+            with open(path, "rb"):
+                pass
+        except OSError as os_exc:
+            return DataFileError(f"cannot read coverage data file {name}: {os_exc.strerror}")
         return DataFileError(f"cannot read coverage data file {name}: {exc}")
     try:
         return _read_tables(hub, name)

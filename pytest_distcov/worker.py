@@ -90,6 +90,7 @@ class WorkerRole:
         )
         self.seq = 0
         self.tests = 0
+        self.notes_sent = len(engine.notes)  # (the hello carries these)
         self.min_interval = min_interval
         self.interval = min_interval
         self.last_send = time.monotonic()
@@ -135,8 +136,12 @@ class WorkerRole:
             # at the end. A failed read must never break the user's run.
             self._note(f"could not read {self.engine.data_path} to stream it: {exc}")
         else:
-            if not payload_is_empty(payload):
-                self._send("chunk", payload)
+            # A note (e.g. the data file could not be written) goes with the next chunk, so that
+            # the controller has it even if this worker dies later.
+            notes = self.engine.notes[self.notes_sent :]
+            if notes or not payload_is_empty(payload):
+                self.notes_sent += len(notes)
+                self._send("chunk", payload, notes)
         done = time.monotonic()
         self.last_send = done
         # An explicit 0 means "after every test", whatever it costs.
@@ -157,8 +162,14 @@ class WorkerRole:
     def pytest_sessionfinish(self) -> None:
         data = self.engine.finish()
         if isinstance(self.reader, ContextDeltaReader):
-            data.write()  # everything is in the file: the reader reads it there
-            self._send("chunk", self.reader.delta_from_file(self.engine.data_path))
+            try:
+                data.write()  # everything is in the file: the reader reads it there
+                self._send("chunk", self.reader.delta_from_file(self.engine.data_path))
+            except (CoverageException, DataFileError, sqlite3.Error, OSError) as exc:
+                self._note(
+                    f"could not read {self.engine.data_path} at the end ({exc}): what this"
+                    " worker measured after its last chunk is lost"
+                )
         else:
             self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).

@@ -7,6 +7,7 @@ the same statements in coverage.py's reports, so these tests compare coverage's 
 
 from __future__ import annotations
 
+import fnmatch
 import shutil
 import subprocess
 import sys
@@ -657,3 +658,91 @@ def test_test_modules_and_conftests_run_by_pytest_get_probes(pytester: pytest.Py
     assert tests["executed_lines"] == [1, 2, 3, 7, 8]
     assert tests["missing_lines"] == [4]
     assert view[str(pytester.path / "conftest.py")]["executed_lines"] == [1, 4, 5, 6]
+
+
+#: A real way to break coverage.py's file decisions: a module that puts None on sys.path
+#: (Python's import system skips it; coverage.py 7.18 stats every sys.path entry and raises
+#: TypeError, under its own tracer too). `later` is the first module imported after that.
+BREAKS_SYS_PATH = """
+import os
+import sys
+
+sys.path.insert(0, os.environ.get("UNSET_PLUGINS_DIR"))  # None: the variable is not set
+
+
+def late(x):
+    return x * 2
+"""
+
+EARLY = """
+def early(x):
+    if x:
+        return 1
+    return 2
+"""
+
+ORDERED_TESTS = """
+from pkg.early import early
+
+
+def test_1_early():
+    assert early(1) == 1
+
+
+def test_2_late():
+    from pkg.late import late
+
+    assert late(2) == 4
+
+
+def test_3_later():
+    from pkg.later import later
+
+    assert later(2) == 3
+
+
+def test_4_early_again():
+    assert early(0) == 2
+"""
+
+
+@needs_probes
+@pytest.mark.skipif(sys.version_info >= (3, 12), reason="probes are used on 3.10/3.11 only")
+def test_coverage_failing_inside_the_import_finder_turns_probes_off_with_a_note(
+    pytester: pytest.Pytester,
+) -> None:
+    """The user's import works; one note names the module; probes already in place still
+    record (early's second branch, run after the failure), later modules are not measured."""
+    pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
+    pkg = pytester.mkpydir("pkg")
+    (pkg / "early.py").write_text(EARLY)
+    (pkg / "late.py").write_text(BREAKS_SYS_PATH)
+    (pkg / "later.py").write_text("def later(x):\n    return x + 1\n")
+    pytester.makepyfile(test_ordered=ORDERED_TESTS)
+    result = run_pytest(
+        pytester,
+        "-p",
+        "no:randomly",
+        "--distcov",
+        "--distcov-source=pkg",
+        "--distcov-engine=probes",
+        "--distcov-report=term-missing",
+    )
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == 0, out
+    result.assert_outcomes(passed=4)
+    notes = [line for line in result.stdout.lines if "probes turned off" in line]
+    assert len(notes) == 1, out
+    assert fnmatch.fnmatch(
+        notes[0],
+        "distcov: probes turned off at `import pkg.later`: coverage.py failed to decide whether"
+        " to measure it (TypeError: *NoneType); from there on this process measures only the"
+        " modules imported before it, so the data lacks the code imported later",
+    ), notes[0]
+    result.stdout.fnmatch_lines(
+        [
+            "pkg?early.py * 4 * 0 * 100%*",  # both branches: probes in place kept recording
+            "pkg?late.py * 5 * 0 * 100%*",
+            "pkg?later.py * 2 * 2 * 0%*",  # imported after the failure: honestly not measured
+        ]
+    )
