@@ -9,8 +9,9 @@ run the controller records when the last test finished (its last `pytest_runtest
 and when pytest returned: the difference is the run's tail, which for distcov is the merge, the
 data file and the report (with parses). The controller's peak RSS is read from getrusage. For
 scale, `coverage report` of the data file each distcov run wrote is timed alone (its parsing is
-what any tool's report of those files costs). With ``--check``, each size is also compared once, file by file and line by line, with a serial
-`coverage run -m pytest` of the same project. Medians are printed as a Markdown table.
+what any tool's report of those files costs). With ``--check``, each size is also compared
+once, file by file and line by line, with a serial `coverage run -m pytest` of the same project.
+Medians are printed as a Markdown table.
 """
 
 from __future__ import annotations
