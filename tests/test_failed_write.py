@@ -18,6 +18,7 @@ from pytest_distcov.errors import DataFileError
 from pytest_distcov.merge import update_from_file, write_data_file
 
 from .helpers import assert_same_data, diff_data, measured, run_pytest
+from .sshlab import SshLab, host_python
 
 
 @pytest.fixture
@@ -223,3 +224,36 @@ def test_the_data_file_is_synced_before_it_is_renamed_and_the_rename_after(
         ("fsync", str(target.parent)),
     ]
     assert measured(target, arcs=False) == {"/src/a.py": {1}}
+
+
+@pytest.mark.slow
+def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
+    pytester: pytest.Pytester, shapes: Path, sshlab: SshLab, full_fs: Path
+) -> None:
+    """A remote worker's directory on its host is removed once the data file is written, and
+    kept (the line names it, host:path) when the write failed."""
+    sshlab.add_host("h1")
+    remote = [
+        "--distcov",
+        "--distcov-remote=h1",
+        f"--distcov-ssh-config={sshlab.ssh_config}",
+        f"--distcov-remote-python={host_python()}",
+        "-p",
+        "no:randomly",
+    ]
+    host_tmp = sshlab.root / "hostfs" / "h1" / "tmp"
+    _data_file_in(shapes, pytester.path / "ok" / ".coverage", branch=False)
+    ok = run_pytest(pytester, *remote)
+    assert ok.ret == 0, ok.stdout.str()
+    assert not list(host_tmp.glob("distcov-*")), "the worker's directory is left on the host"
+
+    _data_file_in(shapes, full_fs / ".coverage", branch=False)
+    result = run_pytest(pytester, *remote)
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR, out
+    line = _error_line(out)
+    assert_same_data(_rescued(line), pytester.path / "ok" / ".coverage")
+    kept = list(host_tmp.glob("distcov-gw*"))
+    assert len(kept) == 1, list(host_tmp.iterdir())
+    assert list(kept[0].glob(".coverage.gw*"))
+    assert f"h1:/tmp/{kept[0].name}" in line, line
