@@ -231,7 +231,7 @@ _SQLITE_WRITE_CODES = (8, 13)
 _IOERR_WRITE = (778, 1034, 1290, 1546)
 #: Their messages, for Python 3.10 (no ``sqlite_errorcode``).
 _SQLITE_WRITE_MESSAGES = ("database or disk is full", "attempt to write a readonly database")
-_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, errno.EDQUOT, errno.EROFS)
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
 
 
 def write_data_file(
