@@ -21,13 +21,26 @@ from .helpers import assert_same_data, diff_data, measured, run_pytest
 from .sshlab import SshLab, host_python
 
 
+def _fill(mount: Path) -> None:
+    """Take every free byte of the file system at ``mount``."""
+    fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        while os.write(fd, b"\0" * 4096):
+            pass
+    except OSError:  # ENOSPC: full
+        pass
+    finally:
+        os.close(fd)
+    assert os.statvfs(mount).f_bavail == 0, "the tmpfs still has room"
+
+
 @pytest.fixture
-def full_fs(tmp_path: Path) -> Iterator[Path]:
-    """A directory on a tmpfs of 64 KiB with no byte free (a filler file took them all)."""
-    mount = tmp_path / "full"
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A directory on a tmpfs of 256 KiB, a real file system that can be filled."""
+    mount = tmp_path / "small"
     mount.mkdir()
     done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(mount)],
+        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
         capture_output=True,
         text=True,
         check=False,
@@ -38,19 +51,16 @@ def full_fs(tmp_path: Path) -> Iterator[Path]:
             pytest.fail(f"{why} (the full-disk tests must run in CI: run them as root)")
         pytest.skip(why)
     try:
-        fd = os.open(mount / "filler", os.O_WRONLY | os.O_CREAT)
-        try:
-            while os.write(fd, b"\0" * 4096):
-                pass
-        except OSError:  # ENOSPC: full
-            pass
-        finally:
-            os.close(fd)
-        st = os.statvfs(mount)
-        assert st.f_bavail == 0, "the tmpfs still has room"
         yield mount
     finally:
         subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+@pytest.fixture
+def full_fs(small_fs: Path) -> Path:
+    """A directory on a tmpfs with no byte free (a filler file took them all)."""
+    _fill(small_fs)
+    return small_fs
 
 
 def _data_file_in(shapes: Path, data_file: Path, *, branch: bool) -> None:
@@ -121,6 +131,38 @@ def test_full_disk_in_process_run_saves_the_data_too(
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR
     rescued = _rescued(_error_line(result.stdout.str()))
     assert_same_data(rescued, pytester.path / "ok" / ".coverage")
+
+
+def test_full_disk_with_append_saves_the_old_and_the_new_data_and_keeps_the_old_file(
+    pytester: pytest.Pytester, shapes: Path, private_tmp: Path, small_fs: Path
+) -> None:
+    """The fallback file holds what the data file would have held: the appended file's data
+    and this run's; the existing data file is left exactly as it was."""
+    first, second = ("-k", "geometry"), ("-k", "not geometry")
+    _data_file_in(shapes, pytester.path / "ok" / ".coverage", branch=False)
+    assert run_pytest(pytester, "--distcov", "-n", "2", *first).ret == 0
+    assert run_pytest(pytester, "--distcov", "-n", "2", *second, "--distcov-append").ret == 0
+
+    target = small_fs / ".coverage"
+    _data_file_in(shapes, target, branch=False)
+    assert run_pytest(pytester, "--distcov", "-n", "2", *first).ret == 0
+    before = target.read_bytes()
+    _fill(small_fs)
+    result = run_pytest(pytester, "--distcov", "-n", "2", *second, "--distcov-append")
+    out = result.stdout.str()
+    assert result.ret == pytest.ExitCode.INTERNAL_ERROR, out
+    line = _error_line(out)
+    assert line.startswith(f"distcov: could not write {target}: "), line
+    assert "cannot be read" not in line, line
+    assert target.read_bytes() == before
+    rescued = _rescued(line)
+    assert rescued.parent == private_tmp.resolve()
+    assert_same_data(rescued, pytester.path / "ok" / ".coverage")
+    # Both runs matter: each measured lines the other did not.
+    assert diff_data(rescued, target).only_left
+    _data_file_in(shapes, pytester.path / "second" / ".coverage", branch=False)
+    assert run_pytest(pytester, "--distcov", "-n", "2", *second).ret == 0
+    assert diff_data(rescued, pytester.path / "second" / ".coverage").only_left
 
 
 DAMAGE = """\
