@@ -22,14 +22,17 @@ import io
 import os
 import queue
 import shutil
+import sqlite3
+import tempfile
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import coverage
 import pytest
+from coverage.exceptions import CoverageException
 
 from .engine import Engine, MeasureSpec, open_coverage
 from .errors import (
@@ -120,6 +123,36 @@ class WorkerState:
     down_error: str | None = None
     tests: int = 0
     notes: list[str] = field(default_factory=list)
+
+
+class _AppendUnreadable(Exception):
+    """The file named by --distcov-append cannot be read at the end of the run."""
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a reason in a sentence: its text, with its kind when that says more."""
+    if isinstance(exc, (OSError, DistCovError, CoverageException, sqlite3.Error)):
+        return str(exc).rstrip(".")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def _rescue_dirs(data_file: Path) -> list[Path]:
+    """Where to save the combined data when ``data_file`` cannot be written, in order."""
+    out: list[Path] = []
+    places: list[Callable[[], Path]] = [
+        lambda: data_file.parent,
+        lambda: Path(tempfile.gettempdir()),
+        Path.home,
+        Path.cwd,
+    ]
+    for where in places:
+        try:
+            path = where().resolve()
+        except (OSError, RuntimeError, KeyError):  # no home directory, a cwd that is gone
+            continue
+        if path not in out:
+            out.append(path)
+    return out
 
 
 def _count_data_files(names: list[str]) -> str:
@@ -393,7 +426,8 @@ class ControllerRole:
         subprocess_files = self.engine.subprocess_files()
         unreadable: list[str] = []
 
-        def fill(data: coverage.CoverageData) -> None:
+        def fill_run(data: coverage.CoverageData) -> None:
+            """This run's data: the workers', recovered files, the controller's own."""
             self.acc.write_into(data)
             data.update(own)
             sources = [*self.recover_paths, *(("", p, None) for p in subprocess_files)]
@@ -404,32 +438,102 @@ class ControllerRole:
                     who = f"worker {worker_id}: " if worker_id else ""
                     unreadable.append(path)
                     error = f"{who}{exc}; the file is kept for inspection"
-                    if error not in self.errors:  # fill may run twice (see the rescue below)
+                    if error not in self.errors:  # fill may run again (see _rescue)
                         self.errors.append(error)
+
+        def fill(data: coverage.CoverageData) -> None:
+            fill_run(data)
             if self.settings.append and self.plan.data_file.exists():
-                update_from_file(data, self.plan.data_file)
+                try:
+                    update_from_file(data, self.plan.data_file)
+                except DataFileError as exc:
+                    raise _AppendUnreadable(str(exc)) from None
 
         try:
             write_data_file(self.plan.data_file, fill)
-            self._close_remote()
-        except (DistCovError, OSError) as exc:
-            self._close_remote()
-            # The workers have handed over their data and deleted their copies: the union in
-            # memory is the only one left, so save it somewhere we own before giving up.
-            rescue = self.engine.data_dir / "combined.coverage"
-            unreadable.clear()
-            try:
-                write_data_file(rescue, fill)
-                saved = f"the combined data was saved to {rescue} instead"
-            except (DistCovError, OSError) as again:
-                saved = f"saving it to {rescue} failed too ({again})"
-            self.errors.append(f"could not write {self.plan.data_file}: {exc}; {saved}")
+        except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see _rescue
+            self._close_remote(keep_workers=True)
+            self._rescue(exc, fill_run)
             self._set_failed(session, pytest.ExitCode.INTERNAL_ERROR)
             return
+        self._close_remote(keep_workers=False)
         self._cleanup(keep=unreadable)
         if self.settings.store:
             self._store(session)
         self._report(session)
+
+    def _rescue(self, exc: Exception, fill_run: Callable[[coverage.CoverageData], None]) -> None:
+        """The data file could not be written: save this run's combined data elsewhere.
+
+        Nothing is removed then (the workers' directories, the controller's own), and one line
+        says where the data went and what to do. The file is tried in the data file's directory
+        (the natural place, unless that disk is full), the temporary directory, the home
+        directory, the current directory, in that order. It holds what the data file would have
+        held: this run's data, and an appended file's data when that file can still be read.
+        """
+        data_file = self.plan.data_file
+        append_error = str(exc) if isinstance(exc, _AppendUnreadable) else ""
+        old_data: list[str] = []  # what became of the appended file's data in the rescue
+
+        def fill(data: coverage.CoverageData) -> None:
+            old_data.clear()
+            fill_run(data)
+            if self.settings.append and not append_error and data_file.exists():
+                try:
+                    update_from_file(data, data_file)
+                except DataFileError:
+                    old_data.append(f" (without the data of {data_file}, which cannot be read)")
+
+        name = f"distcov-rescue-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.coverage"
+        saved: Path | None = None
+        failed: list[str] = []
+        for directory in _rescue_dirs(data_file):
+            try:
+                write_data_file(directory / name, fill)
+            except Exception as again:  # the next place, then
+                failed.append(f"{directory}: {_reason(again)}")
+                continue
+            saved = directory / name
+            break
+        kept = self._kept_dirs()
+        keeping = f"; kept the data directories {', '.join(kept)}" if kept else ""
+        if append_error:
+            what = f"--distcov-append: {append_error}; {data_file} is left as it is and "
+        else:
+            what = f"could not write {data_file}: {_reason(exc)}; "
+        if saved is None:
+            what += (
+                f"saving this run's combined data failed everywhere too ({'; '.join(failed)}):"
+                " its parts are in the directories kept (coverage data files, .coverage.*),"
+                " which `coverage combine --keep` can read once the cause is fixed"
+            )
+        elif append_error:
+            what += (
+                f"this run's combined data was saved to {saved}: read it with `pytest-distcov"
+                f" report --data-file {saved}`, or move it to {data_file} in place of the"
+                " damaged file"
+            )
+        else:
+            what += (
+                f"this run's combined data was saved to {saved}{''.join(old_data)}: fix the"
+                f" cause (free space?) and move it to {data_file}, or read it with"
+                f" `pytest-distcov report --data-file {saved}`"
+            )
+        self.errors.append(what + keeping)
+
+    def _kept_dirs(self) -> list[str]:
+        """After a failed write: every directory that still holds a part of this run's data."""
+        kept = [str(self.engine.data_dir)]
+        for state in self.workers.values():
+            if state.hello is None:
+                continue
+            host = self.remote.host_of(state.id) if self.remote is not None else None
+            datadir = state.hello["datadir"]
+            if host is not None:
+                kept.append(f"{host.spec.label}:{datadir}")
+            elif os.path.isdir(datadir) and datadir not in kept:
+                kept.append(datadir)
+        return kept
 
     def _store(self, session: pytest.Session | None) -> None:
         """This run's shard for a later `pytest-distcov combine` (the data file stays as it is)."""
@@ -446,12 +550,39 @@ class ControllerRole:
             return
         self.summary.append(f"distcov: stored shard {where}")
 
-    def _close_remote(self) -> None:
-        if self.remote is not None:
-            self.remote.fleet.close(self.remote.leftovers)
+    def _close_remote(self, *, keep_workers: bool) -> None:
+        """Close the hosts; unless ``keep_workers``, remove the remote workers' directories."""
+        remote = self.remote
+        if remote is None:
+            return
+        if keep_workers:
+            remote.fleet.close({})
+            return
+        for state in self.workers.values():
+            host = remote.host_of(state.id)
+            if host is not None and state.hello is not None and not self._pointed_to(state):
+                dirs = remote.leftovers.setdefault(host.spec.label, [])
+                if state.hello["datadir"] not in dirs:
+                    dirs.append(state.hello["datadir"])
+        remote.fleet.close(remote.leftovers)
+
+    def _pointed_to(self, state: WorkerState) -> bool:
+        """True if a note of the worker names a file in its directory (kept for the user)."""
+        datadir = state.hello["datadir"] if state.hello is not None else ""
+        return bool(datadir) and any(datadir in note for note in state.notes)
 
     def _cleanup(self, keep: list[str]) -> None:
+        """The combined data file is written: the run's directories go, the controller's and
+        the local workers' (which keep their data until now), except one holding a file the
+        user is pointed to."""
         dirs = {self.engine.data_dir} | {Path(p).parent for _, p, _ in self.recover_paths}
+        for state in self.workers.values():
+            on_host = self.remote is not None and self.remote.host_of(state.id) is not None
+            if state.hello is None or on_host or self._pointed_to(state):
+                continue
+            datadir = Path(state.hello["datadir"])
+            if datadir.name.startswith("distcov-"):  # never anything else a message names
+                dirs.add(datadir)
         for d in dirs:
             if not any(Path(k).parent == d for k in keep):
                 shutil.rmtree(d, ignore_errors=True)

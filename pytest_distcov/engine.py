@@ -332,11 +332,15 @@ class NewOnly:
         return copy
 
     def close(self) -> None:
-        """At the end: everything into the data file, the journal closed; no more journaling."""
+        """At the end: everything into the data file, the journal closed and removed (it is
+        empty: a directory kept after a failed write then holds data files only)."""
         with self._lock:
             self._consolidate()
             if self._fd is not None:
                 os.close(self._fd)
+                if self._journal is not None:
+                    with contextlib.suppress(OSError):
+                        os.unlink(self._journal)
             self._fd, self._journal = None, None
 
     def _forked(self) -> None:

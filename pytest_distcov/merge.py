@@ -13,6 +13,7 @@ Everything here speaks coverage.py's public data API (``CoverageData``) and neve
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import re
@@ -187,6 +188,8 @@ def update_from_journal(
             else:
                 target.add_lines({mapped(f): lines for f, lines in record.items()})
         except (*_READ_ERRORS, TypeError, AttributeError) as exc:  # not our journal's records
+            if _writing_failed(target, exc):
+                raise
             raise DataFileError(f"cannot combine journal {os.fspath(path)}: {exc}") from None
 
 
@@ -202,9 +205,45 @@ def update_from_file(
     try:
         target.update(source, map_path=map_path)
     except _READ_ERRORS as exc:
+        if _writing_failed(target, exc):
+            raise
         raise DataFileError(f"cannot combine coverage data file {os.fspath(path)}: {exc}") from None
     finally:
         source.close()
+
+
+def _writing_failed(target: CoverageData, exc: BaseException) -> bool:
+    """True if ``exc`` is a failure to write ``target`` (a full disk), not to read a source.
+
+    Such a failure is no fault of the file being read and must not be passed off as one (the
+    caller would skip that file and write the rest as if it were complete). coverage names the
+    data file it was using in its errors (``Couldn't use data file '...'``), but some of its
+    SQLite calls (``executescript``) raise SQLite's own error: its code then tells.
+    """
+    name = target.data_filename()
+    cause: BaseException | None = exc
+    while cause is not None:
+        if name and name in str(cause):
+            return True
+        code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+
+        if isinstance(code, int) and (code & 0xFF in _SQLITE_WRITE_CODES or code in _IOERR_WRITE):
+            return True
+        if isinstance(cause, sqlite3.Error) and str(cause) in _SQLITE_WRITE_MESSAGES:
+            return True
+        if isinstance(cause, OSError) and cause.errno in _WRITE_ERRNOS:
+            return True
+        cause = cause.__cause__
+    return False
+
+
+#: SQLite result codes only a write can cause: SQLITE_READONLY, SQLITE_FULL (8, 13; the low
+#: byte of an extended code is its primary code) and, of SQLITE_IOERR's extended codes, those
+#: of writing: _WRITE, _FSYNC, _DIR_FSYNC, _TRUNCATE (a failed read is another SQLITE_IOERR).
+_SQLITE_WRITE_CODES = (8, 13)
+_IOERR_WRITE = (778, 1034, 1290, 1546)
+#: Their messages, for Python 3.10 (no ``sqlite_errorcode``).
+_SQLITE_WRITE_MESSAGES = ("database or disk is full", "attempt to write a readonly database")
+_WRITE_ERRNOS = (errno.ENOSPC, errno.EFBIG, getattr(errno, "EDQUOT", errno.ENOSPC), errno.EROFS)
 
 
 def write_data_file(
@@ -214,8 +253,10 @@ def write_data_file(
     """Write a complete data file to ``target`` atomically.
 
     ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target``; only when it
-    has finished is the new file renamed over ``target``, so a failure never leaves a partial or
-    damaged data file behind (and never touches an existing one).
+    has finished, and the new file is on disk (``fsync``: coverage has SQLite skip its own syncs),
+    is it renamed over ``target``, and the directory synced so that the rename lasts too. A
+    failure never leaves a partial or damaged data file behind (and never touches an existing
+    one), nor can a crash of the machine right after the rename leave an empty file in its place.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
@@ -226,11 +267,33 @@ def write_data_file(
     try:
         fill(data)
         data.close(force=True)
+        _fsync(tmp)
         os.replace(tmp, target)
+        _fsync_directory(target.parent)
     except BaseException:
         data.close(force=True)
         tmp.unlink(missing_ok=True)
         raise
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _fsync_directory(path: Path) -> None:
+    """Make a rename in ``path`` durable (POSIX; Windows cannot open a directory to sync it)."""
+    if os.name != "posix":
+        return
+    try:
+        _fsync(path)
+    except OSError as exc:
+        # Some file systems cannot sync a directory (EINVAL); the file itself is on disk.
+        if exc.errno not in (errno.EINVAL, errno.ENOTSUP, errno.EBADF):
+            raise
 
 
 def _context_pattern(label: str) -> str:

@@ -3,7 +3,8 @@
 A worker sends, on its private execnet channel, in this order:
 
 * one ``hello``: who it is (id, host, pid, Python, coverage version) and where its durable
-  data file lives, so that the controller can recover that file if the worker dies;
+  data file lives, so that the controller can recover that file if the worker dies (and
+  removes it once the combined data file is written: the worker leaves it there);
 * any number of ``chunk`` messages: coverage data that is new since the previous message;
 * one ``final``: the rest of its data, after its session ended cleanly.
 

@@ -12,6 +12,7 @@ Reading never changes a store: files are opened read-only or downloaded.
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import re
@@ -101,12 +102,14 @@ class DirStore:
         self.url = str(path)
 
     def put(self, local: Path, name: str) -> str:
+        partial = self.path / f"{_PARTIAL}{name}"
         try:
             self.path.mkdir(parents=True, exist_ok=True)
-            partial = self.path / f"{_PARTIAL}{name}"
             shutil.copyfile(local, partial)
             os.replace(partial, self.path / name)
         except OSError as exc:
+            with contextlib.suppress(OSError):  # a full disk leaves part of a copy behind
+                partial.unlink(missing_ok=True)
             raise StoreError(f"cannot write to the store {self.url}: {exc}") from None
         return str(self.path / name)
 
@@ -330,7 +333,10 @@ def fetch_all(
 
 def write_shard(data_file: Path, root: Path, store: Store) -> str:
     """Copy ``data_file`` into the store as a new shard, paths under ``root`` made relative."""
+    import sqlite3
+
     from coverage import CoverageData
+    from coverage.exceptions import CoverageException
 
     from .merge import read_data_file
 
@@ -342,8 +348,12 @@ def write_shard(data_file: Path, root: Path, store: Store) -> str:
             try:
                 shard.update(source, map_path=relative_mapper(root))
                 shard.write()
+            except (CoverageException, sqlite3.Error, OSError) as exc:  # a full temp dir
+                raise StoreError(f"cannot make a shard for the store {store.url}: {exc}") from None
             finally:
                 shard.close(force=True)
             return store.put(local, shard_name())
+    except OSError as exc:  # making or removing the temporary directory
+        raise StoreError(f"cannot make a shard for the store {store.url}: {exc}") from None
     finally:
         source.close(force=True)

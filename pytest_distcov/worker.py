@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import os
 import platform
-import shutil
 import sqlite3
 import time
 from collections.abc import Generator
@@ -173,12 +172,11 @@ class WorkerRole:
         else:
             self._send("chunk", self.reader.delta(data))
         # Data of measured subprocesses, each file whole (the controller takes the union).
-        unreadable = []
         for path in self.engine.subprocess_files():
             try:
                 sub = read_data_file(path)
             except DataFileError as exc:
-                unreadable.append(path)
+                # The note names the file: the controller then leaves this directory alone.
                 self._note(f"{exc}; the file is kept for inspection")
                 continue
             try:
@@ -186,10 +184,8 @@ class WorkerRole:
             finally:
                 sub.close(force=True)
         self._send("final", empty_payload(), self.engine.notes)
-        # Everything is on the channel now; the durable copy is no longer needed (unless a
-        # file in it could not be read, which stays where it is for the user to look at).
-        if not unreadable:
-            shutil.rmtree(self.engine.data_dir, ignore_errors=True)
+        # The durable copy stays: until the controller has written the combined data file, the
+        # union in its memory is not safe. It removes this directory (named in the hello) then.
 
     def _note(self, note: str) -> None:
         if note not in self.engine.notes:

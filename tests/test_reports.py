@@ -174,7 +174,8 @@ def test_verbose_run_shows_the_combined_total_so_far(
 def test_unwritable_data_file_keeps_the_combined_data(
     pytester: pytest.Pytester, shapes: Path, private_tmp: Path
 ) -> None:
-    """The workers have deleted their copies by then: the union must be saved somewhere."""
+    """The union is saved to a fallback file (the data file's directory cannot be made: the
+    temporary directory is next), and the workers keep their copies."""
     (shapes / "blocker").write_text("a file where a directory should be")
     (shapes / ".coveragerc").write_text("[run]\ndata_file = blocker/sub/.coverage\n")
     result = run_pytest(pytester, "--distcov", "-n", "2")
@@ -182,10 +183,19 @@ def test_unwritable_data_file_keeps_the_combined_data(
     out = result.stdout.str()
     assert "Traceback" not in out
     result.stdout.fnmatch_lines(
-        ["*distcov: could not write *blocker/sub/.coverage*the combined data was saved to *"]
+        [
+            "distcov: could not write *blocker/sub/.coverage: *; this run's combined data was"
+            f" saved to {private_tmp.resolve()}/distcov-rescue-*.coverage: *kept the data"
+            " directories *distcov-controller-*distcov-gw*"
+        ]
     )
-    rescued = list(private_tmp.glob("distcov-controller-*/combined.coverage"))
+    rescued = list(private_tmp.glob("distcov-rescue-*.coverage"))
     assert len(rescued) == 1
+    # The workers' data files, each whole (their journals are empty at the end, and removed).
+    assert sorted(p.name for p in private_tmp.glob("distcov-gw*/.coverage.*")) == [
+        ".coverage.gw0",
+        ".coverage.gw1",
+    ]
     from .helpers import measured
 
     geometry = next(
