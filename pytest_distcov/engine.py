@@ -564,7 +564,9 @@ class Engine:
         refuses stops measuring in this process, with one note; then False."""
         try:
             self.cov.switch_context(label)
-        except CoverageException as exc:
+        except (CoverageException, sqlite3.Error, OSError) as exc:
+            # coverage.py wraps most SQLite errors in DataError, but passes some on as they are
+            # (its executescript): a full disk can surface as either.
             self._refused(exc)
             with contextlib.suppress(Exception):  # stopping only; nothing more is written
                 self.cov.stop()
@@ -572,9 +574,9 @@ class Engine:
             return False
         return True
 
-    def _refused(self, exc: CoverageException) -> None:
+    def _refused(self, exc: Exception) -> None:
         """A write of the data file failed: one note if the disk refused it, else raise."""
-        cause = exc.__cause__
+        cause = exc if isinstance(exc, (sqlite3.Error, OSError)) else exc.__cause__
         if not isinstance(cause, (sqlite3.Error, OSError)):
             raise exc
         self.disk_full = True
