@@ -24,6 +24,7 @@ import queue
 import shutil
 import sqlite3
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass, field
@@ -63,6 +64,9 @@ __all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
 
 #: Seconds between two progress lines in verbose mode.
 PROGRESS_EVERY = 5.0
+#: Seconds the end of the run waits for a dead remote worker's data still being fetched (the
+#: fetch's own timeout, plus the ping before it).
+FETCH_WAIT = 130.0
 
 _CHANNEL_CLOSED = ("distcov-channel-closed",)
 
@@ -185,6 +189,9 @@ class ControllerRole:
         self.workers: dict[str, WorkerState] = {}
         # (worker id, data file, path mapper for a file from a remote host)
         self.recover_paths: list[tuple[str, str, PathMapper | None]] = []
+        #: fetches of dead remote workers' data, and what they brought (filled by their threads)
+        self._fetches: list[threading.Thread] = []
+        self.fetched: list[tuple[str, str, PathMapper | None]] = []
         self.remote: RemoteHooks | None = None
         self.summary: list[str] = []
         self.errors: list[str] = []
@@ -357,7 +364,22 @@ class ControllerRole:
         )
 
     def _recover_remote(self, state: WorkerState, host: HostSession) -> None:
-        """Fetch what a dead remote worker flushed on its host, if the host still answers."""
+        """Fetch what a dead remote worker flushed on its host, on a thread of its own.
+
+        This runs while the tests run, and asking the host can take up to the fetch's timeout:
+        the main thread never waits for it. The end of the run collects what was fetched
+        (:meth:`_collect_fetches`).
+        """
+        thread = threading.Thread(
+            target=self._fetch_remote,
+            args=(state, host),
+            name=f"distcov-fetch-{state.id}",
+            daemon=True,
+        )
+        self._fetches.append(thread)
+        thread.start()
+
+    def _fetch_remote(self, state: WorkerState, host: HostSession) -> None:
         assert self.remote is not None
         assert state.hello is not None
         fleet = self.remote.fleet
@@ -371,21 +393,34 @@ class ControllerRole:
             return
         try:
             files = fleet.fetch(host, state.hello["datadir"])
-        except DistCovError as exc:
+            target = self.engine.data_dir / f"recovered-{state.id}"
+            target.mkdir(parents=True, exist_ok=True)
+            for name, content in files:
+                path = target / name
+                path.write_bytes(content)
+                self.fetched.append((state.id, str(path), self._mapper(state.id)))
+        except Exception as exc:  # whatever the host or the disk says: one line
             self.summary.append(f"distcov: {where} crashed; fetching its data failed: {exc}")
             return
-        target = self.engine.data_dir / f"recovered-{state.id}"
-        target.mkdir(parents=True, exist_ok=True)
-        mapper = self._mapper(state.id)
-        for name, content in files:
-            path = target / name
-            path.write_bytes(content)
-            self.recover_paths.append((state.id, str(path), mapper))
         self.remote.leftovers.setdefault(host.spec.label, []).append(state.hello["datadir"])
         self.summary.append(
             f"distcov: {where} crashed ({state.down_error}); recovered the data of its finished"
             f" tests from the host: {_count_data_files([name for name, _ in files])}"
         )
+
+    def _collect_fetches(self) -> None:
+        """Wait for the fetches from hosts still under way (at the end of the run only)."""
+        for thread in self._fetches:
+            thread.join(FETCH_WAIT)
+            if thread.is_alive():
+                self.summary.append(
+                    f"distcov: {thread.name.removeprefix('distcov-fetch-')}: its host did not"
+                    f" hand over the worker's data within {FETCH_WAIT:.0f} s; what it measured"
+                    " after its last chunk is lost"
+                )
+        self._fetches.clear()
+        self.recover_paths.extend(self.fetched)
+        self.fetched.clear()
 
     # -- the end ----------------------------------------------------------------------------
 
@@ -422,6 +457,7 @@ class ControllerRole:
             if not state.finished and state.down_error is None:
                 state.down_error = "did not finish"
                 self._recover(state)
+        self._collect_fetches()
         own = self.engine.finish()
         subprocess_files = self.engine.subprocess_files()
         unreadable: list[str] = []

@@ -91,9 +91,15 @@ class HostSession:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
-        with self.lock:
+        # Another thread's request (a dead worker's data being fetched) holds the channel: wait
+        # no longer than this request's own timeout for it.
+        if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
+            raise RemoteError(f"{self.spec.label}: busy with another request for {timeout} s")
+        try:
             self.channel.send(msg)
             reply = self.channel.receive(timeout)
+        finally:
+            self.lock.release()
         if "error" in reply:
             raise RemoteError(f"{self.spec.label}: {reply['error']}")
         return reply["ok"]
@@ -371,6 +377,9 @@ class Fleet:
     # -- while and after the run ----------------------------------------------------------------
 
     def ping(self, host: HostSession) -> bool:
+        if host.lock.locked():
+            # A request is under way (a fetch, which pinged first): the last answer stands.
+            return host.alive
         if host.alive:
             try:
                 host.alive = host.request({"op": "ping"}, timeout=PING_TIMEOUT) == "pong"

@@ -274,16 +274,15 @@ def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
 ) -> None:
     """A remote worker's directory on its host is removed once the data file is written, and
     kept (the line names it, host:path) when the write failed."""
-    sshlab.add_host("h1")
+    host_tmp = sshlab.add_host("h-failwrite") / "tmp"  # a host of its own: no other run's dirs
     remote = [
         "--distcov",
-        "--distcov-remote=h1",
+        "--distcov-remote=h-failwrite",
         f"--distcov-ssh-config={sshlab.ssh_config}",
         f"--distcov-remote-python={host_python()}",
         "-p",
         "no:randomly",
     ]
-    host_tmp = sshlab.root / "hostfs" / "h1" / "tmp"
     _data_file_in(shapes, pytester.path / "ok" / ".coverage", branch=False)
     ok = run_pytest(pytester, *remote)
     assert ok.ret == 0, ok.stdout.str()
@@ -298,4 +297,4 @@ def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
     kept = list(host_tmp.glob("distcov-gw*"))
     assert len(kept) == 1, list(host_tmp.iterdir())
     assert list(kept[0].glob(".coverage.gw*"))
-    assert f"h1:/tmp/{kept[0].name}" in line, line
+    assert f"h-failwrite:/tmp/{kept[0].name}" in line, line
