@@ -12,15 +12,18 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from . import remote_worker
 from .errors import SettingsError, StoreError
-from .hosts import HostSpec, parse_hosts
 from .reportspec import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
-from .store import check_spec, s3_environment_problem
+
+if TYPE_CHECKING:
+    from .hosts import HostSpec
+
+# Every pytest start imports this module (the options are declared here), with or without
+# --distcov: what only remote hosts or stores need is imported when they are asked for.
 
 __all__ = ["Settings", "add_options", "resolve"]
 
@@ -392,6 +395,8 @@ def _resolve_remote(config: pytest.Config, ns: Any) -> tuple[HostSpec, ...]:
                 f"ssh config file {ssh_config!r} given by {ssh_origin} does not exist"
             )
         ssh_config = str(Path(ssh_config).resolve())
+    from .hosts import parse_hosts
+
     try:
         hosts = parse_hosts(entries, python=python.strip(), ssh_config=ssh_config)
     except SettingsError as exc:
@@ -411,6 +416,8 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
         return None
     if not raw.strip():
         return None  # an empty value turns an ini store off
+    from .store import check_spec, s3_environment_problem
+
     try:
         text = check_spec(raw)
     except StoreError as exc:
@@ -447,7 +454,9 @@ def _choice(
 
 ENGINES = ("auto", "coverage", "probes")
 #: the engine when neither the command line nor the ini file names one
-ENGINE_ENV = remote_worker.ENGINE_ENV
+#: The environment variable that chooses the engine (remote_worker.ENGINE_ENV, which a test
+#: keeps equal: that stdlib-only module cannot import this one).
+ENGINE_ENV = "DISTCOV_ENGINE"
 
 
 def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:

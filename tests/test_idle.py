@@ -12,12 +12,9 @@ from .helpers import run_pytest
 LIGHT = {
     "pytest_distcov",
     "pytest_distcov.errors",
-    "pytest_distcov.hosts",
     "pytest_distcov.options",
     "pytest_distcov.plugin",
-    "pytest_distcov.remote_worker",
     "pytest_distcov.reportspec",
-    "pytest_distcov.store",
 }
 
 PROBE = """
@@ -52,3 +49,10 @@ def test_a_measured_run_still_loads_its_roles(pytester: pytest.Pytester) -> None
     assert result.ret == 0, result.stdout.str()
     loaded = set(json.loads((pytester.path / "loaded.json").read_text()))
     assert {"coverage", "pytest_distcov.controller", "pytest_distcov.engine"} <= loaded
+
+
+def test_the_engine_variable_is_named_once_for_both_sides() -> None:
+    """options.py (every start) and remote_worker.py (stdlib only, on hosts) name it alike."""
+    from pytest_distcov import options, remote_worker
+
+    assert options.ENGINE_ENV == remote_worker.ENGINE_ENV
