@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from coverage import Coverage, CoverageData
-from coverage.exceptions import CoverageException
+from coverage.exceptions import ConfigError, CoverageException
 
 from .errors import SettingsError
 from .merge import JOURNAL_SUFFIX
@@ -82,7 +82,7 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
             messages=False,
             **kwargs,  # type: ignore[arg-type]
         )
-    except CoverageException as exc:
+    except (CoverageException, ConfigError) as exc:  # ConfigError is not one before 7.11
         raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
 
 
@@ -430,6 +430,13 @@ class Engine:
     @property
     def running(self) -> bool:
         return self._running
+
+    @property
+    def tapped(self) -> bool:
+        """True while the per-test flush reads the tracer's sets in place (a
+        :class:`~pytest_distcov.tap.TracerTap`); False where it flushes with coverage.py's
+        ``switch_context`` (probes, contexts, a coverage.py release the tap does not know)."""
+        return self._tap is not None
 
     def flush(self) -> None:
         """Make everything measured so far durable: in :attr:`data_path` or its journal."""

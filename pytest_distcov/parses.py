@@ -260,6 +260,9 @@ class SharedParses:
     def __init__(self, cache: ParseCache | None) -> None:
         self.cache = cache
         self.reporters: dict[str, FileReporter] = {}
+        #: True when the reports share parses; False when this coverage.py has no
+        #: ``Coverage._get_file_reporter`` to wrap (then each report parses, as coverage does)
+        self.active = False
 
     def save(self) -> None:
         """Store the parses this run made in the cache, if there is one."""
@@ -304,4 +307,5 @@ def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses
         return reporter
 
     cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
+    shared.active = True
     return shared
