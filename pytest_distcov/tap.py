@@ -17,8 +17,7 @@ This reads coverage.py's collector (``Coverage._collector``: ``data``, ``file_tr
 its ``flush_data`` on the instance, to know when coverage's own flush (``get_data`` at the end,
 or any mid-run) emptied the sets: 7.16 clears them, 7.17 removes what it took. A tap is
 only made when all of it is there and, for packed arcs, when coverage.py's own flush code
-unpacks sample values the way :func:`unpack_arc` does in one of the layouts it knows
-(:func:`packing_layout`). Otherwise, and
+unpacks sample values the way :func:`unpack_arc` does (:func:`packing_matches`). Otherwise, and
 as soon as a coverage plugin traces a file (its file tracer is written by coverage's flush),
 the engine flushes with ``switch_context`` as before.
 """
@@ -29,67 +28,47 @@ import types
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
 
-__all__ = ["TracerTap", "packing_layout", "packing_matches", "unpack_arc"]
+__all__ = ["TracerTap", "packing_matches", "unpack_arc"]
 
-#: the bits a line number takes in a packed arc, newest layout first: 28 since coverage.py
-#: 7.13.2 (before, 20); :func:`packing_layout` asks coverage's own flush which
-_LAYOUTS = (28, 20)
+_MASK = 0xFFFFFFF  # 28 bits a line number
 
 
-def unpack_arc(packed: int, bits: int = 28) -> tuple[int, int]:
-    """An arc as the C tracer packs it: two ``bits``-bit line numbers and their two sign bits."""
-    mask = (1 << bits) - 1
-    first = packed & mask
-    second = (packed >> bits) & mask
-    if packed & (1 << (2 * bits)):
+def unpack_arc(packed: int) -> tuple[int, int]:
+    """An arc as the C tracer packs it: two 28-bit line numbers and their two sign bits."""
+    first = packed & _MASK
+    second = (packed >> 28) & _MASK
+    if packed & (1 << 56):
         first = -first
-    if packed & (1 << (2 * bits + 1)):
+    if packed & (1 << 57):
         second = -second
     return first, second
 
 
-def _pack_arc(first: int, second: int, bits: int = 28) -> int:
-    mask = (1 << bits) - 1
-    packed = (abs(first) & mask) | ((abs(second) & mask) << bits)
+def _pack_arc(first: int, second: int) -> int:
+    packed = (abs(first) & _MASK) | ((abs(second) & _MASK) << 28)
     if first < 0:
-        packed |= 1 << (2 * bits)
+        packed |= 1 << 56
     if second < 0:
-        packed |= 1 << (2 * bits + 1)
+        packed |= 1 << 57
     return packed
 
 
-def _sample_arcs(bits: int) -> list[tuple[int, int]]:
-    """Arcs that exercise every part of a packing: signs, large line numbers, entries, exits."""
-    top = (1 << bits) - 1
-    return [(-1, 1), (1, 2), (7, -1), (-3, -9), (0, 0), (123456, 654321), (top, -top)]
+#: arcs that exercise every part of the packing: signs, large line numbers, entries and exits
+_SAMPLE_ARCS = [(-1, 1), (1, 2), (7, -1), (-3, -9), (0, 0), (123456, 654321), (_MASK, -_MASK)]
 
 
-def packing_layout(collector_class: Any) -> int | None:
-    """The bits a line number takes in the arcs coverage.py's own flush unpacks, or None
-    when it unpacks sample packed arcs as no known layout of :func:`unpack_arc` does.
+def packing_matches(collector_class: Any) -> bool:
+    """True if coverage.py's own flush unpacks sample packed arcs as :func:`unpack_arc` does.
 
     Runs the collector class's ``flush_data`` on a stand-in collector holding packed samples,
     so a coverage.py release that packs arcs differently (or flushes differently) is detected
     before any arc is read with the wrong layout.
     """
-    for bits in _LAYOUTS:
-        if _flush_unpacks(collector_class, bits):
-            return bits
-    return None
-
-
-def packing_matches(collector_class: Any) -> bool:
-    """True if coverage.py's own flush unpacks packed arcs in a layout :func:`unpack_arc` knows."""
-    return packing_layout(collector_class) is not None
-
-
-def _flush_unpacks(collector_class: Any, bits: int) -> bool:
-    samples = _sample_arcs(bits)
     got: dict[str, Any] = {}
     stand_in = types.SimpleNamespace(
         branch=True,
         core=types.SimpleNamespace(packed_arcs=True),
-        data={"f.py": {_pack_arc(a, b, bits) for a, b in samples}},
+        data={"f.py": {_pack_arc(a, b) for a, b in _SAMPLE_ARCS}},
         file_tracers={},
         disabled_plugins=set(),
         tracers=[],
@@ -109,19 +88,17 @@ def _flush_unpacks(collector_class: Any, bits: int) -> bool:
         collector_class.flush_data(stand_in)
     except Exception:  # any change in coverage.py's internals: no tap
         return False
-    expected = {unpack_arc(_pack_arc(a, b, bits), bits) for a, b in samples}
-    return set(got.get("f.py", ())) == expected == set(samples)
+    expected = {unpack_arc(_pack_arc(a, b)) for a, b in _SAMPLE_ARCS}
+    return set(got.get("f.py", ())) == expected == set(_SAMPLE_ARCS)
 
 
 class TracerTap:
     """What the tracer recorded since the last :meth:`take`, read from coverage's collector."""
 
-    def __init__(self, collector: Any, bits: int = 28) -> None:
+    def __init__(self, collector: Any) -> None:
         self._collector = collector
         self.kind = "arcs" if collector.branch else "lines"
         self._unpack = bool(collector.branch and collector.core.packed_arcs)
-        #: the packing of the collector's arcs (see :func:`packing_layout`)
-        self._bits = bits
         self._map: Callable[[str], str] = collector.cached_mapped_file
         #: the collector's dict of sets when last read; another one means coverage reset it
         self._data: Any = None
@@ -157,10 +134,9 @@ class TracerTap:
             return None
         if not all(checks):
             return None
-        if not (collector.branch and packed):
-            return cls(collector)
-        bits = packing_layout(type(collector))
-        return None if bits is None else cls(collector, bits)
+        if collector.branch and packed and not packing_matches(type(collector)):
+            return None
+        return cls(collector)
 
     @property
     def usable(self) -> bool:
@@ -188,9 +164,7 @@ class TracerTap:
                 seen |= new
             if not new:
                 continue
-            items_new: Collection[Hashable] = (
-                [unpack_arc(p, self._bits) for p in new] if self._unpack else new
-            )
+            items_new: Collection[Hashable] = [unpack_arc(p) for p in new] if self._unpack else new
             mapped = self._map(name)
             if mapped in fresh:  # two names coverage maps to one file
                 items_new = {*fresh[mapped], *items_new}

@@ -57,16 +57,13 @@ def test_the_tap_gives_each_item_once_and_sees_past_coverages_own_flush() -> Non
     assert tap.take() == {"/src/a.py": {5}}
 
 
-@pytest.mark.parametrize("bits", [28, 20])
-def test_the_tap_unpacks_arcs_and_joins_names_mapped_to_one_file(bits: int) -> None:
-    """In both layouts coverage.py has packed arcs in (20 bits a line number before 7.13.2)."""
+def test_the_tap_unpacks_arcs_and_joins_names_mapped_to_one_file() -> None:
     collector = _collector(branch=True, packed=True)
     collector.cached_mapped_file = lambda name: "/src/one.py"
-    tap = TracerTap(collector, bits)
+    tap = TracerTap(collector)
     assert tap.kind == "arcs"
-    pack = tap_module._pack_arc
-    collector.data["one.py"] = {pack(-1, 1, bits), pack(1, -1, bits)}
-    collector.data["./one.py"] = {pack(1, 2, bits)}
+    collector.data["one.py"] = {tap_module._pack_arc(-1, 1), tap_module._pack_arc(1, -1)}
+    collector.data["./one.py"] = {tap_module._pack_arc(1, 2)}
     assert {k: sorted(v) for k, v in tap.take().items()} == {
         "/src/one.py": [(-1, 1), (1, -1), (1, 2)]
     }
@@ -84,9 +81,7 @@ def test_packing_is_checked_against_coverages_own_flush(monkeypatch: pytest.Monk
     assert packing_matches(Collector)
     assert unpack_arc(tap_module._pack_arc(-3, 70000)) == (-3, 70000)
     # a coverage.py that unpacked otherwise (here: ours with the lines swapped) is refused
-    monkeypatch.setattr(
-        tap_module, "unpack_arc", lambda packed, bits=28: unpack_arc(packed, bits)[::-1]
-    )
+    monkeypatch.setattr(tap_module, "unpack_arc", lambda packed: unpack_arc(packed)[::-1])
     assert not packing_matches(Collector)
     # and so is one whose flush no longer runs on the stand-in
     broken = type("Broken", (), {"flush_data": lambda self: self.no_such_part})
