@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from coverage import Coverage, CoverageData
-from coverage.exceptions import ConfigError, CoverageException
+from coverage.exceptions import CoverageException
 
 from .errors import SettingsError
 from .merge import JOURNAL_SUFFIX
@@ -82,7 +82,7 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
             messages=False,
             **kwargs,  # type: ignore[arg-type]
         )
-    except (CoverageException, ConfigError) as exc:  # ConfigError is not one before 7.11
+    except CoverageException as exc:
         raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {exc}") from None
 
 

@@ -20,7 +20,7 @@ from coverage import Coverage
 from coverage.collector import Collector
 
 from pytest_distcov.parses import ParseCache, SharedParses, share_parses
-from pytest_distcov.tap import packing_layout
+from pytest_distcov.tap import packing_matches
 
 from .helpers import run_python
 
@@ -40,8 +40,8 @@ engine.finish()
 """
 
 
-def test_the_installed_coverage_packs_arcs_in_a_layout_the_tap_knows() -> None:
-    assert packing_layout(Collector) in (20, 28), coverage.__version__
+def test_the_installed_coverage_packs_arcs_as_the_tap_reads_them() -> None:
+    assert packing_matches(Collector), coverage.__version__
 
 
 @pytest.mark.parametrize("mode", ["lines", "branch"])
