@@ -506,6 +506,13 @@ class Engine:
     def running(self) -> bool:
         return self._running
 
+    @property
+    def tapped(self) -> bool:
+        """True while the per-test flush reads the tracer's sets in place (a
+        :class:`~pytest_distcov.tap.TracerTap`); False where it flushes with coverage.py's
+        ``switch_context`` (probes, contexts, a coverage.py release the tap does not know)."""
+        return self._tap is not None
+
     def flush(self) -> None:
         """Make everything measured so far durable: in :attr:`data_path` or its journal."""
         new_only = self._new_only

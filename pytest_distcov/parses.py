@@ -218,9 +218,9 @@ class _SharedReporter(PythonFileReporter):
     """coverage.py's reporter of a Python file whose parse is restored from, or kept in, a
     :class:`ParseCache`."""
 
-    def __init__(self, morf: TMorf, cov: Coverage, cache: ParseCache, arcs: bool) -> None:
+    def __init__(self, morf: TMorf, cov: Coverage, shared: SharedParses, arcs: bool) -> None:
         super().__init__(morf, coverage=cov)
-        self._distcov_cache = cache
+        self._distcov_shared = shared
         self._distcov_arcs = arcs
 
     @property
@@ -238,7 +238,8 @@ class _SharedReporter(PythonFileReporter):
                     # own (as each coverage.py report makes) fails there the same way again.
                     self._parser = None
                     raise
-                self._distcov_cache.keep(parser)
+                self._distcov_shared.cache.keep(parser)
+                self._distcov_shared.parsed += 1
                 return parser
         return super().parser
 
@@ -249,9 +250,11 @@ class _SharedReporter(PythonFileReporter):
             text = self.source()
         except (CoverageException, OSError):
             return  # coverage.py's own parse says what is wrong with the file
-        state = self._distcov_cache.restore(self.filename, exclude, text, arcs=self._distcov_arcs)
+        shared = self._distcov_shared
+        state = shared.cache.restore(self.filename, exclude, text, arcs=self._distcov_arcs)
         if state is None:
             return
+        shared.restored += 1
         parser = PythonParser(text=text, filename=self.filename, exclude=exclude)
         vars(parser).update(state)
         self._parser = parser
@@ -263,6 +266,12 @@ class SharedParses:
     def __init__(self, cache: ParseCache | None) -> None:
         #: in memory only when the run keeps no cache on disk
         self.cache = cache if cache is not None else ParseCache(None)
+        #: True when the reports share parses; False when this coverage.py has no
+        #: ``Coverage._get_file_reporter`` to wrap (then each report parses, as coverage does)
+        self.active = False
+        #: files coverage.py parsed, and parses restored from the cache (figures for tests)
+        self.parsed = 0
+        self.restored = 0
 
     def save(self) -> None:
         """Store the parses this run made in the cache, if it has a file."""
@@ -292,7 +301,8 @@ def share_parses(cov: Coverage, cache: ParseCache | None = None) -> SharedParses
             return reporter
         if arcs is None:
             arcs = cov.get_data().has_arcs()
-        return _SharedReporter(morf, cov, shared.cache, arcs)
+        return _SharedReporter(morf, cov, shared, arcs)
 
     cov._get_file_reporter = file_reporter  # type: ignore[method-assign]
+    shared.active = True
     return shared

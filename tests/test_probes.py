@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from coverage.inorout import InOrOut
 
 from pytest_distcov.probes import probes_available
 
@@ -451,7 +452,8 @@ from pytest_distcov.probes import Probes
 
 root = Path(sys.argv[1])
 recomputed = []
-original = InOrOut.set_matchers_depending_on_syspath
+# coverage.py 7.13.3+ looks at sys.path again when it changes; before, it never did.
+original = getattr(InOrOut, "set_matchers_depending_on_syspath", None)
 
 
 def counting(self):
@@ -459,7 +461,8 @@ def counting(self):
     return original(self)
 
 
-InOrOut.set_matchers_depending_on_syspath = counting
+if original is not None:
+    InOrOut.set_matchers_depending_on_syspath = counting
 sys.path.insert(0, str(root))
 probes = Probes(Coverage(source=["srcpkg"], data_file=str(root / ".coverage")))
 probes.start()
@@ -469,7 +472,8 @@ import srcpkg.mod
 
 assert srcpkg.mod.double(2) == 4
 data = probes.finish()
-print(len(recomputed) - before, sorted(data.lines(str(root / "srcpkg" / "mod.py"))))
+count = len(recomputed) - before if original is not None else "-"
+print(count, sorted(data.lines(str(root / "srcpkg" / "mod.py"))))
 """
 
 
@@ -490,7 +494,9 @@ def test_a_changed_sys_path_is_looked_at_once(tmp_path: Path) -> None:
         check=False,
     )
     assert out.returncode == 0, out.stderr
-    assert out.stdout.split(maxsplit=1) == ["1", "[1, 2]\n"]
+    looked, lines = out.stdout.split(maxsplit=1)
+    assert lines == "[1, 2]\n"
+    assert looked == ("1" if hasattr(InOrOut, "set_matchers_depending_on_syspath") else "-")
 
 
 PAUSED_MODULE = """
