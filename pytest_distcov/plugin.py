@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,12 +23,14 @@ from .engine import Engine, MeasureSpec
 from .errors import DistCovError
 from .options import Settings, add_options, resolve
 from .remote import RemoteHooks, start_remote
+from .tempdirs import HeldDir
 from .worker import ContextHooks, NoCoverHooks, WorkerRole
 
 ENGINE_KEY = pytest.StashKey[Engine]()
 SETTINGS_KEY = pytest.StashKey[Settings]()
 SPEC_KEY = pytest.StashKey[MeasureSpec]()
 PLAN_KEY = pytest.StashKey[OutputPlan]()
+DIR_KEY = pytest.StashKey[HeldDir]()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -96,9 +96,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         if worker_id is None:
             # Validate where the data goes (and --distcov-append) before anything runs.
             early_config.stash[PLAN_KEY] = OutputPlan.make(settings, spec)
+        # held while this process lives, so that no other run takes it for a killed run's
+        early_config.stash[DIR_KEY] = held = HeldDir.create(worker_id or "controller")
         engine = Engine(
             spec,
-            Path(tempfile.mkdtemp(prefix=f"distcov-{worker_id or 'controller'}-")),
+            held.path,
             worker_id or "controller",
             subprocesses=not dist,
             partial=worker_id is not None or dist,
@@ -199,6 +201,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if engine is not None and engine.running:
         engine.pause()
         shutil.rmtree(engine.data_dir, ignore_errors=True)
+    held = config.stash.get(DIR_KEY, None)
+    if held is not None:
+        held.release()
 
 
 @pytest.fixture
