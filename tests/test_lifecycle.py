@@ -219,3 +219,87 @@ def test_next_run_removes_the_directories_of_a_killed_run(
     result.stdout.fnmatch_lines(["distcov: removed 3 temporary directories left by killed runs"])
     assert sorted(p.name for p in private_tmp.iterdir()) == decoys
     assert (private_tmp / "elsewhere" / "distcov.lock").exists()
+
+
+WAITER = """
+import os
+import time
+
+
+def test_0():
+    pass
+
+
+def test_wait():
+    if not os.path.exists("pid-waiter"):  # killed by the other worker (not run again)
+        worker = os.environ["PYTEST_XDIST_WORKER"]
+        open("pid-waiter.new", "w").write(f"{os.getpid()} {worker}")
+        os.rename("pid-waiter.new", "pid-waiter")
+        time.sleep(60)
+"""
+
+#: Kills the other worker once the controller holds its directory, then starts another measured
+#: run in the same temp dir, which must leave that directory alone.
+KILL_AND_RUN_ANOTHER = """
+import glob, os, signal, subprocess, sys, tempfile, time
+
+
+def _wait_for(condition):
+    deadline = time.monotonic() + 60
+    while not condition():
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+
+
+def _held_by(pid, inode):
+    with open("/proc/locks") as fh:
+        return any(
+            f[4] == str(pid) and f[5].rsplit(":", 1)[1] == str(inode)
+            for f in (line.split() for line in fh)
+        )
+
+
+def _dead(pid):
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True
+
+
+def test_kill_the_other_worker_and_run_another():
+    _wait_for(lambda: os.path.exists("pid-waiter"))
+    pid, worker = open("pid-waiter").read().split()
+    [datadir] = glob.glob(f"{tempfile.gettempdir()}/distcov-{worker}-*")
+    inode = os.stat(f"{datadir}/distcov.lock").st_ino
+    _wait_for(lambda: _held_by(os.getppid(), inode))  # the controller holds it too
+    os.kill(int(pid), signal.SIGKILL)
+    _wait_for(lambda: _dead(pid))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST_XDIST")}
+    other = subprocess.run(
+        [sys.executable, "-m", "pytest", "--distcov", "-p", "no:xdist", "-p", "no:randomly",
+         "-o", "python_files=check_*.py", "check_nested.py"],
+        env=env, capture_output=True, text=True, timeout=120,
+    )
+    assert other.returncode == 0, other.stdout + other.stderr
+    assert "removed" not in other.stdout
+    assert os.path.isdir(datadir)  # left for the controller, which recovers its data
+"""
+
+
+def test_a_crashed_workers_directory_outlives_it_until_the_controller_is_done(
+    pytester: pytest.Pytester, private_tmp: Path
+) -> None:
+    """Another run starting in the same temp dir while a worker lies dead must leave its
+    directory alone: the controller has not recovered the worker's data yet."""
+    pytester.makepyfile(test_a=WAITER, test_b=KILL_AND_RUN_ANOTHER)
+    (pytester.path / "check_nested.py").write_text("def test_nothing():\n    pass\n")
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--dist", "loadfile", "-p", "no:randomly")
+    out = result.stdout.str()
+    assert result.ret == 1, out  # the killed test fails
+    assert "FAILED test_a.py::test_wait" in out, out
+    assert "FAILED test_b.py" not in out, out  # its checks held
+    result.stdout.fnmatch_lines(
+        ["*distcov: worker gw* crashed*recovering the data of its finished tests: 1 data file*"]
+    )
+    assert not list(private_tmp.glob("distcov-*"))
