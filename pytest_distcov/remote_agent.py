@@ -75,9 +75,16 @@ def _hold(path: str) -> int | None:
         return None
     new = os.path.join(path, LOCK_NAME + ".new")
     flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
-    fd = os.open(new, flags, 0o600)
-    fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-    os.rename(new, os.path.join(path, LOCK_NAME))
+    try:
+        fd = os.open(new, flags, 0o600)
+    except OSError:  # unheld and without a lock file: removed by age only, as before
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.rename(new, os.path.join(path, LOCK_NAME))
+    except OSError:
+        os.close(fd)
+        return None
     return fd
 
 

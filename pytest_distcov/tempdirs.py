@@ -92,12 +92,24 @@ def _hold_new(path: Path) -> int | None:
     if fcntl is None:  # pragma: no cover - Windows
         return None
     new = path / f"{LOCK_NAME}.new"
-    fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
-    if not _try_lock(fd, exclusive=False):  # pragma: no cover - nobody else can know the file
+    try:
+        fd = os.open(
+            new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
+        )
+    except OSError:  # the directory is then never removed by another run, as before locks
+        return None
+    if not _try_lock(fd, exclusive=False) or not _renamed(new, path / LOCK_NAME):
         os.close(fd)
         return None
-    os.rename(new, path / LOCK_NAME)
     return fd
+
+
+def _renamed(old: Path, new: Path) -> bool:
+    try:
+        os.rename(old, new)
+    except OSError:
+        return False
+    return True
 
 
 def _open_lock(path: Path) -> int | None:
