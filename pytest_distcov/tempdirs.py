@@ -40,7 +40,8 @@ LOCK_NAME = "distcov.lock"
 #: (on a remote host: the run's directory, held by the host's agent). Copied in remote_worker.py.
 PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
 
-_OPEN_LOCK = os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC
+#: Never through a symlink; not inherited by programs the process starts.
+_FLAGS = getattr(os, "O_FLAGS", 0) | getattr(os, "O_CLOEXEC", 0)  # neither on Windows
 
 
 class HeldDir:
@@ -93,9 +94,7 @@ def _hold_new(path: Path) -> int | None:
         return None
     new = path / f"{LOCK_NAME}.new"
     try:
-        fd = os.open(
-            new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600
-        )
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
     except OSError:  # the directory is then never removed by another run, as before locks
         return None
     if not _try_lock(fd, exclusive=False) or not _renamed(new, path / LOCK_NAME):
@@ -116,7 +115,7 @@ def _open_lock(path: Path) -> int | None:
     if fcntl is None:  # pragma: no cover - Windows
         return None
     try:
-        fd = os.open(path / LOCK_NAME, _OPEN_LOCK)
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | _FLAGS)
     except OSError:  # none: not ours, kept on purpose, or gone
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):
