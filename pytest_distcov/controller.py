@@ -22,6 +22,7 @@ import io
 import os
 import queue
 import shutil
+import signal
 import sqlite3
 import tempfile
 import threading
@@ -58,9 +59,10 @@ from .protocol import Chunk, Hello, decode
 from .remote import HostSession, RemoteHooks
 from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
 from .store import open_store, write_shard
+from .tempdirs import HeldDir, sweep
 from .union import PathMapper
 
-__all__ = ["ControllerRole", "OutputPlan", "XdistControllerHooks"]
+__all__ = ["ControllerRole", "OutputPlan", "SigtermStop", "XdistControllerHooks"]
 
 #: Seconds between two progress lines in verbose mode.
 PROGRESS_EVERY = 5.0
@@ -207,6 +209,15 @@ class ControllerRole:
         #: parses the report will need, made while the tests run (xdist only, see preparse.py)
         self.preparser: PreParser | None = None
         self._preparse = bool(workers) and PreParser.possible() and self._reports_parse()
+        #: local workers' directories, held until the end (see tempdirs.py)
+        self._held: list[HeldDir] = []
+        self._swept = 0
+        self._merging = False
+        self.sigterm = SigtermStop(self)
+
+    def pytest_configure(self) -> None:
+        self._swept = sweep()
+        self.sigterm.install()
 
     def _reports_parse(self) -> bool:
         """True if the end of the run parses sources: a report, a total, or an upload."""
@@ -238,7 +249,16 @@ class ControllerRole:
         self.inbox.put((worker_id, message))
 
     def drain(self) -> None:
-        """Merge everything received so far (main thread)."""
+        """Merge everything received so far (main thread). A SIGTERM meanwhile stops the run
+        after the merge, not in the middle of it."""
+        self._merging = True
+        try:
+            self._drain()
+        finally:
+            self._merging = False
+        self.sigterm.raise_if_deferred()
+
+    def _drain(self) -> None:
         got = False
         while True:
             try:
@@ -256,6 +276,7 @@ class ControllerRole:
                 continue
             if msg["kind"] == "hello":
                 state.hello = msg
+                self._hold(worker_id, msg["datadir"])
                 state.notes.extend(n for n in msg["notes"] if n not in state.notes)
                 if msg["coverage"] != coverage.__version__:
                     self.errors.append(
@@ -281,6 +302,15 @@ class ControllerRole:
             self.preparser.pump()  # never waits; keeps both of the helper's pipes moving
         if got and self.config.get_verbosity() > 0:
             self._progress()
+
+    def _hold(self, worker_id: str, datadir: str) -> None:
+        """Keep a local worker's directory from other runs' cleanup until its data is
+        recovered, even if the worker dies."""
+        if self.remote is not None and self.remote.host_of(worker_id) is not None:
+            return  # on a remote host, in the run's directory there, held by the host's agent
+        held = HeldDir.adopt(datadir)
+        if held is not None:
+            self._held.append(held)
 
     def _preparse_files(self, names: list[str]) -> None:
         if self.preparser is None:
@@ -707,6 +737,27 @@ class ControllerRole:
         self._preparse = False
         if self.preparser is not None:
             self.preparser.stop()
+        self.sigterm.uninstall()
+        for held in self._held:
+            held.release()
+        self._held.clear()
+
+    def _cleanup_note(self) -> str | None:
+        """One line for the directories of killed runs removed at the start of this one."""
+        counts = [(self._swept, "here")]
+        if self.remote is not None:
+            counts.extend(
+                (int(h.info.get("removed", 0)), f"on {h.spec.label}")
+                for h in self.remote.fleet.hosts
+                if h.info
+            )
+        total = sum(n for n, _ in counts)
+        if not total:
+            return None
+        where = ", ".join(f"{n} {place}" for n, place in counts if n)
+        detail = f" ({where})" if self.remote is not None else ""
+        dirs = "directory" if total == 1 else "directories"
+        return f"distcov: removed {total} temporary {dirs} left by killed runs{detail}"
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -724,7 +775,8 @@ class ControllerRole:
         tr.write_sep("-", f"{title}, {self.engine.description}, data in {self.plan.data_file}")
         if self.report_text:
             tr.write(self.report_text)
-        for line in self.summary:
+        stops = [self.sigterm.note(), self._cleanup_note()]
+        for line in [*(s for s in stops if s), *self.summary]:
             tr.write_line(line)
         for note in notes:
             tr.write_line(f"distcov: {note}")
@@ -732,6 +784,74 @@ class ControllerRole:
             tr.write_line(
                 f"distcov: {err}" if not err.startswith("FAIL") else err, red=True, bold=True
             )
+
+
+class SigtermStop:
+    """SIGTERM (what CI sends on a timeout or a cancel) stops the run as Ctrl-C does.
+
+    The handler raises KeyboardInterrupt in the main thread, so pytest's own interrupt handling
+    runs (xdist's shuts the workers down); the controller then saves the data of every test
+    that finished, reports, and pytest exits with ``ExitCode.INTERRUPTED``. It is installed only
+    where SIGTERM has its default action (a handler installed by someone else is left alone),
+    and the default comes back at the end. Further SIGTERMs are ignored: the run is stopping
+    already, and one while the data is being saved would lose it (SIGKILL still ends it). A
+    merge in progress is finished before the interrupt is raised.
+    """
+
+    MESSAGE = "SIGTERM: stopping as on Ctrl-C"
+
+    def __init__(self, role: ControllerRole) -> None:
+        self.role = role
+        self.installed = False
+        self.received = 0
+        self.stopped = False
+        self.deferred = False
+
+    def install(self) -> None:
+        if threading.current_thread() is not threading.main_thread():
+            return  # signal handlers can only be set in the main thread
+        if signal.getsignal(signal.SIGTERM) is not signal.SIG_DFL:
+            return
+        signal.signal(signal.SIGTERM, self._handle)
+        self.installed = True
+
+    def uninstall(self) -> None:
+        if self.installed and signal.getsignal(signal.SIGTERM) == self._handle:
+            signal.signal(signal.SIGTERM, signal.SIG_DFL)
+        self.installed = False
+
+    def _handle(self, signum: int, frame: object) -> None:
+        self.received += 1
+        if self.received > 1 or self.role._finished:
+            return  # stopping (or saving) already
+        self.stopped = True
+        session = self.role.session
+        if session is not None:
+            # if a test swallows the KeyboardInterrupt, pytest still stops after that test
+            session.shouldstop = self.MESSAGE
+        if self.role._merging:
+            self.deferred = True
+            return
+        raise KeyboardInterrupt(self.MESSAGE)
+
+    def raise_if_deferred(self) -> None:
+        if self.deferred and not self.role._finished:
+            self.deferred = False
+            raise KeyboardInterrupt(self.MESSAGE)
+
+    def note(self) -> str | None:
+        if not self.stopped:
+            return (
+                "distcov: SIGTERM received while the data was being saved: ignored"
+                if self.received
+                else None
+            )
+        more = self.received - 1
+        ignored = f"; {more} more SIGTERM ignored while finishing" if more else ""
+        return (
+            "distcov: stopped by SIGTERM (as by Ctrl-C); the coverage of the tests that"
+            f" finished is kept{ignored}"
+        )
 
 
 class XdistControllerHooks:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -27,6 +25,7 @@ if TYPE_CHECKING:
     from .controller import OutputPlan
     from .engine import Engine, MeasureSpec
     from .remote import RemoteHooks
+    from .tempdirs import HeldDir
 
 # The role modules (and coverage.py, execnet, sqlite3 with them) are imported only when a run
 # measures: an installed plugin that is not asked for costs a pytest start next to nothing.
@@ -34,6 +33,7 @@ ENGINE_KEY: pytest.StashKey[Engine] = pytest.StashKey()
 SETTINGS_KEY: pytest.StashKey[Settings] = pytest.StashKey()
 SPEC_KEY: pytest.StashKey[MeasureSpec] = pytest.StashKey()
 PLAN_KEY: pytest.StashKey[OutputPlan] = pytest.StashKey()
+DIR_KEY: pytest.StashKey[HeldDir] = pytest.StashKey()
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -92,6 +92,7 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         )
     from .controller import OutputPlan
     from .engine import Engine, MeasureSpec
+    from .tempdirs import HeldDir
 
     spec = MeasureSpec(
         settings.source, settings.branch, settings.config_file, settings.context, settings.engine
@@ -102,9 +103,11 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         if worker_id is None:
             # Validate where the data goes (and --distcov-append) before anything runs.
             early_config.stash[PLAN_KEY] = OutputPlan.make(settings, spec)
+        # held while this process lives, so that no other run takes it for a killed run's
+        early_config.stash[DIR_KEY] = held = HeldDir.create(worker_id or "controller")
         engine = Engine(
             spec,
-            Path(tempfile.mkdtemp(prefix=f"distcov-{worker_id or 'controller'}-")),
+            held.path,
             worker_id or "controller",
             subprocesses=not dist,
             partial=worker_id is not None or dist,
@@ -213,6 +216,9 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     if engine is not None and engine.running:
         engine.pause()
         shutil.rmtree(engine.data_dir, ignore_errors=True)
+    held = config.stash.get(DIR_KEY, None)
+    if held is not None:
+        held.release()
 
 
 @pytest.fixture

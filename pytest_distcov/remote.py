@@ -26,7 +26,6 @@ import os
 import shlex
 import shutil
 import sys
-import tempfile
 import threading
 import time
 import uuid
@@ -42,6 +41,7 @@ from .errors import RemoteError
 from .hosts import HostSpec
 from .options import Settings
 from .shipping import Bundle, Tree, build_bundle, digest_bytes
+from .tempdirs import HeldDir
 
 __all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
 
@@ -138,7 +138,8 @@ class Fleet:
         self.group = execnet.Group(execmodel="thread")
         self.versions = _installed_versions()
         self.closed = False
-        self.scripts_dir = tempfile.mkdtemp(prefix="distcov-ssh-")
+        self.scripts = HeldDir.create("ssh")
+        self.scripts_dir = str(self.scripts.path)
 
     # -- setting up ---------------------------------------------------------------------------
 
@@ -359,6 +360,8 @@ class Fleet:
             "sys_path": self.worker_sys_path(host),
             "args_map": [[project.local, host.trees.get(project.name, "")]],
             "basetemp": f"{host.info['run_dir']}/basetemp",
+            # the worker's data directory goes in the run's, which the agent holds
+            "tmp_parent": host.info["run_dir"],
             # as resolved here, so that a choice made by the environment holds there too
             "engine": self.engine,
         }
@@ -410,6 +413,7 @@ class Fleet:
                     pass
         self.group.terminate(timeout=PING_TIMEOUT)
         shutil.rmtree(self.scripts_dir, ignore_errors=True)
+        self.scripts.release()
 
 
 def _read(path: str) -> bytes:

@@ -15,8 +15,11 @@ package. It serves requests on its channel until it receives ``None``:
 
 The cache lives in ``$XDG_CACHE_HOME/pytest-distcov`` (default ``~/.cache/pytest-distcov``):
 ``objects/`` holds file contents by digest, ``trees/<digest>`` the shared package trees and
-``runs/<run id>`` the per-run copies of the project, removed at the end of the run (and, if a run
-was killed, by the next run after a day).
+``runs/<run id>`` the per-run copies of the project and the workers' data directories, removed at
+the end of the run. While the agent lives (as long as the run's gateway) it holds a shared
+``flock`` on ``runs/<run id>/distcov.lock``; the next run's agent removes every run directory
+whose lock nobody holds (its run was killed), as ``pytest_distcov/tempdirs.py`` does locally
+(a run directory without a lock file is removed after a day).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ import time
 from typing import Any
 
 RUN_MAX_AGE = 24 * 3600.0
+#: As tempdirs.LOCK_NAME (this module imports nothing of its package).
+LOCK_NAME = "distcov.lock"
 
 
 def _cache_dir() -> str:
@@ -61,20 +66,74 @@ def _has_versions(versions: dict[str, str]) -> bool:
     return True
 
 
-def _prune_runs(cache: str) -> None:
+def _hold(path: str) -> int | None:
+    """Hold a shared lock on ``path``'s lock file for the agent's life. The file is locked under
+    another name and then renamed, so that it is never seen unlocked."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows: runs are removed by age only
+        return None
+    new = os.path.join(path, LOCK_NAME + ".new")
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC
+    try:
+        fd = os.open(new, flags, 0o600)
+    except OSError:  # unheld and without a lock file: removed by age only, as before
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        os.rename(new, os.path.join(path, LOCK_NAME))
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_if_unheld(path: str) -> bool | None:
+    """Remove a run's directory if nobody holds its lock (its run was killed): True if it is
+    gone, False if its run lives (or it could not be removed), None if it has no lock file.
+    Never waits for the lock."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(os.path.join(path, LOCK_NAME), os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    else:
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
+    finally:
+        os.close(fd)
+
+
+def _prune_runs(cache: str, current: str) -> int:
+    """Remove the directories of killed runs; how many were removed."""
     now = time.time()
+    removed = 0
     for path in glob.glob(os.path.join(cache, "runs", "*")):
         try:
-            if now - os.stat(path).st_mtime > RUN_MAX_AGE:
-                shutil.rmtree(path, ignore_errors=True)
+            if path == current or os.path.islink(path) or not os.path.isdir(path):
+                continue
+            gone = _remove_if_unheld(path)
+            if gone is None and now - os.stat(path).st_mtime > RUN_MAX_AGE:
+                shutil.rmtree(path, ignore_errors=True)  # no lock file: an old run
+                gone = not os.path.lexists(path)
+            removed += bool(gone)
         except OSError:
             pass
+    return removed
 
 
 class Agent:
     def __init__(self) -> None:
         self.cache = _cache_dir()
         self.run = ""
+        self.lock: int | None = None  # held for the agent's life
         self.pending: dict[str, dict[str, Any]] = {}  # tree name -> tree (with files)
         self.paths: dict[str, str] = {}
         self.errors: list[str] = []  # from blobs, which get no answer of their own
@@ -89,8 +148,10 @@ class Agent:
 
     def setup(self, msg: dict[str, Any]) -> dict[str, Any]:
         self.run = msg["run"]
-        os.makedirs(os.path.join(self.cache, "runs", self.run), exist_ok=True)
-        _prune_runs(self.cache)
+        run_dir = os.path.join(self.cache, "runs", self.run)
+        os.makedirs(run_dir, exist_ok=True)
+        self.lock = _hold(run_dir)
+        removed = _prune_runs(self.cache, run_dir)
         have = []
         for tree in msg["trees"]:
             path = self._tree_dir(tree)
@@ -109,6 +170,7 @@ class Agent:
             "cache": self.cache,
             "run_dir": os.path.join(self.cache, "runs", self.run),
             "have": have,
+            "removed": removed,
             "has_packages": _has_versions(msg.get("versions") or {}),
         }
 

@@ -23,6 +23,8 @@ from typing import Any
 OMIT_ENV = "PYTEST_DISTCOV_OMIT"
 #: The engine the controller resolved (options.ENGINE_ENV; stdlib-only module, so a copy).
 ENGINE_ENV = "DISTCOV_ENGINE"
+#: Where the worker makes its data directory (tempdirs.PARENT_ENV; a copy, as above).
+PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
 
 
 def host_sys_path(layout: list[list[str]]) -> list[str]:
@@ -68,6 +70,8 @@ def main(channel: Any) -> None:
         # leaves that file out, as it leaves out the rest of pytest-distcov.
         os.environ[OMIT_ENV] = main.__code__.co_filename
         os.environ[ENGINE_ENV] = remote.get("engine", "auto")
+        if remote.get("tmp_parent"):
+            os.environ[PARENT_ENV] = remote["tmp_parent"]
         change_sys_path = host_sys_path(remote["sys_path"])
         args = [map_arg(a, remote["args_map"]) for a in args]
         option_dict = dict(option_dict)

@@ -16,7 +16,15 @@ PKG = Path(pytest_distcov.__file__).parent
 PYTEST_ALLOWED = {"plugin", "controller", "worker", "options", "remote", "probes"}
 #: Bottom layers: standard library (and each other) only. The remote agent and worker starter
 #: run on hosts that have nothing but Python; shipping runs before anything is there.
-STDLIB_ONLY = {"errors", "protocol", "remote_agent", "remote_worker", "reportspec", "shipping"}
+STDLIB_ONLY = {
+    "errors",
+    "protocol",
+    "remote_agent",
+    "remote_worker",
+    "reportspec",
+    "shipping",
+    "tempdirs",
+}
 
 
 def _imports(module: str) -> set[str]:

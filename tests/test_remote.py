@@ -3,6 +3,8 @@ which cannot see this checkout or its virtualenv, so everything they run was shi
 
 from __future__ import annotations
 
+import fcntl
+import os
 import re
 import shutil
 import subprocess
@@ -244,6 +246,82 @@ def test_c_tracer_that_cannot_load_falls_back_with_one_line(
         env.setenv("COVERAGE_CORE", "pytrace")
         reference = serial_reference(pytester, branch=True)
     assert_same_data(shapes / ".coverage", reference, arcs=True)
+
+
+#: The second test tells the test driving the run that it started (in the host's /tmp), then
+#: waits until its connection is gone (its parent, the host's sshd, exits).
+HANG = """
+import os, time
+import work
+
+
+def test_1():
+    assert work.f1() == 1
+
+
+def test_2_hang():
+    open("/tmp/MARKER", "w").close()
+    parent, deadline = os.getppid(), time.monotonic() + 60
+    while os.getppid() == parent and time.monotonic() < deadline:
+        time.sleep(0.1)
+"""
+
+
+def _unheld(lock: Path) -> bool:
+    fd = os.open(lock, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
+    return True
+
+
+def test_next_run_removes_what_a_killed_run_left_on_a_host(
+    pytester: pytest.Pytester, lab: SshLab, private_tmp: Path
+) -> None:
+    """The controller is SIGKILLed mid-run: the next run removes its directories, here and in
+    the host's cache."""
+    marker = f"started-{pytester.path.name}"
+    pytester.makepyfile(work=WORK, test_work=HANG.replace("MARKER", marker))
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    host = lab.add_host("h2")
+    runs = host / "cache" / "pytest-distcov" / "runs"
+    before = set(runs.iterdir()) if runs.exists() else set()
+    args = [*_remote_args(lab, "h2"), "--distcov-source=work"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        cwd=pytester.path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 120
+        while not (host / "tmp" / marker).exists() and time.monotonic() < deadline:
+            assert proc.poll() is None, "the run ended before it was killed"
+            time.sleep(0.1)
+    finally:
+        proc.kill()
+        proc.wait()
+    [killed] = set(runs.iterdir()) - before
+    deadline = time.monotonic() + 60
+    while not _unheld(killed / "distcov.lock") and time.monotonic() < deadline:
+        time.sleep(0.1)  # the host's agent ends when its connection does
+    assert any(killed.glob("distcov-gw0-*/.coverage.gw0"))  # the worker's data was there
+    local = sorted(p.name.rsplit("-", 1)[0] for p in private_tmp.glob("distcov-*"))
+    assert local == ["distcov-controller", "distcov-ssh"]
+    pytester.makepyfile(test_work="import work\n\ndef test_1():\n    assert work.f1() == 1\n")
+    result = run_pytest(pytester, *args)
+    assert result.ret == 0, result.stdout.str()
+    found = re.search(
+        r"distcov: removed \d+ temporary directories left by killed runs \(2 here, (\d+) on h2\)",
+        result.stdout.str(),
+    )
+    assert found, result.stdout.str()
+    assert int(found.group(1)) >= 1  # other tests may have left some on h2 too
+    assert not killed.exists()
+    assert not list(private_tmp.glob("distcov-*"))
 
 
 # -- bad input: one clear line naming the host, quickly, no traceback, no restarts -----------

@@ -1,0 +1,175 @@
+"""Temporary directories that tell whether a live run still needs them (standard library only).
+
+Every process of a measured run keeps its data in a directory ``distcov-<who>-XXXXXXXX`` in the
+temp directory. While the process lives it holds a shared ``flock`` on the file ``distcov.lock``
+inside; the controller takes a shared lock on each local worker's directory too, as soon as it
+hears of it, so that a worker that crashed keeps its directory until the controller has
+recovered its data. A later run removes a directory only if it can take that lock exclusively
+without waiting: no process holds it, so the run that made it was killed (SIGKILL, a lost
+machine). A lock, unlike a process id, cannot be mistaken for an unrelated process that was
+given the same id later.
+
+What a later run removes, and nothing else: directories (not symlinks) in the temp directory
+whose names start with ``distcov-``, owned by the same user, holding the lock file. The lock
+file appears already locked (it is locked under another name, then renamed), so a directory
+being made is never taken for a dead one; a directory whose files a run keeps on purpose (data
+that could not be read, a rescued data file) loses its lock file when the run ends, and stays.
+
+On a system without ``fcntl`` (Windows) nothing is locked and nothing is removed by later runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import stat
+import tempfile
+from pathlib import Path
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows: no advisory locks
+    fcntl = None  # type: ignore[assignment]
+
+__all__ = ["LOCK_NAME", "PARENT_ENV", "PREFIX", "HeldDir", "sweep"]
+
+PREFIX = "distcov-"
+LOCK_NAME = "distcov.lock"
+#: A directory to make this process's directory in, held by another process that outlives it
+#: (on a remote host: the run's directory, held by the host's agent). Copied in remote_worker.py.
+PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
+
+#: Never through a symlink; not inherited by programs the process starts.
+_FLAGS = getattr(os, "O_FLAGS", 0) | getattr(os, "O_CLOEXEC", 0)  # neither on Windows
+
+
+class HeldDir:
+    """A directory that this process keeps other runs from removing while it lives."""
+
+    def __init__(self, path: Path, fd: int | None) -> None:
+        self.path = path
+        self._fd = fd
+
+    @classmethod
+    def create(cls, who: str) -> HeldDir:
+        """A new ``distcov-<who>-XXXXXXXX`` directory, with its lock file held."""
+        parent = os.environ.get(PARENT_ENV)
+        if parent and os.path.isdir(parent):  # held by the process that made the parent
+            return cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{who}-", dir=parent)), None)
+        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{who}-"))
+        return cls(path, _hold_new(path))
+
+    @classmethod
+    def adopt(cls, path: str | os.PathLike[str]) -> HeldDir | None:
+        """Hold another process's directory too (None if it has no lock file, or is being
+        removed): it then outlives that process until :meth:`release`."""
+        fd = _open_lock(Path(path))
+        if fd is None:
+            return None
+        if not _try_lock(fd, exclusive=False):
+            os.close(fd)
+            return None
+        return cls(Path(path), fd)
+
+    @property
+    def held(self) -> bool:
+        return self._fd is not None
+
+    def release(self) -> None:
+        """Let go. If the directory is still there, the run keeps what is in it on purpose:
+        its lock file goes first, so that no later run removes it."""
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            (self.path / LOCK_NAME).unlink()
+        os.close(self._fd)
+        self._fd = None
+
+
+def _hold_new(path: Path) -> int | None:
+    """Lock a new lock file under a temporary name, then rename it into place, so that the
+    lock file is never seen unlocked while its owner lives."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    new = path / f"{LOCK_NAME}.new"
+    try:
+        fd = os.open(new, os.O_WRONLY | os.O_CREAT | os.O_EXCL | _FLAGS, 0o600)
+    except OSError:  # the directory is then never removed by another run, as before locks
+        return None
+    if not _try_lock(fd, exclusive=False) or not _renamed(new, path / LOCK_NAME):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _renamed(old: Path, new: Path) -> bool:
+    try:
+        os.rename(old, new)
+    except OSError:
+        return False
+    return True
+
+
+def _open_lock(path: Path) -> int | None:
+    if fcntl is None:  # pragma: no cover - Windows
+        return None
+    try:
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | _FLAGS)
+    except OSError:  # none: not ours, kept on purpose, or gone
+        return None
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        return None
+    return fd
+
+
+def _try_lock(fd: int, *, exclusive: bool) -> bool:
+    """Take the lock without ever waiting for it."""
+    assert fcntl is not None
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError:
+        return False
+    return True
+
+
+def sweep(directory: str | None = None) -> int:
+    """Remove the directories of runs that were killed from ``directory`` (the temp directory);
+    how many were removed."""
+    if fcntl is None:  # pragma: no cover - Windows
+        return 0
+    root = directory or tempfile.gettempdir()
+    removed = 0
+    try:
+        entries = list(os.scandir(root))
+    except OSError:
+        return 0
+    uid = os.getuid()
+    for entry in entries:
+        if not entry.name.startswith(PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False):
+                continue
+            if entry.stat(follow_symlinks=False).st_uid != uid:
+                continue
+        except OSError:
+            continue
+        if remove_if_unheld(Path(entry.path)):
+            removed += 1
+    return removed
+
+
+def remove_if_unheld(path: Path) -> bool:
+    """Remove ``path`` if it has a lock file that nobody holds; True if it is gone now."""
+    fd = _open_lock(path)
+    if fd is None:
+        return False
+    try:
+        if not _try_lock(fd, exclusive=True):
+            return False  # its owner, or a run that adopted it, is alive
+        shutil.rmtree(path, ignore_errors=True)
+        return not os.path.lexists(path)
+    finally:
+        os.close(fd)
