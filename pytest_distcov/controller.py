@@ -193,6 +193,7 @@ class ControllerRole:
         self.recover_paths: list[tuple[str, str, PathMapper | None]] = []
         #: fetches of dead remote workers' data, and what they brought (filled by their threads)
         self._fetches: list[threading.Thread] = []
+        self._fetches_abandoned = threading.Event()
         self.fetched: list[tuple[str, str, PathMapper | None]] = []
         self.remote: RemoteHooks | None = None
         self.summary: list[str] = []
@@ -423,6 +424,8 @@ class ControllerRole:
             return
         try:
             files = fleet.fetch(host, state.hello["datadir"])
+            if self._fetches_abandoned.is_set():
+                return  # too late: the run's data is being written without it
             target = self.engine.data_dir / f"recovered-{state.id}"
             target.mkdir(parents=True, exist_ok=True)
             for name, content in files:
@@ -439,15 +442,18 @@ class ControllerRole:
         )
 
     def _collect_fetches(self) -> None:
-        """Wait for the fetches from hosts still under way (at the end of the run only)."""
+        """Wait for the fetches from hosts still under way (at the end of the run only), all
+        of them together no longer than FETCH_WAIT."""
+        deadline = time.monotonic() + FETCH_WAIT
         for thread in self._fetches:
-            thread.join(FETCH_WAIT)
+            thread.join(max(0.0, deadline - time.monotonic()))
             if thread.is_alive():
                 self.summary.append(
                     f"distcov: {thread.name.removeprefix('distcov-fetch-')}: its host did not"
                     f" hand over the worker's data within {FETCH_WAIT:.0f} s; what it measured"
                     " after its last chunk is lost"
                 )
+        self._fetches_abandoned.set()  # a fetch still under way keeps what it brings to itself
         self._fetches.clear()
         self.recover_paths.extend(self.fetched)
         self.fetched.clear()
@@ -622,7 +628,7 @@ class ControllerRole:
         if remote is None:
             return
         if keep_workers:
-            remote.fleet.close({})
+            remote.fleet.close(keep=True)
             return
         for state in self.workers.values():
             host = remote.host_of(state.id)
@@ -806,6 +812,8 @@ class SigtermStop:
         self.received = 0
         self.stopped = False
         self.deferred = False
+        #: the session is finishing (see pytest_sessionfinish)
+        self.ending = False
 
     def install(self) -> None:
         if threading.current_thread() is not threading.main_thread():
@@ -820,9 +828,16 @@ class SigtermStop:
             signal.signal(signal.SIGTERM, signal.SIG_DFL)
         self.installed = False
 
+    @pytest.hookimpl(wrapper=True, tryfirst=True)
+    def pytest_sessionfinish(self) -> Generator[None, object, object]:
+        """From here on the session is ending: a SIGTERM now is counted, never raised (an
+        interrupt in a session-finish hook would escape pytest and lose the run's data)."""
+        self.ending = True
+        return (yield)
+
     def _handle(self, signum: int, frame: object) -> None:
         self.received += 1
-        if self.received > 1 or self.role._finished:
+        if self.received > 1 or self.ending or self.role._finished:
             return  # stopping (or saving) already
         self.stopped = True
         session = self.role.session
@@ -842,7 +857,7 @@ class SigtermStop:
     def note(self) -> str | None:
         if not self.stopped:
             return (
-                "distcov: SIGTERM received while the data was being saved: ignored"
+                "distcov: SIGTERM received while the run was finishing: ignored"
                 if self.received
                 else None
             )

@@ -188,6 +188,7 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         config, settings, spec, plan, engine, workers=_worker_count(config) if dist else 0
     )
     config.pluginmanager.register(role, "distcov-controller")
+    config.pluginmanager.register(role.sigterm, "distcov-sigterm")
     if remote is not None:
         role.remote = remote
         config.pluginmanager.register(remote, "distcov-remote")
@@ -218,7 +219,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
         shutil.rmtree(engine.data_dir, ignore_errors=True)
     held = config.stash.get(DIR_KEY, None)
     if held is not None:
-        held.release()
+        # A worker's directory outlives it: its controller removes it (or keeps it and says so)
+        held.release(handed_over=hasattr(config, "workerinput"))
 
 
 @pytest.fixture

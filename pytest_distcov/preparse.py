@@ -76,12 +76,13 @@ class PreParser:
             return
         self._offered.update(fresh)
         self._outbox += "".join(f"{name}\n" for name in fresh).encode("utf-8", "surrogateescape")
-        try:
-            if self._proc is None:
+        if self._proc is None:
+            try:
                 self._start()
-            self.pump()
-        except (OSError, ValueError):  # it could not start, or it is gone: the report parses
-            self._broken = True
+            except (OSError, ValueError):  # it could not start: the report parses
+                self._broken = True
+                return
+        self.pump()
 
     def pump(self) -> None:
         """Move names to the helper and its parses to the cache, as far as that goes at once.
@@ -91,7 +92,7 @@ class PreParser:
         helper from blocking on a full stdout pipe, and so from no longer reading its stdin.
         """
         proc = self._proc
-        if proc is None or proc.stdin is None:
+        if proc is None or proc.stdin is None or self._broken:
             return
         self.take()
         while self._outbox:
@@ -99,6 +100,10 @@ class PreParser:
                 sent = os.write(proc.stdin.fileno(), self._outbox[: 1 << 16])
             except BlockingIOError:
                 return  # the pipe is full: the rest goes with a later call
+            except (OSError, ValueError):  # the helper is gone: the report parses the rest
+                self._broken = True
+                self._outbox.clear()
+                return
             del self._outbox[:sent]
 
     def _start(self) -> subprocess.Popen[bytes]:

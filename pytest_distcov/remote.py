@@ -397,17 +397,18 @@ class Fleet:
         )
         return files
 
-    def close(self, leftovers: dict[str, list[str]] | None = None) -> None:
+    def close(self, leftovers: dict[str, list[str]] | None = None, *, keep: bool = False) -> None:
+        """Stop the hosts; they remove this run's directories, or with ``keep`` leave them
+        (the combined data could not be written: the workers' data there is still needed)."""
         if self.closed:
             return
         self.closed = True
         for host in self.hosts:
             if host.channel is not None and host.alive:
+                dirs = (leftovers or {}).get(host.spec.label, [])
                 try:
-                    host.request(
-                        {"op": "cleanup", "dirs": (leftovers or {}).get(host.spec.label, [])},
-                        timeout=PING_TIMEOUT,
-                    )
+                    request = {"op": "cleanup", "dirs": dirs, "keep": keep}
+                    host.request(request, timeout=PING_TIMEOUT)
                     host.channel.send(None)
                 except (OSError, EOFError, RemoteError, execnet.TimeoutError, execnet.RemoteError):
                     pass

@@ -24,6 +24,7 @@ whose lock nobody holds (its run was killed), as ``pytest_distcov/tempdirs.py`` 
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import hashlib
 import importlib.metadata
@@ -283,8 +284,16 @@ class Agent:
         return out
 
     def cleanup(self, msg: dict[str, Any]) -> int:
+        run_dir = os.path.join(self.cache, "runs", self.run)
+        if msg.get("keep"):
+            # The controller could not write the combined data: the workers' directories in
+            # this run's directory are what it names for recovery. Without its lock file the
+            # next run leaves it to the age rule (a day) instead of removing it at once.
+            with contextlib.suppress(OSError):
+                os.unlink(os.path.join(run_dir, LOCK_NAME))
+            return 0
         removed = 0
-        for path in [*msg.get("dirs", []), os.path.join(self.cache, "runs", self.run)]:
+        for path in [*msg.get("dirs", []), run_dir]:
             if path and os.path.isdir(path):
                 shutil.rmtree(path, ignore_errors=True)
                 removed += 1

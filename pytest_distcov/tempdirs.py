@@ -40,8 +40,8 @@ LOCK_NAME = "distcov.lock"
 #: (on a remote host: the run's directory, held by the host's agent). Copied in remote_worker.py.
 PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
 
-#: Never through a symlink; not inherited by programs the process starts.
-_FLAGS = getattr(os, "O_FLAGS", 0) | getattr(os, "O_CLOEXEC", 0)  # neither on Windows
+#: Never through a symlink; not inherited by programs the process starts (neither on Windows).
+_FLAGS = getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_CLOEXEC", 0)
 
 
 class HeldDir:
@@ -76,13 +76,16 @@ class HeldDir:
     def held(self) -> bool:
         return self._fd is not None
 
-    def release(self) -> None:
+    def release(self, *, handed_over: bool = False) -> None:
         """Let go. If the directory is still there, the run keeps what is in it on purpose:
-        its lock file goes first, so that no later run removes it."""
+        its lock file goes first, so that no later run removes it. With ``handed_over`` (a
+        worker's directory, which its controller holds and removes or keeps) the lock file
+        stays: if that controller is killed, a later run removes the directory."""
         if self._fd is None:
             return
-        with contextlib.suppress(OSError):
-            (self.path / LOCK_NAME).unlink()
+        if not handed_over:
+            with contextlib.suppress(OSError):
+                (self.path / LOCK_NAME).unlink()
         os.close(self._fd)
         self._fd = None
 
@@ -115,7 +118,8 @@ def _open_lock(path: Path) -> int | None:
     if fcntl is None:  # pragma: no cover - Windows
         return None
     try:
-        fd = os.open(path / LOCK_NAME, os.O_RDONLY | _FLAGS)
+        # O_NONBLOCK: a FIFO under that name would otherwise block the open (it is refused next)
+        fd = os.open(path / LOCK_NAME, os.O_RDONLY | os.O_NONBLOCK | _FLAGS)
     except OSError:  # none: not ours, kept on purpose, or gone
         return None
     if not stat.S_ISREG(os.fstat(fd).st_mode):

@@ -270,11 +270,13 @@ def test_the_data_file_is_synced_before_it_is_renamed_and_the_rename_after(
 
 @pytest.mark.slow
 def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
-    pytester: pytest.Pytester, shapes: Path, sshlab: SshLab, full_fs: Path
+    pytester: pytest.Pytester, shapes: Path, sshlab: SshLab, full_fs: Path, private_tmp: Path
 ) -> None:
     """A remote worker's directory on its host is removed once the data file is written, and
     kept (the line names it, host:path) when the write failed."""
-    host_tmp = sshlab.add_host("h-failwrite") / "tmp"  # a host of its own: no other run's dirs
+    # A host of its own (no other run's directories); remote workers keep their data in the
+    # run's directory in the host's cache.
+    host_runs = sshlab.add_host("h-failwrite") / "cache" / "pytest-distcov" / "runs"
     remote = [
         "--distcov",
         "--distcov-remote=h-failwrite",
@@ -286,7 +288,7 @@ def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
     _data_file_in(shapes, pytester.path / "ok" / ".coverage", branch=False)
     ok = run_pytest(pytester, *remote)
     assert ok.ret == 0, ok.stdout.str()
-    assert not list(host_tmp.glob("distcov-*")), "the worker's directory is left on the host"
+    assert not list(host_runs.glob("*/distcov-*")), "the worker's directory is left on the host"
 
     _data_file_in(shapes, full_fs / ".coverage", branch=False)
     result = run_pytest(pytester, *remote)
@@ -294,7 +296,10 @@ def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
     assert result.ret == pytest.ExitCode.INTERNAL_ERROR, out
     line = _error_line(out)
     assert_same_data(_rescued(line), pytester.path / "ok" / ".coverage")
-    kept = list(host_tmp.glob("distcov-gw*"))
-    assert len(kept) == 1, list(host_tmp.iterdir())
+    kept = list(host_runs.glob("*/distcov-gw*"))
+    assert len(kept) == 1, list(host_runs.iterdir())
     assert list(kept[0].glob(".coverage.gw*"))
-    assert f"h-failwrite:/tmp/{kept[0].name}" in line, line
+    assert "h-failwrite:/" in line, line
+    assert kept[0].name in line, line
+    # No lock file: the next run's agent does not take the kept run for a killed one.
+    assert not (kept[0].parent / "distcov.lock").exists()

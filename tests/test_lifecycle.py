@@ -303,3 +303,34 @@ def test_a_crashed_workers_directory_outlives_it_until_the_controller_is_done(
         ["*distcov: worker gw* crashed*recovering the data of its finished tests: 1 data file*"]
     )
     assert not list(private_tmp.glob("distcov-*"))
+
+
+#: Every test passes; SIGTERM comes first while the controller's session finishes (xdist tearing
+#: its workers down, a project's own sessionfinish hook), before the data is saved.
+TERM_LATE = """
+def test_1():
+    import work
+
+    assert work.f1() == 1
+"""
+
+
+@pytest.mark.parametrize("mode", [["-n", "1"], ["-p", "no:xdist"]], ids=["xdist", "in-process"])
+def test_a_sigterm_while_the_session_finishes_loses_nothing(
+    pytester: pytest.Pytester, private_tmp: Path, mode: list[str]
+) -> None:
+    """Raised there, the interrupt would escape pytest before the data is saved: it is counted
+    and ignored, and the run ends as it would have."""
+    pytester.makepyfile(work=WORK, test_late=TERM_LATE)
+    pytester.makeconftest(TERM_AGAIN)
+    pytester.makeini("[pytest]\npythonpath = .\n")
+    result = run_pytest(pytester, "--distcov", "--distcov-source=work", "-p", "no:randomly", *mode)
+    out = result.stdout.str() + result.stderr.str()
+    assert result.ret == pytest.ExitCode.OK, out
+    assert "Traceback" not in out
+    result.stdout.fnmatch_lines(
+        ["TOTAL*", "distcov: SIGTERM received while the run was finishing: ignored"]
+    )
+    lines = measured(pytester.path / ".coverage", arcs=False)[str(pytester.path / "work.py")]
+    assert 2 in lines  # f1's body
+    assert not [p for p in private_tmp.iterdir() if p.name.startswith("distcov-")]

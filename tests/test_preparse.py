@@ -208,3 +208,24 @@ def test_a_stopped_helper_never_blocks_the_controller(tmp_path: Path) -> None:
     finally:
         preparser.stop()
     assert helper.poll() is not None  # stopped and reaped
+
+
+@posix_only
+def test_a_helper_that_dies_changes_nothing(project: Path) -> None:
+    """Killed (the OOM killer, say) with names still queued for it: offering and pumping go on
+    without an error, and the report parses what it did not send."""
+    import signal
+
+    cache = ParseCache(project / "cache" / "parses")
+    preparser = PreParser(cache, _exclude(), arcs=False, relative_files=False)
+    preparser.offer([str(project / "mod.py")])
+    helper = preparser._proc
+    assert helper is not None
+    os.kill(helper.pid, signal.SIGKILL)
+    helper.wait(timeout=60)
+    preparser._outbox += b"x" * (1 << 20)  # more than the dead pipe could ever take
+    preparser.offer([str(project / "other.py")])
+    preparser.pump()
+    assert preparser._broken
+    assert not preparser._outbox
+    preparser.stop()
