@@ -7,9 +7,12 @@ plugin under test owns its process's tracer; data files are compared with covera
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import subprocess
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -148,3 +151,25 @@ def assert_same_report(got: Path | str, want: Path | str, project: Path | str) -
         if differ:
             diffs[name] = differ
     assert not diffs, f"reports differ (got, want): {diffs}"
+
+
+@contextlib.contextmanager
+def tmpfs(where: Path, size: str) -> Iterator[Path]:
+    """A real, small file system (a tmpfs of ``size``) mounted on ``where`` for the block, then
+    unmounted. Needs root: skipped without it, but in CI (``CI`` set) it must be there."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        why = f"cannot mount a tmpfs here: {mounted.stderr.strip() or mounted.returncode}"
+        if os.environ.get("CI"):
+            pytest.fail(f"{why} (the full-disk tests must run in CI: run them as root)")
+        pytest.skip(why)
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)

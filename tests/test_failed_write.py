@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import sqlite3
-import subprocess
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,7 +16,7 @@ from coverage.exceptions import CoverageException
 from pytest_distcov.errors import DataFileError
 from pytest_distcov.merge import update_from_file, write_data_file
 
-from .helpers import assert_same_data, diff_data, measured, run_pytest
+from .helpers import assert_same_data, diff_data, measured, run_pytest, tmpfs
 from .sshlab import SshLab, host_python
 
 
@@ -37,23 +36,8 @@ def _fill(mount: Path) -> None:
 @pytest.fixture
 def small_fs(tmp_path: Path) -> Iterator[Path]:
     """A directory on a tmpfs of 256 KiB, a real file system that can be filled."""
-    mount = tmp_path / "small"
-    mount.mkdir()
-    done = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if done.returncode != 0:
-        why = f"cannot mount a tmpfs here: {done.stderr.strip() or done.returncode}"
-        if os.environ.get("CI"):
-            pytest.fail(f"{why} (the full-disk tests must run in CI: run them as root)")
-        pytest.skip(why)
-    try:
+    with tmpfs(tmp_path / "small", "256k") as mount:
         yield mount
-    finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
 @pytest.fixture

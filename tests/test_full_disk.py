@@ -10,8 +10,6 @@ business of its own fallback).
 
 from __future__ import annotations
 
-import os
-import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,6 +22,7 @@ from .helpers import (
     diff_data,
     run_pytest,
     serial_reference,
+    tmpfs,
 )
 
 #: Enough measured files (with long names) that their rows outgrow the pages SQLite has.
@@ -67,23 +66,8 @@ def pytest_sessionfinish(session):
 @pytest.fixture
 def small_tmpfs(tmp_path: Path) -> Iterator[Path]:
     """A 4 MiB tmpfs, unmounted afterwards. In CI it must be there: no skip."""
-    where = tmp_path / "small-tmpfs"
-    where.mkdir()
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(where)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    if mounted.returncode != 0:
-        why = f"cannot mount a tmpfs (needs root): {mounted.stderr.strip()}"
-        if os.environ.get("CI"):
-            pytest.fail(why)
-        pytest.skip(why)
-    try:
+    with tmpfs(tmp_path / "small-tmpfs", "4m") as where:
         yield where
-    finally:
-        subprocess.run(["umount", str(where)], check=True)
 
 
 def _project(pytester: pytest.Pytester) -> None:
