@@ -397,10 +397,19 @@ class ControllerRole:
     def _recover_remote(self, state: WorkerState, host: HostSession) -> None:
         """Fetch what a dead remote worker flushed on its host, on a thread of its own.
 
-        This runs while the tests run, and asking the host can take up to the fetch's timeout:
-        the main thread never waits for it. The end of the run collects what was fetched
-        (:meth:`_collect_fetches`).
+        This runs while the tests run. Whether the host still answers is asked here, bounded
+        by the ping's timeout (xdist's restart of the worker needs that answer now, and the
+        remote hooks read it next); the fetch, which can take up to its own timeout, runs on a
+        thread, and the end of the run collects what it brought (:meth:`_collect_fetches`).
         """
+        assert self.remote is not None
+        if not self.remote.fleet.ping(host):
+            self.summary.append(
+                f"distcov: worker {state.id} on host {host.spec.label} went down"
+                f" ({state.down_error}) and the host does not answer: keeping the coverage it"
+                " streamed until then; what it measured after its last chunk is lost"
+            )
+            return
         thread = threading.Thread(
             target=self._fetch_remote,
             args=(state, host),
@@ -415,13 +424,6 @@ class ControllerRole:
         assert state.hello is not None
         fleet = self.remote.fleet
         where = f"worker {state.id} on host {host.spec.label}"
-        if not fleet.ping(host):
-            self.summary.append(
-                f"distcov: {where} went down ({state.down_error}) and the host does not answer:"
-                " keeping the coverage it streamed until then; what it measured after its"
-                " last chunk is lost"
-            )
-            return
         try:
             files = fleet.fetch(host, state.hello["datadir"])
             if self._fetches_abandoned.is_set():

@@ -381,7 +381,8 @@ class Fleet:
 
     def ping(self, host: HostSession) -> bool:
         if host.lock.locked():
-            # A request is under way (a fetch, which pinged first): the last answer stands.
+            # A request is under way (a dead worker's data being fetched, which the controller
+            # started only after a ping of its own just now): that answer stands.
             return host.alive
         if host.alive:
             try:
