@@ -712,6 +712,24 @@ def test_4_early_again():
 """
 
 
+#: Does the installed coverage.py raise on None in sys.path (the trigger above)? 7.18 does,
+#: 7.13.2 (the floor) does not: asked of coverage.py itself, in a fresh interpreter.
+NONE_ON_SYS_PATH = """
+import sys, tempfile, coverage
+cov = coverage.Coverage(source=[tempfile.gettempdir()], data_file=None)
+cov.start()
+sys.path.insert(0, None)
+try:
+    import colorsys
+    print("ignored")
+except TypeError:
+    print("raises")
+finally:
+    sys.path.remove(None)
+    cov.stop()
+"""
+
+
 @needs_probes
 @pytest.mark.skipif(sys.version_info >= (3, 12), reason="probes are used on 3.10/3.11 only")
 def test_coverage_failing_inside_the_import_finder_turns_probes_off_with_a_note(
@@ -719,6 +737,10 @@ def test_coverage_failing_inside_the_import_finder_turns_probes_off_with_a_note(
 ) -> None:
     """The user's import works; one note names the module; probes already in place still
     record (early's second branch, run after the failure), later modules are not measured."""
+    from .helpers import run_python
+
+    if run_python("-c", NONE_ON_SYS_PATH).strip() != "raises":
+        pytest.skip("this coverage.py does not fail on None in sys.path (the test's trigger)")
     pytester.makepyprojecttoml('[tool.pytest.ini_options]\npythonpath = ["."]\n')
     pkg = pytester.mkpydir("pkg")
     (pkg / "early.py").write_text(EARLY)
