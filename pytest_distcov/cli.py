@@ -14,9 +14,9 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from .data.union import ShardUnion
 from .errors import DataFileError, DistCovError, StoreError
-from .store import absolute_mapper, expand_stores, fetch_all
-from .union import ShardUnion
+from .sinks.store import absolute_mapper, expand_stores, fetch_all
 
 if TYPE_CHECKING:
     from coverage import Coverage
@@ -93,7 +93,7 @@ def _positive(text: str) -> int:
 
 def _coverage(args: argparse.Namespace) -> Coverage:
     """A Coverage object with the user's configuration and ``--data-file`` (not loaded)."""
-    from .engine import MeasureSpec, open_coverage
+    from .engine.measure import MeasureSpec, open_coverage
 
     spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
     return open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
@@ -162,7 +162,7 @@ def _write_combined(target: Path, union: ShardUnion) -> None:
 
     from coverage.exceptions import CoverageException
 
-    from .merge import write_data_file
+    from .data.merge import write_data_file
 
     try:
         write_data_file(target, union.write_into)
@@ -178,8 +178,8 @@ def _write_combined(target: Path, union: ShardUnion) -> None:
 
 
 def _who_covers(args: argparse.Namespace) -> int:
-    from .contexts import parse_where, who_covers
-    from .merge import read_data_file
+    from .data.contexts import parse_where, who_covers
+    from .data.merge import read_data_file
 
     file, lines = parse_where(args.where)
     data = read_data_file(_data_file(args))
@@ -205,7 +205,7 @@ def _who_covers(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Coverage:
-    from .merge import read_data_file
+    from .data.merge import read_data_file
 
     cov = _coverage(args)
     read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad
@@ -214,7 +214,7 @@ def _open(args: argparse.Namespace) -> Coverage:
 
 
 def _coveralls(args: argparse.Namespace) -> int:
-    from . import coveralls  # requests is imported only when uploading
+    from .sinks import coveralls  # requests is imported only when uploading
 
     def log(line: str) -> None:
         print(f"pytest-distcov: {line}", file=sys.stderr)
@@ -236,7 +236,7 @@ def _coveralls(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .report import (
+    from .sinks.report import (
         configured_fail_under,
         judge_fail_under,
         parse_percent,

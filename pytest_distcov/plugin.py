@@ -19,12 +19,12 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import DistCovError
-from .options import Settings, add_options, resolve
+from .settings.options import Settings, add_options, resolve
 
 if TYPE_CHECKING:
-    from .controller import OutputPlan
-    from .engine import Engine, MeasureSpec
-    from .remote import RemoteHooks
+    from .engine.measure import Engine, MeasureSpec
+    from .remote.fleet import RemoteHooks
+    from .roles.controller import OutputPlan
     from .tempdirs import HeldDir
 
 # The role modules (and coverage.py, execnet, sqlite3 with them) are imported only when a run
@@ -90,8 +90,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
         )
-    from .controller import OutputPlan
-    from .engine import Engine, MeasureSpec
+    from .engine.measure import Engine, MeasureSpec
+    from .roles.controller import OutputPlan
     from .tempdirs import HeldDir
 
     spec = MeasureSpec(
@@ -143,7 +143,7 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def _configure_worker(config: pytest.Config, engine: Engine, workerinput: dict[str, Any]) -> None:
-    from .worker import NoCoverHooks, WorkerRole
+    from .roles.worker import NoCoverHooks, WorkerRole
 
     channel = workerinput.get("distcov_channel")
     if channel is None:  # the controller does not collect coverage: nothing to send to
@@ -161,9 +161,9 @@ def _configure_worker(config: pytest.Config, engine: Engine, workerinput: dict[s
 
 
 def _configure_controller(config: pytest.Config, engine: Engine) -> None:
-    from .controller import ControllerRole, OutputPlan, XdistControllerHooks
-    from .remote import start_remote
-    from .worker import NoCoverHooks
+    from .remote.fleet import start_remote
+    from .roles.controller import ControllerRole, OutputPlan, XdistControllerHooks
+    from .roles.worker import NoCoverHooks
 
     settings = config.stash[SETTINGS_KEY]
     spec = config.stash[SPEC_KEY]
@@ -206,7 +206,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         return
     if config.pluginmanager.has_plugin("distcov-xdist"):
         return  # the xdist controller runs no tests
-    from .worker import ContextHooks
+    from .roles.worker import ContextHooks
 
     config.pluginmanager.register(ContextHooks(engine), "distcov-contexts")
 

@@ -52,7 +52,7 @@ def test_command_line_loads_coverage_only_when_needed(pytester: pytest.Pytester)
         "import sys, pytest_distcov.cli\n"
         "assert 'coverage' not in sys.modules, 'coverage loaded'\n"
         "assert 'multiprocessing' not in sys.modules, 'multiprocessing loaded'\n"
-        "from pytest_distcov.report import REPORT_KINDS\n"
+        "from pytest_distcov.sinks.report import REPORT_KINDS\n"
         "from pytest_distcov.cli import _REPORT_KINDS\n"
         "assert _REPORT_KINDS == ', '.join(REPORT_KINDS), _REPORT_KINDS\n"
     )

@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 from coverage import CoverageData
 
-from pytest_distcov.contexts import ContextDeltaReader, parse_where
-from pytest_distcov.contexts import test_of as nodeid_of
+from pytest_distcov.data.contexts import ContextDeltaReader, parse_where
+from pytest_distcov.data.contexts import test_of as nodeid_of
 from pytest_distcov.errors import DataFileError, SettingsError
 
 

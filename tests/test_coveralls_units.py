@@ -11,8 +11,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from pytest_distcov import coveralls
-from pytest_distcov.coveralls import CoverallsError, Secret, Uploader, detect_ci, find_token
+from pytest_distcov.sinks import coveralls
+from pytest_distcov.sinks.coveralls import CoverallsError, Secret, Uploader, detect_ci, find_token
 
 from .fake_coveralls import ERROR_PAGE, Answer, FakeCoveralls
 

@@ -170,7 +170,7 @@ FILE_SIZE_LIMIT = """
 import json, os, resource, signal, sys
 from pathlib import Path
 from coverage import CoverageData
-from pytest_distcov.engine import NewOnly
+from pytest_distcov.engine.measure import NewOnly
 
 where = Path(sys.argv[1])
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG

@@ -12,9 +12,10 @@ from .helpers import run_pytest
 LIGHT = {
     "pytest_distcov",
     "pytest_distcov.errors",
-    "pytest_distcov.options",
+    "pytest_distcov.settings",  # the sub-package (a docstring only)
+    "pytest_distcov.settings.options",
     "pytest_distcov.plugin",
-    "pytest_distcov.reportspec",
+    "pytest_distcov.settings.reportspec",
 }
 
 PROBE = """
@@ -48,11 +49,17 @@ def test_a_measured_run_still_loads_its_roles(pytester: pytest.Pytester) -> None
     result = run_pytest(pytester, "-p", "no:cov", "-p", "no:randomly", "--distcov")
     assert result.ret == 0, result.stdout.str()
     loaded = set(json.loads((pytester.path / "loaded.json").read_text()))
-    assert {"coverage", "pytest_distcov.controller", "pytest_distcov.engine"} <= loaded
+    assert {
+        "coverage",
+        "pytest_distcov.roles.controller",
+        "pytest_distcov.engine.measure",
+    } <= loaded
 
 
 def test_the_engine_variable_is_named_once_for_both_sides() -> None:
-    """options.py (every start) and remote_worker.py (stdlib only, on hosts) name it alike."""
-    from pytest_distcov import options, remote_worker
+    """settings/options.py (every start) and remote/launch.py (stdlib only, on hosts) name it
+    alike."""
+    from pytest_distcov.remote import launch as remote_worker
+    from pytest_distcov.settings import options
 
     assert options.ENGINE_ENV == remote_worker.ENGINE_ENV

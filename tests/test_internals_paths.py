@@ -19,15 +19,15 @@ import pytest
 from coverage import Coverage
 from coverage.collector import Collector
 
-from pytest_distcov.parses import ParseCache, SharedParses, share_parses
-from pytest_distcov.tap import packing_matches
+from pytest_distcov.engine.tap import packing_matches
+from pytest_distcov.sinks.parses import ParseCache, SharedParses, share_parses
 
 from .helpers import run_python
 
 ENGINE_SCRIPT = """
 import json, sys
 from pathlib import Path
-from pytest_distcov.engine import Engine, MeasureSpec
+from pytest_distcov.engine.measure import Engine, MeasureSpec
 
 root, branch = Path(sys.argv[1]), sys.argv[2] == "branch"
 spec = MeasureSpec(source=(str(root),), branch=branch or None, config_file=False,

@@ -15,8 +15,8 @@ import pytest
 from coverage import Coverage
 from coverage.parser import PythonParser
 
-from pytest_distcov.parses import ParseCache
-from pytest_distcov.report import parse_report_spec, produce_reports
+from pytest_distcov.sinks.parses import ParseCache
+from pytest_distcov.sinks.report import parse_report_spec, produce_reports
 
 from .helpers import run_pytest
 

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 from coverage import Coverage
 
-from pytest_distcov.parses import ParseCache, parse_entry
-from pytest_distcov.preparse import PreParser
+from pytest_distcov.sinks.parses import ParseCache, parse_entry
+from pytest_distcov.sinks.preparse import PreParser
 
 from .helpers import run_pytest
 from .test_parses import MODULE, _coverage_says, _measure, _ours, make_project

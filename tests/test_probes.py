@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from coverage.inorout import InOrOut
 
-from pytest_distcov.probes import probes_available
+from pytest_distcov.engine.probes import probes_available
 
 from .helpers import assert_same_data, assert_same_report, run_pytest, serial_reference
 from .test_real_suite import fetch_sdist, unpack_suite
@@ -371,7 +371,7 @@ def test_code_slipcover_cannot_rewrite_still_runs_and_is_named(
     module runs without probes and the run's notes say which file is not measured."""
     from coverage import Coverage
 
-    from pytest_distcov.probes import Probes
+    from pytest_distcov.engine.probes import Probes
 
     monkeypatch.chdir(tmp_path)
     probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
@@ -424,7 +424,7 @@ def test_spent_probes_leave_every_function_that_keeps_running(tmp_path: Path) ->
     (64 million probe calls instead of 1.8 million on pyparsing's suite)."""
     from coverage import Coverage
 
-    from pytest_distcov.probes import Probes
+    from pytest_distcov.engine.probes import Probes
 
     probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
     namespace: dict[str, Any] = {"__name__": "hot_module"}
@@ -448,7 +448,7 @@ from pathlib import Path
 from coverage import Coverage
 from coverage.inorout import InOrOut
 
-from pytest_distcov.probes import Probes
+from pytest_distcov.engine.probes import Probes
 
 root = Path(sys.argv[1])
 recomputed = []
@@ -527,8 +527,8 @@ def test_resume_renews_probes_only_for_lines_first_run_while_paused(
     afresh instead."""
     from coverage import Coverage
 
-    from pytest_distcov import probes as probes_module
-    from pytest_distcov.probes import Probes
+    from pytest_distcov.engine import probes as probes_module
+    from pytest_distcov.engine.probes import Probes
 
     if layout == "unknown":
         monkeypatch.setattr(probes_module, "_CAPSULE", type(None))
@@ -586,7 +586,7 @@ def test_a_module_imported_again_gets_fresh_probes_without_instrumenting_again(
     import slipcover
     from coverage import Coverage
 
-    from pytest_distcov.probes import Probes
+    from pytest_distcov.engine.probes import Probes
 
     probes = Probes(Coverage(data_file=str(tmp_path / ".coverage")))
     filename = str(tmp_path / "again.py")

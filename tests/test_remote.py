@@ -451,9 +451,9 @@ def test_a_file_that_changes_while_shipping_does_not_corrupt_the_host_cache(
 ) -> None:
     """A log the run writes into the project (here: written after the files were listed, as
     ssh's own stderr once was) is shipped as it is, and identical files keep their content."""
-    from pytest_distcov.hosts import parse_hosts
-    from pytest_distcov.remote import Fleet
-    from pytest_distcov.shipping import build_bundle
+    from pytest_distcov.remote.fleet import Fleet
+    from pytest_distcov.remote.shipping import build_bundle
+    from pytest_distcov.settings.hosts import parse_hosts
 
     project = tmp_path / "proj"
     (project / "pkg").mkdir(parents=True)

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 
 from pytest_distcov.errors import SettingsError
-from pytest_distcov.hosts import SSH_OPTIONS, parse_hosts
-from pytest_distcov.remote_worker import host_sys_path, map_arg
-from pytest_distcov.shipping import PathEntry, build_bundle, project_files
+from pytest_distcov.remote.launch import host_sys_path, map_arg
+from pytest_distcov.remote.shipping import PathEntry, build_bundle, project_files
+from pytest_distcov.settings.hosts import SSH_OPTIONS, parse_hosts
 
 from .helpers import run_pytest
 
@@ -134,7 +134,7 @@ def test_bundle_layout_follows_sys_path(tmp_path: Path) -> None:
 
 
 def test_path_map_of_the_extras_tree(tmp_path: Path) -> None:
-    from pytest_distcov.shipping import Tree
+    from pytest_distcov.remote.shipping import Tree
 
     tree = Tree("extras", (("pkg", "/src/pkg"), ("mod.py", "/lib/mod.py")), (), per_run=False)
     assert tree.local_path("pkg/a/b.py") == os.path.join("/src/pkg", "a", "b.py")
@@ -158,7 +158,7 @@ def test_worker_arguments_and_path_on_the_host() -> None:
 def test_worker_path_uses_the_hosts_standard_library(tmp_path: Path) -> None:
     """The controller lays out the worker's sys.path with the host's own paths: the copies of
     the shipped trees, the venv's site-packages, and the stdlib the agent found there."""
-    from pytest_distcov.remote import Fleet
+    from pytest_distcov.remote.fleet import Fleet
 
     project = tmp_path / "proj"
     project.mkdir()

@@ -223,7 +223,7 @@ def test_reports_parse_each_file_once_and_say_what_coverage_says(
     from coverage import Coverage, CoverageData
     from coverage.parser import PythonParser
 
-    from pytest_distcov.report import parse_report_spec, produce_reports
+    from pytest_distcov.sinks.report import parse_report_spec, produce_reports
 
     monkeypatch.chdir(tmp_path)
     (tmp_path / "a.py").write_text(MODULE_A)

@@ -23,8 +23,8 @@ from typing import Any
 import pytest
 from coverage import CoverageData
 
-from pytest_distcov.merge import write_data_file
-from pytest_distcov.union import _ARC_OFFSET, ShardUnion
+from pytest_distcov.data.merge import write_data_file
+from pytest_distcov.data.union import _ARC_OFFSET, ShardUnion
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [f"/proj/pkg/mod{i}.py" for i in range(6)]
@@ -123,8 +123,8 @@ def run_union(
     account of how it went."""
     code = f"""
 import json, sys
-from pytest_distcov.merge import write_data_file
-from pytest_distcov.union import ShardUnion
+from pytest_distcov.data.merge import write_data_file
+from pytest_distcov.data.union import ShardUnion
 union = ShardUnion(processes={processes})
 union.PARALLEL_FROM = {parallel_from}
 with union:

@@ -11,8 +11,8 @@ from typing import Any
 import pytest
 from coverage.collector import Collector
 
-from pytest_distcov import tap as tap_module
-from pytest_distcov.tap import TracerTap, packing_matches, unpack_arc
+from pytest_distcov.engine import tap as tap_module
+from pytest_distcov.engine.tap import TracerTap, packing_matches, unpack_arc
 
 from .helpers import run_python
 
@@ -92,8 +92,8 @@ ENGINE_SCRIPT = """
 import json, sys
 from pathlib import Path
 from coverage import CoverageData
-from pytest_distcov.engine import Engine, MeasureSpec
-from pytest_distcov.merge import update_from_file
+from pytest_distcov.engine.measure import Engine, MeasureSpec
+from pytest_distcov.data.merge import update_from_file
 
 root, branch = Path(sys.argv[1]), sys.argv[2] == "branch"
 sys.path.insert(0, str(root / "src"))

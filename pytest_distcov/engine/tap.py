@@ -9,8 +9,8 @@ ran: about 0.14 ms a test on pyparsing under Python 3.11, where most tests add n
 A :class:`TracerTap` leaves those sets alone, so they keep growing as they do in a run that is
 never flushed. It looks only at the sets whose size changed since it last looked (a set that
 only grows and kept its size holds nothing new), and hands the new items to the engine's
-:class:`~pytest_distcov.engine.NewOnly` journal. coverage.py's own flush at the end of the run
-still writes every set, whole, to the data file.
+:class:`~pytest_distcov.engine.measure.NewOnly` journal. coverage.py's own flush at the end of
+the run still writes every set, whole, to the data file.
 
 This reads coverage.py's collector (``Coverage._collector``: ``data``, ``file_tracers``,
 ``branch``, ``core.packed_arcs``, ``cached_mapped_file``), which is not public API, and wraps

@@ -36,8 +36,16 @@ import coverage
 import pytest
 from coverage.exceptions import CoverageException
 
-from .engine import Engine, MeasureSpec, open_coverage
-from .errors import (
+from pytest_distcov.data.merge import (
+    JOURNAL_SUFFIX,
+    Accumulator,
+    read_data_file,
+    update_from_file,
+    write_data_file,
+)
+from pytest_distcov.data.union import PathMapper
+from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
+from pytest_distcov.errors import (
     DataFileError,
     DistCovError,
     NothingToReport,
@@ -45,22 +53,19 @@ from .errors import (
     ReportError,
     SettingsError,
 )
-from .merge import (
-    JOURNAL_SUFFIX,
-    Accumulator,
-    read_data_file,
-    update_from_file,
-    write_data_file,
+from pytest_distcov.protocol import Chunk, Hello, decode
+from pytest_distcov.remote.fleet import HostSession, RemoteHooks
+from pytest_distcov.settings.options import Settings
+from pytest_distcov.sinks.parses import ParseCache
+from pytest_distcov.sinks.preparse import PreParser
+from pytest_distcov.sinks.report import (
+    configured_fail_under,
+    judge_fail_under,
+    precision_of,
+    produce_reports,
 )
-from .options import Settings
-from .parses import ParseCache
-from .preparse import PreParser
-from .protocol import Chunk, Hello, decode
-from .remote import HostSession, RemoteHooks
-from .report import configured_fail_under, judge_fail_under, precision_of, produce_reports
-from .store import open_store, write_shard
-from .tempdirs import HeldDir, sweep
-from .union import PathMapper
+from pytest_distcov.sinks.store import open_store, write_shard
+from pytest_distcov.tempdirs import HeldDir, sweep
 
 __all__ = ["ControllerRole", "OutputPlan", "SigtermStop", "XdistControllerHooks"]
 
@@ -722,7 +727,7 @@ class ControllerRole:
 
     def _coveralls(self, session: pytest.Session | None, cov: coverage.Coverage) -> None:
         """Upload after the data is saved: a failed upload never touches it."""
-        from . import coveralls  # requests is imported only by runs that upload
+        from pytest_distcov.sinks import coveralls  # requests is imported only by runs that upload
 
         try:
             line = coveralls.submit(

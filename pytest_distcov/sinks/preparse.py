@@ -1,6 +1,6 @@
 """Parsing the files a report will need while the tests still run, on CPU the run leaves idle.
 
-In a first run (nothing in the :class:`~pytest_distcov.parses.ParseCache`) the report parses
+In a first run (nothing in the :class:`~pytest_distcov.sinks.parses.ParseCache`) the report parses
 every measured file after the last test: for python-dateutil's 18 files 0.17 s on Python 3.13,
 0.24 s on 3.11, all of it added to the run's wall time. But while the tests run, the CPU is not
 always busy (on 2 cores with `-n 2`, first runs of python-dateutil became 2-5 points
@@ -109,7 +109,7 @@ class PreParser:
     def _start(self) -> subprocess.Popen[bytes]:
         env = {k: v for k, v in os.environ.items() if k not in _UNMEASURED}
         proc = subprocess.Popen(
-            [sys.executable, "-m", "pytest_distcov.preparse"],
+            [sys.executable, "-m", "pytest_distcov.sinks.preparse"],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,

@@ -22,12 +22,19 @@ import coverage
 import pytest
 from coverage.exceptions import CoverageException
 
-from .contexts import ContextDeltaReader, label
-from .engine import Engine
-from .errors import DataFileError
-from .merge import DeltaReader, read_data_file
-from .protocol import PROTOCOL_VERSION, Chunk, Hello, Payload, empty_payload, payload_is_empty
-from .report import capture_coverage_warnings
+from pytest_distcov.covapi.warnings import capture_coverage_warnings
+from pytest_distcov.data.contexts import ContextDeltaReader, label
+from pytest_distcov.data.merge import DeltaReader, read_data_file
+from pytest_distcov.engine.measure import Engine
+from pytest_distcov.errors import DataFileError
+from pytest_distcov.protocol import (
+    PROTOCOL_VERSION,
+    Chunk,
+    Hello,
+    Payload,
+    empty_payload,
+    payload_is_empty,
+)
 
 __all__ = ["ContextHooks", "NoCoverHooks", "WorkerRole"]
 

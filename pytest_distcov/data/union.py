@@ -17,7 +17,7 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import DataFileError
+from pytest_distcov.errors import DataFileError
 
 if TYPE_CHECKING:
     from coverage import CoverageData

@@ -26,8 +26,9 @@ from typing import Any
 from coverage import CoverageData
 from coverage.exceptions import CoverageException
 
-from .errors import DataFileError
-from .protocol import ContextData, Payload, empty_payload
+from pytest_distcov.errors import DataFileError
+from pytest_distcov.protocol import ContextData, Payload, empty_payload
+
 from .union import PathMapper, identity, read_live_file
 
 #: A worker's journal of flushed lines: its data file's name plus this (see engine.NewOnly).

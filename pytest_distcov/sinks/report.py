@@ -8,26 +8,25 @@ from __future__ import annotations
 
 import io
 import os
-import warnings
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TextIO
 
 import coverage
 from coverage import Coverage
-from coverage.exceptions import CoverageException, CoverageWarning, NoDataError
+from coverage.exceptions import CoverageException, NoDataError
 
-from .errors import NothingToReport, ReportError
-from .parses import ParseCache, share_parses
-from .reportspec import (
+from pytest_distcov.covapi.warnings import capture_coverage_warnings
+from pytest_distcov.errors import NothingToReport, ReportError
+from pytest_distcov.settings.reportspec import (
     REPORT_KINDS,
     TERM_KINDS,
     ReportSpec,
     parse_percent,
     parse_report_spec,
 )
+
+from .parses import ParseCache, share_parses
 
 __all__ = [
     "REPORT_KINDS",
@@ -53,20 +52,6 @@ class ReportOutcome:
     total: float | None = None
     written: list[str] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
-
-
-@contextmanager
-def capture_coverage_warnings(notes: list[str]) -> Iterator[None]:
-    """Turn warnings raised inside coverage calls into plain notes (never raised in a suite
-    that runs with ``filterwarnings = error``)."""
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-    for w in caught:
-        prefix = "coverage" if issubclass(w.category, CoverageWarning) else w.category.__name__
-        msg = f"{prefix}: {w.message}"
-        if msg not in notes:
-            notes.append(msg)
 
 
 #: coverage 7.17 judges fail-under to the threshold's own decimals when it has more than

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple, Protocol
 
-from .errors import StoreError
+from pytest_distcov.errors import StoreError
 
 __all__ = [
     "SHARD_PREFIX",
@@ -338,7 +338,7 @@ def write_shard(data_file: Path, root: Path, store: Store) -> str:
     from coverage import CoverageData
     from coverage.exceptions import CoverageException
 
-    from .merge import read_data_file
+    from pytest_distcov.data.merge import read_data_file
 
     source = read_data_file(data_file)
     try:

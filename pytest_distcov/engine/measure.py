@@ -9,7 +9,7 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
   (``Coverage.switch_context`` flushes the collector into the data file, and nothing else: no
   source-tree walk, no warnings), so a process killed later loses nothing already flushed;
 * only what is new reaches the data file (:class:`NewOnly`), and the flush after each test
-  reads the tracer's sets without emptying them (:class:`~pytest_distcov.tap.TracerTap`): the
+  reads the tracer's sets without emptying them (:class:`~pytest_distcov.engine.tap.TracerTap`): the
   two places this package reaches past coverage's documented API, to the data object coverage
   writes into (``Coverage._data``) and to its collector (``Coverage._collector``). Without
   them (another coverage release), flushing stays correct, only slower;
@@ -33,11 +33,12 @@ from typing import Any
 from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
-from .errors import DistCovError, SettingsError
-from .merge import JOURNAL_SUFFIX
+from pytest_distcov.covapi.warnings import capture_coverage_warnings
+from pytest_distcov.data.merge import JOURNAL_SUFFIX
+from pytest_distcov.errors import DistCovError, SettingsError
+from pytest_distcov.remote.launch import OMIT_ENV
+
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
-from .remote_worker import OMIT_ENV
-from .report import capture_coverage_warnings
 from .tap import TracerTap
 
 __all__ = [
@@ -136,7 +137,7 @@ class NewOnly:
     (only when the chunks cannot come from memory, see :meth:`take_unsent`). The journal holds
     each line once, so it grows no larger than the lines covered. A worker killed in between
     leaves the journal beside its data file, and recovery reads both
-    (:func:`pytest_distcov.merge.update_from_file`). Only for data recorded under one
+    (:func:`pytest_distcov.data.merge.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
 
     If the data file cannot be written (a full temporary directory, a file-size limit), one
@@ -198,7 +199,7 @@ class NewOnly:
         self._write(lambda names: self._touch_files(names, plugin_name), filenames)
 
     def add_fresh(self, kind: str, fresh: Mapping[str, Collection[Any]]) -> None:
-        """Take items known to be new (from a :class:`~pytest_distcov.tap.TracerTap`).
+        """Take items known to be new (from a :class:`~pytest_distcov.engine.tap.TracerTap`).
 
         They skip the comparison with what was given before, and are not remembered for it:
         coverage's own flush at the end gives them again, and then they go to the data file.
@@ -509,7 +510,7 @@ class Engine:
     @property
     def tapped(self) -> bool:
         """True while the per-test flush reads the tracer's sets in place (a
-        :class:`~pytest_distcov.tap.TracerTap`); False where it flushes with coverage.py's
+        :class:`~pytest_distcov.engine.tap.TracerTap`); False where it flushes with coverage.py's
         ``switch_context`` (probes, contexts, a coverage.py release the tap does not know)."""
         return self._tap is not None
 
@@ -595,7 +596,7 @@ class Engine:
 
     def _salvage(self) -> CoverageData:
         """After a refused write (see _switch): what the data file holds, if it is readable."""
-        from .merge import read_data_file
+        from pytest_distcov.data.merge import read_data_file
 
         try:
             return read_data_file(self.data_path)

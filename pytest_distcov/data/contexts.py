@@ -24,8 +24,9 @@ from typing import Any
 from coverage import CoverageData
 from coverage.numbits import numbits_to_nums
 
-from .errors import DataFileError, SettingsError
-from .protocol import ContextData, Payload, empty_payload
+from pytest_distcov.errors import DataFileError, SettingsError
+from pytest_distcov.protocol import ContextData, Payload, empty_payload
+
 from .union import KNOWN_SCHEMAS, read_only_uri
 
 __all__ = ["PHASES", "ContextDeltaReader", "Found", "label", "parse_where", "who_covers"]

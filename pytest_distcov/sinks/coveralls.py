@@ -31,7 +31,7 @@ import requests
 from coverage import Coverage
 from coverage.exceptions import CoverageException
 
-from .errors import DistCovError
+from pytest_distcov.errors import DistCovError
 
 __all__ = [
     "CI_SERVICES",

@@ -16,7 +16,8 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import SettingsError, StoreError
+from pytest_distcov.errors import SettingsError, StoreError
+
 from .reportspec import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
 
 if TYPE_CHECKING:
@@ -416,7 +417,7 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
         return None
     if not raw.strip():
         return None  # an empty value turns an ini store off
-    from .store import check_spec, s3_environment_problem
+    from pytest_distcov.sinks.store import check_spec, s3_environment_problem
 
     try:
         text = check_spec(raw)

@@ -9,7 +9,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .errors import SettingsError
+from pytest_distcov.errors import SettingsError
 
 __all__ = ["HostSpec", "parse_hosts"]
 

@@ -6,12 +6,12 @@ The flow, all in the controller:
    into :class:`HostSpec` values, at option time, so a typo is a usage error before anything
    connects.
 2. :class:`Fleet` opens one execnet gateway of its own per host, in parallel, runs the
-   :mod:`~pytest_distcov.remote_agent` there, checks the host's Python, and ships the
-   :class:`~pytest_distcov.shipping.Bundle` (only the contents the host's cache lacks). Every
+   :mod:`~pytest_distcov.remote.agent` there, checks the host's Python, and ships the
+   :class:`~pytest_distcov.remote.shipping.Bundle` (only the contents the host's cache lacks). Every
    failure becomes one :class:`RemoteError` line naming the host and what to do.
 3. :class:`RemoteHooks` hands the hosts to xdist as ``popen`` workers whose Python is a local
    launcher running ssh (``--tx popen//python=...``): xdist schedules, restarts and reports as
-   for any worker. :mod:`~pytest_distcov.remote_worker` puts the host's paths into each
+   for any worker. :mod:`~pytest_distcov.remote.launch` puts the host's paths into each
    worker's start-up message. The worker then measures and streams like a local one.
 4. Paths come home: :meth:`Fleet.path_mapper` maps every path under a shipped tree on the host to
    the controller's own file, for streamed chunks and recovered files alike.
@@ -36,12 +36,14 @@ from typing import Any
 import execnet
 import pytest
 
-from . import remote_agent, remote_worker
-from .errors import RemoteError
-from .hosts import HostSpec
-from .options import Settings
+from pytest_distcov.errors import RemoteError
+from pytest_distcov.settings.hosts import HostSpec
+from pytest_distcov.settings.options import Settings
+from pytest_distcov.tempdirs import HeldDir
+
+from . import agent as remote_agent
+from . import launch as remote_worker
 from .shipping import Bundle, Tree, build_bundle, digest_bytes
-from .tempdirs import HeldDir
 
 __all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from .errors import SettingsError
+from pytest_distcov.errors import SettingsError
 
 __all__ = ["REPORT_KINDS", "TERM_KINDS", "ReportSpec", "parse_percent", "parse_report_spec"]
 

@@ -1,0 +1,23 @@
+"""coverage.py's warnings, kept out of a suite that runs with ``filterwarnings = error``."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from coverage.exceptions import CoverageWarning
+
+
+@contextmanager
+def capture_coverage_warnings(notes: list[str]) -> Iterator[None]:
+    """Turn warnings raised inside coverage calls into plain notes (never raised in a suite
+    that runs with ``filterwarnings = error``)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    for w in caught:
+        prefix = "coverage" if issubclass(w.category, CoverageWarning) else w.category.__name__
+        msg = f"{prefix}: {w.message}"
+        if msg not in notes:
+            notes.append(msg)
