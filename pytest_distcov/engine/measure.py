@@ -20,7 +20,6 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import sys
@@ -34,7 +33,7 @@ from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
-from pytest_distcov.data.merge import JOURNAL_SUFFIX
+from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_for
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
@@ -137,7 +136,7 @@ class NewOnly:
     (only when the chunks cannot come from memory, see :meth:`take_unsent`). The journal holds
     each line once, so it grows no larger than the lines covered. A worker killed in between
     leaves the journal beside its data file, and recovery reads both
-    (:func:`pytest_distcov.data.merge.update_from_file`). Only for data recorded under one
+    (:func:`pytest_distcov.data.readers.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
 
     If the data file cannot be written (a full temporary directory, a file-size limit), one
@@ -280,12 +279,11 @@ class NewOnly:
     def _append(self, kind: str, new: dict[str, Collection[Any]]) -> bool:
         """Journal ``new``; False (and no more journaling) if the journal cannot be written."""
         assert self._journal is not None
-        record = {name: sorted(items) for name, items in new.items()}
-        line = json.dumps([kind, record], separators=(",", ":")) + "\n"
+        line = encode_record(kind, new)
         try:
             if self._fd is None:
                 self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.write(self._fd, line.encode())
+            os.write(self._fd, line)
         except OSError:
             # Write to the data file directly from now on; what the journal holds goes there
             # too (the journal is left as it is: recovering it again only repeats a union).
@@ -498,7 +496,7 @@ class Engine:
     def _install_new_only(self) -> None:
         data = getattr(self.cov, "_data", None)  # see NewOnly
         if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
-            journal = self.data_path.with_name(self.data_path.name + JOURNAL_SUFFIX)
+            journal = journal_for(self.data_path)
             self._new_only = NewOnly(data, journal, self.notes)
             if self._probes is None:
                 self._tap = TracerTap.make(self.cov)
@@ -596,7 +594,7 @@ class Engine:
 
     def _salvage(self) -> CoverageData:
         """After a refused write (see _switch): what the data file holds, if it is readable."""
-        from pytest_distcov.data.merge import read_data_file
+        from pytest_distcov.data.readers import read_data_file
 
         try:
             return read_data_file(self.data_path)
