@@ -101,10 +101,12 @@ def choose_core(
 ) -> tuple[str, str]:
     """The core to use when the user chose none, and why, for the header line.
 
-    sysmon (Python 3.12+) costs a few percent where a trace function costs 2-3x, but before
-    Python 3.14 it cannot measure branches, and it never records dynamic contexts or follows
-    greenlet/eventlet/gevent. Asking coverage for sysmon where it cannot deliver makes coverage
-    warn (and a suite with ``filterwarnings = error`` fail), so we only ask where it can.
+    sysmon (Python 3.12+) adds little to a run where a trace function makes it take several
+    times as long (benchmarks/bench_overhead.py: ``distcov`` and ``pytest-cov`` against plain
+    ``pytest`` on 3.12+), but before Python 3.14 it cannot measure branches, and it never
+    records dynamic contexts or follows greenlet/eventlet/gevent. Asking coverage for sysmon
+    where it cannot deliver makes coverage warn (and a suite with ``filterwarnings = error``
+    fail), so we only ask where it can.
     """
     if version < (3, 12):
         return "ctrace", ""
@@ -127,11 +129,11 @@ class NewOnly:
     makes a flush durable by appending to a journal instead of writing SQLite.
 
     With a trace function every test records again every line it runs, and each flush made
-    coverage read, merge and rewrite every such file's row in SQLite (0.5-0.8 ms a test on
-    python-dateutil under Python 3.11). A data file only ever grows by union, so what it was
+    coverage read, merge and rewrite every such file's row in SQLite, again after every test.
+    A data file only ever grows by union, so what it was
     already given need not be written again: a set difference in memory decides. What is new
-    after a test (while :attr:`deferring`) is appended as one line to ``journal`` (a few
-    microseconds, where an SQLite write costs 0.14 ms) and written to the data file by
+    after a test (while :attr:`deferring`) is appended as one line to ``journal`` (one
+    ``write``, far cheaper than an SQLite transaction) and written to the data file by
     :meth:`consolidate`: at the end, and before the worker reads the data file to stream it
     (only when the chunks cannot come from memory, see :meth:`take_unsent`). The journal holds
     each line once, so it grows no larger than the lines covered. A worker killed in between
