@@ -418,7 +418,7 @@ class Engine:
             self.cov.set_option("run:patch", [p for p in patch if p != "subprocess"])
         # Like coverage.py's own code, pytest-distcov's never belongs in the user's report (it runs
         # in every measured process, but a serial `coverage run -m pytest` never loads it).
-        own_code = [str(Path(__file__).resolve().parent / "*")]
+        own_code = [str(Path(__file__).resolve().parents[1] / "*")]  # the package, every part
         if os.environ.get(OMIT_ENV):  # a remote worker's start-up module (see remote_worker)
             own_code.append(os.environ[OMIT_ENV])
         self.cov.set_option("run:omit", [*self._list_option("run:omit"), *own_code])
