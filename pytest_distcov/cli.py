@@ -179,7 +179,7 @@ def _write_combined(target: Path, union: ShardUnion) -> None:
 
 def _who_covers(args: argparse.Namespace) -> int:
     from .data.contexts import parse_where, who_covers
-    from .data.merge import read_data_file
+    from .data.readers import read_data_file
 
     file, lines = parse_where(args.where)
     data = read_data_file(_data_file(args))
@@ -205,7 +205,7 @@ def _who_covers(args: argparse.Namespace) -> int:
 
 
 def _open(args: argparse.Namespace) -> Coverage:
-    from .data.merge import read_data_file
+    from .data.readers import read_data_file
 
     cov = _coverage(args)
     read_data_file(str(cov.get_option("run:data_file"))).close(force=True)  # clear error if bad

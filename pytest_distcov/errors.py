@@ -1,4 +1,4 @@
-"""The exceptions pytest-distcov raises, and the one warning class it owns.
+"""The exceptions pytest-distcov raises.
 
 Hierarchy::
 
@@ -23,7 +23,6 @@ __all__ = [
     "DistCovError",
     "NothingToReport",
     "ProtocolError",
-    "PytestDistCovWarning",
     "RemoteError",
     "ReportError",
     "SettingsError",
@@ -61,9 +60,3 @@ class ReportError(DistCovError):
 
 class NothingToReport(ReportError):
     """The data holds nothing the reports could show (e.g. ``source`` matched no file)."""
-
-
-class PytestDistCovWarning(UserWarning):
-    """Warnings pytest-distcov itself emits (rare: notes go to the terminal instead)."""
-
-    __module__ = "pytest_distcov"

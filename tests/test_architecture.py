@@ -187,7 +187,6 @@ def test_public_names() -> None:
         "DistCovError",
         "NothingToReport",
         "ProtocolError",
-        "PytestDistCovWarning",
         "RemoteError",
         "ReportError",
         "SettingsError",
@@ -195,4 +194,3 @@ def test_public_names() -> None:
         "__version__",
     ]
     assert pytest_distcov.__version__
-    assert pytest_distcov.PytestDistCovWarning.__module__ == "pytest_distcov"

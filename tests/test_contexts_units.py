@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 from coverage import CoverageData
 
-from pytest_distcov.data.contexts import ContextDeltaReader, parse_where
+from pytest_distcov.data.contexts import parse_where
 from pytest_distcov.data.contexts import test_of as nodeid_of
+from pytest_distcov.data.readers import ContextDeltaReader
 from pytest_distcov.errors import DataFileError, SettingsError
 
 

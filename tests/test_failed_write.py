@@ -13,7 +13,8 @@ import pytest
 from coverage import CoverageData
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.data.merge import update_from_file, write_data_file
+from pytest_distcov.data.merge import write_data_file
+from pytest_distcov.data.readers import update_from_file
 from pytest_distcov.errors import DataFileError
 
 from .helpers import assert_same_data, diff_data, measured, run_pytest, tmpfs

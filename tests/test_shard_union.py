@@ -24,7 +24,8 @@ import pytest
 from coverage import CoverageData
 
 from pytest_distcov.data.merge import write_data_file
-from pytest_distcov.data.union import _ARC_OFFSET, ShardUnion
+from pytest_distcov.data.readers import _ARC_OFFSET
+from pytest_distcov.data.union import ShardUnion
 
 ROOT = Path(__file__).resolve().parents[1]
 FILES = [f"/proj/pkg/mod{i}.py" for i in range(6)]

@@ -93,7 +93,7 @@ import json, sys
 from pathlib import Path
 from coverage import CoverageData
 from pytest_distcov.engine.measure import Engine, MeasureSpec
-from pytest_distcov.data.merge import update_from_file
+from pytest_distcov.data.readers import update_from_file
 
 root, branch = Path(sys.argv[1]), sys.argv[2] == "branch"
 sys.path.insert(0, str(root / "src"))

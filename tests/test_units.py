@@ -11,7 +11,8 @@ import execnet
 import pytest
 from coverage import CoverageData
 
-from pytest_distcov.data.merge import Accumulator, DeltaReader, read_data_file, write_data_file
+from pytest_distcov.data.merge import Accumulator, write_data_file
+from pytest_distcov.data.readers import DeltaReader, read_data_file
 from pytest_distcov.engine.measure import NewOnly
 from pytest_distcov.errors import DataFileError, ProtocolError, SettingsError
 from pytest_distcov.protocol import PROTOCOL_VERSION, decode, empty_payload
@@ -305,7 +306,7 @@ def test_new_only_journals_deferred_flushes_and_recovery_reads_them(tmp_path: Pa
     """After a test, what is new goes to the journal (no SQLite write); consolidate moves it
     into the data file and empties the journal; a dead worker's journal is recovered, a last
     line cut short by the kill skipped."""
-    from pytest_distcov.data.merge import update_from_file
+    from pytest_distcov.data.readers import update_from_file
 
     data = CoverageData(str(tmp_path / ".coverage.gw0"))
     calls = _spied(data, "add_lines")
@@ -358,7 +359,7 @@ def test_new_only_close_moves_the_journal_in_and_stops_journaling(tmp_path: Path
 def test_a_journal_that_does_not_fit_is_a_named_error(tmp_path: Path) -> None:
     """Arcs in a journal for line data (or records of another shape) are a DataFileError that
     names the journal, which the controller then keeps for inspection."""
-    from pytest_distcov.data.merge import update_from_file
+    from pytest_distcov.data.readers import update_from_file
 
     target = CoverageData(str(tmp_path / "target"))
     target.add_lines({"a.py": {1}})

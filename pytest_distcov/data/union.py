@@ -1,90 +1,40 @@
 """``pytest-distcov combine``'s union of many whole data files (the shards of a store).
 
 :class:`ShardUnion` reads coverage.py data files straight from their SQLite tables (coverage.py
-documents the schema), several processes at once, and writes the union through coverage.py's
-public ``CoverageData``. This module imports neither coverage.py nor multiprocessing until it
-needs them, so that the readers start before the command has loaded anything else.
+documents the schema; the reading is :func:`~pytest_distcov.data.readers.read_shard`'s), several
+processes at once, and writes the union through coverage.py's public ``CoverageData``. This
+module (and the readers) imports neither coverage.py nor multiprocessing until it needs them, so
+that the readers start before the command has loaded anything else.
 """
 
 from __future__ import annotations
 
 import os
 import sqlite3
-import struct
 import sys
 import threading
 from collections.abc import Callable, Iterable
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from pytest_distcov.errors import DataFileError
 
+from .readers import (
+    PathMapper,
+    ShardRead,
+    identity,
+    numbits_decoder,
+    read_shard,
+    unpack_shard_arc,
+)
+
 if TYPE_CHECKING:
     from coverage import CoverageData
 
-__all__ = [
-    "KNOWN_SCHEMAS",
-    "PathMapper",
-    "ShardUnion",
-    "identity",
-    "read_live_file",
-    "read_only_uri",
-]
-
-PathMapper = Callable[[str], str]
-
-
-def identity(path: str) -> str:
-    """The path mapper that leaves paths as they are."""
-    return path
-
-
-#: The data-file schemas read straight from SQLite here and in contexts.py (coverage.py documents
-#: its schema; a file of another schema gets the same refusal coverage itself gives it).
-KNOWN_SCHEMAS = frozenset({7})
-
-
-def read_only_uri(path: str | os.PathLike[str], *, immutable: bool = False) -> str:
-    """An SQLite URI that opens ``path`` read-only (it is never changed or journaled).
-
-    ``immutable`` also tells SQLite that nobody changes the file while it is open, so it takes
-    no locks: right for a finished shard, wrong for a file a live process writes.
-    """
-    uri = f"file:{Path(path).resolve().as_uri()[len('file://') :]}?mode=ro"
-    return uri + "&immutable=1" if immutable else uri
+__all__ = ["ShardUnion"]
 
 
 def _bits(number: int) -> bytes:
     return number.to_bytes((number.bit_length() + 7) // 8, "little")
-
-
-# How ShardUnion carries arcs out of SQLite (see _ARC_QUERY): an arc (fromno, tono) with both
-# numbers in [-2**25, 2**25) is packed into one integer, offset to exactly 16 decimal digits.
-_ARC_OFFSET = 1 << 25
-_ARC_SHIFT = 26
-_ARC_DIGITS = 10**15
-_ARC_BASE = _ARC_OFFSET * (1 << _ARC_SHIFT) + _ARC_OFFSET + _ARC_DIGITS
-# Per file and context, one string of all its packed arcs, 16 digits each, in one pass over the
-# covering index; an arc out of range writes "x" (not a hex digit) and that group is read row by
-# row instead. A decimal digit string is also a hex digit string, so ``bytes.fromhex`` turns the
-# text into 8 bytes an arc, and ``memoryview.cast("d")`` reads those as distinct floats: no
-# Python code runs per arc. (Floats because Python makes and hashes them faster than integers of
-# this size; the bytes are never a NaN or a zero, so equal floats are equal bytes. The exponent
-# of a NaN needs a byte 0x7F or 0xFF, and a hex digit above 9, neither of which decimal digits
-# make; a zero needs eight zero bytes, and the first byte is 0x10 or more.)
-_ARC_QUERY = f"""
-SELECT file_id, context_id, group_concat(
-    CASE WHEN fromno BETWEEN -{_ARC_OFFSET} AND {_ARC_OFFSET - 1}
-          AND tono BETWEEN -{_ARC_OFFSET} AND {_ARC_OFFSET - 1}
-    THEN fromno * {1 << _ARC_SHIFT} + tono + {_ARC_BASE}
-    ELSE 'x' END, '')
-FROM shard.arc GROUP BY file_id, context_id
-"""
-
-
-def _unpack_arc(key: float) -> tuple[int, int]:
-    packed = int(struct.pack("d", key).hex()) - _ARC_DIGITS
-    return (packed >> _ARC_SHIFT) - _ARC_OFFSET, (packed & ((1 << _ARC_SHIFT) - 1)) - _ARC_OFFSET
 
 
 def _usable_cpus() -> int:
@@ -92,20 +42,6 @@ def _usable_cpus() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
-
-
-class _ShardRead:
-    """What one shard holds (file and context names resolved)."""
-
-    __slots__ = ("arcs", "files", "lines", "packed", "tracers", "wide")
-
-    def __init__(self, arcs: bool | None, files: list[str], tracers: dict[str, str]) -> None:
-        self.arcs = arcs
-        self.files = files
-        self.tracers = tracers
-        self.lines: list[tuple[str, str, bytes]] = []
-        self.packed: list[tuple[str, str, bytes]] = []
-        self.wide: list[tuple[str, str, list[tuple[int, int]]]] = []
 
 
 class _Part:
@@ -122,7 +58,7 @@ class _Part:
         # exactly (code only run at import), and comparing bytes is far cheaper than a set update
         self._last: dict[tuple[str, str], bytes] = {}
 
-    def add(self, read: _ShardRead) -> None:
+    def add(self, read: ShardRead) -> None:
         last = self._last
         for path, context, blob in read.packed:
             key = (context, path)
@@ -157,7 +93,7 @@ class _Reader:
         self.parts: dict[bool | None, _Part] = {}
 
     def read(self, name: str, path: str) -> _Outcome:
-        read = _read_shard(self.hub, name, path)
+        read = read_shard(self.hub, name, path)
         if isinstance(read, DataFileError):
             return read
         part = self.parts.get(read.arcs)
@@ -183,7 +119,7 @@ class ShardUnion:
     attached read-only (never changed) to an in-memory SQLite database. Lines are kept as
     integers whose set bits are the line numbers (a numbits blob read as one little-endian
     integer, so a union is one ``|``); arcs as sets of integers packed by SQLite itself (see
-    ``_ARC_QUERY``). Contexts, file tracers and measured-but-empty files are kept. Paths go
+    ``readers._ARC_QUERY``). Contexts, file tracers and measured-but-empty files are kept. Paths go
     through ``map_path`` (a shard's relative paths become the combiner's own) when the union is
     written out.
 
@@ -296,8 +232,7 @@ class ShardUnion:
         return [part for parts in self._parts for k, part in parts.items() if k in kinds]
 
     def write_into(self, data: CoverageData) -> None:
-        from coverage.numbits import numbits_to_nums
-
+        numbits_to_nums = numbits_decoder()
         parts = self._kept_parts()
         mapped = {p: self.map_path(p) for part in parts for p in part.files}
         by_context: dict[str, dict[str, Any]] = {}
@@ -306,7 +241,9 @@ class ShardUnion:
             sets: dict[tuple[str, str], set[tuple[int, int]]] = {}
             for part in parts:
                 for (context, path), keys in part.arcs.items():
-                    sets.setdefault((context, mapped[path]), set()).update(map(_unpack_arc, keys))
+                    sets.setdefault((context, mapped[path]), set()).update(
+                        map(unpack_shard_arc, keys)
+                    )
                 for (context, path), rows in part.wide.items():
                     sets.setdefault((context, mapped[path]), set()).update(rows)
             for (context, path), arc_set in sets.items():
@@ -336,110 +273,3 @@ class ShardUnion:
             by_plugin.setdefault(tracers.get(path, ""), []).append(path)
         for plugin, paths in sorted(by_plugin.items()):
             data.touch_files(paths, plugin or None)
-
-
-def _read_shard(
-    hub: sqlite3.Connection, name: str, path: str, *, immutable: bool = True
-) -> _ShardRead | DataFileError:
-    """Read one data file through ``hub`` (in any thread); errors are returned, naming ``name``."""
-    try:
-        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=immutable),))
-    except sqlite3.Error as exc:
-        try:  # SQLite names no reason: the file system does
-            with open(path, "rb"):
-                pass
-        except OSError as os_exc:
-            return DataFileError(f"cannot read coverage data file {name}: {os_exc.strerror}")
-        return DataFileError(f"cannot read coverage data file {name}: {exc}")
-    try:
-        return _read_tables(hub, name)
-    except sqlite3.Error as exc:
-        return DataFileError(
-            f"cannot read coverage data file {name}: {exc} (is it a coverage.py data file?)"
-        )
-    finally:
-        hub.execute("DETACH DATABASE shard")
-
-
-def read_live_file(
-    path: str, *, arcs: bool
-) -> tuple[dict[str, dict[str, set[Any]]], list[str], dict[str, str]]:
-    """A data file's lines (or arcs), by context and file; its files; its file tracers.
-
-    For a worker's own data file, streamed while it runs: one SQLite connection and a few
-    queries, where ``CoverageData`` (coverage.py 7.17) opens and closes a connection for every
-    query (two a measured file). Not immutable: its own process writes it between reads. Only
-    the kind asked for is read, as ``CoverageData.lines``/``arcs`` give nothing of the other.
-    """
-    from coverage.numbits import numbits_to_nums  # (the command line loads coverage.py late)
-
-    hub = sqlite3.connect(":memory:")
-    try:
-        read = _read_shard(hub, path, path, immutable=False)
-    finally:
-        hub.close()
-    if isinstance(read, DataFileError):
-        raise read
-    by_context: dict[str, dict[str, set[Any]]] = {}
-    if arcs:
-        for name, context, blob in read.packed:
-            by_context.setdefault(context, {}).setdefault(name, set()).update(
-                _unpack_arc(key) for key in memoryview(blob).cast("d")
-            )
-        for name, context, rows in read.wide:
-            by_context.setdefault(context, {}).setdefault(name, set()).update(map(tuple, rows))
-    else:
-        for name, context, numbits in read.lines:
-            by_context.setdefault(context, {}).setdefault(name, set()).update(
-                numbits_to_nums(numbits)
-            )
-    return by_context, read.files, read.tracers
-
-
-#: Everything but the measured data, in one query: a row per schema version, meta key, file,
-#: context and tracer, tagged with its table.
-_META_QUERY = """
-SELECT 0, version, NULL FROM shard.coverage_schema
-UNION ALL SELECT 1, key, value FROM shard.meta
-UNION ALL SELECT 2, id, path FROM shard.file
-UNION ALL SELECT 3, id, context FROM shard.context
-UNION ALL SELECT 4, file_id, tracer FROM shard.tracer
-"""
-
-
-def _read_tables(hub: sqlite3.Connection, name: str) -> _ShardRead | DataFileError:
-    try:
-        rows = hub.execute(_META_QUERY).fetchall()
-    except sqlite3.Error:
-        # a table is missing: a file of another schema is told so, anything else is re-raised
-        (version,) = hub.execute("SELECT version FROM shard.coverage_schema").fetchone() or (None,)
-        if version in KNOWN_SCHEMAS:
-            raise
-    else:
-        version = next((key for table, key, _ in rows if table == 0), None)
-    if version not in KNOWN_SCHEMAS:
-        return DataFileError(
-            f"cannot read coverage data file {name}: it has data schema {version}, this"
-            f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
-        )
-    tables: list[dict[Any, Any]] = [{}, {}, {}, {}, {}]
-    for table, key, value in rows:
-        tables[table][key] = value
-    _, meta, files, contexts, tracers = tables
-    arcs = None if "has_arcs" not in meta else meta["has_arcs"] not in ("0", "False", "")
-    read = _ShardRead(arcs, list(files.values()), {files[f]: t for f, t in tracers.items() if t})
-    if arcs:
-        for fid, cid, text in hub.execute(_ARC_QUERY).fetchall():
-            try:
-                read.packed.append((files[fid], contexts[cid], bytes.fromhex(text)))
-            except ValueError:  # a line number out of the packed range: read it row by row
-                rows = hub.execute(
-                    "SELECT fromno, tono FROM shard.arc WHERE file_id = ? AND context_id = ?",
-                    (fid, cid),
-                ).fetchall()
-                read.wide.append((files[fid], contexts[cid], rows))
-    elif arcs is not None:
-        bits = hub.execute("SELECT file_id, context_id, numbits FROM shard.line_bits")
-        for fid, cid, numbits in bits.fetchall():
-            read.lines.append((files[fid], contexts[cid], numbits))
-    return read

@@ -20,7 +20,6 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sqlite3
 import sys
@@ -34,7 +33,7 @@ from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
-from pytest_distcov.data.merge import JOURNAL_SUFFIX
+from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_for
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
@@ -102,10 +101,12 @@ def choose_core(
 ) -> tuple[str, str]:
     """The core to use when the user chose none, and why, for the header line.
 
-    sysmon (Python 3.12+) costs a few percent where a trace function costs 2-3x, but before
-    Python 3.14 it cannot measure branches, and it never records dynamic contexts or follows
-    greenlet/eventlet/gevent. Asking coverage for sysmon where it cannot deliver makes coverage
-    warn (and a suite with ``filterwarnings = error`` fail), so we only ask where it can.
+    sysmon (Python 3.12+) adds little to a run where a trace function makes it take several
+    times as long (benchmarks/bench_overhead.py: ``distcov`` and ``pytest-cov`` against plain
+    ``pytest`` on 3.12+), but before Python 3.14 it cannot measure branches, and it never
+    records dynamic contexts or follows greenlet/eventlet/gevent. Asking coverage for sysmon
+    where it cannot deliver makes coverage warn (and a suite with ``filterwarnings = error``
+    fail), so we only ask where it can.
     """
     if version < (3, 12):
         return "ctrace", ""
@@ -128,16 +129,16 @@ class NewOnly:
     makes a flush durable by appending to a journal instead of writing SQLite.
 
     With a trace function every test records again every line it runs, and each flush made
-    coverage read, merge and rewrite every such file's row in SQLite (0.5-0.8 ms a test on
-    python-dateutil under Python 3.11). A data file only ever grows by union, so what it was
+    coverage read, merge and rewrite every such file's row in SQLite, again after every test.
+    A data file only ever grows by union, so what it was
     already given need not be written again: a set difference in memory decides. What is new
-    after a test (while :attr:`deferring`) is appended as one line to ``journal`` (a few
-    microseconds, where an SQLite write costs 0.14 ms) and written to the data file by
+    after a test (while :attr:`deferring`) is appended as one line to ``journal`` (one
+    ``write``, far cheaper than an SQLite transaction) and written to the data file by
     :meth:`consolidate`: at the end, and before the worker reads the data file to stream it
     (only when the chunks cannot come from memory, see :meth:`take_unsent`). The journal holds
     each line once, so it grows no larger than the lines covered. A worker killed in between
     leaves the journal beside its data file, and recovery reads both
-    (:func:`pytest_distcov.data.merge.update_from_file`). Only for data recorded under one
+    (:func:`pytest_distcov.data.readers.update_from_file`). Only for data recorded under one
     unchanging context: the engine installs it only then.
 
     If the data file cannot be written (a full temporary directory, a file-size limit), one
@@ -280,12 +281,11 @@ class NewOnly:
     def _append(self, kind: str, new: dict[str, Collection[Any]]) -> bool:
         """Journal ``new``; False (and no more journaling) if the journal cannot be written."""
         assert self._journal is not None
-        record = {name: sorted(items) for name, items in new.items()}
-        line = json.dumps([kind, record], separators=(",", ":")) + "\n"
+        line = encode_record(kind, new)
         try:
             if self._fd is None:
                 self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-            os.write(self._fd, line.encode())
+            os.write(self._fd, line)
         except OSError:
             # Write to the data file directly from now on; what the journal holds goes there
             # too (the journal is left as it is: recovering it again only repeats a union).
@@ -418,7 +418,7 @@ class Engine:
             self.cov.set_option("run:patch", [p for p in patch if p != "subprocess"])
         # Like coverage.py's own code, pytest-distcov's never belongs in the user's report (it runs
         # in every measured process, but a serial `coverage run -m pytest` never loads it).
-        own_code = [str(Path(__file__).resolve().parent / "*")]
+        own_code = [str(Path(__file__).resolve().parents[1] / "*")]  # the package, every part
         if os.environ.get(OMIT_ENV):  # a remote worker's start-up module (see remote_worker)
             own_code.append(os.environ[OMIT_ENV])
         self.cov.set_option("run:omit", [*self._list_option("run:omit"), *own_code])
@@ -498,7 +498,7 @@ class Engine:
     def _install_new_only(self) -> None:
         data = getattr(self.cov, "_data", None)  # see NewOnly
         if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
-            journal = self.data_path.with_name(self.data_path.name + JOURNAL_SUFFIX)
+            journal = journal_for(self.data_path)
             self._new_only = NewOnly(data, journal, self.notes)
             if self._probes is None:
                 self._tap = TracerTap.make(self.cov)
@@ -596,7 +596,7 @@ class Engine:
 
     def _salvage(self) -> CoverageData:
         """After a refused write (see _switch): what the data file holds, if it is readable."""
-        from pytest_distcov.data.merge import read_data_file
+        from pytest_distcov.data.readers import read_data_file
 
         try:
             return read_data_file(self.data_path)

@@ -152,7 +152,7 @@ class _CoverageSide:
         # When sys.path has changed, coverage.py first looks up the source packages with
         # importlib, which asks our finder, which would ask coverage.py again before it has
         # noted the new sys.path: a recursion down to RecursionError, every level recomputing
-        # the third-party paths (120 times a worker on python-dateutil instead of 3). The
+        # the third-party paths (over and over in a worker, where a few times suffice). The
         # finder stays out of coverage.py's own lookups.
         outer, self._deciding.active = self.deciding, True
         try:
@@ -562,12 +562,12 @@ class Probes:
     def _hook_pytest_rewriter(self, hook: Any) -> None:
         """Route the modules pytest's assertion rewriter executes (test modules, conftests).
 
-        The rewriter runs a module's code with ``exec``, a global name it finds in builtins:
-        a module global of that name in ``_pytest.assertion.rewrite`` is found first. (SlipCover's
+        The rewriter runs a module's code with ``exec``, a global name it finds in builtins: a
+        module global of that name in ``_pytest.assertion.rewrite`` is found first. (SlipCover's
         ``wrap_pytest`` rewrites the rewriter's bytecode to call ``_Slipcover_exec_wrapper``
-        instead, 0.02 s a process; if something already did that, that name is pointed at
-        the hook too.) When the engine stops, the rewriter uses ``exec`` again, so a second
-        engine in one process (pytester) works too.
+        instead, a cost every process would pay; if something already did that, that name is
+        pointed at the hook too.) When the engine stops, the rewriter uses ``exec`` again, so a
+        second engine in one process (pytester) works too.
         """
         try:
             from _pytest.assertion import rewrite

@@ -165,7 +165,6 @@ class Agent:
             "python": platform.python_version(),
             "version": list(sys.version_info[:2]),
             "executable": sys.executable,
-            "implementation": platform.python_implementation(),
             "stdlib": [p for p in sys.path if p and _is_stdlib(p)],
             "site": [p for p in sys.path if p and not _is_stdlib(p) and os.path.isdir(p)],
             "cache": self.cache,

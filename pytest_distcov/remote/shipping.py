@@ -116,10 +116,6 @@ class Tree:
         object.__setattr__(self, "digest", h.hexdigest())
 
     @property
-    def size(self) -> int:
-        return sum(f.size for f in self.files)
-
-    @property
     def local(self) -> str:
         """The local directory of a plain tree ("" for the extras tree)."""
         return self.roots[0][1] if self.roots and self.roots[0][0] == "" else ""
@@ -153,9 +149,6 @@ class PathEntry:
     kind: str
     tree: str = ""
     sub: str = ""
-
-    def wire(self) -> tuple[str, str, str]:
-        return (self.kind, self.tree, self.sub)
 
 
 @dataclass(frozen=True)

@@ -36,14 +36,9 @@ import coverage
 import pytest
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.data.merge import (
-    JOURNAL_SUFFIX,
-    Accumulator,
-    read_data_file,
-    update_from_file,
-    write_data_file,
-)
-from pytest_distcov.data.union import PathMapper
+from pytest_distcov.data.journal import JOURNAL_SUFFIX
+from pytest_distcov.data.merge import Accumulator, write_data_file
+from pytest_distcov.data.readers import PathMapper, read_data_file, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import (
     DataFileError,

@@ -23,8 +23,8 @@ import pytest
 from coverage.exceptions import CoverageException
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
-from pytest_distcov.data.contexts import ContextDeltaReader, label
-from pytest_distcov.data.merge import DeltaReader, read_data_file
+from pytest_distcov.data.contexts import label
+from pytest_distcov.data.readers import ContextDeltaReader, DeltaReader, read_data_file
 from pytest_distcov.engine.measure import Engine
 from pytest_distcov.errors import DataFileError
 from pytest_distcov.protocol import (

@@ -1,11 +1,11 @@
 """Source parses for reports: one a file for all of a run's reports, and kept across runs.
 
 coverage.py parses every file it reports (tokens, AST, code objects: statements, exclusions,
-multi-line statements, arcs) again for every report, and again in every run. For
-python-dateutil's 18 files one parse of all of them is 0.17 s on Python 3.13 (0.24 s on
-3.11), most of a report's time, spent by the controller after every worker is done. A parse
-depends only on the file's name and text, the exclusion regex, the interpreter (its version
-and ``-O``) and coverage.py's version. So:
+multi-line statements, arcs) again for every report, and again in every run. Parsing is most of
+a report's time, spent by the controller after every worker is done (benchmarks/bench_scale.py
+times the end of a run and ``coverage report`` alone). A parse depends only on the file's name
+and text, the exclusion regex, the interpreter (its version and ``-O``) and coverage.py's
+version. So:
 
 * :func:`share_parses` has one ``Coverage`` keep the parse of each file (its state, compact,
   without the AST: as coverage.py itself, no reporter is kept once its file is reported, so
@@ -13,7 +13,8 @@ and ``-O``) and coverage.py's version. So:
   restores the parse the first one made;
 * with a :class:`ParseCache` (the plugin keeps one in pytest's cache directory), a parse is
   stored under a digest of all of the above, and a later run of the same files restores it
-  instead of parsing (dateutil: 0.17 s -> 0.01 s).
+  in a small part of the time a parse takes (benchmarks/bench_overhead.py: ``distcov``, whose
+  cache persists, against ``distcov-cold``, which clears it before every run).
 
 Both reach into coverage.py: ``Coverage._get_file_reporter``, ``PythonFileReporter._parser``
 and the parser's attributes, which are stored and restored as a whole, whatever they are. A

@@ -1,15 +1,13 @@
 """Parsing the files a report will need while the tests still run, on CPU the run leaves idle.
 
-In a first run (nothing in the :class:`~pytest_distcov.sinks.parses.ParseCache`) the report parses
-every measured file after the last test: for python-dateutil's 18 files 0.17 s on Python 3.13,
-0.24 s on 3.11, all of it added to the run's wall time. But while the tests run, the CPU is not
-always busy (on 2 cores with `-n 2`, first runs of python-dateutil became 2-5 points
-cheaper with this; how much idles elsewhere was not measured). So, as the
-controller learns of measured files (the first chunk of every worker names the files it has
-run), it hands their names to a helper process at the lowest scheduling priority (``nice``
-19), which parses them as coverage.py's report would and sends each parse back. Under full
-load the helper gets next to no CPU and changes nothing; where a core idles, it does the
-report's parsing there.
+In a first run (nothing in the :class:`~pytest_distcov.sinks.parses.ParseCache`) the report
+parses every measured file after the last test, all of it added to the run's wall time. But
+while the tests run, the CPU is not always busy (benchmarks/bench_overhead.py's ``distcov-cold``
+mode times such first runs). So, as the controller learns of measured files (the first chunk of
+every worker names the files it has run), it hands their names to a helper process at the lowest
+scheduling priority (``nice`` 19), which parses them as coverage.py's report would and sends
+each parse back. Under full load the helper gets next to no CPU and changes nothing; where a
+core idles, it does the report's parsing there.
 
 The report takes what the helper has sent, file by file as it needs them, into the parse
 cache (each parse is checked against the file's text as the cache always does), and parses

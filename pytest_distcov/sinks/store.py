@@ -338,7 +338,7 @@ def write_shard(data_file: Path, root: Path, store: Store) -> str:
     from coverage import CoverageData
     from coverage.exceptions import CoverageException
 
-    from pytest_distcov.data.merge import read_data_file
+    from pytest_distcov.data.readers import read_data_file
 
     source = read_data_file(data_file)
     try:

@@ -1,0 +1,129 @@
+"""The journal a worker keeps beside its data file: its format, encoded and decoded here only.
+
+While a worker's engine flushes after a test, what is new goes to the journal instead of the
+data file (:class:`pytest_distcov.engine.measure.NewOnly`): appending one line is one
+``write``, where the data file would take an SQLite transaction. The journal is moved into the
+data file before the worker reads that file, and at the end; a worker killed in between leaves
+it beside its data file, and recovery reads both
+(:func:`pytest_distcov.data.readers.update_from_file`).
+
+A record is one line of JSON, ``[kind, {file: items}]``: kind ``"lines"`` with line numbers,
+or ``"arcs"`` with ``[from, to]`` pairs. It holds no context: the engine journals only data
+recorded under one unchanging context, so a reader adds records under its target's context.
+
+A worker killed while it wrote a record leaves that last line cut short; it belonged to a test
+that had not finished, and is skipped (as is any line that is not JSON). A line that is JSON but
+not such a record means a file of something else, or damaged: a :class:`DataFileError` that
+names the journal. Nothing here imports coverage.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Collection, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+from pytest_distcov.errors import DataFileError
+
+__all__ = [
+    "JOURNAL_SUFFIX",
+    "KINDS",
+    "Record",
+    "decode_record",
+    "encode_record",
+    "journal_for",
+    "read_journal",
+]
+
+#: A worker's journal is its data file's name plus this.
+JOURNAL_SUFFIX = ".journal"
+
+#: The kinds of record: line numbers, or (from, to) arcs when branch coverage is on.
+KINDS = ("lines", "arcs")
+
+#: Line numbers are a code object's C ``int``: a number beyond is not one a worker recorded
+#: (and would make coverage.py build a numbits blob of that many bits).
+LINE_LIMIT = 1 << 31
+
+#: (kind, file -> line numbers, or (from, to) tuples for arcs)
+Record = tuple[str, dict[str, list[Any]]]
+
+
+def journal_for(data_file: Path) -> Path:
+    """The journal beside ``data_file``."""
+    return data_file.with_name(data_file.name + JOURNAL_SUFFIX)
+
+
+def encode_record(kind: str, items: Mapping[str, Collection[Any]]) -> bytes:
+    """One record, a whole line: ``kind`` and each file's items, sorted."""
+    record = {name: sorted(found) for name, found in items.items()}
+    return (json.dumps([kind, record], separators=(",", ":")) + "\n").encode()
+
+
+def decode_record(text: str) -> Record | None:
+    """The record on one line; None for a line that is not JSON (cut short by a kill).
+
+    Raises :class:`ValueError`, saying why, for JSON that is not a record of this format.
+    """
+    try:
+        found = json.loads(text)
+    except ValueError:
+        return None  # torn: the worker died while writing it
+    except RecursionError:
+        raise ValueError("not a journal record (nested too deeply)") from None
+    if not (isinstance(found, list) and len(found) == 2 and found[0] in KINDS):
+        raise ValueError(f"not a journal record: {text[:80]!r}")
+    kind, files = found
+    if not isinstance(files, dict):
+        raise ValueError(f"a {kind} record holds no files: {text[:80]!r}")
+    decode = _arcs if kind == "arcs" else _lines
+    return kind, {name: decode(name, items) for name, items in files.items()}
+
+
+def _is_number(value: object, low: int) -> bool:
+    return type(value) is int and low <= value < LINE_LIMIT  # (a bool is no line number)
+
+
+def _lines(name: str, items: object) -> list[Any]:
+    if not isinstance(items, list) or not all(_is_number(n, 0) for n in items):
+        raise ValueError(f"the lines of {name!r} are not line numbers")
+    return items
+
+
+def _arcs(name: str, items: object) -> list[Any]:
+    arcs: list[Any] = []
+    if isinstance(items, list):
+        for arc in items:
+            if not (isinstance(arc, list) and len(arc) == 2):
+                break
+            first, second = arc
+            if not (_is_number(first, 1 - LINE_LIMIT) and _is_number(second, 1 - LINE_LIMIT)):
+                break
+            arcs.append((first, second))
+        else:
+            return arcs
+    raise ValueError(f"the arcs of {name!r} are not pairs of line numbers")
+
+
+def read_journal(path: str | os.PathLike[str]) -> Iterator[Record]:
+    """The records of the journal at ``path``, in the order written.
+
+    Raises :class:`DataFileError` naming the journal when it cannot be read (not UTF-8) or holds
+    a record of another format; records before that one have been given already.
+    """
+    try:
+        with open(path, encoding="utf-8") as fh:
+            lines = fh.read().splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFileError(f"cannot read journal {os.fspath(path)}: {exc}") from None
+    for number, text in enumerate(lines, 1):
+        try:
+            record = decode_record(text)
+        except ValueError as exc:
+            raise DataFileError(
+                f"cannot combine journal {os.fspath(path)}: line {number}: {exc}"
+            ) from None
+        if record is not None:
+            yield record
