@@ -34,6 +34,6 @@ tox's ``min`` and ``newest`` environments), and the fallback of each:
 
 Not treated as internal: the SQLite schema of data files, which coverage.py documents (its
 "dbschema" page, "subject to change"). :mod:`pytest_distcov.data` reads those tables itself
-and checks the schema version of every file it reads (``data.union.KNOWN_SCHEMAS``), refusing
+and checks the schema version of every file it reads (``data.readers.KNOWN_SCHEMAS``), refusing
 another one as coverage.py does.
 """
