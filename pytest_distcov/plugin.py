@@ -6,6 +6,8 @@
 * ``pytest_configure``: register exactly one role object: :class:`~.worker.WorkerRole` in an
   xdist worker, :class:`~.controller.ControllerRole` elsewhere (plus its xdist hooks only when
   xdist distributes the run). No hook body asks "am I a worker?".
+  The controller's header gets a line for each fallback its engine takes where the installed
+  coverage.py lacks an internal (:class:`FallbackHeader`, :mod:`.covapi.check`).
 
 Installing the plugin changes nothing until ``--distcov`` or ``distcov = true`` asks for it.
 """
@@ -188,6 +190,7 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         config, settings, spec, plan, engine, workers=_worker_count(config) if dist else 0
     )
     config.pluginmanager.register(role, "distcov-controller")
+    config.pluginmanager.register(FallbackHeader(engine), "distcov-fallbacks")
     config.pluginmanager.register(role.sigterm, "distcov-sigterm")
     if remote is not None:
         role.remote = remote
@@ -196,6 +199,18 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         config.pluginmanager.register(XdistControllerHooks(role), "distcov-xdist")
     else:
         config.pluginmanager.register(NoCoverHooks(engine), "distcov-no-cover")
+
+
+class FallbackHeader:
+    """The controller's header lines for the fallbacks its engine takes because the installed
+    coverage.py lacks an internal (see :mod:`pytest_distcov.covapi.check`): none where it takes
+    none. Registered after the controller role, so they follow its lines."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+
+    def pytest_report_header(self) -> list[str]:
+        return [f"distcov: {line}" for line in self.engine.fallbacks]
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import importlib.util
 import subprocess
 import sys
 from pathlib import Path
@@ -172,7 +173,135 @@ def test_no_private_imports_of_collaborators(module: str) -> None:
         if parts[0] in {"coverage", "pytest", "xdist", "execnet", "_pytest"}:
             assert not any(p.startswith("_") for p in parts), f"{module} imports {name}"
             assert name.split(".")[0] != "_pytest"
-            assert name not in {"coverage.sqldata", "coverage.control", "coverage.collector"}
+
+
+# -- the doors: the only modules that touch other projects' internals ---------------------------
+
+#: coverage.py's one door (the sub-package) and xdist's and execnet's (one module).
+COVERAGE_DOOR = "covapi"
+XDIST_DOOR = "remote.xdist_door"
+#: coverage.py's documented modules: its API (``coverage``, ``coverage.exceptions``), the
+#: plugin API (``coverage.plugin``) and the data schema's numbits (``coverage.numbits``). Every
+#: other module of coverage.py is internal.
+COVERAGE_PUBLIC = {"coverage", "coverage.exceptions", "coverage.plugin", "coverage.numbits"}
+#: Standard library functions that are documented despite their underscore.
+DOCUMENTED_UNDERSCORE = {"sys._current_frames", "sys._getframe", "os._exit"}
+#: The sanctioned exception beside the doors (see PRIVATE_IMPORTS_ALLOWED): the probe engine
+#: points the name SlipCover's ``wrap_pytest`` may have put into pytest's rewriter at its hook.
+PRIVATE_ATTRIBUTES_ALLOWED = {("engine.probes", "_Slipcover_exec_wrapper")}
+_ATTRIBUTE_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
+
+
+def _in_door(module: str) -> bool:
+    return module == XDIST_DOOR or module.split(".", maxsplit=1)[0] == COVERAGE_DOOR
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not (name.startswith("__") and name.endswith("__"))
+
+
+def _own(node: ast.expr) -> bool:
+    """``self``, ``cls`` or ``super()``: the object's own attributes."""
+    if isinstance(node, ast.Name):
+        return node.id in {"self", "cls"}
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Name) and node.func.id == "super"
+    )
+
+
+def _coverage_internal(module: str) -> bool:
+    return module.split(".", maxsplit=1)[0] == "coverage" and module not in COVERAGE_PUBLIC
+
+
+def _door_violations(source: str) -> list[tuple[str, str]]:
+    """(what, the private name) for every touch of another object's private attribute and every
+    import of an internal coverage.py module in ``source``."""
+    found: list[tuple[str, str]] = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Attribute) and _private(node.attr) and not _own(node.value):
+            text = ast.unparse(node)
+            if text not in DOCUMENTED_UNDERSCORE:
+                found.append((f"line {node.lineno}: {text}", node.attr))
+        elif (
+            isinstance(node, ast.Call)
+            and isinstance(node.func, ast.Name)
+            and node.func.id in _ATTRIBUTE_CALLS
+            and len(node.args) >= 2
+            and isinstance(node.args[1], ast.Constant)
+            and isinstance(node.args[1].value, str)
+            and _private(node.args[1].value)
+            and not _own(node.args[0])
+        ):
+            found.append((f"line {node.lineno}: {ast.unparse(node)}", node.args[1].value))
+        elif isinstance(node, ast.Import):
+            for alias in node.names:
+                if _coverage_internal(alias.name):
+                    found.append((f"line {node.lineno}: import {alias.name}", alias.name))
+        elif isinstance(node, ast.ImportFrom) and not node.level and node.module:
+            names = [node.module]
+            if node.module == "coverage":  # ``from coverage import parser``: a module too
+                names += [
+                    f"coverage.{a.name}"
+                    for a in node.names
+                    if importlib.util.find_spec(f"coverage.{a.name}") is not None
+                ]
+            for name in names:
+                if _coverage_internal(name):
+                    found.append((f"line {node.lineno}: from {node.module} import ...", name))
+    return found
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not _in_door(m)])
+def test_only_the_doors_touch_other_objects_private_attributes(module: str) -> None:
+    """Outside covapi and the xdist door, no module reads or writes a private attribute of an
+    object not its own, nor imports coverage.py's internal modules."""
+    found = [
+        what
+        for what, name in _door_violations(FILES[module].read_text())
+        if (module, name) not in PRIVATE_ATTRIBUTES_ALLOWED
+    ]
+    assert not found, f"{module} reaches past the doors: {found}"
+
+
+def test_the_doors_are_there() -> None:
+    """Renaming a door must not leave a name that exempts nothing."""
+    assert XDIST_DOOR in FILES
+    assert {"covapi.check", "covapi.collector", "covapi.data", "covapi.parser"} <= set(FILES)
+    assert any(_door_violations(FILES[m].read_text()) for m in FILES if _in_door(m))
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ("cov._collector.data", True),
+        ("self.role._finished", True),
+        ("cov._get_file_reporter = wrap", True),
+        ("getattr(cov, '_data', None)", True),
+        ("setattr(reporter, '_parser', None)", True),
+        ("hasattr(cov, '_inorout')", True),
+        ("delattr(cov, '_collector')", True),
+        ("type(self)._cache", True),
+        ("import coverage.tracer", True),
+        ("import coverage.collector as c", True),
+        ("from coverage.parser import PythonParser", True),
+        ("from coverage import parser", True),
+        ("from coverage.python import source_for_morf", True),
+        ("self._lock", False),
+        ("cls._instances", False),
+        ("super()._get_newly_seen()", False),
+        ("getattr(self, '_parser', None)", False),
+        ("getattr(cov, 'config', None)", False),
+        ("func.__code__.co_names", False),
+        ("sys._current_frames()", False),
+        ("import coverage", False),
+        ("from coverage import Coverage, CoverageData", False),
+        ("from coverage.exceptions import CoverageException", False),
+        ("from coverage.numbits import numbits_to_nums", False),
+    ],
+)
+def test_the_door_check_flags_what_it_should(source: str, flagged: bool) -> None:
+    """The check above can fail: each of these is flagged, or not, as it says."""
+    assert bool(_door_violations(source)) is flagged, _door_violations(source)
 
 
 def test_every_sub_package_says_what_it_owns() -> None:

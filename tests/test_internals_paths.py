@@ -19,7 +19,7 @@ import pytest
 from coverage import Coverage
 from coverage.collector import Collector
 
-from pytest_distcov.engine.tap import packing_matches
+from pytest_distcov.covapi.collector import packing_matches
 from pytest_distcov.sinks.parses import ParseCache, SharedParses, share_parses
 
 from .helpers import run_python

@@ -11,8 +11,9 @@ from typing import Any
 import pytest
 from coverage.collector import Collector
 
-from pytest_distcov.engine import tap as tap_module
-from pytest_distcov.engine.tap import TracerTap, packing_matches, unpack_arc
+from pytest_distcov.covapi import collector as collector_module
+from pytest_distcov.covapi.collector import TracerSets, packing_matches, unpack_arc
+from pytest_distcov.engine.tap import TracerTap
 
 from .helpers import run_python
 
@@ -38,7 +39,7 @@ def _collector(*, branch: bool = False, packed: bool = False) -> Any:
 
 def test_the_tap_gives_each_item_once_and_sees_past_coverages_own_flush() -> None:
     collector = _collector()
-    tap = TracerTap(collector)
+    tap = TracerTap(TracerSets(collector))
     collector.data["a.py"] = {1, 2}
     collector.data["b.py"] = set()  # traced, nothing recorded yet: left out, as coverage does
     assert tap.take() == {"/src/a.py": {1, 2}}
@@ -60,10 +61,13 @@ def test_the_tap_gives_each_item_once_and_sees_past_coverages_own_flush() -> Non
 def test_the_tap_unpacks_arcs_and_joins_names_mapped_to_one_file() -> None:
     collector = _collector(branch=True, packed=True)
     collector.cached_mapped_file = lambda name: "/src/one.py"
-    tap = TracerTap(collector)
+    tap = TracerTap(TracerSets(collector))
     assert tap.kind == "arcs"
-    collector.data["one.py"] = {tap_module._pack_arc(-1, 1), tap_module._pack_arc(1, -1)}
-    collector.data["./one.py"] = {tap_module._pack_arc(1, 2)}
+    collector.data["one.py"] = {
+        collector_module._pack_arc(-1, 1),
+        collector_module._pack_arc(1, -1),
+    }
+    collector.data["./one.py"] = {collector_module._pack_arc(1, 2)}
     assert {k: sorted(v) for k, v in tap.take().items()} == {
         "/src/one.py": [(-1, 1), (1, -1), (1, 2)]
     }
@@ -71,7 +75,7 @@ def test_the_tap_unpacks_arcs_and_joins_names_mapped_to_one_file() -> None:
 
 def test_the_tap_is_usable_until_a_plugin_traces_a_file() -> None:
     collector = _collector()
-    tap = TracerTap(collector)
+    tap = TracerTap(TracerSets(collector))
     assert tap.usable
     collector.file_tracers["page.html"] = "django_coverage_plugin.DjangoTemplatePlugin"
     assert not tap.usable
@@ -79,9 +83,9 @@ def test_the_tap_is_usable_until_a_plugin_traces_a_file() -> None:
 
 def test_packing_is_checked_against_coverages_own_flush(monkeypatch: pytest.MonkeyPatch) -> None:
     assert packing_matches(Collector)
-    assert unpack_arc(tap_module._pack_arc(-3, 70000)) == (-3, 70000)
+    assert unpack_arc(collector_module._pack_arc(-3, 70000)) == (-3, 70000)
     # a coverage.py that unpacked otherwise (here: ours with the lines swapped) is refused
-    monkeypatch.setattr(tap_module, "unpack_arc", lambda packed: unpack_arc(packed)[::-1])
+    monkeypatch.setattr(collector_module, "unpack_arc", lambda packed: unpack_arc(packed)[::-1])
     assert not packing_matches(Collector)
     # and so is one whose flush no longer runs on the stand-in
     broken = type("Broken", (), {"flush_data": lambda self: self.no_such_part})

@@ -9,10 +9,11 @@ One :class:`Engine` per process (controller, xdist worker, or a plain in-process
   (``Coverage.switch_context`` flushes the collector into the data file, and nothing else: no
   source-tree walk, no warnings), so a process killed later loses nothing already flushed;
 * only what is new reaches the data file (:class:`NewOnly`), and the flush after each test
-  reads the tracer's sets without emptying them (:class:`~pytest_distcov.engine.tap.TracerTap`): the
-  two places this package reaches past coverage's documented API, to the data object coverage
-  writes into (``Coverage._data``) and to its collector (``Coverage._collector``). Without
-  them (another coverage release), flushing stays correct, only slower;
+  reads the tracer's sets without emptying them (:class:`~pytest_distcov.engine.tap.TracerTap`):
+  the two places the engine reaches past coverage's documented API, to the data object
+  coverage writes into and to its collector, both through :mod:`pytest_distcov.covapi`, whose
+  start check (:attr:`Engine.internals`) says whether they are there. Without them (another
+  coverage release), flushing stays correct, only slower, and the header says so;
 * its data file lives in a private directory, never where a user's ``coverage combine`` would
   pick it up, and it is never erased.
 """
@@ -32,6 +33,9 @@ from typing import Any
 from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
+from pytest_distcov.covapi.check import JOURNAL, PARSES, PROBES, TAP, CoverageInternals, check
+from pytest_distcov.covapi.collector import ctracer_error, open_tracer_sets
+from pytest_distcov.covapi.data import divert_writes, measuring_data, recorded_context
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_for
 from pytest_distcov.errors import DistCovError, SettingsError
@@ -86,14 +90,6 @@ def open_coverage(spec: MeasureSpec, **kwargs: object) -> Coverage:
     except CoverageException as exc:
         reason = " ".join(str(exc).split())  # configparser's messages span lines
         raise SettingsError(f"cannot use {_config_name(spec.config_file)}: {reason}") from None
-
-
-def _ctracer_error() -> str:
-    try:
-        import coverage.tracer  # noqa: F401
-    except ImportError as exc:
-        return str(exc)
-    return "unknown reason"
 
 
 def choose_core(
@@ -153,10 +149,6 @@ class NewOnly:
         self._pid = os.getpid()
         self._given: dict[str, set[Hashable]] = {}
         self._data = data
-        self._add_lines = data.add_lines
-        self._add_arcs = data.add_arcs
-        self._add_file_tracers = data.add_file_tracers
-        self._touch_files = data.touch_files
         self._journal = journal
         self._notes = notes if notes is not None else []
         #: why the data file could not be written ('' while it can)
@@ -177,11 +169,10 @@ class NewOnly:
         self._unsent_kind = ""
         #: False once a coverage plugin traced a file: its tracer name does not pass through here
         self.complete = True
-        # Instance attributes shadow the class's methods for this one object only.
-        data.add_lines = self.add_lines  # type: ignore[method-assign]
-        data.add_arcs = self.add_arcs  # type: ignore[method-assign]
-        data.add_file_tracers = self.add_file_tracers  # type: ignore[method-assign]
-        data.touch_files = self.touch_files  # type: ignore[method-assign]
+        # coverage.py's flush into ``data`` comes here; these still write the data file.
+        own = divert_writes(data, self)
+        self._add_lines, self._add_arcs = own.add_lines, own.add_arcs
+        self._add_file_tracers, self._touch_files = own.add_file_tracers, own.touch_files
 
     def add_lines(self, line_data: Mapping[str, Collection[int]]) -> None:
         self._add("lines", line_data)
@@ -275,7 +266,7 @@ class NewOnly:
         """(kind, context label, name -> items): what passed through since the last call."""
         with self._lock:
             unsent, self._unsent = self._unsent, {}
-            context = getattr(self._data, "_current_context", None) or ""
+            context = recorded_context(self._data)
             return self._unsent_kind, context, unsent
 
     def _append(self, kind: str, new: dict[str, Collection[Any]]) -> bool:
@@ -376,6 +367,9 @@ class Engine:
         #: the data file could not be written and nothing else held the data (see _switch)
         self.disk_full = False
         self.cov = open_coverage(spec, data_file=str(data_dir / ".coverage"), data_suffix=label)
+        #: which of coverage.py's internals this engine can use (see covapi.check); a later
+        #: check that finds one missing replaces it with a value naming that fallback
+        self.internals: CoverageInternals = check(self.cov)
         self.branch = bool(self.cov.get_option("run:branch"))
 
         self.context = spec.context
@@ -444,7 +438,11 @@ class Engine:
                     " coverage.py's cores (sysmon where it can)"
                 )
             return False
-        reason = probes_available() or probe_obstacle(self.cov, contexts=bool(self.context))
+        reason = (
+            probes_available()
+            or self._fallback_reason(PROBES)
+            or probe_obstacle(self.cov, contexts=bool(self.context))
+        )
         if not reason and self.wanted_core:
             reason = f"[run] core = {self.wanted_core} (or COVERAGE_CORE) chooses coverage.py"
         if not reason:
@@ -454,6 +452,10 @@ class Engine:
         if reason != NOT_INSTALLED:  # not having the extra installed is no news
             self.core_note = reason
         return False
+
+    def _fallback_reason(self, name: str) -> str:
+        """'' if the start check found ``name``'s internals, else a line naming what lacks."""
+        return "" if self.internals[name].on else self.internals.describe(name)
 
     def _list_option(self, name: str) -> list[str]:
         value = self.cov.get_option(name)
@@ -491,17 +493,38 @@ class Engine:
         self.core = CORE_NAMES.get(str(info.get("core")), str(info.get("core")))
         if self.core == "pytrace" and self.wanted_core != "pytrace":
             self.notes.append(
-                f"coverage's C extension cannot be loaded here ({_ctracer_error()}): measuring"
+                f"coverage's C extension cannot be loaded here ({ctracer_error()}): measuring"
                 " with its pure-Python tracer, which is several times slower"
             )
 
     def _install_new_only(self) -> None:
-        data = getattr(self.cov, "_data", None)  # see NewOnly
-        if not self.context and self._flush_by_switch and isinstance(data, CoverageData):
-            journal = journal_for(self.data_path)
-            self._new_only = NewOnly(data, journal, self.notes)
-            if self._probes is None:
-                self._tap = TracerTap.make(self.cov)
+        """A :class:`NewOnly` on the data object coverage.py flushes into, and (with a tracer)
+        a :class:`TracerTap`, where this run flushes by switch and the start check found what
+        they need; a check here of the live objects that finds less names the fallback."""
+        if self.context or not self._flush_by_switch or not self.internals[JOURNAL].on:
+            return
+        data = measuring_data(self.cov)
+        if data is None:
+            self.internals = self.internals.fell_back(JOURNAL, "no CoverageData once started")
+            self.internals = self.internals.fell_back(TAP, "the tap needs the journal")
+            return
+        journal = journal_for(self.data_path)
+        self._new_only = NewOnly(data, journal, self.notes)
+        if self._probes is None and self.internals[TAP].on:
+            sets = open_tracer_sets(self.cov)
+            if isinstance(sets, str):
+                self.internals = self.internals.fell_back(TAP, sets)
+            else:
+                self._tap = TracerTap(sets)
+
+    @property
+    def fallbacks(self) -> list[str]:
+        """A line for each fallback this engine takes because coverage.py lacks an internal
+        (the probe engine's is the header's core note): for the controller's header."""
+        names = [PARSES]
+        if not self.context and self._flush_by_switch:
+            names[:0] = [JOURNAL] if self.use_probes else [JOURNAL, TAP]
+        return self.internals.fallbacks(names)
 
     @property
     def running(self) -> bool:

@@ -24,9 +24,10 @@ What probes cannot do makes the run use coverage.py instead (see :func:`probe_ob
 branch coverage, contexts, coverage plugins, ``concurrency`` other than threads, ``patch``.
 
 coverage.py has no public API for "should this file be measured" or for adding lines to a
-running measurement's data, so this module reaches into ``Coverage``'s internals in one place,
-:class:`_CoverageSide`, checked before probes are chosen and again when they start: if a
-coverage.py release changes them, the run measures with coverage.py's own tracer and says why.
+running measurement's data: :class:`pytest_distcov.covapi.probes.CoverageSide` reaches into
+``Coverage``'s internals for that, checked before probes are chosen and again when they start:
+if a coverage.py release changes them, the run measures with coverage.py's own tracer and says
+why.
 """
 
 from __future__ import annotations
@@ -43,6 +44,9 @@ from collections import defaultdict
 from typing import Any
 
 from coverage import Coverage, CoverageData
+
+from pytest_distcov.covapi.probes import CoverageSide
+from pytest_distcov.covapi.probes import missing as missing_internals
 
 __all__ = ["NOT_INSTALLED", "PROBE_PYTHONS", "Probes", "probe_obstacle", "probes_available"]
 
@@ -67,11 +71,11 @@ def probes_available() -> str:
         import slipcover
     except ImportError:
         return NOT_INSTALLED
-    missing = [name for name in _COVERAGE_INTERNALS if not hasattr(Coverage, name)]
-    if missing:
+    gone = missing_internals(Coverage)
+    if gone:
         return (
             f"the probe engine needs coverage.py internals that this release lacks"
-            f" ({', '.join(missing)})"
+            f" ({', '.join(gone)})"
         )
     if not slipcover.__version__.startswith(SLIPCOVER_SERIES):
         return (
@@ -106,75 +110,6 @@ def probe_obstacle(cov: Coverage, *, contexts: bool) -> str:
         if present:
             return f"{setting} needs coverage.py's tracer"
     return ""
-
-
-#: the methods of ``Coverage`` that :class:`_CoverageSide` calls.
-_COVERAGE_INTERNALS = ("_init", "_init_for_start", "_post_save_work")
-
-
-class _CoverageSide:
-    """The coverage.py internals the probe engine needs, in one place.
-
-    ``Coverage`` decides which files to trace in ``_inorout.should_trace`` (what its tracers
-    call), names them with ``_file_mapper``, and keeps its data in ``_data``; after the run,
-    ``_post_save_work`` adds the never-imported files of ``[run] source``.
-    """
-
-    def __init__(self, cov: Coverage) -> None:
-        self.cov = cov
-        cov._init()
-        cov._inited_for_start = True
-        cov._init_for_start()
-        inorout = getattr(cov, "_inorout", None)
-        data = getattr(cov, "_data", None)
-        mapper = getattr(cov, "_file_mapper", None)
-        if inorout is None or not isinstance(data, CoverageData) or mapper is None:
-            raise RuntimeError("coverage.py's internals are not what the probe engine expects")
-        self._inorout = inorout
-        self.data: CoverageData = data
-        self._mapper = mapper
-        #: a code object's file name -> the file name coverage.py records, or None
-        self._names: dict[str, str | None] = {}
-        self._deciding = threading.local()
-
-    @property
-    def deciding(self) -> bool:
-        """True while coverage.py decides about a file in this thread (see name_for)."""
-        return getattr(self._deciding, "active", False)
-
-    def name_for(self, filename: str, module_globals: dict[str, Any] | None = None) -> str | None:
-        """What coverage.py would record ``filename`` as, or None if it would not measure it."""
-        try:
-            return self._names[filename]
-        except KeyError:
-            pass
-        frame = _Frame(module_globals) if module_globals is not None else None
-        # When sys.path has changed, coverage.py first looks up the source packages with
-        # importlib, which asks our finder, which would ask coverage.py again before it has
-        # noted the new sys.path: a recursion down to RecursionError, every level recomputing
-        # the third-party paths (over and over in a worker, where a few times suffice). The
-        # finder stays out of coverage.py's own lookups.
-        outer, self._deciding.active = self.deciding, True
-        try:
-            disp = self._inorout.should_trace(filename, frame)
-        finally:
-            self._deciding.active = outer
-        name = self._mapper(disp.source_filename) if disp.trace else None
-        self._names[filename] = name
-        return name
-
-    def finish(self) -> None:
-        """What ``Coverage.get_data`` does after a run: never-imported source files at 0 %."""
-        self.cov._post_save_work()
-
-
-class _Frame:
-    """What coverage.py's file rules read from a frame: its globals (module name, __file__)."""
-
-    __slots__ = ("f_globals",)
-
-    def __init__(self, module_globals: dict[str, Any]) -> None:
-        self.f_globals = module_globals
 
 
 class _Code:
@@ -421,7 +356,7 @@ def _slipcover_class() -> type:
 
         def _get_newly_seen(self) -> dict[str, set[int]]:  # called by deinstrument_seen
             with self.lock:
-                fresh: dict[str, set[int]] = slipcover.Slipcover._get_newly_seen(self)
+                fresh: dict[str, set[int]] = super()._get_newly_seen()
                 for name, lines in fresh.items():
                     self._unreported[name] |= lines
                 for name, lines in self._to_remove.items():
@@ -432,7 +367,7 @@ def _slipcover_class() -> type:
         def take(self) -> dict[str, set[int]]:
             """The lines seen since the last call (none twice)."""
             with self.lock:
-                fresh: dict[str, set[int]] = slipcover.Slipcover._get_newly_seen(self)
+                fresh: dict[str, set[int]] = super()._get_newly_seen()
                 if self._unreported:
                     for name, lines in self._unreported.items():
                         fresh[name] |= lines
@@ -503,7 +438,7 @@ class Probes:
     """Probes in this process's measured code, and the lines they saw, as coverage.py names them."""
 
     def __init__(self, cov: Coverage) -> None:
-        self.side = _CoverageSide(cov)
+        self.side = CoverageSide(cov)
         self.sci: Any = _slipcover_class()(d_miss_threshold=50)
         self._finder = _Finder(self)
         self._started = False

@@ -18,6 +18,9 @@ The flow, all in the controller:
 5. A worker that dies leaves its flushed data file on the host; :meth:`Fleet.fetch` brings it
    back through the agent. A host that stops answering keeps what it streamed; its workers are
    restarted on a host that still answers.
+
+What this needs of xdist and execnet beyond their documented API goes through
+:mod:`.xdist_door`.
 """
 
 from __future__ import annotations
@@ -43,6 +46,7 @@ from pytest_distcov.tempdirs import HeldDir
 
 from . import agent as remote_agent
 from . import launch as remote_worker
+from . import xdist_door
 from .shipping import Bundle, Tree, build_bundle, digest_bytes
 
 __all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
@@ -463,6 +467,8 @@ class RemoteHooks:
         self.notes: list[str] = []
         # host label -> directories of dead workers to remove there at the end
         self.leftovers: dict[str, list[str]] = {}
+        #: why a dead host's workers cannot be moved to another host ('' when they can)
+        self.reroute_obstacle = xdist_door.reroute_obstacle()
 
     def configure_xdist(self, config: pytest.Config) -> None:
         """Add the hosts to xdist's options (before xdist reads them in its configure)."""
@@ -494,10 +500,15 @@ class RemoteHooks:
                 f" {host.spec.count} worker{'s' if host.spec.count != 1 else ''}; {shipped}"
                 f"{packages}; set up in {r.seconds:.1f} s"
             )
+        if self.reroute_obstacle:
+            lines.append(
+                "distcov: the workers of a host that stops answering stay on that host"
+                f" ({self.reroute_obstacle})"
+            )
         return lines
 
     def pytest_configure_node(self, node: Any) -> None:
-        host = self.fleet.host_for_launcher(getattr(node.gateway.spec, "python", None))
+        host = self.fleet.host_for_launcher(xdist_door.worker_python(node))
         if host is not None:
             node.workerinput["distcov_remote"] = self.fleet.worker_input(host)
             self.worker_hosts[node.gateway.id] = host
@@ -538,8 +549,17 @@ class RemoteHooks:
                 " kept (see the summary)",
                 returncode=pytest.ExitCode.INTERRUPTED,
             )
+        if self.reroute_obstacle:
+            note = (
+                f"host {host.spec.label} is unreachable: its workers cannot be moved to another"
+                f" host ({self.reroute_obstacle}); xdist restarts them there, up to"
+                " --maxworkerrestart"
+            )
+            if note not in self.notes:
+                self.notes.append(note)
+            return
         target = min(live, key=lambda h: sum(1 for w in self.worker_hosts.values() if w is h))
-        node.gateway.spec.python = target.launcher
+        xdist_door.reroute(node, target.launcher)
         note = f"host {host.spec.label} is unreachable: its workers continue on {target.spec.label}"
         if note not in self.notes:
             self.notes.append(note)

@@ -10,7 +10,11 @@ worker module, unchanged, with that message replayed. Local workers of the same 
 as they are.
 
 It is registered through xdist's ``pytest_xdist_getremotemodule`` hook and sent by execnet as
-source, so it must not import anything but the standard library at module level.
+source, so it must not import anything but the standard library at module level, nor anything
+of this package: what it knows of xdist beyond its documented API (the first message, where
+xdist's worker module is) is named here, in :data:`XDIST_FIRST_MESSAGE` and
+:data:`XDIST_WORKER_MODULE`, and checked on every message by :func:`read_first_message` (see
+:mod:`pytest_distcov.remote.xdist_door`, the door to xdist's internals on the controller's side).
 """
 
 from __future__ import annotations
@@ -25,6 +29,14 @@ OMIT_ENV = "PYTEST_DISTCOV_OMIT"
 ENGINE_ENV = "DISTCOV_ENGINE"
 #: Where the worker makes its data directory (tempdirs.PARENT_ENV; a copy, as above).
 PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
+
+#: xdist's first message to the module a worker runs, field by field, as pytest-xdist 3.5 to
+#: 3.8 send it (``WorkerController.setup``): a tuple of the worker's input (a dict), pytest's
+#: arguments (a list), options (a dict) and the ``sys.path`` to use (a list, or None).
+XDIST_FIRST_MESSAGE = ("workerinput", "args", "option_dict", "change_sys_path")
+#: xdist's worker module, in the ``xdist`` package: what ``pytest_xdist_getremotemodule``
+#: returns when no plugin answers, run by execnet as ``__channelexec__`` with ``channel``.
+XDIST_WORKER_MODULE = "remote.py"
 
 
 def host_sys_path(layout: list[list[str]]) -> list[str]:
@@ -62,8 +74,41 @@ class _Replay:
         return getattr(self._channel, name)
 
 
+def read_first_message(message: object) -> dict[str, Any] | None:
+    """xdist's first message by field name (:data:`XDIST_FIRST_MESSAGE`); None if it is not of
+    the shape this launcher knows."""
+    if not (isinstance(message, tuple) and len(message) == len(XDIST_FIRST_MESSAGE)):
+        return None
+    fields = dict(zip(XDIST_FIRST_MESSAGE, message, strict=True))
+    kinds = {"workerinput": dict, "args": list, "option_dict": dict}
+    if not all(isinstance(fields[name], kind) for name, kind in kinds.items()):
+        return None
+    if not isinstance(fields["change_sys_path"], (list, type(None))):
+        return None
+    return fields
+
+
+def _for_remote(message: object) -> bool:
+    """True if a message of any shape carries the controller's input for a remote worker."""
+    parts = message if isinstance(message, (tuple, list)) else (message,)
+    return any(isinstance(part, dict) and "distcov_remote" in part for part in parts)
+
+
 def main(channel: Any) -> None:
-    workerinput, args, option_dict, change_sys_path = channel.receive()
+    message = channel.receive()
+    fields = read_first_message(message)
+    if fields is None:
+        if _for_remote(message):
+            raise RuntimeError(
+                "pytest-distcov's remote launcher does not know this pytest-xdist's first"
+                f" message to its workers (expected {', '.join(XDIST_FIRST_MESSAGE)}): remote"
+                " workers cannot start with it; install a pytest-xdist that pytest-distcov"
+                " supports"
+            )
+        _run_xdist_worker(channel, message)  # a local worker: xdist's message as it came
+        return
+    workerinput, args = fields["workerinput"], fields["args"]
+    option_dict, change_sys_path = fields["option_dict"], fields["change_sys_path"]
     remote = workerinput.get("distcov_remote")
     if remote is not None:
         # execnet compiled this module under the controller's file name; the worker's engine
@@ -79,15 +124,20 @@ def main(channel: Any) -> None:
             os.makedirs(remote["basetemp"], exist_ok=True)
             name = os.path.basename(str(option_dict["basetemp"]))
             option_dict["basetemp"] = os.path.join(remote["basetemp"], name)
+    _run_xdist_worker(channel, (workerinput, args, option_dict, change_sys_path))
+
+
+def _run_xdist_worker(channel: Any, first: object) -> None:
+    """Run xdist's own worker module here, with ``first`` as its first message."""
     # Find xdist's worker module without importing the xdist package: pytest must import that
     # itself, later, to rewrite its assertions (as in any xdist worker).
     spec = importlib.util.find_spec("xdist")
     if spec is None or not spec.submodule_search_locations:
         raise RuntimeError("pytest-xdist is not importable on this host")
-    origin = os.path.join(next(iter(spec.submodule_search_locations)), "remote.py")
+    origin = os.path.join(next(iter(spec.submodule_search_locations)), XDIST_WORKER_MODULE)
     with open(origin, encoding="utf-8") as fh:
         code = compile(fh.read(), origin, "exec")
-    replay = _Replay(channel, (workerinput, args, option_dict, change_sys_path))
+    replay = _Replay(channel, first)
     exec(code, {"__name__": "__channelexec__", "__file__": origin, "channel": replay})
 
 

@@ -36,6 +36,7 @@ import coverage
 import pytest
 from coverage.exceptions import CoverageException
 
+from pytest_distcov.covapi.parser import exclude_regex
 from pytest_distcov.data.journal import JOURNAL_SUFFIX
 from pytest_distcov.data.merge import Accumulator, write_data_file
 from pytest_distcov.data.readers import PathMapper, read_data_file, update_from_file
@@ -321,7 +322,7 @@ class ControllerRole:
                 return
             self.preparser = PreParser(
                 cache,
-                self.engine.cov._exclude_regex("exclude"),
+                exclude_regex(self.engine.cov),
                 arcs=self.plan.branch,
                 relative_files=bool(self.engine.cov.get_option("run:relative_files")),
             )
@@ -477,6 +478,16 @@ class ControllerRole:
             # pytest shows no terminal summary after an internal error: finish (and save the
             # data) here, and say what happened in a few plain lines.
             self.pytest_terminal_summary(reporter)
+
+    @property
+    def finished(self) -> bool:
+        """True once the end of the run (saving, reporting) has begun."""
+        return self._finished
+
+    @property
+    def merging(self) -> bool:
+        """True while received chunks are merged (a SIGTERM then waits for the merge)."""
+        return self._merging
 
     def _finish(self, session: pytest.Session | None) -> None:
         if self._finished:
@@ -839,20 +850,20 @@ class SigtermStop:
 
     def _handle(self, signum: int, frame: object) -> None:
         self.received += 1
-        if self.received > 1 or self.ending or self.role._finished:
+        if self.received > 1 or self.ending or self.role.finished:
             return  # stopping (or saving) already
         self.stopped = True
         session = self.role.session
         if session is not None:
             # if a test swallows the KeyboardInterrupt, pytest still stops after that test
             session.shouldstop = self.MESSAGE
-        if self.role._merging:
+        if self.role.merging:
             self.deferred = True
             return
         raise KeyboardInterrupt(self.MESSAGE)
 
     def raise_if_deferred(self) -> None:
-        if self.deferred and not self.role._finished:
+        if self.deferred and not self.role.finished:
             self.deferred = False
             raise KeyboardInterrupt(self.MESSAGE)
 
