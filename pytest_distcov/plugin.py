@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 import pytest
 
 from .errors import DistCovError
-from .settings.options import Settings, add_options, resolve
+from .settings.options import COVERALLS, NO_DISTCOV, Settings, add_options, resolve
 
 if TYPE_CHECKING:
     from .engine.measure import Engine, MeasureSpec
@@ -79,8 +79,8 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
         raise pytest.UsageError(
             "distcov: --distcov-remote needs pytest-xdist, which is not active (-p no:xdist?)"
         )
-    coveralls_alone = getattr(ns, "distcov_coveralls", None) and not settings.enabled
-    if coveralls_alone and not getattr(ns, "no_distcov", False):
+    coveralls_alone = COVERALLS.on_command_line(early_config) and not settings.enabled
+    if coveralls_alone and not NO_DISTCOV.on_command_line(early_config):
         raise pytest.UsageError(
             "distcov: --distcov-coveralls uploads what --distcov measures; add --distcov (or"
             " distcov = true in the ini file), or upload a data file with"

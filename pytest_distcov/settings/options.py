@@ -1,8 +1,12 @@
-"""Command-line options and ini keys, resolved once into a frozen :class:`Settings`.
+"""Command-line options and ini keys, declared once, resolved once into a frozen :class:`Settings`.
 
-Precedence, highest first: command line, then the pytest ini file (pytest.ini, pyproject.toml,
-tox.ini or setup.cfg, whichever pytest chose), then coverage.py's own configuration, then
-coverage's defaults. Every bad value raises :class:`SettingsError` naming where it came from, e.g.
+Every option is one :class:`Option` in :data:`OPTIONS`: its flag, its ini key and that key's real
+type, both help texts, its default and its converter. :func:`add_options` registers the table
+with pytest, and :func:`lookup` is the one precedence rule, highest first: command line, then the
+pytest ini file (pytest.ini, pyproject.toml, tox.ini or setup.cfg, whichever pytest chose), then
+an environment variable where an option has one, then coverage.py's own configuration where it is
+a layer of the option, then the default. A value keeps where it came from, so every bad value
+raises :class:`SettingsError` naming its origin, e.g.
 ``invalid value 'abc' for distcov_fail_under in pytest.ini: expected a number from 0 to 100``.
 """
 
@@ -10,23 +14,26 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import pytest
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar
 
 from pytest_distcov.errors import SettingsError, StoreError
 
 from .reportspec import REPORT_KINDS, ReportSpec, parse_percent, parse_report_spec
 
 if TYPE_CHECKING:
+    import pytest
+
     from .hosts import HostSpec
 
 # Every pytest start imports this module (the options are declared here), with or without
-# --distcov: what only remote hosts or stores need is imported when they are asked for.
+# --distcov, and so does the `pytest-distcov report` command (the report sink reads fail-under's
+# coverage layer through it): it imports neither pytest nor coverage.py at module level, and what
+# only remote hosts or stores need is imported when they are asked for.
 
-__all__ = ["Settings", "add_options", "resolve"]
+__all__ = ["OPTIONS", "Found", "Layers", "Option", "Settings", "add_options", "lookup", "resolve"]
 
 
 @dataclass(frozen=True)
@@ -53,233 +60,129 @@ class Settings:
     engine: str = "auto"
 
 
-def add_options(parser: pytest.Parser) -> None:
-    group = parser.getgroup("distcov", "distributed coverage (pytest-distcov)")
-    group.addoption(
-        "--distcov",
-        action="store_true",
-        default=None,
-        help="Measure coverage in the controller and every worker, and report it combined.",
-    )
-    group.addoption(
-        "--no-distcov",
-        action="store_true",
-        default=False,
-        help="Do not measure coverage, even if the ini file turns it on.",
-    )
-    group.addoption(
-        "--distcov-source",
-        action="append",
-        metavar="PATH_OR_PACKAGE",
-        default=None,
-        help="A directory or package to measure (repeatable). Default: coverage's [run] source.",
-    )
-    group.addoption(
-        "--distcov-report",
-        action="append",
-        metavar="TYPE[:DEST]",
-        default=None,
-        help=(
-            "Report to produce (repeatable): "
-            + ", ".join(REPORT_KINDS)
-            + "; 'term-missing:skip-covered' hides complete files; an empty value turns reports"
-            " off. Default: term."
-        ),
-    )
-    group.addoption(
-        "--distcov-fail-under",
-        metavar="PCT",
-        default=None,
-        help="Fail the run when the total coverage is below PCT (0 to 100).",
-    )
-    group.addoption(
-        "--distcov-branch",
-        action="store_true",
-        default=None,
-        help="Measure branch coverage too. Default: coverage's [run] branch.",
-    )
-    group.addoption(
-        "--distcov-config",
-        metavar="FILE",
-        default=None,
-        help=(
-            "coverage.py configuration file. Default: coverage's own search "
-            "(.coveragerc, setup.cfg, tox.ini, pyproject.toml)."
-        ),
-    )
-    group.addoption(
-        "--distcov-append",
-        action="store_true",
-        default=None,
-        help="Add to the existing coverage data file instead of starting fresh.",
-    )
+# -- the precedence rule ------------------------------------------------------------------------
 
-    group.addoption(
-        "--distcov-stream-interval",
-        metavar="SECONDS",
-        default=None,
-        help=(
-            "Shortest pause between two chunks a worker streams to the controller (default 0.5;"
-            " it grows on its own when chunks are costly; 0 streams after every test). Data is"
-            " safe on the worker's disk after every test either way; this bounds what a lost"
-            " remote host can take with it."
-        ),
-    )
+T = TypeVar("T")
+B = TypeVar("B")
 
-    group.addoption(
-        "--distcov-remote",
-        metavar="HOSTS",
-        default=None,
-        help=(
-            "Run workers on these hosts over ssh: comma-separated [N*][user@]host[:port] (N"
-            " workers on that host, default 1) or full execnet specs (ssh=host//python=...)."
-            " The hosts need only ssh and a python3 of this Python's minor version."
-        ),
-    )
-    group.addoption(
-        "--distcov-ssh-config",
-        metavar="FILE",
-        default=None,
-        help="ssh client configuration for every connection to a remote host.",
-    )
-    group.addoption(
-        "--distcov-remote-python",
-        metavar="CMD",
-        default=None,
-        help="The Python on the remote hosts (default python3).",
-    )
-
-    group.addoption(
-        "--distcov-coveralls",
-        action="store_true",
-        default=None,
-        help=(
-            "Upload the combined coverage to Coveralls at the end (token from"
-            " COVERALLS_REPO_TOKEN, or GITHUB_TOKEN on GitHub Actions; never from a file)."
-        ),
-    )
-    group.addoption(
-        "--distcov-coveralls-required",
-        action="store_true",
-        default=None,
-        help="A failed Coveralls upload fails the run (default: a warning only).",
-    )
-
-    group.addoption(
-        "--distcov-store",
-        metavar="DIR|s3://BUCKET/PREFIX",
-        default=None,
-        help=(
-            "At the end, also write the run's combined data to this store as one uniquely"
-            " named shard, paths relative to the rootdir (see `pytest-distcov combine`)."
-        ),
-    )
-    group.addoption(
-        "--distcov-context",
-        metavar="test",
-        default=None,
-        help=(
-            "Record which test ran each line: 'test' labels lines with <node id>|setup, |run"
-            " and |teardown (as pytest-cov's --cov-context=test)."
-        ),
-    )
-    group.addoption(
-        "--distcov-engine",
-        metavar="auto|coverage|probes",
-        default=None,
-        help=(
-            "What measures: coverage.py's cores, or (Python 3.10/3.11, pytest-distcov[fast])"
-            " SlipCover's bytecode probes. Default auto: sysmon on 3.12+, probes on 3.10/3.11"
-            " where they can measure the run, else coverage.py's C tracer."
-        ),
-    )
-
-    parser.addini("distcov", "Measure coverage (like --distcov).", type="bool", default=None)
-    parser.addini(
-        "distcov_engine",
-        "What measures: auto, coverage or probes (like --distcov-engine).",
-        type="string",
-        default=None,
-    )
-    parser.addini(
-        "distcov_source",
-        "Directories or packages to measure, one per line (like --distcov-source).",
-        type="linelist",
-        default=None,
-    )
-    parser.addini(
-        "distcov_report",
-        "Reports to produce, one per line (like --distcov-report).",
-        type="linelist",
-        default=None,
-    )
-    parser.addini(
-        "distcov_fail_under",
-        "Fail when total coverage is below this percentage.",
-        type="float",
-        default=None,
-    )
-    parser.addini("distcov_branch", "Measure branch coverage.", type="bool", default=None)
-    parser.addini("distcov_config", "coverage.py configuration file.", type="string", default=None)
-    parser.addini("distcov_append", "Add to existing coverage data.", type="bool", default=None)
-    parser.addini(
-        "distcov_stream_interval",
-        "Shortest pause between two streamed chunks, in seconds.",
-        type="float",
-        default=None,
-    )
-    parser.addini(
-        "distcov_coveralls",
-        "Upload to Coveralls (like --distcov-coveralls).",
-        type="bool",
-        default=None,
-    )
-    parser.addini(
-        "distcov_coveralls_required",
-        "A failed Coveralls upload fails the run.",
-        type="bool",
-        default=None,
-    )
-    parser.addini(
-        "distcov_store",
-        "Store for this run's shard: a directory (relative to the ini file) or s3://bucket/prefix.",
-        type="string",
-        default=None,
-    )
-    parser.addini(
-        "distcov_context",
-        "Per-test contexts: test (like --distcov-context).",
-        type="string",
-        default=None,
-    )
-    parser.addini(
-        "distcov_remote",
-        "Remote hosts for workers, one or more per line (like --distcov-remote).",
-        type="linelist",
-        default=None,
-    )
-    parser.addini(
-        "distcov_ssh_config",
-        "ssh client configuration file for remote hosts.",
-        type="string",
-        default=None,
-    )
-    parser.addini(
-        "distcov_remote_python",
-        "The Python on the remote hosts (default python3).",
-        type="string",
-        default=None,
-    )
-    parser.addini(
-        "distcov_remote_ignore",
-        "Extra patterns of project files not to ship to remote hosts, one per line (fnmatch, on"
-        " a file's path under the rootdir or any part of it).",
-        type="linelist",
-        default=None,
-    )
+#: The layers a value can come from, highest first.
+Layer = Literal["command line", "ini file", "environment", "coverage config", "default"]
+#: The types pytest's ``Parser.addini`` knows.
+IniType = Literal["string", "paths", "pathlist", "args", "linelist", "bool", "int", "float"]
 
 
-# -- resolution ---------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Found:
+    """A raw value as a layer gave it, and where: ``origin`` is how messages name it."""
+
+    raw: Any
+    layer: Layer
+    origin: str
+    #: the directory a relative path from this layer is relative to: the ini file's (None: the
+    #: current directory, as for the command line)
+    base: Path | None = None
+
+    def path(self, text: str | Path) -> Path:
+        return self.base / text if self.base is not None else Path(text)
+
+
+@dataclass(frozen=True)
+class Layers:
+    """Where values may come from; a layer that is None is skipped.
+
+    The plugin resolves with a config and the environment, and no coverage.py (starting pytest
+    must stay light): an option whose coverage layer is left out then settles on its default,
+    None, which tells coverage.py to apply its own configuration. The report sink, which has a
+    ``Coverage`` at hand, reads fail-under's coverage layer with ``Layers(coverage=...)``.
+    """
+
+    #: its command line (the known args, parsed early) and its ini file
+    config: pytest.Config | None = None
+    environ: Mapping[str, str] | None = None
+    #: coverage.py's ``Coverage.get_option``
+    coverage: Callable[[str], object] | None = None
+
+
+@dataclass(frozen=True)
+class Option(Generic[T]):
+    """One option: everything pytest registers for it, and how its raw value becomes a setting.
+
+    ``name`` is both argparse's dest and the ini key (a check below keeps the flag in step), so
+    a value can never be asked for under a name pytest does not know.
+    """
+
+    name: str
+    #: raw value (as the layer in ``found`` gave it) -> setting; a SettingsError names the origin
+    convert: Callable[[Any, Found], T]
+    #: the setting when no layer gives a value (already a setting: not converted)
+    default: T
+    flag: str | None = None  # None: an ini key only
+    help: str = ""
+    metavar: str | None = None
+    action: Literal["store", "store_true", "append"] = "store"
+    ini_type: IniType | None = None  # None: a command-line flag only
+    ini_help: str = ""
+    #: an environment variable, read below the ini file
+    env: str | None = None
+    #: coverage.py's own option ("report:fail_under"), read below the ini file and the environment
+    coverage: str | None = None
+    #: the layers where a blank value ("" or an empty list) means "not given" rather than "none"
+    blank_is_unset: tuple[Layer, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.flag is not None and self.flag != "--" + self.name.replace("_", "-"):
+            raise ValueError(f"option {self.name}: flag {self.flag} is not its dest's")
+        if self.flag is None and self.ini_type is None:
+            raise ValueError(f"option {self.name}: neither a flag nor an ini key")
+
+    def on_command_line(self, config: pytest.Config) -> Any:
+        """The command line's raw value (None when not given or not a flag)."""
+        if self.flag is None:
+            return None
+        return getattr(config.known_args_namespace, self.name, None)
+
+    def settle(self, found: Found) -> T:
+        """The setting for a value ``lookup`` found."""
+        return self.default if found.layer == "default" else self.convert(found.raw, found)
+
+    def value(self, layers: Layers) -> T:
+        return self.settle(lookup(self, layers))
+
+
+def lookup(option: Option[Any], layers: Layers) -> Found:
+    """The precedence rule for every option: the first layer that gives a value, and where.
+
+    None means "not given" in every layer; a blank value is a value (an empty
+    ``--distcov-report=`` turns reports off) unless the option says blank unsets it in that layer.
+    coverage.py has no "not given": its false values (fail_under 0, no source) are its defaults.
+    """
+    config = layers.config
+    if config is not None:
+        raw = option.on_command_line(config)
+        if _given(option, raw, "command line"):
+            assert option.flag is not None
+            return Found(raw, "command line", option.flag)
+        if option.ini_type is not None:
+            raw = _ini(config, option.name)
+            if _given(option, raw, "ini file"):
+                return Found(raw, "ini file", _ini_origin(config, option.name), _ini_dir(config))
+    if option.env is not None and layers.environ is not None:
+        raw = layers.environ.get(option.env)
+        if _given(option, raw, "environment"):
+            return Found(raw, "environment", f"the {option.env} environment variable")
+    if option.coverage is not None and layers.coverage is not None:
+        raw = layers.coverage(option.coverage)
+        if raw:
+            section, _, key = option.coverage.partition(":")
+            return Found(raw, "coverage config", f"[{section}] {key} in the coverage configuration")
+    return Found(option.default, "default", "the default")
+
+
+def _given(option: Option[Any], raw: object, layer: Layer) -> bool:
+    if raw is None:
+        return False
+    blank = isinstance(raw, (str, list)) and not raw
+    return not (blank and layer in option.blank_is_unset)
 
 
 def _ini_origin(config: pytest.Config, key: str) -> str:
@@ -289,6 +192,8 @@ def _ini_origin(config: pytest.Config, key: str) -> str:
 
 def _ini(config: pytest.Config, key: str) -> Any:
     """The ini value of ``key`` (None when unset), or a SettingsError naming the key."""
+    import pytest  # loaded already: there is a config
+
     try:
         return config.getini(key)
     except (pytest.UsageError, ValueError, TypeError) as exc:
@@ -299,36 +204,30 @@ def _ini_dir(config: pytest.Config) -> Path:
     return config.inipath.parent if config.inipath else config.rootpath
 
 
-DEFAULT_STREAM_INTERVAL = 0.5
+# -- converters: raw value -> setting, or a SettingsError naming where the value came from --------
 
 
-def _resolve_stream_interval(config: pytest.Config, ns: Any) -> float:
-    raw: object = getattr(ns, "distcov_stream_interval", None)
-    origin = "--distcov-stream-interval"
-    if raw is None:
-        raw = _ini(config, "distcov_stream_interval")
-        origin = _ini_origin(config, "distcov_stream_interval")
-    if raw is None:
-        return DEFAULT_STREAM_INTERVAL
+def _flag(raw: object, _found: Found) -> bool:
+    return bool(raw)
+
+
+def _percent(raw: object, found: Found) -> float:
+    return parse_percent(raw, found.origin)
+
+
+def _seconds(raw: object, found: Found) -> float:
     try:
         value = float(raw)  # type: ignore[arg-type]
     except (TypeError, ValueError):
         value = math.nan
     if math.isnan(value) or value < 0:
         raise SettingsError(
-            f"invalid value {raw!r} for {origin}: expected a number of seconds, 0 or more"
+            f"invalid value {raw!r} for {found.origin}: expected a number of seconds, 0 or more"
         )
     return value
 
 
-def _resolve_reports(config: pytest.Config, ns: Any) -> tuple[ReportSpec, ...]:
-    raw: list[str] | None = getattr(ns, "distcov_report", None)
-    origin = "--distcov-report"
-    if raw is None:
-        raw = _ini(config, "distcov_report")
-        origin = _ini_origin(config, "distcov_report")
-    if raw is None:
-        raw = ["term"]
+def _reports(raw: list[str], found: Found) -> tuple[ReportSpec, ...]:
     specs: list[ReportSpec] = []
     for entry in raw:
         text = entry.strip()
@@ -337,84 +236,44 @@ def _resolve_reports(config: pytest.Config, ns: Any) -> tuple[ReportSpec, ...]:
         try:
             specs.append(parse_report_spec(text))
         except SettingsError as exc:
-            raise SettingsError(f"invalid value {text!r} for {origin}: {exc}") from None
+            raise SettingsError(f"invalid value {text!r} for {found.origin}: {exc}") from None
     return tuple(specs)
 
 
-def _resolve_source(config: pytest.Config, ns: Any) -> tuple[str, ...] | None:
-    cli: list[str] | None = getattr(ns, "distcov_source", None)
-    if cli:
-        return tuple(cli)
-    ini: list[str] | None = _ini(config, "distcov_source")
-    if ini:
-        # Paths in an ini file are relative to that file; package names stay as they are.
-        base = _ini_dir(config)
-        return tuple(str(base / s) if (base / s).is_dir() else s for s in ini)
-    return None
+def _sources(raw: list[str], found: Found) -> tuple[str, ...]:
+    if found.base is None:
+        return tuple(str(s) for s in raw)
+    # Paths in an ini file are relative to that file; package names stay as they are.
+    return tuple(str(found.path(s)) if found.path(s).is_dir() else s for s in raw)
 
 
-def _resolve_config_file(config: pytest.Config, ns: Any) -> str | bool:
-    raw: str | None = getattr(ns, "distcov_config", None)
-    origin = "--distcov-config"
-    path: Path | None = Path(raw) if raw else None
-    if path is None:
-        ini = _ini(config, "distcov_config")
-        if ini:
-            path = _ini_dir(config) / ini
-            origin = _ini_origin(config, "distcov_config")
-    if path is None:
-        return True  # coverage's own search
+def _config_file(raw: str, found: Found) -> str | bool:
+    path = found.path(raw)
     if not path.is_file():
-        raise SettingsError(f"coverage config file {str(path)!r} given by {origin} does not exist")
+        raise SettingsError(
+            f"coverage config file {str(path)!r} given by {found.origin} does not exist"
+        )
     return str(path.resolve())
 
 
-def _resolve_remote(config: pytest.Config, ns: Any) -> tuple[HostSpec, ...]:
-    cli: str | None = getattr(ns, "distcov_remote", None)
-    origin = "--distcov-remote"
-    entries: list[str] = [cli] if cli is not None else []
-    if cli is None:
-        entries = _ini(config, "distcov_remote") or []
-        origin = _ini_origin(config, "distcov_remote")
-    if not entries:
-        return ()
-    python: str | None = getattr(ns, "distcov_remote_python", None)
-    if python is None:
-        python = _ini(config, "distcov_remote_python") or "python3"
-    if not python.strip():
+def _ssh_config(raw: str, found: Found) -> str | None:
+    text = raw if found.base is None else str(found.path(raw))
+    if not Path(text).is_file():
+        raise SettingsError(f"ssh config file {text!r} given by {found.origin} does not exist")
+    return str(Path(text).resolve())
+
+
+def _remote_python(raw: str, _found: Found) -> str:
+    if not raw.strip():
         raise SettingsError("--distcov-remote-python is empty: give the Python command to run")
-    ssh_config: str | None = getattr(ns, "distcov_ssh_config", None)
-    ssh_origin = "--distcov-ssh-config"
-    if ssh_config is None:
-        ini = _ini(config, "distcov_ssh_config")
-        if ini:
-            ssh_config = str(_ini_dir(config) / ini)
-            ssh_origin = _ini_origin(config, "distcov_ssh_config")
-    if ssh_config is not None:
-        if not Path(ssh_config).is_file():
-            raise SettingsError(
-                f"ssh config file {ssh_config!r} given by {ssh_origin} does not exist"
-            )
-        ssh_config = str(Path(ssh_config).resolve())
-    from .hosts import parse_hosts
-
-    try:
-        hosts = parse_hosts(entries, python=python.strip(), ssh_config=ssh_config)
-    except SettingsError as exc:
-        raise SettingsError(f"invalid value for {origin}: {exc}") from None
-    return hosts
+    return raw.strip()
 
 
-def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
-    raw: str | None = getattr(ns, "distcov_store", None)
-    origin = "--distcov-store"
-    base = Path.cwd()
-    if raw is None:
-        raw = _ini(config, "distcov_store")
-        origin = _ini_origin(config, "distcov_store")
-        base = _ini_dir(config)
-    if raw is None:
-        return None
+def _entries(raw: str | list[str], _found: Found) -> tuple[str, ...]:
+    return (raw,) if isinstance(raw, str) else tuple(raw)
+
+
+def _store(raw: str, found: Found) -> str | None:
     if not raw.strip():
         return None  # an empty value turns an ini store off
     from pytest_distcov.sinks.store import check_spec, s3_environment_problem
@@ -422,86 +281,346 @@ def _resolve_store(config: pytest.Config, ns: Any) -> str | None:
     try:
         text = check_spec(raw)
     except StoreError as exc:
-        raise SettingsError(f"invalid value {raw!r} for {origin}: {exc}") from None
-    problem = s3_environment_problem(os.environ) if text.startswith("s3:") else ""
-    if problem:
-        raise SettingsError(f"cannot use the store {text} ({origin}): {problem}")
-    return text if text.startswith("s3:") else str((base / Path(text).expanduser()).resolve())
+        raise SettingsError(f"invalid value {raw!r} for {found.origin}: {exc}") from None
+    if text.startswith("s3:"):
+        problem = s3_environment_problem(os.environ)
+        if problem:
+            raise SettingsError(f"cannot use the store {text} ({found.origin}): {problem}")
+        return text
+    return str(found.path(Path(text).expanduser()).resolve())
 
 
+def _one_of(choices: tuple[str, ...], blank: B) -> Callable[[str, Found], str | B]:
+    """A converter to one of ``choices``; a blank value gives ``blank``."""
+    expected = " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
+
+    def convert(raw: str, found: Found) -> str | B:
+        if not raw.strip():
+            return blank
+        if raw.strip() not in choices:
+            raise SettingsError(f"invalid value {raw!r} for {found.origin}: expected {expected}")
+        return raw.strip()
+
+    return convert
+
+
+# -- the table ----------------------------------------------------------------------------------
+
+DEFAULT_STREAM_INTERVAL = 0.5
 CONTEXTS = ("test",)
-
-
-def _choice(
-    config: pytest.Config, ns: Any, key: str, choices: tuple[str, ...], env: str | None = None
-) -> str | None:
-    """One of ``choices`` from --KEY, else the ini key, else ``env``; None if none is set."""
-    option = "--" + key.replace("_", "-")
-    raw: str | None = getattr(ns, key, None)
-    origin = option
-    if raw is None:
-        raw = _ini(config, key)
-        origin = _ini_origin(config, key)
-    if raw is None and env is not None:
-        raw = os.environ.get(env)
-        origin = f"the {env} environment variable"
-    if raw is None or not raw.strip():
-        return None
-    if raw.strip() not in choices:
-        expected = " or ".join(filter(None, [", ".join(choices[:-1]), choices[-1]]))
-        raise SettingsError(f"invalid value {raw!r} for {origin}: expected {expected}")
-    return raw.strip()
-
-
 ENGINES = ("auto", "coverage", "probes")
-#: the engine when neither the command line nor the ini file names one
 #: The environment variable that chooses the engine (remote_worker.ENGINE_ENV, which a test
 #: keeps equal: that stdlib-only module cannot import this one).
 ENGINE_ENV = "DISTCOV_ENGINE"
 
+DISTCOV: Option[bool] = Option(
+    "distcov",
+    _flag,
+    False,
+    flag="--distcov",
+    action="store_true",
+    help="Measure coverage in the controller and every worker, and report it combined.",
+    ini_type="bool",
+    ini_help="Measure coverage (like --distcov).",
+)
+NO_DISTCOV: Option[bool] = Option(
+    "no_distcov",
+    _flag,
+    False,
+    flag="--no-distcov",
+    action="store_true",
+    help="Do not measure coverage, even if the ini file turns it on.",
+)
+SOURCE: Option[tuple[str, ...] | None] = Option(
+    "distcov_source",
+    _sources,
+    None,
+    flag="--distcov-source",
+    action="append",
+    metavar="PATH_OR_PACKAGE",
+    help="A directory or package to measure (repeatable). Default: coverage's [run] source.",
+    ini_type="linelist",
+    ini_help="Directories or packages to measure, one per line (like --distcov-source).",
+    coverage="run:source",
+    blank_is_unset=("command line", "ini file"),
+)
+REPORTS: Option[tuple[ReportSpec, ...]] = Option(
+    "distcov_report",
+    _reports,
+    (ReportSpec("term"),),
+    flag="--distcov-report",
+    action="append",
+    metavar="TYPE[:DEST]",
+    help=(
+        "Report to produce (repeatable): "
+        + ", ".join(REPORT_KINDS)
+        + "; 'term-missing:skip-covered' hides complete files; an empty value turns reports"
+        " off. Default: term."
+    ),
+    ini_type="linelist",
+    ini_help="Reports to produce, one per line (like --distcov-report).",
+)
+FAIL_UNDER: Option[float | None] = Option(
+    "distcov_fail_under",
+    _percent,
+    None,
+    flag="--distcov-fail-under",
+    metavar="PCT",
+    help="Fail the run when the total coverage is below PCT (0 to 100).",
+    ini_type="float",
+    ini_help="Fail when total coverage is below this percentage.",
+    coverage="report:fail_under",
+)
+BRANCH: Option[bool | None] = Option(
+    "distcov_branch",
+    _flag,
+    None,
+    flag="--distcov-branch",
+    action="store_true",
+    help="Measure branch coverage too. Default: coverage's [run] branch.",
+    ini_type="bool",
+    ini_help="Measure branch coverage.",
+    coverage="run:branch",
+)
+CONFIG: Option[str | bool] = Option(
+    "distcov_config",
+    _config_file,
+    True,  # coverage's own search
+    flag="--distcov-config",
+    metavar="FILE",
+    help=(
+        "coverage.py configuration file. Default: coverage's own search "
+        "(.coveragerc, setup.cfg, tox.ini, pyproject.toml)."
+    ),
+    ini_type="string",
+    ini_help="coverage.py configuration file.",
+    blank_is_unset=("command line", "ini file"),
+)
+APPEND: Option[bool] = Option(
+    "distcov_append",
+    _flag,
+    False,
+    flag="--distcov-append",
+    action="store_true",
+    help="Add to the existing coverage data file instead of starting fresh.",
+    ini_type="bool",
+    ini_help="Add to existing coverage data.",
+)
+STREAM_INTERVAL: Option[float] = Option(
+    "distcov_stream_interval",
+    _seconds,
+    DEFAULT_STREAM_INTERVAL,
+    flag="--distcov-stream-interval",
+    metavar="SECONDS",
+    help=(
+        "Shortest pause between two chunks a worker streams to the controller (default 0.5;"
+        " it grows on its own when chunks are costly; 0 streams after every test). Data is"
+        " safe on the worker's disk after every test either way; this bounds what a lost"
+        " remote host can take with it."
+    ),
+    ini_type="float",
+    ini_help="Shortest pause between two streamed chunks, in seconds.",
+)
+REMOTE: Option[tuple[str, ...]] = Option(
+    "distcov_remote",
+    _entries,  # the hosts are parsed by _hosts, with REMOTE_PYTHON and SSH_CONFIG
+    (),
+    flag="--distcov-remote",
+    metavar="HOSTS",
+    help=(
+        "Run workers on these hosts over ssh: comma-separated [N*][user@]host[:port] (N"
+        " workers on that host, default 1) or full execnet specs (ssh=host//python=...)."
+        " The hosts need only ssh and a python3 of this Python's minor version."
+    ),
+    ini_type="linelist",
+    ini_help="Remote hosts for workers, one or more per line (like --distcov-remote).",
+)
+SSH_CONFIG: Option[str | None] = Option(
+    "distcov_ssh_config",
+    _ssh_config,
+    None,
+    flag="--distcov-ssh-config",
+    metavar="FILE",
+    help="ssh client configuration for every connection to a remote host.",
+    ini_type="string",
+    ini_help="ssh client configuration file for remote hosts.",
+    blank_is_unset=("ini file",),
+)
+REMOTE_PYTHON: Option[str] = Option(
+    "distcov_remote_python",
+    _remote_python,
+    "python3",
+    flag="--distcov-remote-python",
+    metavar="CMD",
+    help="The Python on the remote hosts (default python3).",
+    ini_type="string",
+    ini_help="The Python on the remote hosts (default python3).",
+    blank_is_unset=("ini file",),
+)
+REMOTE_IGNORE: Option[tuple[str, ...]] = Option(
+    "distcov_remote_ignore",
+    _entries,
+    (),
+    ini_type="linelist",
+    ini_help=(
+        "Extra patterns of project files not to ship to remote hosts, one per line (fnmatch, on"
+        " a file's path under the rootdir or any part of it)."
+    ),
+)
+COVERALLS: Option[bool] = Option(
+    "distcov_coveralls",
+    _flag,
+    False,
+    flag="--distcov-coveralls",
+    action="store_true",
+    help=(
+        "Upload the combined coverage to Coveralls at the end (token from"
+        " COVERALLS_REPO_TOKEN, or GITHUB_TOKEN on GitHub Actions; never from a file)."
+    ),
+    ini_type="bool",
+    ini_help="Upload to Coveralls (like --distcov-coveralls).",
+)
+COVERALLS_REQUIRED: Option[bool] = Option(
+    "distcov_coveralls_required",
+    _flag,
+    False,
+    flag="--distcov-coveralls-required",
+    action="store_true",
+    help="A failed Coveralls upload fails the run (default: a warning only).",
+    ini_type="bool",
+    ini_help="A failed Coveralls upload fails the run.",
+)
+STORE: Option[str | None] = Option(
+    "distcov_store",
+    _store,
+    None,
+    flag="--distcov-store",
+    metavar="DIR|s3://BUCKET/PREFIX",
+    help=(
+        "At the end, also write the run's combined data to this store as one uniquely"
+        " named shard, paths relative to the rootdir (see `pytest-distcov combine`)."
+    ),
+    ini_type="string",
+    ini_help=(
+        "Store for this run's shard: a directory (relative to the ini file) or s3://bucket/prefix."
+    ),
+)
+CONTEXT: Option[str | None] = Option(
+    "distcov_context",
+    _one_of(CONTEXTS, None),
+    None,
+    flag="--distcov-context",
+    metavar="test",
+    help=(
+        "Record which test ran each line: 'test' labels lines with <node id>|setup, |run"
+        " and |teardown (as pytest-cov's --cov-context=test)."
+    ),
+    ini_type="string",
+    ini_help="Per-test contexts: test (like --distcov-context).",
+)
+ENGINE: Option[str] = Option(
+    "distcov_engine",
+    _one_of(ENGINES, "auto"),
+    "auto",
+    flag="--distcov-engine",
+    metavar="auto|coverage|probes",
+    help=(
+        "What measures: coverage.py's cores, or (Python 3.10/3.11, pytest-distcov[fast])"
+        " SlipCover's bytecode probes. Default auto: sysmon on 3.12+, probes on 3.10/3.11"
+        " where they can measure the run, else coverage.py's C tracer."
+    ),
+    ini_type="string",
+    ini_help="What measures: auto, coverage or probes (like --distcov-engine).",
+    env=ENGINE_ENV,
+)
 
-def _flag(config: pytest.Config, ns: Any, dest: str, key: str) -> bool | None:
-    cli = getattr(ns, dest, None)
-    if cli is not None:
-        return bool(cli)
-    ini = _ini(config, key)
-    return None if ini is None else bool(ini)
+#: Every option, in the order ``pytest --help`` lists them (flags, then ini keys).
+OPTIONS: tuple[Option[Any], ...] = (
+    DISTCOV,
+    NO_DISTCOV,
+    SOURCE,
+    REPORTS,
+    FAIL_UNDER,
+    BRANCH,
+    CONFIG,
+    APPEND,
+    STREAM_INTERVAL,
+    REMOTE,
+    SSH_CONFIG,
+    REMOTE_PYTHON,
+    REMOTE_IGNORE,
+    COVERALLS,
+    COVERALLS_REQUIRED,
+    STORE,
+    CONTEXT,
+    ENGINE,
+)
+
+
+def add_options(parser: pytest.Parser) -> None:
+    """Register every flag and ini key of :data:`OPTIONS`.
+
+    Nothing has a pytest-level default: None is how :func:`lookup` knows a layer gave nothing.
+    """
+    group = parser.getgroup("distcov", "distributed coverage (pytest-distcov)")
+    for option in OPTIONS:
+        if option.flag is not None:
+            extra = {"metavar": option.metavar} if option.metavar else {}
+            group.addoption(
+                option.flag,
+                action=option.action,
+                dest=option.name,
+                default=None,
+                help=option.help,
+                **extra,
+            )
+    for option in OPTIONS:
+        if option.ini_type is not None:
+            parser.addini(option.name, option.ini_help, type=option.ini_type, default=None)
+
+
+# -- resolution ---------------------------------------------------------------------------------
+
+
+def _hosts(layers: Layers) -> tuple[HostSpec, ...]:
+    """The remote hosts: REMOTE's entries with REMOTE_PYTHON and SSH_CONFIG, which are read only
+    when there are hosts (a missing ssh config file does not matter to a run without)."""
+    found = lookup(REMOTE, layers)
+    entries = REMOTE.settle(found)
+    if not entries:
+        return ()
+    python = REMOTE_PYTHON.value(layers)
+    ssh_config = SSH_CONFIG.value(layers)
+    from .hosts import parse_hosts
+
+    try:
+        return parse_hosts(entries, python=python, ssh_config=ssh_config)
+    except SettingsError as exc:
+        raise SettingsError(f"invalid value for {found.origin}: {exc}") from None
 
 
 def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
     """Resolve every option once. Call with the early config (known args already parsed).
 
     A worker ignores the remote-host options: they are the controller's business (and name
-    files that only the controller has).
+    files that only the controller has). The options are resolved in a fixed order, so that of
+    two bad values the same one is always named.
     """
-    ns = config.known_args_namespace
-    enabled = bool(_flag(config, ns, "distcov", "distcov")) and not getattr(ns, "no_distcov", False)
-
-    fail_under: float | None = None
-    cli_fail = getattr(ns, "distcov_fail_under", None)
-    if cli_fail is not None:
-        fail_under = parse_percent(cli_fail, "--distcov-fail-under")
-    else:
-        ini_fail = _ini(config, "distcov_fail_under")
-        if ini_fail is not None:
-            fail_under = parse_percent(ini_fail, _ini_origin(config, "distcov_fail_under"))
-
+    layers = Layers(config, environ=os.environ)
     return Settings(
-        enabled=enabled,
-        source=_resolve_source(config, ns),
-        reports=_resolve_reports(config, ns),
-        fail_under=fail_under,
-        branch=_flag(config, ns, "distcov_branch", "distcov_branch"),
-        config_file=_resolve_config_file(config, ns),
-        append=bool(_flag(config, ns, "distcov_append", "distcov_append")),
-        stream_interval=_resolve_stream_interval(config, ns),
-        remote=() if worker else _resolve_remote(config, ns),
-        remote_ignore=tuple(_ini(config, "distcov_remote_ignore") or ()),
-        store=None if worker else _resolve_store(config, ns),
-        context=_choice(config, ns, "distcov_context", CONTEXTS),
-        engine=_choice(config, ns, "distcov_engine", ENGINES, ENGINE_ENV) or "auto",
-        coveralls=bool(_flag(config, ns, "distcov_coveralls", "distcov_coveralls")),
-        coveralls_required=bool(
-            _flag(config, ns, "distcov_coveralls_required", "distcov_coveralls_required")
-        ),
+        enabled=DISTCOV.value(layers) and not NO_DISTCOV.value(layers),
+        fail_under=FAIL_UNDER.value(layers),
+        source=SOURCE.value(layers),
+        reports=REPORTS.value(layers),
+        branch=BRANCH.value(layers),
+        config_file=CONFIG.value(layers),
+        append=APPEND.value(layers),
+        stream_interval=STREAM_INTERVAL.value(layers),
+        remote=() if worker else _hosts(layers),
+        remote_ignore=REMOTE_IGNORE.value(layers),
+        store=None if worker else STORE.value(layers),
+        context=CONTEXT.value(layers),
+        engine=ENGINE.value(layers),
+        coveralls=COVERALLS.value(layers),
+        coveralls_required=COVERALLS_REQUIRED.value(layers),
     )

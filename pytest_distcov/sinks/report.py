@@ -18,6 +18,7 @@ from coverage.exceptions import CoverageException, NoDataError
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.errors import NothingToReport, ReportError
+from pytest_distcov.settings.options import FAIL_UNDER, Layers
 from pytest_distcov.settings.reportspec import (
     REPORT_KINDS,
     TERM_KINDS,
@@ -86,11 +87,9 @@ def format_percent(total: float, precision: int) -> str:
 
 
 def configured_fail_under(cov: Coverage) -> float | None:
-    """coverage's own ``[report] fail_under``, or None when it is not set (0)."""
-    configured = cov.get_option("report:fail_under")
-    if not configured:
-        return None
-    return parse_percent(configured, "[report] fail_under in the coverage configuration")
+    """coverage's own ``[report] fail_under``, or None when it is not set (0): the coverage
+    layer of the fail-under option, whose command line and ini file the plugin has read."""
+    return FAIL_UNDER.value(Layers(coverage=cov.get_option))
 
 
 @dataclass(frozen=True)
