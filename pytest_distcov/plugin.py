@@ -187,13 +187,18 @@ def _configure_controller(config: pytest.Config, engine: Engine) -> None:
         and not config.getoption("collectonly", False)
     )
     role = ControllerRole(
-        config, settings, spec, plan, engine, workers=_worker_count(config) if dist else 0
+        config,
+        settings,
+        spec,
+        plan,
+        engine,
+        workers=_worker_count(config) if dist else 0,
+        remote=remote,
     )
     config.pluginmanager.register(role, "distcov-controller")
     config.pluginmanager.register(FallbackHeader(engine), "distcov-fallbacks")
     config.pluginmanager.register(role.sigterm, "distcov-sigterm")
     if remote is not None:
-        role.remote = remote
         config.pluginmanager.register(remote, "distcov-remote")
     if dist:
         config.pluginmanager.register(XdistControllerHooks(role), "distcov-xdist")

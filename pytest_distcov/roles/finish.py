@@ -1,0 +1,259 @@
+"""Finishing a run's data: the combined data file, its rescue, and what is removed after.
+
+The data file is written atomically (:func:`~pytest_distcov.data.merge.write_data_file`) from,
+all as a union: the workers' streamed data (the receiver's accumulator), the controller's own
+engine, the recovered files of dead workers, data files of measured subprocesses, and with
+``--distcov-append`` the existing data file. Then the run's directories go, here and on the
+hosts, except one holding a file the user is pointed to.
+
+When the write fails (a full disk, say), nothing is removed: the same data is saved to a
+rescue file elsewhere (:func:`rescue_dirs`), the hosts keep the workers' directories, and one
+error says where everything is.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import coverage
+from coverage.exceptions import CoverageException
+
+from pytest_distcov.data.merge import write_data_file
+from pytest_distcov.data.readers import update_from_file
+from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
+from pytest_distcov.errors import DataFileError, DistCovError
+from pytest_distcov.sinks.pipeline import Combined
+
+from .receive import Receiver, WorkerState
+from .recovery import Recovered
+
+__all__ = ["Finished", "Finisher", "rescue_dirs"]
+
+Fill = Callable[[coverage.CoverageData], None]
+
+
+@dataclass(frozen=True)
+class Finished:
+    """What finishing made: the data file for the sinks (if written), and what is said."""
+
+    #: the data file written, and its ``Coverage`` for the reports; None: it could not be
+    #: written (see :meth:`Finisher.rescue`)
+    combined: Combined | None
+    #: errors to show: unreadable recovered files (kept for inspection), the failed write
+    errors: list[str] = field(default_factory=list)
+    #: files kept for inspection (their directories are not removed)
+    kept: list[str] = field(default_factory=list)
+
+
+class _AppendUnreadable(Exception):
+    """The file named by --distcov-append cannot be read at the end of the run."""
+
+
+def _reason(exc: BaseException) -> str:
+    """An exception as a reason in a sentence: its text, with its kind when that says more."""
+    if isinstance(exc, (OSError, DistCovError, CoverageException, sqlite3.Error)):
+        return str(exc).rstrip(".")
+    return f"{type(exc).__name__}: {exc}"
+
+
+def rescue_dirs(data_file: Path) -> list[Path]:
+    """Where to save the combined data when ``data_file`` cannot be written, in order."""
+    out: list[Path] = []
+    places: list[Callable[[], Path]] = [
+        lambda: data_file.parent,
+        lambda: Path(tempfile.gettempdir()),
+        Path.home,
+        Path.cwd,
+    ]
+    for where in places:
+        try:
+            path = where().resolve()
+        except (OSError, RuntimeError, KeyError):  # no home directory, a cwd that is gone
+            continue
+        if path not in out:
+            out.append(path)
+    return out
+
+
+class Finisher:
+    """Writes the combined data file of one run from ``receiver``'s workers and ``engine``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        spec: MeasureSpec,
+        receiver: Receiver,
+        data_file: Path,
+        *,
+        append: bool,
+    ) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.receiver = receiver
+        self.data_file = data_file
+        self.append = append
+
+    def finish(self, recovered: list[Recovered]) -> Finished:
+        """Write the data file; then remove the run's directories (or, failing, rescue)."""
+        own = self.engine.finish()
+        subprocess_files = self.engine.subprocess_files()
+        unreadable: list[str] = []
+        errors: list[str] = []
+
+        def fill_run(data: coverage.CoverageData) -> None:
+            """This run's data: the workers', recovered files, the controller's own."""
+            self.receiver.acc.write_into(data)
+            data.update(own)
+            sources = [*recovered, *(("", p, None) for p in subprocess_files)]
+            for worker_id, path, mapper in sources:
+                try:
+                    update_from_file(data, path, mapper)
+                except DataFileError as exc:
+                    who = f"worker {worker_id}: " if worker_id else ""
+                    unreadable.append(path)
+                    error = f"{who}{exc}; the file is kept for inspection"
+                    if error not in errors:  # fill may run again (see rescue)
+                        errors.append(error)
+
+        def fill(data: coverage.CoverageData) -> None:
+            fill_run(data)
+            if self.append and self.data_file.exists():
+                try:
+                    update_from_file(data, self.data_file)
+                except DataFileError as exc:
+                    raise _AppendUnreadable(str(exc)) from None
+
+        try:
+            write_data_file(self.data_file, fill)
+        except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see rescue
+            self._close_remote(keep_workers=True)
+            errors.append(self.rescue(exc, fill_run))
+            return Finished(None, errors=errors, kept=unreadable)
+        self._close_remote(keep_workers=False)
+        self._cleanup(recovered, keep=unreadable)
+        return Finished(Combined(self.data_file, self._load), errors=errors, kept=unreadable)
+
+    def _load(self) -> coverage.Coverage:
+        """The written data file in a ``Coverage`` with the run's configuration."""
+        cov = open_coverage(self.spec, data_file=str(self.data_file))
+        cov.load()
+        return cov
+
+    def rescue(self, exc: Exception, fill_run: Fill) -> str:
+        """The data file could not be written: save this run's combined data elsewhere.
+
+        Nothing is removed then (the workers' directories, the controller's own); the error
+        returned says where the data went and what to do. The file is tried in the data
+        file's directory (the natural place, unless that disk is full), the temporary
+        directory, the home directory, the current directory, in that order. It holds what the
+        data file would have held: this run's data, and an appended file's data when that file
+        can still be read.
+        """
+        data_file = self.data_file
+        append_error = str(exc) if isinstance(exc, _AppendUnreadable) else ""
+        old_data: list[str] = []  # what became of the appended file's data in the rescue
+
+        def fill(data: coverage.CoverageData) -> None:
+            old_data.clear()
+            fill_run(data)
+            if self.append and not append_error and data_file.exists():
+                try:
+                    update_from_file(data, data_file)
+                except DataFileError:
+                    old_data.append(f" (without the data of {data_file}, which cannot be read)")
+
+        name = f"distcov-rescue-{time.strftime('%Y%m%d-%H%M%S')}-{os.getpid()}.coverage"
+        saved: Path | None = None
+        failed: list[str] = []
+        for directory in rescue_dirs(data_file):
+            try:
+                write_data_file(directory / name, fill)
+            except Exception as again:  # the next place, then
+                failed.append(f"{directory}: {_reason(again)}")
+                continue
+            saved = directory / name
+            break
+        kept = self._kept_dirs()
+        keeping = f"; kept the data directories {', '.join(kept)}" if kept else ""
+        if append_error:
+            what = f"--distcov-append: {append_error}; {data_file} is left as it is and "
+        else:
+            what = f"could not write {data_file}: {_reason(exc)}; "
+        if saved is None:
+            what += (
+                f"saving this run's combined data failed everywhere too ({'; '.join(failed)}):"
+                " its parts are in the directories kept (coverage data files, .coverage.*),"
+                " which `coverage combine --keep` can read once the cause is fixed"
+            )
+        elif append_error:
+            what += (
+                f"this run's combined data was saved to {saved}: read it with `pytest-distcov"
+                f" report --data-file {saved}`, or move it to {data_file} in place of the"
+                " damaged file"
+            )
+        else:
+            what += (
+                f"this run's combined data was saved to {saved}{''.join(old_data)}: fix the"
+                f" cause (free space?) and move it to {data_file}, or read it with"
+                f" `pytest-distcov report --data-file {saved}`"
+            )
+        return what + keeping
+
+    def _kept_dirs(self) -> list[str]:
+        """After a failed write: every directory that still holds a part of this run's data."""
+        kept = [str(self.engine.data_dir)]
+        for state in self.receiver.workers.values():
+            if state.hello is None:
+                continue
+            host = self.receiver.host_of(state.id)
+            datadir = state.hello["datadir"]
+            if host is not None:
+                kept.append(f"{host.spec.label}:{datadir}")
+            elif os.path.isdir(datadir) and datadir not in kept:
+                kept.append(datadir)
+        return kept
+
+    def _close_remote(self, *, keep_workers: bool) -> None:
+        """Close the hosts; unless ``keep_workers``, remove the remote workers' directories."""
+        remote = self.receiver.remote
+        if remote is None:
+            return
+        if keep_workers:
+            remote.fleet.close(keep=True)
+            return
+        for state in self.receiver.workers.values():
+            host = remote.host_of(state.id)
+            if host is not None and state.hello is not None and not pointed_to(state):
+                dirs = remote.leftovers.setdefault(host.spec.label, [])
+                if state.hello["datadir"] not in dirs:
+                    dirs.append(state.hello["datadir"])
+        remote.fleet.close(remote.leftovers)
+
+    def _cleanup(self, recovered: list[Recovered], keep: list[str]) -> None:
+        """The combined data file is written: the run's directories go, the controller's and
+        the local workers' (which keep their data until now), except one holding a file the
+        user is pointed to."""
+        dirs = {self.engine.data_dir} | {Path(p).parent for _, p, _ in recovered}
+        for state in self.receiver.workers.values():
+            on_host = self.receiver.host_of(state.id) is not None
+            if state.hello is None or on_host or pointed_to(state):
+                continue
+            datadir = Path(state.hello["datadir"])
+            if datadir.name.startswith("distcov-"):  # never anything else a message names
+                dirs.add(datadir)
+        for d in dirs:
+            if not any(Path(k).parent == d for k in keep):
+                shutil.rmtree(d, ignore_errors=True)
+
+
+def pointed_to(state: WorkerState) -> bool:
+    """True if a note of the worker names a file in its directory (kept for the user)."""
+    datadir = state.hello["datadir"] if state.hello is not None else ""
+    return bool(datadir) and any(datadir in note for note in state.notes)

@@ -1,0 +1,233 @@
+"""Receiving from workers: the controller's inbox, merged into memory as the tests run.
+
+execnet calls :meth:`Receiver.enqueue` in its receiver thread, which only enqueues; the main
+thread drains the inbox between test reports (never waiting for it). Each message is decoded;
+a ``hello`` says where the worker's durable data lives (a local worker's directory is held
+until its data is recovered or combined); a chunk's paths are mapped to local ones (a remote
+worker's) and merged into the :class:`~pytest_distcov.data.merge.Accumulator`, and its Python
+files are offered to the parse helper. In verbose mode a progress estimate follows.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import coverage
+
+from pytest_distcov.covapi.parser import exclude_regex
+from pytest_distcov.data.merge import Accumulator
+from pytest_distcov.data.readers import PathMapper
+from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
+from pytest_distcov.errors import DataFileError, ProtocolError
+from pytest_distcov.protocol import Chunk, Hello, decode
+from pytest_distcov.remote.fleet import HostSession, RemoteHooks
+from pytest_distcov.sinks.parses import ParseCache
+from pytest_distcov.sinks.preparse import PreParser
+from pytest_distcov.tempdirs import HeldDir
+
+__all__ = ["CHANNEL_CLOSED", "PROGRESS_EVERY", "Receiver", "WorkerState"]
+
+#: Seconds between two progress lines in verbose mode.
+PROGRESS_EVERY = 5.0
+#: What a worker's channel delivers when it closes.
+CHANNEL_CLOSED = ("distcov-channel-closed",)
+
+
+@dataclass
+class WorkerState:
+    """The controller's view of one worker."""
+
+    id: str
+    hello: Hello | None = None
+    finished: bool = False
+    down_error: str | None = None
+    tests: int = 0
+    notes: list[str] = field(default_factory=list)
+
+
+class Receiver:
+    """The inbox, the workers as their messages describe them, and the in-memory union.
+
+    ``remote``: the hosts (None without ``--distcov-remote``). ``arcs``: the run measures
+    branches. ``preparse``: offer the files
+    the workers run to the parse helper (parses the report will need; xdist only), whose cache
+    ``parse_cache`` gives. ``progress``: where a verbose run's estimates go (None: none).
+    """
+
+    def __init__(
+        self,
+        engine: Engine,
+        spec: MeasureSpec,
+        remote: RemoteHooks | None,
+        *,
+        arcs: bool,
+        preparse: bool,
+        parse_cache: Callable[[], ParseCache | None],
+        progress: Callable[[str], None] | None,
+    ) -> None:
+        self.engine = engine
+        self.spec = spec
+        self.remote = remote
+        self.acc = Accumulator(branch=engine.branch)
+        self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        self.workers: dict[str, WorkerState] = {}
+        self.errors: list[str] = []
+        #: True while a drain merges (a SIGTERM then waits for it to end)
+        self.merging = False
+        #: parses the report will need, made while the tests run (see preparse.py)
+        self.preparser: PreParser | None = None
+        self.arcs = arcs
+        self.preparse = preparse
+        self.parse_cache = parse_cache
+        self.progress = progress
+        self._mappers: dict[str, PathMapper] = {}
+        #: local workers' directories, held until the end (see tempdirs.py)
+        self._held: list[HeldDir] = []
+        self._last_progress = time.monotonic()
+        self._statements: dict[str, set[int]] = {}
+        self._progress_cov: coverage.Coverage | None = None
+
+    def enqueue(self, worker_id: str, message: Any) -> None:
+        """Called in execnet's receiver thread: only enqueue there."""
+        self.inbox.put((worker_id, message))
+
+    def worker(self, worker_id: str) -> WorkerState:
+        return self.workers.setdefault(worker_id, WorkerState(worker_id))
+
+    def host_of(self, worker_id: str) -> HostSession | None:
+        """The host a remote worker runs on (None for a local worker)."""
+        return self.remote.host_of(worker_id) if self.remote is not None else None
+
+    def drain(self) -> None:
+        """Merge everything received so far (main thread); never waits for more."""
+        self.merging = True
+        try:
+            got = self._drain()
+            if self.preparser is not None:
+                self.preparser.pump()  # never waits; keeps both of the helper's pipes moving
+            if got and self.progress is not None:
+                self._progress(self.progress)
+        finally:
+            self.merging = False
+
+    def _drain(self) -> bool:
+        got = False
+        while True:
+            try:
+                worker_id, raw = self.inbox.get_nowait()
+            except queue.Empty:
+                return got
+            got = True
+            state = self.worker(worker_id)
+            if raw is CHANNEL_CLOSED:
+                continue
+            try:
+                msg = decode(raw)
+            except ProtocolError as exc:
+                self.errors.append(f"worker {worker_id}: {exc}")
+                continue
+            if msg["kind"] == "hello":
+                self._hello(state, msg)
+            else:
+                self._chunk(state, msg)
+
+    def _hello(self, state: WorkerState, hello: Hello) -> None:
+        state.hello = hello
+        self._hold(state.id, hello["datadir"])
+        state.notes.extend(n for n in hello["notes"] if n not in state.notes)
+        if hello["coverage"] != coverage.__version__:
+            self.errors.append(
+                f"worker {state.id} on {hello['host']} runs coverage {hello['coverage']},"
+                f" the controller {coverage.__version__}: its data may differ; install"
+                " the same coverage version everywhere"
+            )
+
+    def _chunk(self, state: WorkerState, chunk: Chunk) -> None:
+        mapper = self.mapper(state.id)
+        try:
+            self.acc.add_payload(chunk["data"], mapper)
+        except DataFileError as exc:
+            self.errors.append(f"worker {state.id}: {exc}")
+        python_files = chunk["data"]["touched"].get("", ())  # each named once a worker
+        if python_files and self.preparse:
+            self._preparse_files([mapper(p) for p in python_files] if mapper else python_files)
+        state.tests = chunk["tests"]
+        state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
+        if chunk["kind"] == "final":
+            state.finished = True
+
+    def _hold(self, worker_id: str, datadir: str) -> None:
+        """Keep a local worker's directory from other runs' cleanup until its data is
+        recovered, even if the worker dies."""
+        if self.host_of(worker_id) is not None:
+            return  # on a remote host, in the run's directory there, held by the host's agent
+        held = HeldDir.adopt(datadir)
+        if held is not None:
+            self._held.append(held)
+
+    def _preparse_files(self, names: list[str]) -> None:
+        if self.preparser is None:
+            cache = self.parse_cache()
+            if cache is None:
+                self.preparse = False
+                return
+            self.preparser = PreParser(
+                cache,
+                exclude_regex(self.engine.cov),
+                arcs=self.arcs,
+                relative_files=bool(self.engine.cov.get_option("run:relative_files")),
+            )
+        self.preparser.offer(names)
+
+    def mapper(self, worker_id: str) -> PathMapper | None:
+        """Maps a remote worker's paths to local ones (None for a local worker)."""
+        host = self.host_of(worker_id)
+        if self.remote is None or host is None:
+            return None
+        mapper = self._mappers.get(worker_id)
+        if mapper is None:
+            mapper = self._mappers[worker_id] = self.remote.fleet.path_mapper(host)
+        return mapper
+
+    def _progress(self, say: Callable[[str], None]) -> None:
+        now = time.monotonic()
+        if now - self._last_progress < PROGRESS_EVERY:
+            return
+        self._last_progress = now
+        if self._progress_cov is None:
+            # A data file name that is never written: data_file=None would keep an in-memory
+            # database open for the rest of the run.
+            self._progress_cov = open_coverage(
+                self.spec, data_file=str(self.engine.data_dir / "progress-estimate")
+            )
+        covered = total = 0
+        for path, lines in self.acc.covered_lines().items():
+            if path not in self._statements:
+                try:
+                    statements = self._progress_cov.analysis2(path)[1]
+                except Exception:  # not Python, gone, unparsable: leave it out of the estimate
+                    statements = []
+                self._statements[path] = set(statements)
+            total += len(self._statements[path])
+            covered += len(lines & self._statements[path])
+        if total:
+            say(
+                f"distcov: {covered} of {total} statements ({100.0 * covered / total:.1f}%)"
+                f" in {len(self._statements)} files covered so far"
+            )
+
+    def stop(self) -> None:
+        """No more parses for the report: the helper goes (idempotent)."""
+        self.preparse = False
+        if self.preparser is not None:
+            self.preparser.stop()
+
+    def release(self) -> None:
+        """Let go of the local workers' directories (what is left in them stays)."""
+        for held in self._held:
+            held.release()
+        self._held.clear()
