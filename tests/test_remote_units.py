@@ -12,7 +12,7 @@ import pytest
 
 from pytest_distcov.errors import SettingsError
 from pytest_distcov.remote.launch import host_sys_path, map_arg
-from pytest_distcov.remote.shipping import PathEntry, build_bundle, project_files
+from pytest_distcov.remote.shipping import Bundle, PathEntry, Tree, build_bundle, project_files
 from pytest_distcov.settings.hosts import SSH_OPTIONS, parse_hosts
 
 from .helpers import run_pytest
@@ -103,6 +103,10 @@ def test_project_files_with_git(tmp_path: Path) -> None:
     assert sorted(files) == sorted([*WANTED, "pkg/untracked.py"])
 
 
+def _named_tree(bundle: Bundle, name: str) -> Tree:
+    return next(t for t in bundle.trees if t.name == name)
+
+
 def test_bundle_layout_follows_sys_path(tmp_path: Path) -> None:
     project = tmp_path / "proj"
     (project / "src" / "pkg").mkdir(parents=True)
@@ -120,7 +124,7 @@ def test_bundle_layout_follows_sys_path(tmp_path: Path) -> None:
         PathEntry("stdlib"),
         PathEntry("tree", "packages-1"),
     )
-    helper = bundle.tree("packages-1")
+    helper = _named_tree(bundle, "packages-1")
     assert [f.rel for f in helper.files] == ["helper.py"]
     assert str(outside / "lib" / "helper.py") in digests
     # A second build with the digests it returned reads no file again and agrees.
@@ -129,7 +133,7 @@ def test_bundle_layout_follows_sys_path(tmp_path: Path) -> None:
         path=["", str(project / "src"), stdlib, str(outside / "lib")],
         hash_cache=digests,
     )
-    assert again.tree("packages-1").digest == helper.digest
+    assert _named_tree(again, "packages-1").digest == helper.digest
     assert again.project.digest == bundle.project.digest
 
 

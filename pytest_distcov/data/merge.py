@@ -88,9 +88,6 @@ class Accumulator:
                     lines.update(items)
         return out
 
-    def size(self) -> int:
-        return sum(len(items) for files in self._data.values() for items in files.values())
-
     def write_into(self, data: CoverageData) -> None:
         """Add everything accumulated to ``data`` (which may hold data already)."""
         if self.branch:

@@ -173,9 +173,6 @@ class Bundle:
                 out.setdefault(f.digest, []).append((tree.name, f.rel, tree.local_path(f.rel)))
         return out
 
-    def tree(self, name: str) -> Tree:
-        return next(t for t in self.trees if t.name == name)
-
 
 # -- walking ------------------------------------------------------------------------------------
 
