@@ -230,6 +230,7 @@ def test_contexts_on_remote_hosts(pytester: pytest.Pytester, suite: Path, sshlab
         pytester,
         *_ours(),
         "--distcov-remote=h1,h2",
+        "--distcov-remote-timeout=120",
         f"--distcov-ssh-config={sshlab.ssh_config}",
         f"--distcov-remote-python={host_python()}",
         "-p",

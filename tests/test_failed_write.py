@@ -265,6 +265,7 @@ def test_full_disk_keeps_the_remote_workers_directories_on_their_host(
     remote = [
         "--distcov",
         "--distcov-remote=h-failwrite",
+        "--distcov-remote-timeout=120",
         f"--distcov-ssh-config={sshlab.ssh_config}",
         f"--distcov-remote-python={host_python()}",
         "-p",

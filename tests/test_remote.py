@@ -36,6 +36,7 @@ def _remote_args(lab: SshLab, hosts: str, *, python: str | None = None) -> list[
         f"--distcov-remote={hosts}",
         f"--distcov-ssh-config={lab.ssh_config}",
         f"--distcov-remote-python={python or host_python()}",
+        "--distcov-remote-timeout=120",  # a loaded 2-core CI machine starts hosts slowly
         "-p",
         "no:randomly",
     ]

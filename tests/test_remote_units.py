@@ -185,3 +185,31 @@ def test_worker_path_uses_the_hosts_standard_library(tmp_path: Path) -> None:
         assert sys.path  # the controller's own sys.path is only read
     finally:
         fleet.close()
+
+
+def test_a_host_that_never_answers_is_named_after_the_remote_timeout(
+    pytester: pytest.Pytester,
+) -> None:
+    """--distcov-remote-timeout bounds the wait for a host: ssh's proxy here never answers."""
+    if shutil.which("ssh") is None:
+        pytest.skip("needs an ssh client")
+    pytester.makepyfile(test_a="def test_a():\n    pass\n")
+    config = pytester.path / "ssh_config"
+    config.write_text("Host silent\n    ProxyCommand sleep 60\n    BatchMode yes\n")
+    result = run_pytest(
+        pytester,
+        "--distcov",
+        "--distcov-remote=silent",
+        f"--distcov-ssh-config={config}",
+        "--distcov-remote-timeout=2",
+    )
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*silent: no answer within 2 s*"])
+    assert result.duration < 45, result.duration  # not the default 30 s, nor the proxy's 60
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+def test_remote_timeout_must_be_a_positive_number(pytester: pytest.Pytester, value: str) -> None:
+    result = run_pytest(pytester, "--distcov", f"--distcov-remote-timeout={value}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines([f"*invalid value '{value}' for --distcov-remote-timeout*"])

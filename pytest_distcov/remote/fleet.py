@@ -54,7 +54,8 @@ __all__ = ["Fleet", "RemoteError", "RemoteHooks", "start_remote"]
 #: Where the controller keeps the digests of the files it ships, in pytest's cache.
 HASH_CACHE_KEY = "distcov/shipped-digests"
 
-#: Seconds a host may take to connect, start its Python and answer, before it is given up.
+#: Seconds a host may take to connect, start its Python and answer, before it is given up
+#: (``--distcov-remote-timeout`` sets it for a run).
 CONNECT_TIMEOUT = 30.0
 #: Seconds a running host may take to answer a ping before it counts as unreachable.
 PING_TIMEOUT = 5.0
@@ -589,7 +590,7 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
             " distcov_remote_ignore leaves out every file in it); run pytest from a shipped"
             f" directory, or from the rootdir {root}"
         )
-    fleet = Fleet(settings.remote, bundle, engine=settings.engine)
+    fleet = Fleet(settings.remote, bundle, engine=settings.engine, timeout=settings.remote_timeout)
     fleet.start()
     hooks = RemoteHooks(fleet)
     hooks.configure_xdist(config)

@@ -50,6 +50,8 @@ class Settings:
     stream_interval: float
     remote: tuple[HostSpec, ...] = ()
     remote_ignore: tuple[str, ...] = ()
+    #: seconds a host may take to connect, start its Python and answer
+    remote_timeout: float = 30.0
     coveralls: bool = False
     coveralls_required: bool = False
     #: a directory (absolute) or s3://bucket/prefix that receives this run's shard
@@ -223,6 +225,15 @@ def _seconds(raw: object, found: Found) -> float:
     if math.isnan(value) or value < 0:
         raise SettingsError(
             f"invalid value {raw!r} for {found.origin}: expected a number of seconds, 0 or more"
+        )
+    return value
+
+
+def _positive_seconds(raw: object, found: Found) -> float:
+    value = _seconds(raw, found)
+    if value == 0:
+        raise SettingsError(
+            f"invalid value {raw!r} for {found.origin}: expected a number of seconds above 0"
         )
     return value
 
@@ -457,6 +468,19 @@ REMOTE_PYTHON: Option[str] = Option(
     ini_help="The Python on the remote hosts (default python3).",
     blank_is_unset=("ini file",),
 )
+REMOTE_TIMEOUT: Option[float] = Option(
+    "distcov_remote_timeout",
+    _positive_seconds,
+    30.0,
+    flag="--distcov-remote-timeout",
+    metavar="SECONDS",
+    help=(
+        "Seconds a remote host may take to connect, start its Python and answer before the run"
+        " stops with an error naming it (default 30)."
+    ),
+    ini_type="float",
+    ini_help="Seconds a remote host may take to connect and answer (default 30).",
+)
 REMOTE_IGNORE: Option[tuple[str, ...]] = Option(
     "distcov_remote_ignore",
     _entries,
@@ -548,6 +572,7 @@ OPTIONS: tuple[Option[Any], ...] = (
     REMOTE,
     SSH_CONFIG,
     REMOTE_PYTHON,
+    REMOTE_TIMEOUT,
     REMOTE_IGNORE,
     COVERALLS,
     COVERALLS_REQUIRED,
@@ -618,6 +643,7 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         stream_interval=STREAM_INTERVAL.value(layers),
         remote=() if worker else _hosts(layers),
         remote_ignore=REMOTE_IGNORE.value(layers),
+        remote_timeout=REMOTE_TIMEOUT.value(layers),
         store=None if worker else STORE.value(layers),
         context=CONTEXT.value(layers),
         engine=ENGINE.value(layers),
