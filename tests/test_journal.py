@@ -133,6 +133,22 @@ def test_records_before_a_hostile_one_are_given_first(tmp_path: Path) -> None:
         next(records)
 
 
+def test_records_after_a_hostile_one_are_kept_too(tmp_path: Path) -> None:
+    """One bad record costs only itself: the records after it reach the target, and the error
+    (naming the first bad line) comes once they have."""
+    target = CoverageData(str(tmp_path / "target"))
+    journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
+    journal.write_bytes(
+        encode_record("lines", {"/a.py": [1]})
+        + b'["lines",{"/b.py":[-3]}]\n'
+        + b"7\n"
+        + encode_record("lines", {"/c.py": [2]})
+    )
+    with pytest.raises(DataFileError, match=r"line 2: the lines of '/b.py' are not line numbers"):
+        update_from_file(target, journal)
+    assert _lines(target) == {"/a.py": [1], "/c.py": [2]}
+
+
 def test_a_path_that_is_not_utf8_is_a_named_error(tmp_path: Path) -> None:
     """Raw bytes that are not UTF-8 make the journal unreadable; a lone surrogate escaped in the
     JSON (a file name Python could only decode with surrogateescape) cannot go into a data file.

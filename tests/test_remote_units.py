@@ -213,3 +213,60 @@ def test_remote_timeout_must_be_a_positive_number(pytester: pytest.Pytester, val
     result = run_pytest(pytester, "--distcov", f"--distcov-remote-timeout={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines([f"*invalid value '{value}' for --distcov-remote-timeout*"])
+
+
+#: A stand-in agent on a real execnet gateway (a local popen process): it answers every request
+#: with the reply it was given first, as a hostile or broken host might.
+_HOSTILE_AGENT = """
+reply = channel.receive()
+while True:
+    request = channel.receive()
+    if request is None:
+        break
+    channel.send(reply)
+"""
+
+
+GOOD_REPLY = {"ok": [(".coverage.gw0.x1", b"data")]}
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        GOOD_REPLY,
+        {"ok": [("../../escaped", b"x")]},
+        {"ok": [("/tmp/.coverage.abs", b"x")]},
+        {"ok": [(".coverage.sub/../x", b"x")]},
+        {"ok": [("not-coverage-data", b"x")]},
+        {"ok": [(".coverage.gw0", "text, not bytes")]},
+        {"ok": [(".coverage.gw0",)]},
+        {"ok": "a string"},
+        ["not", "a", "dict"],
+        {"neither": 1},
+    ],
+)
+def test_a_hostile_fetch_reply_is_a_remote_error(reply: object, tmp_path: Path) -> None:
+    """What a host sends back is checked before anything is written: plain data file names and
+    bytes only; anything else is a RemoteError naming the host (never a TypeError, never a
+    file outside the recovery directory)."""
+    import execnet
+
+    from pytest_distcov.errors import RemoteError
+    from pytest_distcov.remote.fleet import Fleet, HostSession
+
+    gateway = execnet.makegateway("popen")
+    try:
+        channel = gateway.remote_exec(_HOSTILE_AGENT)
+        channel.send(reply)
+        spec = parse_hosts(["evil"])[0]
+        host = HostSession(spec, 1, gateway=gateway, channel=channel)
+        fleet = Fleet([], build_bundle(str(tmp_path), path=[])[0])
+        if reply == GOOD_REPLY:
+            assert fleet.fetch(host, "/some/dir") == [(".coverage.gw0.x1", b"data")]
+        else:
+            with pytest.raises(RemoteError, match=r"^evil: "):
+                fleet.fetch(host, "/some/dir")
+        channel.send(None)
+    finally:
+        gateway.exit()
+    assert not list(tmp_path.parent.glob("escaped"))

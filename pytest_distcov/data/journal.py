@@ -111,19 +111,23 @@ def read_journal(path: str | os.PathLike[str]) -> Iterator[Record]:
     """The records of the journal at ``path``, in the order written.
 
     Raises :class:`DataFileError` naming the journal when it cannot be read (not UTF-8) or holds
-    a record of another format; records before that one have been given already.
+    a record of another format: after every good record has been given, so that one bad record
+    costs only itself (the error names the first bad line).
     """
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         raise DataFileError(f"cannot read journal {os.fspath(path)}: {exc}") from None
+    first_bad: str | None = None
     for number, text in enumerate(lines, 1):
         try:
             record = decode_record(text)
         except ValueError as exc:
-            raise DataFileError(
-                f"cannot combine journal {os.fspath(path)}: line {number}: {exc}"
-            ) from None
+            if first_bad is None:
+                first_bad = f"cannot combine journal {os.fspath(path)}: line {number}: {exc}"
+            continue
         if record is not None:
             yield record
+    if first_bad is not None:
+        raise DataFileError(first_bad)

@@ -107,6 +107,8 @@ class HostSession:
             reply = self.channel.receive(timeout)
         finally:
             self.lock.release()
+        if not isinstance(reply, dict) or not ({"ok", "error"} & reply.keys()):
+            raise RemoteError(f"{self.spec.label}: a malformed reply from the host: {reply!r:.80}")
         if "error" in reply:
             raise RemoteError(f"{self.spec.label}: {reply['error']}")
         return reply["ok"]
@@ -400,9 +402,27 @@ class Fleet:
 
     def fetch(self, host: HostSession, directory: str) -> list[tuple[str, bytes]]:
         """The coverage data files a worker left in ``directory`` on the host."""
-        files: list[tuple[str, bytes]] = host.request(
+        reply = host.request(
             {"op": "fetch", "dir": directory, "pattern": ".coverage.*"}, timeout=120.0
         )
+        # What a host sends is input from a stranger: plain names of coverage data files (no
+        # directory part, so nothing is written outside the recovery directory) and bytes.
+        files: list[tuple[str, bytes]] = []
+        for item in reply if isinstance(reply, list) else [reply]:
+            name, content = (
+                item if isinstance(item, (list, tuple)) and len(item) == 2 else ("", b"")
+            )
+            if not (
+                isinstance(name, str)
+                and name.startswith(".coverage.")
+                and os.path.basename(name) == name
+                and "\x00" not in name
+                and isinstance(content, bytes)
+            ):
+                raise RemoteError(
+                    f"{host.spec.label}: the fetch's reply is malformed: {item!r:.80}"
+                )
+            files.append((name, content))
         return files
 
     def close(self, leftovers: dict[str, list[str]] | None = None, *, keep: bool = False) -> None:
