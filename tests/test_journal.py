@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,20 @@ from pytest_distcov.errors import DataFileError
 
 #: File names a journal must carry as they are: spaces, quotes, a newline, non-ASCII.
 NAMES = ["/src/a.py", "/src/with space/b.py", '/src/"q"\\.py', "/src/new\nline.py", "/src/ü.py"]
+
+
+@pytest.fixture
+def new_data() -> Iterator[Callable[..., CoverageData]]:
+    """CoverageData objects that are closed after the test (no connection left to the GC)."""
+    made: list[CoverageData] = []
+
+    def make(*args: Any, **kwargs: Any) -> CoverageData:
+        made.append(CoverageData(*args, **kwargs))
+        return made[-1]
+
+    yield make
+    for data in made:
+        data.close(force=True)  # force: an in-memory database too
 
 
 def _lines(data: CoverageData) -> dict[str, list[int]]:
@@ -46,7 +61,9 @@ def test_records_are_one_line_each_and_decode_to_what_was_encoded() -> None:
 
 
 @pytest.mark.parametrize("kind", ["lines", "arcs"])
-def test_round_trip_through_a_journal_into_a_context(tmp_path: Path, kind: str) -> None:
+def test_round_trip_through_a_journal_into_a_context(
+    new_data: Callable[..., CoverageData], tmp_path: Path, kind: str
+) -> None:
     """Records hold no context: recovery adds them under its target's context, and what it
     reads equals what coverage itself records from the same calls."""
     journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
@@ -59,8 +76,8 @@ def test_round_trip_through_a_journal_into_a_context(tmp_path: Path, kind: str) 
         fh.write(encode_record(kind, first))
         fh.write(encode_record(kind, second))
     assert list(read_journal(journal)) == [(kind, first), (kind, second)]
-    recovered = CoverageData(str(tmp_path / "recovered"))
-    expected = CoverageData(no_disk=True)
+    recovered = new_data(str(tmp_path / "recovered"))
+    expected = new_data(no_disk=True)
     for data in (recovered, expected):
         data.set_context("tests/test_a.py::test_one|run")
     for record in (first, second):
@@ -112,10 +129,12 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("text", list(HOSTILE.values()), ids=list(HOSTILE))
-def test_a_hostile_record_is_a_named_error(tmp_path: Path, text: str) -> None:
+def test_a_hostile_record_is_a_named_error(
+    new_data: Callable[..., CoverageData], tmp_path: Path, text: str
+) -> None:
     """JSON that is not a record (as opposed to a line cut short) means a file of something else:
     the DataFileError that names the journal, which the controller keeps for inspection."""
-    target = CoverageData(str(tmp_path / "target"))
+    target = new_data(str(tmp_path / "target"))
     target.add_lines({"/kept.py": [1]})
     journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
     journal.write_text(text + "\n")
@@ -133,10 +152,12 @@ def test_records_before_a_hostile_one_are_given_first(tmp_path: Path) -> None:
         next(records)
 
 
-def test_records_after_a_hostile_one_are_kept_too(tmp_path: Path) -> None:
+def test_records_after_a_hostile_one_are_kept_too(
+    new_data: Callable[..., CoverageData], tmp_path: Path
+) -> None:
     """One bad record costs only itself: the records after it reach the target, and the error
     (naming the first bad line) comes once they have."""
-    target = CoverageData(str(tmp_path / "target"))
+    target = new_data(str(tmp_path / "target"))
     journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
     journal.write_bytes(
         encode_record("lines", {"/a.py": [1]})
@@ -149,11 +170,13 @@ def test_records_after_a_hostile_one_are_kept_too(tmp_path: Path) -> None:
     assert _lines(target) == {"/a.py": [1], "/c.py": [2]}
 
 
-def test_a_path_that_is_not_utf8_is_a_named_error(tmp_path: Path) -> None:
+def test_a_path_that_is_not_utf8_is_a_named_error(
+    new_data: Callable[..., CoverageData], tmp_path: Path
+) -> None:
     """Raw bytes that are not UTF-8 make the journal unreadable; a lone surrogate escaped in the
     JSON (a file name Python could only decode with surrogateescape) cannot go into a data file.
     Both are the DataFileError that names the journal, and the target is left as it was."""
-    target = CoverageData(str(tmp_path / "target"))
+    target = new_data(str(tmp_path / "target"))
     target.add_lines({"/kept.py": [1]})
     journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
     journal.write_bytes(b'["lines",{"/\xff.py":[1]}]\n')
