@@ -16,6 +16,7 @@ version, or of the wrong shape, raises :class:`~pytest_distcov.errors.ProtocolEr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Literal, TypedDict, cast
 
 from .errors import ProtocolError
@@ -26,9 +27,14 @@ __all__ = [
     "Hello",
     "Message",
     "Payload",
+    "Recovered",
     "decode",
     "empty_payload",
 ]
+
+#: A dead worker's recovered data file: (worker id, local path, its path mapper or None), as
+#: the local and the remote recovery hand it to the finish step.
+Recovered = tuple[str, str, Callable[[str], str] | None]
 
 #: Bumped whenever a message changes shape. Worker and controller must agree exactly.
 PROTOCOL_VERSION = 1

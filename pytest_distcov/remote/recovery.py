@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from pytest_distcov.protocol import Hello
+from pytest_distcov.protocol import Hello, Recovered
 
 from .fleet import HostSession, RemoteHooks
 
@@ -25,9 +25,6 @@ __all__ = ["FETCH_WAIT", "RemoteRecovery"]
 #: Seconds the end of the run waits for a dead remote worker's data still being fetched (the
 #: fetch's own timeout, plus the ping before it).
 FETCH_WAIT = 130.0
-
-#: (worker id, data file, path mapper): as the controller's Recovery protocol has it
-Recovered = tuple[str, str, Callable[[str], str] | None]
 
 
 class RemoteRecovery:

@@ -48,8 +48,6 @@ class Finished:
     combined: Combined | None
     #: errors to show: unreadable recovered files (kept for inspection), the failed write
     errors: list[str] = field(default_factory=list)
-    #: files kept for inspection (their directories are not removed)
-    kept: list[str] = field(default_factory=list)
 
 
 class _AppendUnreadable(Exception):
@@ -135,10 +133,10 @@ class Finisher:
         except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see rescue
             self._close_remote(keep_workers=True)
             errors.append(self.rescue(exc, fill_run))
-            return Finished(None, errors=errors, kept=unreadable)
+            return Finished(None, errors=errors)
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
-        return Finished(Combined(self.data_file, self._load), errors=errors, kept=unreadable)
+        return Finished(Combined(self.data_file, self._load), errors=errors)
 
     def _load(self) -> coverage.Coverage:
         """The written data file in a ``Coverage`` with the run's configuration."""

@@ -15,12 +15,9 @@ from pathlib import Path
 from typing import Protocol
 
 from pytest_distcov.data.journal import JOURNAL_SUFFIX
-from pytest_distcov.protocol import Hello
+from pytest_distcov.protocol import Hello, Recovered
 
 __all__ = ["LocalRecovery", "Recovered", "Recovery", "count_data_files"]
-
-#: A file to combine: (worker id, data file or journal, path mapper for a remote host's file).
-Recovered = tuple[str, str, Callable[[str], str] | None]
 
 
 class Recovery(Protocol):
