@@ -208,11 +208,16 @@ def test_a_host_that_never_answers_is_named_after_the_remote_timeout(
     assert result.duration < 45, result.duration  # not the default 30 s, nor the proxy's 60
 
 
-@pytest.mark.parametrize("value", ["0", "-1", "soon"])
+@pytest.mark.parametrize("value", ["0", "-1", "soon", "inf", "nan", ""])
 def test_remote_timeout_must_be_a_positive_number(pytester: pytest.Pytester, value: str) -> None:
     result = run_pytest(pytester, "--distcov", f"--distcov-remote-timeout={value}")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
-    result.stderr.fnmatch_lines([f"*invalid value '{value}' for --distcov-remote-timeout*"])
+    result.stderr.fnmatch_lines(
+        [
+            f"*invalid value '{value}' for --distcov-remote-timeout:"
+            " expected a number of seconds above 0"
+        ]
+    )
 
 
 #: A stand-in agent on a real execnet gateway (a local popen process): it answers every request

@@ -230,8 +230,11 @@ def _seconds(raw: object, found: Found) -> float:
 
 
 def _positive_seconds(raw: object, found: Found) -> float:
-    value = _seconds(raw, found)
-    if value == 0:
+    try:
+        value = float(raw)  # type: ignore[arg-type]
+    except (TypeError, ValueError):
+        value = math.nan
+    if not (math.isfinite(value) and value > 0):  # a wait must end: no 0, nan or inf
         raise SettingsError(
             f"invalid value {raw!r} for {found.origin}: expected a number of seconds above 0"
         )
