@@ -140,7 +140,8 @@ def main() -> None:
                     theirs = [str(py), "-m", "coverage", "combine", "--keep", "--data-file"]
                     theirs += [str(where / "theirs" / ".coverage"), str(where / "theirs")]
                     ours = [str(py), "-m", "pytest_distcov", "combine", str(where / "ours")]
-                    ours += ["--data-file", str(where / "ours.out")]
+                    # the shards name the suite's files: its checkout is the root they are in
+                    ours += ["--data-file", str(where / "ours.out"), "--root", str(src)]
                     t_theirs, t_ours = [], []
                     for _ in range(args.rounds):
                         t_theirs.append(timed(theirs, where))

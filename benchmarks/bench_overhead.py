@@ -1,6 +1,14 @@
 """Wall time of real test suites: plain `pytest -n 2`, pytest-cov, and pytest-distcov.
 
     python benchmarks/bench_overhead.py --python 3.11 --python 3.13 --rounds 5
+    .ci/in-sid python3.14 benchmarks/bench_overhead.py --python 3.14 --coverage 7.18.0
+
+(``.ci/in-sid`` runs it in the Debian sid root that has CPython 3.14 and 3.15.)
+
+The suites: three libraries of different shapes (dates, a CPU-bound recursive parser,
+iterator tools), ``jsonschema`` (7,000+ short tests: the cost of each test) and ``attrs``
+(hypothesis-heavy). ``--newest`` takes the newest release of everything instead of the pins
+(a fresh venv and fresh sdists): figures on releases nobody tuned for.
 
 For each interpreter it builds a virtualenv under benchmarks/.cache/ with a pinned toolchain,
 this checkout of pytest-distcov (a normal, non-editable install) and the pinned suites, which
@@ -14,7 +22,10 @@ Each mode keeps its own pytest cache directory from run to run, as a developer's
 does; pytest-distcov keeps the report's parses of unchanged sources there. ``distcov-cold``
 clears its cache before every run: the figure of a first run in a fresh CI checkout.
 
-The controller's peak RSS is recorded too (the process that runs pytest; workers excluded).
+The controller's peak RSS is recorded too (the process that runs pytest; workers excluded), and
+the CPU time of every process of the run (user + system, the workers included): on a shared
+machine the CPU time moves far less with other load than the wall time, so a second table gives
+its medians and ratios.
 """
 
 from __future__ import annotations
@@ -23,6 +34,7 @@ import argparse
 import functools
 import json
 import os
+import resource
 import shutil
 import statistics
 import subprocess
@@ -45,7 +57,8 @@ TOOLCHAIN = [
     "pytest-cov==7.1.0",
     "coverage==7.17.3; python_version >= '3.11'",
     "coverage==7.16.2; python_version < '3.11'",  # 7.17 needs 3.11+
-    "slipcover==1.1.0",  # pytest-distcov[fast], and the SlipCover mode
+    # pytest-distcov[fast] and the SlipCover mode, which only mean something before 3.12
+    "slipcover==1.1.0; python_version < '3.12'",
 ]
 
 
@@ -57,6 +70,8 @@ class Suite:
     tests: tuple[str, ...]
     deps: tuple[str, ...] = ()
     args: tuple[str, ...] = ()
+    #: written as .coveragerc into the suite's source (None: the suite's own settings stand)
+    coveragerc: str | None = None
 
 
 SUITES = {
@@ -78,12 +93,40 @@ SUITES = {
             ("tests/test_unit.py", "tests/test_simple_unit.py", "tests/test_util.py"),
         ),
         Suite("more-itertools", "more-itertools==10.7.0", "more_itertools", ("tests",)),
+        # Thousands of short tests (7,000+, most of them one JSON-Schema-Test-Suite case each):
+        # the per-test cost of each mode.
+        Suite(
+            "jsonschema",
+            "jsonschema==4.26.0",
+            "jsonschema",
+            ("jsonschema/tests",),
+            deps=(
+                "attrs==26.1.0",
+                "jsonschema-specifications==2025.9.1",
+                "referencing==0.37.0",
+                "rpds-py==2026.9.1",
+                "jsonpath-ng==1.17.0",
+            ),
+            # Its pyproject.toml asks coverage for per-test contexts (dynamic_context =
+            # test_function), which pytest-cov refuses under xdist: an empty .coveragerc (read
+            # first, and then alone) makes every mode measure plain lines.
+            coveragerc="",
+        ),
+        # Hypothesis-heavy: most of its 1,300+ tests are property tests over generated classes.
+        Suite(
+            "attrs",
+            "attrs==26.1.0",
+            "attr",
+            ("tests",),
+            deps=("hypothesis==6.170.27", "pympler==1.1", "cloudpickle==3.1.3"),
+        ),
     )
 }
 
 MODES = {
     "plain": [],
     "pytest-cov": ["--cov={pkg}"],
+    "pytest-cov-branch": ["--cov={pkg}", "--cov-branch"],
     # the default engine: sysmon on 3.12+, SlipCover's probes on 3.10/3.11 (slipcover installed)
     "distcov": ["--distcov", "--distcov-source={pkg}"],
     # the same, each run as the first one in a fresh checkout: pytest's cache (which keeps
@@ -91,6 +134,11 @@ MODES = {
     "distcov-cold": ["--distcov", "--distcov-source={pkg}", "--cache-clear"],
     # coverage.py's C tracer, as on 3.10/3.11 without pytest-distcov[fast]
     "distcov-ctrace": ["--distcov", "--distcov-source={pkg}", "--distcov-engine=coverage"],
+    "distcov-branch": ["--distcov", "--distcov-source={pkg}", "--distcov-branch"],
+    # per-test contexts: pytest-cov's (coverage.py's C tracer), and pytest-distcov's (on 3.12+
+    # sys.monitoring line events, before that the C tracer)
+    "pytest-cov-context": ["--cov={pkg}", "--cov-context=test"],
+    "distcov-context": ["--distcov", "--distcov-source={pkg}", "--distcov-context=test"],
     # SlipCover's own command line and xdist plugin (its JSON report to a file)
     "slipcover": [],
 }
@@ -116,63 +164,89 @@ def run(cmd: list[str], **kw: object) -> None:
     subprocess.run(cmd, check=True, **kw)  # type: ignore[call-overload]
 
 
-def prepare(python: str, suites: list[Suite]) -> tuple[Path, dict[str, Path]]:
+def _unpinned(requirement: str) -> str:
+    """``name==1.2; marker`` -> ``name; marker``: the newest release instead."""
+    name, _, rest = requirement.partition("==")
+    _, semi, marker = rest.partition(";")
+    return name + (semi + marker if semi else "")
+
+
+def _sdist(py: Path, downloads: Path, requirement: str) -> Path:
+    """The sdist of ``requirement`` in ``downloads`` (downloaded from the index once)."""
+    name, _, ver = requirement.partition("==")
+
+    def found() -> list[Path]:
+        return [
+            p
+            for p in downloads.glob("*.tar.gz")
+            if ver in p.name and p.name.lower().replace("_", "-").startswith(name.lower() + "-")
+        ]
+
+    if not found():
+        download = [str(py), "-m", "pip", "download", "-q", "--no-deps", "--no-binary", ":all:"]
+        run([*download, "-d", str(downloads), requirement])
+    return found()[0]
+
+
+def prepare(
+    python: str, suites: list[Suite], coverage: str | None = None, *, newest: bool = False
+) -> tuple[Path, dict[str, Path]]:
+    """A venv with the toolchain and the suites: pinned, or (``newest``) the newest release of
+    every one of them, suites included, resolved afresh on every call."""
     version = subprocess.check_output(
         [python, "-c", "import sys; print('%d.%d' % sys.version_info[:2])"], text=True
     ).strip()
-    venv = CACHE / f"venv-{version}"
+    venv = CACHE / (f"venv-{version}-newest" if newest else f"venv-{version}")
     py = venv / "bin" / "python"
+    if newest:
+        shutil.rmtree(venv, ignore_errors=True)
     if not py.exists():
         run([python, "-m", "venv", str(venv)])
         run([str(py), "-m", "pip", "install", "-q", "--upgrade", "pip"])
     deps = [d for s in suites for d in s.deps]
-    run([str(py), "-m", "pip", "install", "-q", *TOOLCHAIN, *deps])
+    toolchain = [t for t in TOOLCHAIN if not (coverage and t.startswith("coverage=="))]
+    if coverage:
+        toolchain.append(f"coverage=={coverage}")
+    if newest:
+        toolchain = [_unpinned(t) for t in toolchain]
+        deps = [_unpinned(d) for d in deps]
+    run([str(py), "-m", "pip", "install", "-q", "--upgrade", *toolchain, *deps])
     run([str(py), "-m", "pip", "install", "-q", "--force-reinstall", "--no-deps", str(ROOT)])
     sources: dict[str, Path] = {}
-    downloads = CACHE / "sdists"
+    downloads = CACHE / ("sdists-newest" if newest else "sdists")
+    if newest:
+        shutil.rmtree(downloads, ignore_errors=True)
     downloads.mkdir(parents=True, exist_ok=True)
     for s in suites:
-        name, _, ver = s.sdist.partition("==")
-        found = [
-            p
-            for p in downloads.glob("*.tar.gz")
-            if ver in p.name and p.name.lower().replace("_", "-").startswith(name.lower())
-        ]
-        if not found:
-            run(
-                [
-                    str(py),
-                    "-m",
-                    "pip",
-                    "download",
-                    "-q",
-                    "--no-deps",
-                    "--no-binary",
-                    ":all:",
-                    "-d",
-                    str(downloads),
-                    s.sdist,
-                ]
-            )
-            found = [
-                p
-                for p in downloads.glob("*.tar.gz")
-                if ver in p.name and p.name.lower().replace("_", "-").startswith(name.lower())
-            ]
-        tarball = found[0]
+        tarball = _sdist(py, downloads, _unpinned(s.sdist) if newest else s.sdist)
         src = CACHE / "src" / tarball.name.removesuffix(".tar.gz")
         if not src.exists():
             src.parent.mkdir(parents=True, exist_ok=True)
             with tarfile.open(tarball) as tar:
                 tar.extractall(src.parent, filter="data")
         run([str(py), "-m", "pip", "install", "-q", "--no-deps", str(src)])
+        if s.coveragerc is not None:
+            (src / ".coveragerc").write_text(s.coveragerc)
         sources[s.name] = src
     return py, sources
+
+
+def versions(py: Path, names: list[str]) -> str:
+    """``name version`` of each distribution installed in the venv, for the table's caption."""
+    code = (
+        "import importlib.metadata as m, sys\n"
+        "for n in sys.argv[1:]:\n"
+        "    try: print(n, m.version(n))\n"
+        "    except m.PackageNotFoundError: pass\n"
+    )
+    out = subprocess.check_output([str(py), "-c", code, *names], text=True, cwd="/")
+    return ", ".join(out.split("\n")[:-1])
 
 
 @dataclass
 class Sample:
     seconds: list[float] = field(default_factory=list)
+    cpu: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
     codes: set[int] = field(default_factory=set)
 
@@ -184,7 +258,16 @@ def installed_dir(py: Path, package: str) -> str:
     return subprocess.check_output([str(py), "-c", code], text=True, cwd="/").strip()
 
 
-def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tuple[float, int, int]:
+def _children_cpu() -> float:
+    """User + system seconds of every reaped descendant so far (xdist's workers are reaped by
+    the controller, and so counted in its children's figures)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def time_mode(
+    py: Path, src: Path, suite: Suite, mode: str, workers: int
+) -> tuple[float, float, int, int]:
     args = [a.format(pkg=suite.package) for a in MODES[mode]]
     rss_file = src / ".bench-rss"
     if mode == "slipcover":
@@ -220,9 +303,9 @@ def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tup
         *suite.tests,
     ]
     env = clean_env()
-    start = time.perf_counter()
+    cpu_before, start = _children_cpu(), time.perf_counter()
     proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
-    elapsed = time.perf_counter() - start
+    elapsed, cpu = time.perf_counter() - start, _children_cpu() - cpu_before
     if proc.returncode not in (0, 1):
         sys.exit(
             f"bench: {suite.name} {mode} exited {proc.returncode}:\n{proc.stdout[-3000:]}"
@@ -232,7 +315,7 @@ def time_mode(py: Path, src: Path, suite: Suite, mode: str, workers: int) -> tup
         sys.exit(f"bench: {suite.name} slipcover wrote no report:\n{proc.stdout[-3000:]}")
     for leftover in (".coverage", "coverage.xml", ".bench-slipcover.json"):
         (src / leftover).unlink(missing_ok=True)
-    return elapsed, int(rss_file.read_text()), proc.returncode
+    return elapsed, cpu, int(rss_file.read_text()), proc.returncode
 
 
 def bench(
@@ -254,32 +337,41 @@ def bench(
         for s in suites:
             order = modes[r % len(modes) :] + modes[: r % len(modes)]  # alternate who goes first
             for mode in order:
-                secs, rss, code = time_mode(py, sources[s.name], s, mode, workers)
+                secs, cpu, rss, code = time_mode(py, sources[s.name], s, mode, workers)
                 sample = results[s.name][mode]
                 sample.seconds.append(secs)
+                sample.cpu.append(cpu)
                 sample.rss_kib.append(rss)
                 sample.codes.add(code)
                 print(
-                    f"  round {r + 1}/{rounds} {s.name:15} {mode:11} {secs:6.2f} s", file=sys.stderr
+                    f"  round {r + 1}/{rounds} {s.name:15} {mode:17} {secs:6.2f} s"
+                    f" (cpu {cpu:6.2f} s)",
+                    file=sys.stderr,
                 )
     return results
 
 
-def table(version: str, results: dict[str, dict[str, Sample]], workers: int) -> str:
+def table(
+    version: str, results: dict[str, dict[str, Sample]], workers: int, *, cpu: bool = False
+) -> str:
+    """Medians of wall time (or, with ``cpu``, of CPU time) and their ratios, in Markdown."""
     modes = list(next(iter(results.values())))
-    head = f"| Python {version}, `-n {workers}` | " + " | ".join(modes)
+    what = "CPU time" if cpu else "wall time"
+    head = f"| Python {version}, `-n {workers}`, {what} | " + " | ".join(modes)
     head += " | " + " | ".join(f"{m} / plain" for m in modes if m != "plain")
     pairs = [
         ("distcov", "pytest-cov"),
+        ("distcov-branch", "pytest-cov-branch"),
         ("distcov-cold", "pytest-cov"),
         ("distcov-ctrace", "pytest-cov"),
+        ("distcov-context", "pytest-cov-context"),
         ("distcov", "slipcover"),
     ]
     compare = [(a, b) for a, b in pairs if a in modes and b in modes]
     head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
     lines = [head, "|---" * (2 * len(modes) + len(compare)) + "|"]
     for name, by_mode in results.items():
-        med = {m: statistics.median(s.seconds) for m, s in by_mode.items()}
+        med = {m: statistics.median(s.cpu if cpu else s.seconds) for m, s in by_mode.items()}
         cells = [f"{med[m]:.2f} s" for m in modes]
         cells += [f"{med[m] / med['plain']:.2f}x" for m in modes if m != "plain"]
         cells += [f"{med[a] / med[b]:.2f}" for a, b in compare]
@@ -293,6 +385,15 @@ def main() -> None:
     parser.add_argument("--suite", action="append", choices=sorted(SUITES))
     parser.add_argument("--mode", action="append", choices=sorted(MODES), help="only these")
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument(
+        "--coverage", metavar="VERSION", help="this coverage.py release instead of the pinned one"
+    )
+    parser.add_argument(
+        "--newest",
+        action="store_true",
+        help="the newest release of the toolchain, of every suite and of its dependencies"
+        " (a fresh venv), instead of the pinned ones",
+    )
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--json", type=Path, help="write raw samples to this file")
@@ -302,17 +403,26 @@ def main() -> None:
     raw: dict[str, object] = {}
     for spec in args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]:
         python = find_python(spec)
-        py, sources = prepare(python, suites)
+        py, sources = prepare(python, suites, args.coverage, newest=args.newest)
         version = subprocess.check_output(
             [str(py), "-c", "import platform; print(platform.python_version())"], text=True
         ).strip()
-        print(f"bench: Python {version}: {args.rounds} rounds", file=sys.stderr)
+        cov_version = subprocess.check_output(
+            [str(py), "-c", "import coverage; print(coverage.__version__)"], text=True
+        ).strip()
+        print(
+            f"bench: Python {version}, coverage {cov_version}: {args.rounds} rounds",
+            file=sys.stderr,
+        )
         probes = tuple(int(p) for p in version.split(".")[:2]) < (3, 12)
         modes = [m for m in MODES if probes or m not in PROBE_MODES]
         if args.mode:
             modes = [m for m in modes if m in args.mode or m == "plain"]
         results = bench(py, sources, suites, rounds=args.rounds, workers=args.workers, modes=modes)
-        out.append(table(version, results, args.workers))
+        names = ["pytest", "pytest-xdist", "pytest-cov", "coverage", "slipcover"]
+        names += [s.sdist.partition("==")[0] for s in suites]
+        out.append(f"{versions(py, names)}\n\n" + table(version, results, args.workers))
+        out.append(table(version, results, args.workers, cpu=True))
         raw[version] = {
             n: {m: vars(s) | {"codes": sorted(s.codes)} for m, s in r.items()}
             for n, r in results.items()

@@ -15,8 +15,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from .data.union import ShardUnion
-from .errors import DataFileError, DistCovError, StoreError
-from .sinks.store import absolute_mapper, expand_stores, fetch_all
+from .errors import DataFileError, DistCovError, StoreError, printable
+from .sinks.store import MAX_SHARD_BYTES, combiner_mapper, expand_stores, fetch_all, parse_size
 
 if TYPE_CHECKING:
     from coverage import Coverage
@@ -56,7 +56,10 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--rcfile", help="coverage configuration file (default: coverage's search)")
     up.add_argument("--parallel", action="store_true", help="one job of a parallel build")
     up.add_argument("--flag-name", help="the job's flag name (e.g. unit)")
-    up.add_argument("--output", help="write the payload to this file instead of sending it")
+    up.add_argument(
+        "--output",
+        help="write the payload to this file (mode 0600, token as [secure]) instead of sending it",
+    )
     up.add_argument(
         "--finish", action="store_true", help="close the parallel build (after all its jobs)"
     )
@@ -71,7 +74,16 @@ def _parser() -> argparse.ArgumentParser:
         "--expect", type=_positive, metavar="N", help="fail unless at least N shards arrived"
     )
     comb.add_argument(
-        "--root", help="project root that the shards' relative paths are under (default: .)"
+        "--root",
+        help="project root: the shards' relative paths are under it, and no path may lead out"
+        " of it (default: .)",
+    )
+    comb.add_argument(
+        "--max-shard-size",
+        type=_size,
+        default=MAX_SHARD_BYTES,
+        metavar="SIZE",
+        help="do not read a shard bigger than SIZE bytes (K, M, G: 1024s; default: 1G)",
     )
     who = sub.add_parser("who-covers", help="the tests that ran FILE:LINE[-LINE]")
     who.add_argument("where", metavar="FILE:LINE[-LINE]")
@@ -91,6 +103,13 @@ def _positive(text: str) -> int:
     return value
 
 
+def _size(text: str) -> int:
+    try:
+        return parse_size(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _coverage(args: argparse.Namespace) -> Coverage:
     """A Coverage object with the user's configuration and ``--data-file`` (not loaded)."""
     from .engine.measure import MeasureSpec, open_coverage
@@ -106,9 +125,10 @@ def _data_file(args: argparse.Namespace) -> Path:
 def _combine(args: argparse.Namespace) -> int:
     root = Path(args.root or os.getcwd())
     stores = expand_stores(args.stores)
-    union = ShardUnion(absolute_mapper(root))
+    union = ShardUnion(max_bytes=args.max_shard_size)
     came: list[str] = []
     errors: list[str] = []
+    notes: list[str] = []
     target = Path()
 
     def fetched(scratch: Path) -> Iterator[tuple[str, str]]:
@@ -119,21 +139,25 @@ def _combine(args: argparse.Namespace) -> int:
                 errors.append(str(exc))
                 continue
             if not shards:
-                errors.append(f"no shards in {store.url}")
-            for shard, local in fetch_all(store, shards, scratch):
+                errors.append(f"no shards in {store.url} ({store.holds()})")
+            for shard, local in fetch_all(store, shards, scratch, args.max_shard_size):
                 if isinstance(local, StoreError):
                     errors.append(str(local))
                 else:
                     yield shard.where, str(local)
 
-    def find_target() -> None:  # loads coverage.py: done while the readers read
+    def configure() -> None:  # loads coverage.py: done while the readers read
         nonlocal target
-        target = _data_file(args)
+        cov = _coverage(args)
+        target = Path(os.path.abspath(str(cov.get_option("run:data_file"))))
+        union.map_path, note = combiner_mapper(cov, root)
+        if note:
+            notes.append(note)
 
     with tempfile.TemporaryDirectory(prefix="distcov-combine-") as tmp, union:
         # every download finishes first: the union may fork reader processes
         shards = list(fetched(Path(tmp)))
-        for name, problem in union.add_files(shards, meanwhile=find_target):
+        for name, problem in union.add_files(shards, meanwhile=configure):
             if problem is None:
                 came.append(name)
             else:
@@ -145,8 +169,11 @@ def _combine(args: argparse.Namespace) -> int:
                 errors.append(str(exc))
             else:
                 print(f"pytest-distcov: combined {len(came)} shards into {target}")
+    # Shard names and S3 keys come from whoever could write to the store: shown escaped.
+    for note in notes:
+        print(f"pytest-distcov: note: {printable(note)}", file=sys.stderr)
     for error in errors:
-        print(f"pytest-distcov: error: {error}", file=sys.stderr)
+        print(f"pytest-distcov: error: {printable(error)}", file=sys.stderr)
     if args.expect and len(came) < args.expect:
         print(
             f"pytest-distcov: error: expected {args.expect} shards, {len(came)} arrived"

@@ -14,6 +14,10 @@ Hierarchy::
 Every message is written for the user: it names the option, file or worker concerned and, where
 there is one, what to do. The edges (the pytest plugin and the command line) turn these into
 ``pytest.UsageError``, a terminal line, or an exit status; users never see a traceback for them.
+
+A message often quotes what another process or machine said: a worker's notes, a host's name or
+error, a file name a worker measured. :func:`printable` is the one place such a string goes
+through before it is part of a line for the terminal, so that it stays text on one line.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ __all__ = [
     "ReportError",
     "SettingsError",
     "StoreError",
+    "printable",
 ]
 
 
@@ -60,3 +65,22 @@ class ReportError(DistCovError):
 
 class NothingToReport(ReportError):
     """The data holds nothing the reports could show (e.g. ``source`` matched no file)."""
+
+
+def printable(text: str, *, newlines: bool = False) -> str:
+    """``text`` as it may be shown on a terminal: every character that is not printable (control
+    characters such as ANSI escapes, ``\\r``, ``\\n`` and ``\\x00``, Unicode line separators and
+    format characters, lone surrogates of an undecodable file name) escaped as a ``repr`` would
+    escape it; everything else as it is (a backslash too, so Windows paths stay readable).
+
+    A string from another process (a worker's note, a host's name or error, a measured file's
+    name) can hold anything a file name or a program can: in a terminal, ``\\x1b[2J`` clears
+    the screen, ``\\r`` overwrites the line, and ``\\n`` splits one line of ours into two,
+    the second of which looks like anything. With ``newlines`` a ``\\n`` is kept (a text of
+    several lines, made here); every other character is escaped all the same.
+    """
+    if text.isprintable():
+        return text
+    return "".join(
+        ch if ch.isprintable() or (newlines and ch == "\n") else repr(ch)[1:-1] for ch in text
+    )

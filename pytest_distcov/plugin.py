@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 
-from .errors import DistCovError
+from .errors import DistCovError, printable
 from .settings.options import COVERALLS, NO_DISTCOV, Settings, add_options, resolve
 
 if TYPE_CHECKING:
@@ -56,7 +56,8 @@ def _expects_xdist_controller(config: pytest.Config, settings: Settings) -> bool
 
 
 def _usage_error(exc: DistCovError) -> pytest.UsageError:
-    return pytest.UsageError(f"distcov: {exc}")
+    # (a RemoteError has a line a host; what a host said in it is made printable where it is)
+    return pytest.UsageError(printable(f"distcov: {exc}", newlines=True))
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -106,7 +107,9 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             # Validate where the data goes (and --distcov-append) before anything runs.
             early_config.stash[PLAN_KEY] = OutputPlan.make(settings, spec)
         # held while this process lives, so that no other run takes it for a killed run's
-        early_config.stash[DIR_KEY] = held = HeldDir.create(worker_id or "controller")
+        # A worker's directory carries its run's tag: the controller takes no other for it.
+        run = os.environ.get("PYTEST_XDIST_TESTRUNUID") if worker_id is not None else None
+        early_config.stash[DIR_KEY] = held = HeldDir.create(worker_id or "controller", run=run)
         engine = Engine(
             spec,
             held.path,

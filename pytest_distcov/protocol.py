@@ -12,16 +12,24 @@ Payloads are made of the builtin types execnet can carry (dict, list, tuple, str
 coverage's own ``dumps()`` bytes: those only load into the very same coverage version, while
 this shape is ours and stable. Every message carries ``proto``; a message of another protocol
 version, or of the wrong shape, raises :class:`~pytest_distcov.errors.ProtocolError`.
+
+:func:`decode` checks every field of every message, down to each line number, before the
+controller uses any of it: a worker (or the host it runs on) may send anything, and a value
+accepted here is merged into the run's data and written to its data file at the end, where a
+single bad one would stop the write. A refused message is left out whole; nothing of it is
+merged.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from itertools import chain
 from typing import Any, Literal, TypedDict, cast
 
 from .errors import ProtocolError
 
 __all__ = [
+    "MAX_LINE",
     "PROTOCOL_VERSION",
     "Chunk",
     "Hello",
@@ -96,44 +104,181 @@ def payload_is_empty(payload: Payload) -> bool:
     return not (payload["contexts"] or payload["tracers"] or payload["touched"])
 
 
+#: The largest line number a message may carry, and the smallest negated one (an arc enters or
+#: leaves a code object at its first line, negated). coverage.py stores a file's lines as
+#: numbits, one bit a line up to the largest, so one line number sets the size of a blob in the
+#: data file: this bound keeps it within 4 MiB a file and context. A source file of 33 million
+#: lines would be a gigabyte of source; a larger number is no measurement. (It is also the range
+#: in which ``combine`` packs arcs, so that every arc a run writes reads back fast.)
+MAX_LINE = (1 << 25) - 1
+
+#: How much of a value a refusal quotes (a file name is quoted whole, up to its own bound).
+_QUOTE = 60
+_QUOTE_NAME = 300
+
+
+def _quote(value: Any, limit: int = _QUOTE) -> str:
+    """A value as a refusal names it: its ``repr`` (which escapes control characters), cut."""
+    try:
+        text = repr(value)
+    except RecursionError:  # lists in lists, thousands deep
+        return f"a {type(value).__name__} nested too deep to show"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _name(value: Any) -> str:
+    """A file name or label as a refusal names it: whole, unless it is very long."""
+    return _quote(value, _QUOTE_NAME)
+
+
+class _Malformed(Exception):
+    """What is wrong with a message; :func:`decode` names the kind of message."""
+
+
 def _require(cond: bool, what: str) -> None:
     if not cond:
-        raise ProtocolError(f"malformed message from a worker: {what}")
+        raise _Malformed(what)
+
+
+def _is_int(value: Any) -> bool:
+    return type(value) is int  # neither a bool nor a subclass that compares oddly
+
+
+def _is_name(value: Any) -> bool:
+    """A string that can go into a data file: SQLite takes UTF-8, so no lone surrogates."""
+    if type(value) is not str:
+        return False
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+def _is_path(value: Any) -> bool:
+    """A file name: a non-empty string that can go into a data file, with no NUL (no file
+    system has one in a name, and the reports could not open it)."""
+    return _is_name(value) and bool(value) and "\x00" not in value
+
+
+def _is_strings(value: Any) -> bool:
+    return type(value) in (list, tuple) and all(type(v) is str for v in value)
+
+
+def _lines_ok(items: Any) -> bool:
+    """Line numbers: integers from 0 to MAX_LINE. (Every test here loops in C: ``map``, ``set``,
+    ``min`` and ``max``; a chunk can hold hundreds of thousands of numbers.)"""
+    if type(items) not in (list, tuple):
+        return False
+    if not items:
+        return True
+    return set(map(type, items)) == {int} and min(items) >= 0 and max(items) <= MAX_LINE
+
+
+def _arcs_ok(items: Any) -> bool:
+    """Arcs: pairs of integers from -MAX_LINE to MAX_LINE (negative at a code object's entry
+    and exit), tested in C as the line numbers are."""
+    if type(items) not in (list, tuple):
+        return False
+    if not items:
+        return True
+    if not set(map(type, items)) <= {list, tuple} or set(map(len, items)) != {2}:
+        return False
+    numbers = list(chain.from_iterable(items))
+    return (
+        set(map(type, numbers)) == {int} and min(numbers) >= -MAX_LINE and max(numbers) <= MAX_LINE
+    )
+
+
+def _check_measured(label: str, kind: str, found: Any) -> None:
+    """One context's lines or arcs: file name -> line numbers (or arcs)."""
+    _require(type(found) is dict, f"context {_name(label)}: {kind} is not a dict")
+    ok = _arcs_ok if kind == "arcs" else _lines_ok
+    what = "pairs of line numbers" if kind == "arcs" else "line numbers"
+    for path, items in found.items():
+        # The messages are made only for a refusal: accepted chunks must not pay for a repr.
+        if not _is_path(path):
+            raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
+        if not ok(items):
+            raise _Malformed(
+                f"{kind} of {_name(path)} are not {what} from"
+                f" {-MAX_LINE if kind == 'arcs' else 0} to {MAX_LINE}: {_quote(items)}"
+            )
 
 
 def _check_payload(data: Any) -> Payload:
-    _require(isinstance(data, dict), "payload is not a dict")
+    """Every field of a payload, down to each line number: what is accepted here merges into
+    the controller's data and is written to the data file, where one bad value would stop the
+    whole write at the end of the run."""
+    if type(data) is not dict:  # the repr only for a refusal (a chunk can be large)
+        raise _Malformed(f"the payload is not a dict: {_quote(data)}")
     for key in ("contexts", "tracers", "touched"):
-        _require(isinstance(data.get(key), dict), f"payload field {key!r} missing")
+        _require(type(data.get(key)) is dict, f"the payload's {key!r} is not a dict")
     for label, ctx in data["contexts"].items():
-        _require(isinstance(label, str), "context label is not a string")
-        _require(isinstance(ctx, dict), "context data is not a dict")
-        _require(isinstance(ctx.get("lines"), dict), "context lines missing")
-        _require(isinstance(ctx.get("arcs"), dict), "context arcs missing")
+        _require(_is_name(label), f"a context label {_name(label)}")
+        _require(type(ctx) is dict, f"context {_name(label)} is not a dict")
+        _check_measured(label, "lines", ctx.get("lines"))
+        _check_measured(label, "arcs", ctx.get("arcs"))
+    for path, plugin in data["tracers"].items():
+        _require(_is_path(path), f"a tracer for a file named {_name(path)}")
+        _require(_is_name(plugin) and bool(plugin), f"the tracer of {_name(path)}: {_name(plugin)}")
+    for plugin, paths in data["touched"].items():
+        _require(_is_name(plugin), f"files touched by a plugin named {_name(plugin)}")
+        if not (type(paths) in (list, tuple) and all(_is_path(p) for p in paths)):
+            raise _Malformed(
+                f"the files touched by {_quote(plugin)} are not file names: {_quote(paths)}"
+            )
     return cast(Payload, data)
 
 
+def _check_notes(raw: dict[str, Any]) -> None:
+    _require(
+        _is_strings(raw.get("notes")), f"its notes are not strings: {_quote(raw.get('notes'))}"
+    )
+
+
+#: How a refusal names each kind of message.
+_KINDS = {"hello": "hello", "chunk": "chunk", "final": "final message"}
+
+
 def decode(raw: Any) -> Message:
-    """Validate one message received from a worker and return it typed."""
-    _require(isinstance(raw, dict), f"expected a dict, got {type(raw).__name__}")
+    """Validate one message received from a worker, every field of it, and return it typed.
+
+    Raises :class:`ProtocolError` saying what is wrong ("a malformed chunk: ...", the values
+    it quotes escaped and cut short); the message is then to be left out whole.
+    """
+    kind = raw.get("kind") if type(raw) is dict else None
+    try:
+        return _decode(raw)
+    except _Malformed as exc:
+        what = _KINDS.get(kind, "message") if type(kind) is str else "message"
+        raise ProtocolError(f"a malformed {what}: {exc}") from None
+
+
+def _decode(raw: Any) -> Message:
+    _require(type(raw) is dict, f"expected a dict, got {type(raw).__name__}")
     proto = raw.get("proto")
-    if proto != PROTOCOL_VERSION:
+    if not _is_int(proto) or proto != PROTOCOL_VERSION:
         raise ProtocolError(
-            f"a worker speaks pytest-distcov protocol {proto!r}, the controller {PROTOCOL_VERSION}:"
-            " install the same pytest-distcov version on every host"
+            f"a message of pytest-distcov protocol {_quote(proto)}, the controller speaks"
+            f" {PROTOCOL_VERSION}: install the same pytest-distcov version on every host"
         )
     kind = raw.get("kind")
-    _require(isinstance(raw.get("worker"), str), "no worker id")
+    _require(type(raw.get("worker")) is str, f"its worker id is {_quote(raw.get('worker'))}")
     if kind == "hello":
-        for key in ("host", "python", "coverage", "core", "datadir"):
-            _require(isinstance(raw.get(key), str), f"hello without {key!r}")
-        _require(isinstance(raw.get("pid"), int), "hello without 'pid'")
-        _require(isinstance(raw.setdefault("notes", []), list), "hello with bad 'notes'")
+        for key in ("host", "python", "coverage", "core"):
+            _require(type(raw.get(key)) is str, f"its {key!r} is {_quote(raw.get(key))}")
+        _require(_is_path(raw.get("datadir")), f"its 'datadir' is {_quote(raw.get('datadir'))}")
+        pid = raw.get("pid")
+        _require(_is_int(pid) and pid > 0, f"its 'pid' is {_quote(pid)}")
+        raw.setdefault("notes", [])
+        _check_notes(raw)
         return cast(Hello, raw)
     if kind in ("chunk", "final"):
-        _require(isinstance(raw.get("seq"), int), "chunk without 'seq'")
-        _require(isinstance(raw.get("tests"), int), "chunk without 'tests'")
-        _require(isinstance(raw.get("notes"), list), "chunk without 'notes'")
+        for key in ("seq", "tests"):
+            value = raw.get(key)
+            _require(_is_int(value) and value >= 0, f"its {key!r} is {_quote(value)}")
+        _check_notes(raw)
         _check_payload(raw.get("data"))
         return cast(Chunk, raw)
-    raise ProtocolError(f"malformed message from a worker: unknown kind {kind!r}")
+    raise _Malformed(f"unknown kind {_quote(kind)}")

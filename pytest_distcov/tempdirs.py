@@ -16,12 +16,21 @@ being made is never taken for a dead one; a directory whose files a run keeps on
 that could not be read, a rescued data file) loses its lock file when the run ends, and stays.
 
 On a system without ``fcntl`` (Windows) nothing is locked and nothing is removed by later runs.
+
+A worker's directory also carries its run's tag (``distcov-gw0-XXXXXXXX.<tag>``, from the run's
+unique id that xdist gives the controller and every worker): the controller holds, reads and
+removes a directory that a worker's hello names only when :class:`RunDirs` finds it to be that
+worker's directory of this run. A hello comes from another process, perhaps on another machine;
+without that check a forged one could have the controller read or remove any directory.
 """
 
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
+import posixpath
+import re
 import shutil
 import stat
 import tempfile
@@ -32,7 +41,7 @@ try:
 except ImportError:  # pragma: no cover - Windows: no advisory locks
     fcntl = None  # type: ignore[assignment]
 
-__all__ = ["LOCK_NAME", "PARENT_ENV", "PREFIX", "HeldDir", "sweep"]
+__all__ = ["LOCK_NAME", "PARENT_ENV", "PREFIX", "HeldDir", "RunDirs", "run_tag", "sweep"]
 
 PREFIX = "distcov-"
 LOCK_NAME = "distcov.lock"
@@ -52,12 +61,14 @@ class HeldDir:
         self._fd = fd
 
     @classmethod
-    def create(cls, who: str) -> HeldDir:
-        """A new ``distcov-<who>-XXXXXXXX`` directory, with its lock file held."""
+    def create(cls, who: str, *, run: str | None = None) -> HeldDir:
+        """A new ``distcov-<who>-XXXXXXXX`` directory, with its lock file held; with ``run``
+        (a worker's run id), ``distcov-<who>-XXXXXXXX.<run tag>`` (see :class:`RunDirs`)."""
+        prefix, suffix = f"{PREFIX}{who}-", f".{run_tag(run)}" if run else ""
         parent = os.environ.get(PARENT_ENV)
         if parent and os.path.isdir(parent):  # held by the process that made the parent
-            return cls(Path(tempfile.mkdtemp(prefix=f"{PREFIX}{who}-", dir=parent)), None)
-        path = Path(tempfile.mkdtemp(prefix=f"{PREFIX}{who}-"))
+            return cls(Path(tempfile.mkdtemp(suffix, prefix, dir=parent)), None)
+        path = Path(tempfile.mkdtemp(suffix, prefix))
         return cls(path, _hold_new(path))
 
     @classmethod
@@ -177,3 +188,92 @@ def remove_if_unheld(path: Path) -> bool:
         return not os.path.lexists(path)
     finally:
         os.close(fd)
+
+
+def run_tag(run: str) -> str:
+    """Eight hex digits of a run's unique id: what tells this run's worker directories from
+    those of other runs (the id itself may be anything ``--testrunuid`` is given)."""
+    return hashlib.sha256(run.encode("utf-8", "surrogatepass")).hexdigest()[:8]
+
+
+class RunDirs:
+    """The directories of this run's workers: the only ones a worker's hello may name for the
+    controller to hold, read (recovering a dead worker's data) or remove (at the end).
+
+    A hello comes from a worker process, perhaps on another machine, and may name any path. It
+    is taken only when the path is absolute and normal (no ``..``) and its last part is the name
+    this run gives that worker's directory: ``distcov-<worker id>-XXXXXXXX.<run tag>``, the tag
+    of the run id the controller gave that worker (:meth:`expect`), which no other run's
+    directory has. A local directory must also be a real directory (not a symlink) of this
+    user, and one without a run tag (a worker that was given no run id) must be in the same
+    directory as the controller's own; a remote worker's must be directly in its host's run
+    directory (where the host's agent has its workers make theirs).
+    """
+
+    def __init__(self, parent: str | os.PathLike[str]) -> None:
+        #: where this run's local directories are made (the controller's own is there)
+        self.parent = os.fspath(parent)
+        self._tags: dict[str, str] = {}
+
+    def expect(self, worker_id: str, run: str | None) -> None:
+        """The controller gave worker ``worker_id`` the run id ``run`` (None: no run id)."""
+        if run:
+            self._tags[worker_id] = run_tag(run)
+        else:
+            self._tags.pop(worker_id, None)
+
+    def _named(self, worker_id: str, name: str) -> bool:
+        tag = self._tags.get(worker_id)
+        suffix = rf"\.{tag}" if tag else ""
+        pattern = rf"{re.escape(PREFIX + worker_id)}-[A-Za-z0-9_]+{suffix}"
+        return re.fullmatch(pattern, name) is not None
+
+    def named(self, worker_id: str, path: str) -> bool:
+        """``path`` (from the hello of local worker ``worker_id``) is where that worker's
+        directory of this run would be: its name and place, not yet what is there."""
+        head, name = os.path.split(path)
+        return (
+            os.path.isabs(path)
+            and os.path.normpath(path) == path
+            and self._named(worker_id, name)
+            and (worker_id in self._tags or head == self.parent)
+        )
+
+    def local(self, worker_id: str, path: str) -> Path | None:
+        """``path`` (from the hello of local worker ``worker_id``) if it is that worker's
+        directory of this run, as it is on disk now; None if it is not (or is gone)."""
+        if not self.named(worker_id, path):
+            return None
+        try:
+            st = os.lstat(path)
+        except (OSError, ValueError):
+            return None
+        mine = not hasattr(os, "getuid") or st.st_uid == os.getuid()
+        # a symlink, whatever it points to, is not ours
+        return Path(path) if stat.S_ISDIR(st.st_mode) and mine else None
+
+    def hello(self, worker_id: str, path: str) -> str | None:
+        """What the hello of local worker ``worker_id`` names, if it may be taken: its
+        directory of this run, or where that directory was if it is gone already (the hello is
+        read on the controller's main thread, perhaps after the worker's directory was
+        destroyed; nothing is read there then, and :meth:`local` looks at it again before
+        anything is). None if it is not that worker's of this run."""
+        local = self.local(worker_id, path)
+        if local is not None:
+            return str(local)
+        if self.named(worker_id, path) and not os.path.lexists(path):
+            return path
+        return None
+
+    def remote(self, worker_id: str, path: str, run_dir: object) -> str | None:
+        """``path`` (from the hello of worker ``worker_id`` on a host whose run directory is
+        ``run_dir``) if it is that worker's directory of this run there; None if it is not.
+        The host's paths are POSIX paths; the host's agent is the one to look at the disk."""
+        if not (isinstance(run_dir, str) and posixpath.isabs(run_dir) and posixpath.isabs(path)):
+            return None
+        if posixpath.normpath(path) != path:
+            return None
+        head, name = posixpath.split(path)
+        if head != posixpath.normpath(run_dir) or not self._named(worker_id, name):
+            return None
+        return path

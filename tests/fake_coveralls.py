@@ -3,8 +3,8 @@
 It speaks the two endpoints a client uses: ``POST /api/v1/jobs`` (multipart/form-data with a
 ``json_file`` part, gzip-compressed or plain JSON) and ``POST /webhook`` (JSON). Each endpoint
 answers from a script of :class:`Answer` objects, one per request, the last one repeated; an
-answer may wait before it is sent (to make the client time out). Every request is recorded,
-decoded, for the test to inspect.
+answer may wait before it is sent (to make the client time out) and carry headers of its own
+(a redirect's ``Location``). Every request is recorded, decoded, for the test to inspect.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ class Answer:
     status: int = 200
     body: Any = field(default_factory=lambda: dict(JOB_OK))
     delay: float = 0.0
+    headers: dict[str, str] = field(default_factory=dict)
 
     def encode(self) -> tuple[bytes, str]:
         if isinstance(self.body, str):
@@ -131,6 +132,8 @@ class FakeCoveralls:
                     self.send_response(answer.status)
                     self.send_header("Content-Type", ctype)
                     self.send_header("Content-Length", str(len(data)))
+                    for name, value in answer.headers.items():
+                        self.send_header(name, value)
                     self.end_headers()
                     self.wfile.write(data)
                 except OSError:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -59,6 +60,111 @@ def serial_reference(
         )
         assert combined.ret == 0, combined.stdout.str() + combined.stderr.str()
     assert data.exists()
+    return data
+
+
+#: A test's line in a verbose xdist run: ``[gw1] [ 50%] PASSED tests/test_a.py::test_x``.
+_WORKER_LINE = re.compile(r"^\[(gw\d+)\] \[ *\d+%\] [A-Z]+ (\S+)")
+
+#: Runs the given tests, in the given order, and deselects the rest (a plugin outside what
+#: is measured: the reference run must execute nothing that the run under test does not).
+_ORDER_PLUGIN = """
+import json, os
+import pytest
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config, items):
+    with open(os.environ["DISTCOV_TEST_ORDER"]) as f:
+        wanted = json.load(f)
+    by_id = {item.nodeid: item for item in items}
+    unknown = [w for w in wanted if w not in by_id]
+    assert not unknown, f"not collected: {unknown}"
+    config.hook.pytest_deselected(items=[i for i in items if i.nodeid not in set(wanted)])
+    items[:] = [by_id[w] for w in wanted]
+"""
+
+
+def order_independent_arcs(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Measure branches with ctrace in this test's runs, from Python 3.14 on.
+
+    For tests that compare the arcs of runs which split the tests differently (other workers,
+    other shards, a serial run) and whose subject is not the measurement itself: sysmon, the
+    default core for branches from 3.14, records arcs that depend on the order in which code
+    first runs in each process (see :func:`per_worker_reference`), ctrace does not. Before
+    3.14 ctrace measures branches anyway, so this changes nothing there. The environment
+    variable reaches every local pytest the test starts, not remote hosts.
+    """
+    if sys.version_info >= (3, 14):
+        monkeypatch.setenv("COVERAGE_CORE", "ctrace")
+
+
+def sysmon_branches(result: pytest.RunResult) -> bool:
+    """Whether a run measured branches with coverage.py's sysmon core (Python 3.14+)."""
+    out = result.stdout.str()
+    return "measuring lines and branches" in out and "the sysmon core" in out
+
+
+def worker_orders(result: pytest.RunResult) -> dict[str, list[str]]:
+    """The tests each xdist worker ran, in its order, read from a ``-v`` run's output."""
+    orders: dict[str, list[str]] = {}
+    for line in result.outlines:
+        match = _WORKER_LINE.match(line)
+        if match:
+            orders.setdefault(match[1], []).append(match[2])
+    return orders
+
+
+def per_worker_reference(
+    pytester: pytest.Pytester,
+    result: pytest.RunResult,
+    *pytest_args: str,
+    source: str | None = None,
+) -> Path:
+    """The union of serial ``coverage run --branch -m pytest`` runs, one per xdist worker of
+    ``result`` (a ``-v`` run), each running that worker's tests in that worker's order.
+
+    The reference for a multi-worker run that measured branches with the sysmon core: what
+    sysmon records of a process depends on the order in which code first runs in it, because
+    coverage.py (7.17.1+, ``coverage/sysmon.py``, ``sysmon_line_arcs``) adds an arc from the
+    previous line whose LINE event fired in the same code object, and each LINE event is
+    disabled after its first firing. Lines already seen earlier in the process leave no trace,
+    so the recorded "sequential" arcs are the first-execution trails: a serial run and a
+    reversed serial run of the same suite already differ (arcs missing or never executed, and
+    even a branch reported partial in one order and complete in the other), and so do xdist
+    workers, which each see a part of the suite. What each worker's process records is exactly
+    what a serial run of its tests in its order records, so their union is what combining the
+    workers' data must give: nothing lost, nothing added.
+    """
+    orders = worker_orders(result)
+    assert len(orders) > 1, f"no worker lines in a -v run: {result.outlines[-20:]}"
+    plugin_dir = pytester.path / "_order_plugin"
+    plugin_dir.mkdir(exist_ok=True)
+    (plugin_dir / "distcov_test_order.py").write_text(_ORDER_PLUGIN)
+    data = pytester.path / "per-worker.coverage"
+    for worker, tests in sorted(orders.items()):
+        order_file = plugin_dir / f"{worker}.json"
+        order_file.write_text(json.dumps(tests))
+        cmd = [sys.executable, "-m", "coverage", "run", f"--data-file={data}", "--parallel-mode"]
+        cmd.append("--branch")
+        # Out of what is measured. --omit replaces the project's [run] omit: these projects
+        # have none.
+        cmd.append(f"--source={source}" if source else f"--omit={plugin_dir}/*")
+        cmd += ["-m", "pytest", "-p", "no:distcov", "-p", "no:xdist", "-p", "no:cacheprovider"]
+        cmd += ["-p", "distcov_test_order"]
+        with pytest.MonkeyPatch.context() as mp:
+            path = os.environ.get("PYTHONPATH")
+            mp.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(plugin_dir), path])))
+            mp.setenv("DISTCOV_TEST_ORDER", str(order_file))
+            ran = pytester.run(*cmd, *pytest_args, timeout=RUN_TIMEOUT)
+        assert ran.ret in (0, 1), ran.stdout.str() + ran.stderr.str()
+        outcomes = ran.parseoutcomes()
+        run = sum(n for k, n in outcomes.items() if k not in {"deselected", "warnings"})
+        assert run == len(tests), (worker, outcomes, len(tests))
+    combined = pytester.run(
+        sys.executable, "-m", "coverage", "combine", f"--data-file={data}", timeout=RUN_TIMEOUT
+    )
+    assert combined.ret == 0, combined.stdout.str() + combined.stderr.str()
     return data
 
 

@@ -60,15 +60,30 @@ def _minor(python: str) -> tuple[int, ...] | None:
 
 def host_python() -> str:
     """A bare Python on the hosts with this Python's minor version: Debian's own where it
-    matches, else the base interpreter this test environment was made from (no packages)."""
-    if _minor(DEBIAN_PYTHON) == sys.version_info[:2]:
-        return DEBIAN_PYTHON
-    return os.path.join(sys.base_prefix, "bin", "python3")
+    matches, else the versioned interpreter of the system or of the base installation this test
+    environment was made from (no packages). A machine may have no ``python3`` of this minor
+    (a root with only python3.14 and python3.15, or pyenv's 3.13 beside Debian's 3.11), so the
+    versioned names are asked for too."""
+    minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    candidates = [
+        DEBIAN_PYTHON,
+        f"/usr/bin/{minor}",
+        os.path.join(sys.base_prefix, "bin", minor),
+        os.path.join(sys.base_prefix, "bin", "python3"),
+    ]
+    for cand in candidates:
+        if _minor(cand) == sys.version_info[:2]:
+            return cand
+    raise RuntimeError(f"no {minor} outside this environment among {candidates}")
 
 
 def other_minor_python() -> str | None:
     """A Python on the hosts whose minor version differs from this one, if there is one."""
-    candidates = [DEBIAN_PYTHON, *sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3"))]
+    candidates = [
+        DEBIAN_PYTHON,
+        *sorted(Path("/usr/bin").glob("python3.*[0-9]")),
+        *sorted(Path("/root/.pyenv/versions").glob("3.*/bin/python3")),
+    ]
     for cand in map(str, candidates):
         minor = _minor(cand)
         if minor is not None and minor != sys.version_info[:2]:

@@ -92,9 +92,9 @@ def test_imports_point_one_way(module: str) -> None:
 
 
 #: Modules that may import pytest (the roles and the plugin on top, the option declarations,
-#: the remote hooks; and the probe engine, which must give probes to the modules pytest's
-#: assertion rewriter executes).
-PYTEST_ALLOWED = {"plugin", "settings.options", "remote.fleet", "engine.probes"}
+#: the remote hooks; and the import hooks of the probe and monitor engines, which must see the
+#: modules pytest's assertion rewriter executes).
+PYTEST_ALLOWED = {"plugin", "settings.options", "remote.fleet", "engine.imports"}
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -158,10 +158,10 @@ def test_shipped_modules_run_on_a_bare_python(module: str, tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
 
 
-#: The one sanctioned exception: the probe engine routes the test modules that pytest's
-#: assertion rewriter executes (as SlipCover's own pytest support does). It keeps every use of
-#: other projects' internals in one place and checks for them before it is chosen.
-PRIVATE_IMPORTS_ALLOWED = {("engine.probes", "_pytest.assertion")}  # its rewrite module
+#: The one sanctioned exception: the import hooks (engine.imports) route the test modules that
+#: pytest's assertion rewriter executes (as SlipCover's own pytest support does). It keeps
+#: every use of other projects' internals in one place and checks for them before it is chosen.
+PRIVATE_IMPORTS_ALLOWED = {("engine.imports", "_pytest.assertion")}  # its rewrite module
 
 
 @pytest.mark.parametrize("module", MODULES)
@@ -186,9 +186,13 @@ XDIST_DOOR = "remote.xdist_door"
 COVERAGE_PUBLIC = {"coverage", "coverage.exceptions", "coverage.plugin", "coverage.numbits"}
 #: Standard library functions that are documented despite their underscore.
 DOCUMENTED_UNDERSCORE = {"sys._current_frames", "sys._getframe", "os._exit"}
-#: The sanctioned exception beside the doors (see PRIVATE_IMPORTS_ALLOWED): the probe engine
-#: points the name SlipCover's ``wrap_pytest`` may have put into pytest's rewriter at its hook.
-PRIVATE_ATTRIBUTES_ALLOWED = {("engine.probes", "_Slipcover_exec_wrapper")}
+#: The sanctioned exception beside the doors (see PRIVATE_IMPORTS_ALLOWED): the import hooks
+#: point the name SlipCover's ``wrap_pytest`` may have put into pytest's rewriter at its hook.
+PRIVATE_ATTRIBUTES_ALLOWED = {
+    ("engine.imports", "_Slipcover_exec_wrapper"),
+    # documented in the sys module (3.13+), despite its underscore
+    ("engine.measure", "_is_gil_enabled"),
+}
 _ATTRIBUTE_CALLS = {"getattr", "setattr", "hasattr", "delattr"}
 
 

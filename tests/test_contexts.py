@@ -60,6 +60,13 @@ def test_mix_both_ways(a, b):
 SOURCES = ("shapes", "tests")
 
 
+@pytest.fixture(autouse=True)
+def _auto_engine(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The engine ``auto`` chooses: on Python 3.12+ the monitor engine (sys.monitoring line
+    events), before that coverage.py's C tracer (the suite's default is coverage.py's)."""
+    monkeypatch.delenv("DISTCOV_ENGINE")
+
+
 @pytest.fixture
 def suite(pytester: pytest.Pytester, shapes: Path) -> Path:
     conftest = shapes / "tests" / "conftest.py"
@@ -145,13 +152,20 @@ def test_contexts_with_branches_equal_pytest_cov_serial(
     result = run_pytest(pytester, *_ours(), "--distcov-branch", "-n", "2", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
     assert_same_contexts(suite / ".coverage", reference, suite, arcs=True)
+    if sys.version_info >= (3, 12):  # the monitor engine records lines only (for now)
+        result.stdout.fnmatch_lines(
+            [
+                "distcov: per-test contexts with branch coverage ([[]run[]] branch or"
+                " --distcov-branch) need coverage.py's tracer: using the ctrace core"
+            ]
+        )
 
 
 def test_contexts_streamed_after_every_test_and_chosen_core(
     pytester: pytest.Pytester, suite: Path
 ) -> None:
     """Streaming after every test (interval 0) sends many small context chunks: same result.
-    On 3.12+, where sysmon would be chosen, the header says why ctrace runs instead."""
+    The header names the engine: sys.monitoring line events on 3.12+, the C tracer before."""
     reference = _reference(pytester, branch=False)
     result = run_pytest(
         pytester, *_ours(), "-n", "2", "--distcov-stream-interval=0", "-p", "no:randomly"
@@ -160,8 +174,10 @@ def test_contexts_streamed_after_every_test_and_chosen_core(
     assert_same_contexts(suite / ".coverage", reference, suite)
     if sys.version_info >= (3, 12):
         result.stdout.fnmatch_lines(
-            ["distcov: per-test contexts need a trace function (sysmon records none)*ctrace*"]
+            ["distcov: measuring lines of shapes, tests with sys.monitoring line events in 2*"]
         )
+    else:
+        result.stdout.fnmatch_lines(["distcov: measuring lines of * with the ctrace core in 2*"])
 
 
 def test_who_covers_and_html_contexts(pytester: pytest.Pytester, suite: Path) -> None:
@@ -254,11 +270,23 @@ def test_who_covers_lines_run_only_at_import(pytester: pytest.Pytester, suite: P
 
 
 @pytest.mark.skipif(sys.version_info < (3, 12), reason="sysmon needs Python 3.12+")
-def test_users_sysmon_core_gives_way_to_contexts(pytester: pytest.Pytester, suite: Path) -> None:
-    (suite / ".coveragerc").write_text("[run]\ncore = sysmon\n")
+@pytest.mark.parametrize("core", ["sysmon", "ctrace"])
+def test_users_core_with_contexts(pytester: pytest.Pytester, suite: Path, core: str) -> None:
+    """``core = sysmon`` asks for sys.monitoring: contexts get the monitor engine (coverage.py's
+    own sysmon core records none). ``core = ctrace`` asks for the C tracer: it measures."""
+    (suite / ".coveragerc").write_text(f"[run]\ncore = {core}\n")
     result = run_pytest(pytester, *_ours(), "-n", "2")
     assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines(["distcov: [[]run[]] core = sysmon records no contexts*ctrace*"])
+    if core == "sysmon":
+        result.stdout.fnmatch_lines(["distcov: measuring * with sys.monitoring line events in 2*"])
+    else:
+        result.stdout.fnmatch_lines(
+            [
+                "distcov: measuring * with the ctrace core in 2*",
+                "distcov: [[]run[]] core = ctrace (or COVERAGE_CORE) chooses coverage.py's tracer"
+                " for per-test contexts: using the ctrace core",
+            ]
+        )
     data = CoverageData(str(suite / ".coverage"))
     data.read()
     assert len(data.measured_contexts()) > 20

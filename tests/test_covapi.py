@@ -344,3 +344,34 @@ def test_the_installed_xdist_sends_the_first_message_the_launcher_knows() -> Non
     assert fields is not None, sent
     assert fields["workerinput"] == {"workerid": "gw0"}
     assert fields["args"] == ["-x"]
+
+
+def test_paths_are_remapped_as_coverage_combine_does_or_the_note_says_why_not(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pytest-distcov combine`'s door to coverage.files.PathAliases (see covapi.paths)."""
+    import coverage.files
+
+    from pytest_distcov.covapi.paths import remapper
+    from pytest_distcov.errors import SettingsError
+
+    (tmp_path / "src" / "pkg").mkdir(parents=True)
+    (tmp_path / "src" / "pkg" / "a.py").write_text("")
+    monkeypatch.chdir(tmp_path)
+    rc = tmp_path / ".coveragerc"
+    rc.write_text("[run]\nbranch = False\n")
+    assert remapper(Coverage(data_file=None, config_file=str(rc))) == (None, "")
+    rc.write_text("[paths]\nsource =\n    src/pkg/\n    /ci/*/pkg/\n")
+    remap, note = remapper(Coverage(data_file=None, config_file=str(rc)))
+    assert (remap is not None, note) == (True, "")
+    assert remap is not None
+    assert remap("/ci/work/pkg/a.py") == str(tmp_path / "src" / "pkg" / "a.py")
+    assert remap("/ci/work/pkg/gone.py") == "/ci/work/pkg/gone.py"  # coverage maps what exists
+    rc.write_text("[paths]\nsource =\n    src/pkg/\n    /ci/*\n")
+    with pytest.raises(SettingsError, match=r"^\[paths\] in the coverage configuration: "):
+        remapper(Coverage(data_file=None, config_file=str(rc)))
+    monkeypatch.delattr(coverage.files, "PathAliases")
+    assert remapper(Coverage(data_file=None, config_file=str(rc)))[1].startswith(
+        f"[paths] is not applied: coverage.py {coverage.__version__} lacks"
+        " coverage.files.PathAliases"
+    )

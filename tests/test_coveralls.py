@@ -1,9 +1,10 @@
 """Coveralls: real sessions and the CLI uploading to a real HTTP server on 127.0.0.1.
 
 The server (tests/fake_coveralls.py) speaks Coveralls' jobs endpoint and webhook; its scripts
-make it accept, refuse (422), fail then recover (500, then 200), answer too slowly, or report a
-webhook error inside an HTTP 200. No traffic leaves the machine. Payloads are compared with
-what coveralls-python 4.1 makes of the same data file.
+make it accept, refuse (422), fail then recover (500, then 200), answer too slowly, report a
+webhook error inside an HTTP 200, or redirect elsewhere. It is plain http, so the runs opt in
+with DISTCOV_COVERALLS_ALLOW_HTTP=1 (one test shows the refusal without it). No traffic leaves
+the machine. Payloads are compared with what coveralls-python 4.1 makes of the same data file.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import gzip
 import hashlib
 import json
 import os
+import stat
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -94,6 +96,7 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCoveralls]:
     monkeypatch.setenv("NO_PROXY", "127.0.0.1")
     with FakeCoveralls() as fake:
         monkeypatch.setenv("COVERALLS_HOST", fake.url)
+        monkeypatch.setenv("DISTCOV_COVERALLS_ALLOW_HTTP", "1")  # the fake server is plain http
         yield fake
 
 
@@ -461,4 +464,161 @@ def test_upload_flag_without_measuring_is_a_usage_error(
     )
     # --no-distcov wins quietly: a run measured off by choice uploads nothing
     assert run_pytest(pytester, "--distcov-coveralls", "--no-distcov").ret == 0
+    assert server.received == []
+
+
+#: What a CI clone's remotes can hold: GitLab's job token as a password, a push URL with a
+#: personal password, a GitHub token as the user, an ssh URL with a password, and scp-style.
+GIT_SECRETS = {
+    "origin": "https://gitlab-ci-token:glcbt-PW-origin-8e1f@gitlab.example.org/ada/shapes.git",
+    "push": "https://ada:PW-push-41c7@gitlab.example.org/ada/shapes.git",
+    "ghtoken": "https://ghp_PWtokenuser0c55@github.com/ada/shapes.git",
+    "mirror": "ssh://deploy:PW-ssh-93d2@git.example.org:2222/shapes.git",
+}
+
+
+def test_no_credential_reaches_the_output_the_files_or_the_job(
+    pytester: pytest.Pytester,
+    project: Path,
+    server: FakeCoveralls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An upload from a GitLab CI clone: the repo token goes to Coveralls in the job and
+    nowhere else; the clone's credentials go nowhere at all."""
+    _git(project, "remote", "set-url", "origin", GIT_SECRETS["origin"])
+    _git(project, "remote", "set-url", "--push", "origin", GIT_SECRETS["push"])
+    _git(project, "remote", "add", "ghtoken", GIT_SECRETS["ghtoken"])
+    _git(project, "remote", "add", "mirror", GIT_SECRETS["mirror"])
+    _git(project, "remote", "add", "scp", "git@github.com:ada/shapes.git")
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", TOKEN)
+    for name, value in GITLAB.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CI_REPOSITORY_URL", GIT_SECRETS["origin"])  # GitLab sets it too
+    runs = [run_pytest(pytester, "--distcov", "-n", "2", "--distcov-coveralls", "-v")]
+    for args in (("coveralls",), ("coveralls", "--output", "out.json"), ("coveralls", "--finish")):
+        runs.append(_cli(pytester, *args))
+        assert runs[-1].ret == 0, runs[-1].stderr.str()
+    assert runs[0].ret == 0, runs[0].stdout.str()
+
+    secrets = [TOKEN, "PW-origin-8e1f", "PW-push-41c7", "PWtokenuser0c55", "PW-ssh-93d2"]
+    shown = "\n".join(r.stdout.str() + r.stderr.str() for r in runs)
+    written = [p for p in pytester.path.rglob("*") if p.is_file() and ".git" not in p.parts]
+    assert any(p.name == "out.json" for p in written)
+    for secret in secrets:
+        assert secret not in shown, secret
+        for path in written:
+            content = path.read_bytes()
+            if content[:2] == b"\x1f\x8b":
+                content = gzip.decompress(content)
+            assert secret.encode() not in content, (secret, path)
+
+    remotes = [
+        {"name": "ghtoken", "url": "https://github.com/ada/shapes.git"},
+        {"name": "mirror", "url": "ssh://git.example.org:2222/shapes.git"},
+        {"name": "origin", "url": "https://gitlab.example.org/ada/shapes.git"},
+        {"name": "scp", "url": "git@github.com:ada/shapes.git"},
+    ]
+    documents = [job.document for job in server.jobs]
+    documents.append(json.loads((project / "out.json").read_text()))
+    assert len(documents) == 3
+    for doc in documents:
+        assert doc["git"]["remotes"] == remotes  # fetch and push URL of origin: one remote
+        text = json.dumps(doc)
+        for secret in secrets[1:]:
+            assert secret not in text, secret
+    # the repo token went where the API needs it, and only there
+    assert [doc.get("repo_token") for doc in documents] == [TOKEN, TOKEN, "[secure]"]
+    assert server.hooks[0].document["repo_token"] == TOKEN
+
+
+def test_plain_http_is_refused_without_the_opt_in(
+    pytester: pytest.Pytester,
+    project: Path,
+    measured: Path,
+    server: FakeCoveralls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", TOKEN)
+    monkeypatch.setenv("COVERALLS_SERVICE_NUMBER", "9")
+    monkeypatch.delenv("DISTCOV_COVERALLS_ALLOW_HTTP")
+    refusal = (
+        f"COVERALLS_HOST is {server.url}, plain http, which would send the repo token"
+        " unencrypted; nothing was sent: use https, or set DISTCOV_COVERALLS_ALLOW_HTTP=1 to"
+        " allow it"
+    )
+    for args in (("coveralls",), ("coveralls", "--finish")):
+        result = _cli(pytester, *args)
+        assert result.ret == 1
+        assert result.stderr.lines == [f"pytest-distcov: error: {refusal}"]
+        assert result.stdout.lines == []
+    result = run_pytest(pytester, "--distcov", "-n", "2", "--distcov-coveralls")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines([f"*Coveralls upload failed (the run's result stands): {refusal}"])
+    result = run_pytest(
+        pytester, "--distcov", "--distcov-coveralls-required", "--distcov-coveralls"
+    )
+    assert result.ret == pytest.ExitCode.TESTS_FAILED
+    result.stdout.fnmatch_lines(
+        [f"*FAIL: Coveralls upload: {refusal} (distcov_coveralls_required)"]
+    )
+    assert "Traceback" not in result.stdout.str() + result.stderr.str()
+    # --output sends nothing, so it needs no opt-in
+    assert _cli(pytester, "coveralls", "--output", "payload.json").ret == 0
+    assert server.received == []
+
+
+@pytest.mark.parametrize("status", [307, 308])
+def test_a_redirect_elsewhere_gets_nothing(
+    pytester: pytest.Pytester,
+    measured: Path,
+    server: FakeCoveralls,
+    monkeypatch: pytest.MonkeyPatch,
+    status: int,
+) -> None:
+    """A 307/308 would make requests resend the job, token and all, to the other host."""
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", TOKEN)
+    monkeypatch.setenv("COVERALLS_SERVICE_NUMBER", "9")
+    with FakeCoveralls() as elsewhere:
+        server.job_script = [
+            Answer(status, "", headers={"Location": f"{elsewhere.url}/api/v1/jobs?t={TOKEN}"})
+        ]
+        server.hook_script = [Answer(status, "", headers={"Location": f"{elsewhere.url}/webhook"})]
+        upload = _cli(pytester, "coveralls")
+        finish = _cli(pytester, "coveralls", "--finish")
+    assert (upload.ret, finish.ret) == (1, 1)
+    assert upload.stderr.lines == [
+        f"pytest-distcov: error: upload to {server.url}: the server answered HTTP {status}, a"
+        f" redirect to {elsewhere.url}, which is not followed (the request carries the repo"
+        " token; nothing was resent); if that host is Coveralls, set COVERALLS_HOST to it"
+    ]
+    finish.stderr.fnmatch_lines(
+        [f"pytest-distcov: error: finishing the parallel build at {server.url}: *{elsewhere.url}*"]
+    )
+    assert elsewhere.received == []
+    assert (len(server.jobs), len(server.hooks)) == (1, 1)  # not retried
+    assert server.jobs[0].document["repo_token"] == TOKEN
+
+
+def test_output_files_are_private(
+    pytester: pytest.Pytester,
+    project: Path,
+    measured: Path,
+    server: FakeCoveralls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", TOKEN)
+    old = project / "old.json"
+    old.write_text("{}")
+    old.chmod(0o644)
+    umask = os.umask(0o022)  # what a CI machine usually has: new files readable by all
+    try:
+        for name in ("new.json", "old.json"):
+            result = _cli(pytester, "coveralls", "--output", name)
+            assert result.ret == 0, result.stderr.str()
+    finally:
+        os.umask(umask)
+    for name in ("new.json", "old.json"):
+        path = project / name
+        assert stat.S_IMODE(path.stat().st_mode) == 0o600, name
+        assert json.loads(path.read_text())["repo_token"] == "[secure]"
     assert server.received == []

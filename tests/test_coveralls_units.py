@@ -1,4 +1,5 @@
-"""Coveralls pieces on their own: the CI table, the token, and the HTTP policy.
+"""Coveralls pieces on their own: the CI table, the token, credentials in URLs, the HTTP
+policy and the ``--output`` file's mode.
 
 The CI cases use each service's documented variable names and realistic values. The HTTP
 cases talk to the real server of tests/fake_coveralls.py on 127.0.0.1, with short pauses.
@@ -6,13 +7,26 @@ cases talk to the real server of tests/fake_coveralls.py on 127.0.0.1, with shor
 
 from __future__ import annotations
 
+import base64
+import os
 import socket
+import stat
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 from pytest_distcov.sinks import coveralls
-from pytest_distcov.sinks.coveralls import CoverallsError, Secret, Uploader, detect_ci, find_token
+from pytest_distcov.sinks.coveralls import (
+    CoverallsError,
+    InsecureHostError,
+    Secret,
+    Uploader,
+    detect_ci,
+    find_token,
+    without_userinfo,
+)
 
 from .fake_coveralls import ERROR_PAGE, Answer, FakeCoveralls
 
@@ -429,3 +443,257 @@ def test_host_and_timeout_from_the_environment() -> None:
     )
     assert (up.host, up.timeout) == ("https://coveralls.example.org", (5.0, 5.0))
     assert Uploader.from_env(Secret("t"), {}).host == "https://coveralls.io"
+
+
+# -- credentials in URLs --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("url", "public"),
+    [
+        # GitLab CI's clone URL: the job token is the password
+        (
+            "https://gitlab-ci-token:glcbt-64_Zx9@gitlab.example.org/ada/shapes.git",
+            "https://gitlab.example.org/ada/shapes.git",
+        ),
+        # GitHub takes a token as the user alone
+        ("https://ghp_a1B2c3@github.com/ada/shapes", "https://github.com/ada/shapes"),
+        ("https://x-access-token:ghs_Q@github.com/a/b.git", "https://github.com/a/b.git"),
+        # an unencoded @ in the password: everything up to the authority's last @ goes
+        ("https://ada:p@ss@host.example:8443/r.git", "https://host.example:8443/r.git"),
+        ("ssh://deploy:pw@git.example.org:2222/r.git", "ssh://git.example.org:2222/r.git"),
+        ("ssh://git@git.example.org/r.git", "ssh://git.example.org/r.git"),
+        ("HTTP://u:p@[::1]:8080/r", "HTTP://[::1]:8080/r"),
+        # an @ after the authority is part of the path
+        ("https://host.example/ada/r@v2.git", "https://host.example/ada/r@v2.git"),
+        ("https://host.example/r.git?ref=a@b", "https://host.example/r.git?ref=a@b"),
+        ("https://host.example/r.git", "https://host.example/r.git"),
+        # scp-style: the user is an ssh login name, kept; a "user:password" is not
+        ("git@github.com:ada/shapes.git", "git@github.com:ada/shapes.git"),
+        ("gitlab.example.org:ada/shapes.git", "gitlab.example.org:ada/shapes.git"),
+        ("ada:hunter2@git.example.org:shapes.git", "git.example.org:shapes.git"),
+        # local paths
+        ("/srv/git/shapes.git", "/srv/git/shapes.git"),
+        ("../shapes", "../shapes"),
+        ("/srv/a:b@c/shapes.git", "/srv/a:b@c/shapes.git"),
+        ("file:///srv/git/shapes.git", "file:///srv/git/shapes.git"),
+    ],
+)
+def test_urls_lose_their_credentials(url: str, public: str) -> None:
+    assert without_userinfo(url) == public
+
+
+# -- plain http -----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["COVERALLS_HOST", "COVERALLS_ENDPOINT"])
+@pytest.mark.parametrize("opt_in", ["", "0", "false", "No"])
+def test_plain_http_is_refused_without_the_opt_in(name: str, opt_in: str) -> None:
+    env = {name: "http://coveralls.corp.example:8080/", "DISTCOV_COVERALLS_ALLOW_HTTP": opt_in}
+    with pytest.raises(InsecureHostError) as info:
+        Uploader.from_env(Secret("t"), env)
+    assert str(info.value) == (
+        f"{name} is http://coveralls.corp.example:8080, plain http, which would send the repo"
+        " token unencrypted; nothing was sent: use https, or set DISTCOV_COVERALLS_ALLOW_HTTP=1"
+        " to allow it"
+    )
+    assert isinstance(info.value, CoverallsError)  # a one-line error wherever errors are shown
+
+
+@pytest.mark.parametrize(
+    "host", [" http://127.0.0.1:8080", "\thttp://127.0.0.1:8080", "\x01http://h"]
+)
+def test_a_host_with_whitespace_or_control_characters_is_refused(host: str) -> None:
+    """urlsplit and requests strip them: " http://..." once passed the plain-http refusal and
+    sent the token unencrypted."""
+    with pytest.raises(CoverallsError) as info:
+        Uploader.from_env(Secret("t"), {"COVERALLS_HOST": host})
+    assert str(info.value).startswith("COVERALLS_HOST must be an http(s) URL such as"), info.value
+
+
+def test_a_refused_host_shows_no_credentials() -> None:
+    with pytest.raises(InsecureHostError) as info:
+        Uploader.from_env(Secret("t"), {"COVERALLS_HOST": "http://ci:hunter2-pw@10.0.0.7"})
+    assert "hunter2" not in str(info.value)
+    assert str(info.value).startswith("COVERALLS_HOST is http://10.0.0.7, plain http")
+
+
+@pytest.mark.parametrize("opt_in", ["1", "true", "YES", " 1 "])
+def test_plain_http_with_the_opt_in(opt_in: str) -> None:
+    env = {"COVERALLS_ENDPOINT": "http://127.0.0.1:8080", "DISTCOV_COVERALLS_ALLOW_HTTP": opt_in}
+    assert Uploader.from_env(Secret("t"), env).host == "http://127.0.0.1:8080"
+
+
+def test_a_bad_opt_in_value_is_a_clear_error() -> None:
+    env = {"COVERALLS_HOST": "http://127.0.0.1:8080", "DISTCOV_COVERALLS_ALLOW_HTTP": "maybe"}
+    with pytest.raises(CoverallsError) as info:
+        Uploader.from_env(Secret("t"), env)
+    assert str(info.value) == (
+        "DISTCOV_COVERALLS_ALLOW_HTTP must be 1 (send the token over plain http) or 0, not 'maybe'"
+    )
+    # https needs no opt-in, and the variable is not read for it
+    assert Uploader.from_env(Secret("t"), {**env, "COVERALLS_HOST": "https://h.example"})
+
+
+def test_a_host_with_a_user_and_password_is_shown_without_them() -> None:
+    env = {"COVERALLS_HOST": "https://ci:hunter2-pw@coveralls.corp.example/"}
+    up = Uploader.from_env(Secret("t"), env)
+    assert up.host == up.shown == "https://coveralls.corp.example"  # no URL holds them
+    assert up.auth is not None
+    assert [s.reveal() for s in up.auth] == ["ci", "hunter2-pw"]  # sent as basic auth
+    assert "hunter2" not in repr(up)
+    with pytest.raises(CoverallsError) as info:
+        Uploader.from_env(Secret("t"), {"COVERALLS_HOST": "ftp://ci:hunter2-pw@host"})
+    assert str(info.value) == (
+        "COVERALLS_HOST must be an http(s) URL such as https://coveralls.io, not 'ftp://host'"
+    )
+
+
+@pytest.mark.parametrize("name", ["COVERALLS_HOST", "COVERALLS_ENDPOINT"])
+def test_a_host_password_travels_as_basic_auth_and_is_never_shown(
+    server: FakeCoveralls, name: str
+) -> None:
+    """The user and password of the host's URL reach that host as basic auth (percent-decoded,
+    as a URL holds them); no error, retry line or repr shows them, not even when the server
+    echoes them back or when nobody listens."""
+    password = "hunter2 pw-9c4e"
+    host = server.url.replace("http://", "http://ci:hunter2%20pw-9c4e@")
+    env = {name: host, "DISTCOV_COVERALLS_ALLOW_HTTP": "1"}
+    server.job_script = [
+        Answer(),
+        Answer(503, ERROR_PAGE),
+        Answer(422, {"message": f"bad {password}"}),
+    ]
+    server.hook_script = [*server.hook_script, Answer(401, {"error": f"who is ci:{password}?"})]
+    lines: list[str] = []
+    up = Uploader.from_env(Secret("tok-auth"), env, log=lines.append, backoff=0.01)
+    assert up.upload(PAYLOAD)["url"] == "https://coveralls.example/jobs/4242"
+    assert up.finish("311")["done"] is True
+    basic = "Basic " + base64.b64encode(f"ci:{password}".encode()).decode()
+    assert [r.headers["Authorization"] for r in server.received] == [basic, basic]
+
+    with pytest.raises(CoverallsError) as refused:
+        up.upload(PAYLOAD)
+    with pytest.raises(CoverallsError) as unknown:
+        up.finish("311")
+    with socket.socket() as sock:  # a port that was free a moment ago and has no listener
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    env[name] = f"http://ci:hunter2%20pw-9c4e@127.0.0.1:{port}"
+    nobody = Uploader.from_env(Secret("tok-auth"), env, log=lines.append, backoff=0.01)
+    with pytest.raises(CoverallsError) as unreachable:
+        nobody.upload(PAYLOAD)
+    assert str(refused.value).startswith("Coveralls refused the job (422): bad [secure];")
+    assert str(unknown.value) == "Coveralls did not close build 311: who is ci:[secure]?"
+    assert str(unreachable.value).startswith(f"upload to http://127.0.0.1:{port} failed after")
+    shown = [str(refused.value), str(unknown.value), str(unreachable.value), *lines]
+    shown += [repr(up), repr(nobody)]
+    for text in shown:
+        assert "hunter2" not in text, text
+        assert "ci:" not in text.replace("who is ci:[secure]", ""), text
+    assert len(lines) == 1 + nobody.attempts - 1  # the 503 and the retries that found nobody
+
+
+# -- redirects ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def elsewhere(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeCoveralls]:
+    """A second server on another port: where a redirect points."""
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+    with FakeCoveralls() as fake:
+        yield fake
+
+
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_redirects_are_not_followed(
+    server: FakeCoveralls, elsewhere: FakeCoveralls, status: int
+) -> None:
+    """``requests`` would resend the job, token and all, to the other host on a 307 or 308."""
+    secret = Secret("tok-redirect-5d1c")
+    location = f"{elsewhere.url}/api/v1/jobs?repo_token=tok-redirect-5d1c"
+    server.job_script = [Answer(status, "", headers={"Location": location})]
+    server.hook_script = [Answer(status, "", headers={"Location": f"{elsewhere.url}/webhook"})]
+    up = Uploader(secret, server.url, backoff=0.01)
+    with pytest.raises(CoverallsError) as info:
+        up.upload({**PAYLOAD, "repo_token": secret})
+    assert str(info.value) == (
+        f"upload to {server.url}: the server answered HTTP {status}, a redirect to"
+        f" {elsewhere.url}, which is not followed (the request carries the repo token; nothing"
+        " was resent); if that host is Coveralls, set COVERALLS_HOST to it"
+    )
+    with pytest.raises(CoverallsError, match=rf"^finishing .* HTTP {status}, a redirect to"):
+        up.finish("311")
+    assert len(server.jobs) == len(server.hooks) == 1, "a redirect is not retried either"
+    assert server.jobs[0].document["repo_token"] == "tok-redirect-5d1c"
+    assert elsewhere.received == []
+
+
+def test_a_relative_redirect_names_the_same_host(server: FakeCoveralls) -> None:
+    server.job_script = [Answer(307, "", headers={"Location": "/api/v2/jobs"})]
+    with pytest.raises(CoverallsError, match=rf"HTTP 307, a redirect to {server.url}, which"):
+        Uploader(Secret("tok-relative"), server.url).upload(PAYLOAD)
+    assert len(server.jobs) == 1  # not even to the same host: the API does not redirect
+    server.job_script = [Answer(308, "")]
+    with pytest.raises(CoverallsError, match=r"HTTP 308, a redirect to nowhere \(no Location\)"):
+        Uploader(Secret("tok-relative"), server.url).upload(PAYLOAD)
+
+
+# -- the --output file ----------------------------------------------------------------------------
+
+
+def _mode(path: Path) -> int:
+    return stat.S_IMODE(path.stat().st_mode)
+
+
+@pytest.fixture
+def open_umask() -> Iterator[None]:
+    """A umask that leaves every bit, as on a careless shared machine."""
+    old = os.umask(0)
+    try:
+        yield
+    finally:
+        os.umask(old)
+
+
+def test_output_is_created_private(
+    tmp_path: Path, open_umask: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "payload.json"
+    coveralls.write_private(out, '{"a": 1}')
+    assert (_mode(out), out.read_text()) == (0o600, '{"a": 1}')
+    # created 0600 by open() itself, not changed afterwards: without fchmod it is 0600 too
+    monkeypatch.delattr(os, "fchmod")
+    fresh = tmp_path / "fresh.json"
+    coveralls.write_private(fresh, "{}")
+    assert _mode(fresh) == 0o600
+
+
+def test_an_existing_output_is_made_private_and_replaced(tmp_path: Path, open_umask: None) -> None:
+    out = tmp_path / "payload.json"
+    out.write_text("an older and much longer payload than the new one\n" * 10)
+    out.chmod(0o666)
+    coveralls.write_private(out, "{}")
+    assert (_mode(out), out.read_text()) == (0o600, "{}")
+
+
+def test_an_output_that_cannot_be_written_is_a_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(CoverallsError) as info:
+        coveralls.write_private(tmp_path / "missing" / "p.json", "{}")
+    assert str(info.value) == (
+        f"cannot write the Coveralls payload to {tmp_path / 'missing' / 'p.json'}: No such file"
+        " or directory (nothing was sent)"
+    )
+
+
+def test_a_pipe_as_output_is_only_written_to(tmp_path: Path) -> None:
+    """``--output /dev/stdout`` piped to another command: no mode to set, nothing to truncate."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo, 0o644)
+    read: list[bytes] = []
+    reader = threading.Thread(target=lambda: read.append(fifo.read_bytes()))
+    reader.start()
+    coveralls.write_private(fifo, '{"source_files": []}')
+    reader.join(timeout=10)
+    assert read == [b'{"source_files": []}']
+    assert _mode(fifo) == 0o644

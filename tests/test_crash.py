@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import diff_data, measured, run_pytest, serial_reference
+from .helpers import diff_data, measured, order_independent_arcs, run_pytest, serial_reference
 
 WORK = """
 def f1():
@@ -173,8 +173,9 @@ def test_corrupt_worker_file_is_named_and_streamed_data_kept(
 
 
 def test_crash_summary_in_branch_mode_is_exact_too(
-    pytester: pytest.Pytester, private_tmp: Path
+    pytester: pytest.Pytester, private_tmp: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    order_independent_arcs(monkeypatch)  # two workers against one serial run
     _project(pytester)
     reference = serial_reference(pytester, "-k", "not test_3_kill", source="work", branch=True)
     result = _run_killer(pytester, "--distcov-branch", stream_interval=3600)

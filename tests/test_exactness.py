@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import os
 import re
+import sys
 from pathlib import Path
 
 import pytest
 
-from .helpers import assert_same_data, run_pytest, serial_reference
+from .helpers import (
+    assert_same_data,
+    measured,
+    per_worker_reference,
+    report_view,
+    run_pytest,
+    serial_reference,
+    sysmon_branches,
+)
 
 MODES = {
     "no-xdist": ["-p", "no:xdist"],
@@ -16,6 +26,7 @@ MODES = {
     "n2": ["-n", "2"],
     "n3": ["-n", "3"],
 }
+MULTI_WORKER = ("n2", "n3")
 
 
 def _measure_everything(project: Path) -> None:
@@ -30,16 +41,132 @@ def _measure_everything(project: Path) -> None:
 def test_example_equals_serial_coverage_run(
     pytester: pytest.Pytester, shapes: Path, mode: str, branch: bool
 ) -> None:
+    """Several workers measuring branches with sysmon (Python 3.14+) are compared with the
+    union of one serial run per worker, each of that worker's tests in its order: what
+    coverage.py's sysmon core records depends on the order in which code first runs in a
+    process (see :func:`~tests.helpers.per_worker_reference`), so no parallel run can equal
+    one serial run there. The ctrace core, which records every transition, is compared with
+    one serial run on every Python (test_example_branches_with_ctrace_equal_serial_run)."""
     _measure_everything(shapes)
-    reference = serial_reference(pytester, branch=branch)
-    args = ["--distcov", *MODES[mode]] + (["--distcov-branch"] if branch else [])
+    args = ["--distcov", "-v", *MODES[mode]] + (["--distcov-branch"] if branch else [])
     result = run_pytest(pytester, *args)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["*24 passed*"])
+    if sysmon_branches(result) and mode in MULTI_WORKER:
+        reference = per_worker_reference(pytester, result)
+    else:
+        reference = serial_reference(pytester, branch=branch)
     assert_same_data(shapes / ".coverage", reference, arcs=branch)
     # Early start: lines run while conftest and test modules were imported are in the data.
     got = (shapes / ".coverage").read_bytes()
     assert got  # the data file exists and is not empty
+
+
+@pytest.mark.parametrize("mode", MULTI_WORKER)
+def test_example_branches_with_ctrace_equal_serial_run(
+    pytester: pytest.Pytester, shapes: Path, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> None:
+    """With a core whose arcs do not depend on the order tests run in (ctrace records every
+    transition), several workers' branches equal one serial run's, on every Python. Before
+    3.14 ctrace is the default for branches and this repeats the test above."""
+    monkeypatch.setenv("COVERAGE_CORE", "ctrace")
+    _measure_everything(shapes)
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, "--distcov", "--distcov-branch", *MODES[mode])
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["distcov: measuring lines and branches * the ctrace core*"])
+    assert_same_data(shapes / ".coverage", reference, arcs=True)
+
+
+#: Numbered as the assertions below read it: mix is lines 4-9, make lines 12-15.
+ORDER_MODULE = """\
+PRIMARY = {"red": 1, "green": 2}
+
+
+def mix(first, second):
+    try:
+        a, b = PRIMARY[first], PRIMARY[second]
+    except KeyError as exc:
+        raise ValueError(exc.args[0]) from None
+    return a + b
+
+
+def make(flag):
+    if flag:
+        class Made: pass
+    return 1
+"""
+
+ORDER_TESTS = """\
+import pytest
+from order_mod import make, mix
+
+
+def test_mix():
+    assert mix("red", "green") == 3
+
+
+def test_mix_unknown():
+    with pytest.raises(ValueError):
+        mix("red", "purple")
+
+
+def test_make_false():
+    assert make(False) == 1
+
+
+def test_make_true():
+    assert make(True) == 1
+"""
+
+REVERSE_CONFTEST = """\
+import os
+
+
+def pytest_collection_modifyitems(items):
+    if os.environ.get("REVERSE_ORDER"):
+        items.reverse()
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 14), reason="sysmon measures branches from 3.14")
+def test_sysmon_arcs_depend_on_test_order(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Why several workers measuring branches with sysmon are not compared with one serial
+    run: coverage.py alone, with no pytest-distcov, records different arcs for the same tests
+    in the opposite order, and even reports a branch partial in one order and complete in the
+    other. sysmon adds an arc from the last line whose LINE event fired in the same code
+    object, and each LINE event is disabled after its first firing (coverage/sysmon.py,
+    sysmon_line_arcs, coverage 7.17.1+). Found with coverage 7.18.0 on Python 3.14.10 and
+    3.15.2. If this starts failing, coverage.py no longer depends on the order, and
+    per_worker_reference can give way to one serial run again."""
+    for name, text in [
+        ("order_mod.py", ORDER_MODULE),
+        ("test_order.py", ORDER_TESTS),
+        ("conftest.py", REVERSE_CONFTEST),
+    ]:
+        (pytester.path / name).write_text(text)
+    monkeypatch.setenv("COVERAGE_CORE", "sysmon")
+    runs = {}
+    for order in ("forward", "backward"):
+        if order == "backward":
+            monkeypatch.setenv("REVERSE_ORDER", "1")
+        data = serial_reference(pytester, branch=True, source="order_mod")
+        runs[order] = data.rename(pytester.path / f"{order}.coverage")
+    [forward] = measured(runs["forward"], arcs=True).values()
+    [backward] = measured(runs["backward"], arcs=True).values()
+    # Recorded only when the raising call is the first to reach line 7 (the except) and the
+    # class is made before line 15 was first reached: both real, as ctrace records them.
+    assert {(6, 7), (14, 15)} <= backward - forward
+    # Recorded only when the succeeding call is the first to reach line 9: real too.
+    assert (6, 9) in forward - backward
+    # Never executed: line 8 raises. Line 9 was the next line to fire its first LINE event.
+    assert (8, 9) in backward - forward
+    # What the user sees: forward, line 14 did not jump to 15 (it did); backward, all taken.
+    module = os.path.realpath(pytester.path / "order_mod.py")
+    assert report_view(runs["forward"], pytester.path)[module]["missing_branches"] == [[14, 15]]
+    assert report_view(runs["backward"], pytester.path)[module]["missing_branches"] == []
 
 
 def test_conftest_import_lines_are_measured(pytester: pytest.Pytester, shapes: Path) -> None:

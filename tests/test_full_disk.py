@@ -131,11 +131,14 @@ def test_full_temp_dir_is_one_note_and_the_data_stays_exact(
         assert_same_data(data, reference)
 
 
+@pytest.mark.parametrize("engine", ["coverage", "auto"])
 def test_full_temp_dir_with_per_test_contexts_stops_measuring_with_a_note(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, small_tmpfs: Path
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, small_tmpfs: Path, engine: str
 ) -> None:
     """Contexts live only in the data file: a worker that cannot write it stops measuring,
-    says so, and the run goes on; the combined data holds nothing a serial run lacks."""
+    says so, and the run goes on; the combined data holds nothing a serial run lacks. With
+    coverage.py's C tracer, and with what ``auto`` chooses (on 3.12+ the monitor engine)."""
+    monkeypatch.setenv("DISTCOV_ENGINE", engine)
     _project(pytester)
     reference = serial_reference(pytester, "-p", "no:randomly", source="pkg")
     monkeypatch.setenv("TMPDIR", str(small_tmpfs))

@@ -11,9 +11,11 @@ from coverage import CoverageData
 
 from pytest_distcov.data.journal import (
     JOURNAL_SUFFIX,
+    decode_entry,
     decode_record,
     encode_record,
     journal_for,
+    read_entries,
     read_journal,
 )
 from pytest_distcov.data.readers import update_from_file
@@ -104,6 +106,43 @@ def test_a_record_torn_anywhere_is_skipped_and_the_others_kept(tmp_path: Path) -
     # Any line that is not JSON is skipped, wherever it is.
     journal.write_bytes(whole + last[:9] + b"\n" + last)
     assert list(read_journal(journal)) == both
+
+
+def test_records_with_contexts_are_recovered_under_them(
+    new_data: Callable[..., CoverageData], tmp_path: Path
+) -> None:
+    """The monitor engine journals each test phase with its label: recovery puts the lines under
+    it, and the target's own context is what it was; a reader of context-free records refuses
+    a record with a context rather than lose its label."""
+    journal = tmp_path / f".coverage.gw0{JOURNAL_SUFFIX}"
+    records = [
+        encode_record("lines", {"/a.py": [1, 2]}, "t.py::test_a|setup"),
+        encode_record("lines", {"/a.py": [2, 3], "/b.py": [7]}, "t.py::test_a|run"),
+        encode_record("lines", {"/b.py": [8]}, ""),
+    ]
+    journal.write_bytes(b"".join(records))
+    text = records[1].decode()
+    assert decode_entry(text) == ("t.py::test_a|run", ("lines", {"/a.py": [2, 3], "/b.py": [7]}))
+    with pytest.raises(ValueError, match="not a journal record"):
+        decode_record(text)
+    assert [context for context, _ in read_entries(journal)] == [
+        "t.py::test_a|setup",
+        "t.py::test_a|run",
+        "",
+    ]
+    target = new_data(str(tmp_path / "target"))
+    target.set_context("mine")
+    target.add_lines({"/kept.py": [1]})
+    update_from_file(target, journal)
+    target.add_lines({"/kept.py": [2]})  # still under the target's own context
+    by_line = {line: sorted(c) for line, c in target.contexts_by_lineno("/a.py").items()}
+    assert by_line == {
+        1: ["t.py::test_a|setup"],
+        2: ["t.py::test_a|run", "t.py::test_a|setup"],
+        3: ["t.py::test_a|run"],
+    }
+    assert target.contexts_by_lineno("/b.py") == {7: ["t.py::test_a|run"], 8: [""]}
+    assert target.contexts_by_lineno("/kept.py") == {1: ["mine"], 2: ["mine"]}
 
 
 HOSTILE = {

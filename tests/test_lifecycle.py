@@ -15,6 +15,7 @@ import pytest
 from .helpers import measured, run_pytest
 
 SLOW = """
+import pathlib
 import time
 
 import pytest
@@ -22,6 +23,7 @@ import pytest
 
 @pytest.mark.parametrize("i", range(60))
 def test_slow(i):
+    pathlib.Path(f"started-{i}").touch()  # the test below interrupts once some have started
     time.sleep(0.2)
 """
 
@@ -56,7 +58,11 @@ def test_ctrl_c_keeps_data_and_cleans_up(
         stderr=subprocess.STDOUT,
         text=True,
     )
-    time.sleep(4)
+    # Interrupt once ten slow tests have started: the quick tests (which xdist hands out before
+    # them) have run by then, however loaded the machine is.
+    deadline = time.monotonic() + 120
+    while len(list(shapes.glob("started-*"))) < 10 and time.monotonic() < deadline:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGINT)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == pytest.ExitCode.INTERRUPTED, out

@@ -58,6 +58,7 @@ def test_ini_types_are_pytests_own(pytester: pytest.Pytester) -> None:
     samples = {"distcov_config": "cov.cfg", "distcov_context": "test"}
     samples |= {"distcov_engine": "coverage", "distcov_report": "term", "distcov_store": "out"}
     samples |= {"distcov_remote": ""}  # hosts would need --distcov
+    samples |= {"distcov_remote_cache_size": "2G"}
     (pytester.path / "cov.cfg").write_text("[run]\n")
     keys = [o for o in OPTIONS if o.ini_type]
     assert {o.ini_type for o in keys} <= set(types)

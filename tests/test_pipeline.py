@@ -18,6 +18,7 @@ from pytest_distcov.sinks.pipeline import Combined, ExitStatus, Outcome, Sink, r
 from pytest_distcov.sinks.report_sink import ReportSink
 from pytest_distcov.sinks.store_sink import StoreSink
 from pytest_distcov.sinks.summary import Summary
+from pytest_distcov.tempdirs import RunDirs
 
 from .helpers import load, run_pytest
 
@@ -226,7 +227,7 @@ def test_a_dead_local_workers_files_are_recovered(tmp_path: Path) -> None:
     for name in (".coverage.gw1", ".coverage.gw1.journal", "unrelated"):
         (datadir / name).write_text("")
     lines: list[str] = []
-    recovery = LocalRecovery(lines.append)
+    recovery = LocalRecovery(lines.append, RunDirs(tmp_path))
     hello: Any = {"datadir": str(datadir), "host": "here"}
     recovery.recover("gw1", hello, "crashed hard")
     assert recovery.collect() == [

@@ -441,6 +441,59 @@ def test_spent_probes_leave_every_function_that_keeps_running(tmp_path: Path) ->
     assert probes.take() == {str(tmp_path / "hot_module.py"): executed}
 
 
+IMPORT_SCRIPT = """
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+from coverage import Coverage
+
+from pytest_distcov.engine.probes import Probes
+
+root = Path(sys.argv[1])
+sys.path.insert(0, str(root))
+probes = Probes(Coverage(source=["srcpkg"], data_file=str(root / ".coverage")))
+probes.start()
+import srcpkg.hot as hot
+
+assert hot.use(200) == 39800
+for func in (hot.hot, hot.MADE[0]):
+    info = probes.sci.probed(func.__code__)
+    assert info is not None and info.version >= 1 and info.successor is None, func
+with warnings.catch_warnings(record=True) as caught:
+    warnings.simplefilter("always")
+    import srcpkg.old
+
+    importlib.reload(srcpkg.old)
+print([Path(w.filename).name for w in caught])
+print(sorted(probes.finish().lines(str(root / "srcpkg" / "old.py"))))
+"""
+
+
+@needs_probes
+def test_modules_imported_with_probes_run_under_importlibs_own_frames(tmp_path: Path) -> None:
+    """A module imported through the probe finder runs under importlib's own exec_module: a
+    warning it gives with stacklevel=2 at import time names its importer (and, reloaded,
+    importlib), as without probes (jsonschema's suite checks this; with a frame of ours in
+    between, the warning named probes.py). The functions it defines still lose their spent
+    probes, those made while it was still executing too."""
+    package = tmp_path / "srcpkg"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "hot.py").write_text(HOT_MODULE)
+    (package / "old.py").write_text(
+        "import warnings\n\nwarnings.warn('old', DeprecationWarning, stacklevel=2)\n"
+    )
+    script = tmp_path / "importer.py"
+    script.write_text(IMPORT_SCRIPT)
+    out = subprocess.run(
+        [sys.executable, str(script), str(tmp_path)], capture_output=True, text=True, check=False
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.splitlines() == ["['importer.py', '__init__.py']", "[1, 3]"]
+
+
 SYS_PATH_SCRIPT = """
 import sys
 from pathlib import Path

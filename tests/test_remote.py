@@ -11,10 +11,19 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .helpers import assert_same_data, diff_data, measured, run_pytest, serial_reference
+from .helpers import (
+    assert_same_data,
+    diff_data,
+    measured,
+    per_worker_reference,
+    run_pytest,
+    serial_reference,
+    sysmon_branches,
+)
 from .sshlab import SshLab, host_python, other_minor_python
 from .test_exactness import _measure_everything
 
@@ -58,7 +67,7 @@ def test_two_hosts_equal_a_serial_local_run(
     _measure_everything(shapes)  # conftest and test modules too: every path must come home
     reference = serial_reference(pytester, branch=branch)
     extra = ["--distcov-branch"] if branch else []
-    result = run_pytest(pytester, *_remote_args(lab, "h1,2*h2"), *extra)
+    result = run_pytest(pytester, *_remote_args(lab, "h1,2*h2"), "-v", *extra)
     out = result.stdout.str()
     assert result.ret == 0, out + result.stderr.str()
     result.stdout.fnmatch_lines(
@@ -70,6 +79,8 @@ def test_two_hosts_equal_a_serial_local_run(
         ]
     )
     assert re.search(r"host h1 \(.*\): 1 worker; (shipped \d+ new file|nothing new)", out)
+    if sysmon_branches(result):  # 3.14+: arcs depend on the tests each worker ran, in order
+        reference = per_worker_reference(pytester, result)
     assert_same_data(shapes / ".coverage", reference, arcs=branch)
     _no_remote_paths(shapes / ".coverage", shapes)
     # coverage.py's own report finds every file: no "No source" for a remote path.
@@ -218,8 +229,10 @@ def test_c_tracer_that_cannot_load_falls_back_with_one_line(
 ) -> None:
     """A host where coverage's C extension does not load (here: a damaged copy in its cache).
 
-    Branch coverage makes the C tracer the core on every Python this project supports (sysmon,
-    which needs no C extension, measures branches only from 3.14)."""
+    Branch coverage makes the C tracer the core before Python 3.14; from 3.14 on, sysmon (which
+    needs no C extension) measures branches, so the project's configuration asks for ctrace."""
+    if sys.version_info >= (3, 14):
+        (shapes / ".coveragerc").write_text("[run]\ncore = ctrace\n")
     args = [*_remote_args(lab, "h2"), "--distcov-branch"]
     first = run_pytest(pytester, *args)
     assert first.ret == 0, first.stdout.str()
@@ -478,3 +491,254 @@ def test_a_file_that_changes_while_shipping_does_not_corrupt_the_host_cache(
         assert Path(run_dir, "notes.txt").read_text() == "changed after listing\n"
     finally:
         fleet.close()
+
+
+# -- host caches: private, owned, checked ---------------------------------------------------
+
+
+def _host_cache(lab: SshLab, host: str) -> Path:
+    """Where this machine sees ``host``'s cache root (/root/.cache/pytest-distcov there)."""
+    return lab.add_host(host) / "cache" / "pytest-distcov"
+
+
+def _fleet(lab: SshLab, host: str, bundle: Any) -> Any:
+    from pytest_distcov.remote.fleet import Fleet
+    from pytest_distcov.settings.hosts import parse_hosts
+
+    lab.add_host(host)
+    hosts = parse_hosts([host], python=host_python(), ssh_config=str(lab.ssh_config))
+    return Fleet(hosts, bundle, timeout=120.0)
+
+
+def _small_project(tmp_path: Path) -> Path:
+    project = tmp_path / "proj"
+    project.mkdir()
+    (project / "mod.py").write_text("X = 1\n")
+    return project
+
+
+def test_host_cache_and_run_directories_are_private(lab: SshLab, tmp_path: Path) -> None:
+    from pytest_distcov.remote.shipping import build_bundle
+
+    fleet = _fleet(lab, "h5", build_bundle(str(_small_project(tmp_path)), path=[])[0])
+    try:
+        fleet.start()
+        cache = _host_cache(lab, "h5")
+        run_dir = cache / "runs" / fleet.run_id
+        for directory in (cache, cache / "objects", cache / "runs", run_dir, run_dir / "project"):
+            assert directory.stat().st_mode & 0o777 == 0o700, directory
+        objects = [p for p in (cache / "objects").rglob("*") if p.is_file()]
+        assert objects
+        assert all(p.stat().st_mode & 0o077 == 0 for p in objects), objects
+    finally:
+        fleet.close()
+
+
+OTHER_USER = "distcov-other"
+
+
+@pytest.fixture(scope="session")
+def other_uid() -> int:
+    """The uid of a second local user (made once, idempotently; the tests run as root)."""
+    import pwd
+
+    try:
+        return pwd.getpwnam(OTHER_USER).pw_uid
+    except KeyError:
+        pass
+    if shutil.which("useradd") is None:
+        pytest.skip("useradd is missing")
+    subprocess.run(
+        ["useradd", "--system", "--no-create-home", "--shell", "/usr/sbin/nologin", OTHER_USER],
+        capture_output=True,
+        check=False,  # another session may have made it meanwhile: looked up below either way
+    )
+    return pwd.getpwnam(OTHER_USER).pw_uid
+
+
+@pytest.mark.parametrize("change", ["owner", "mode"])
+def test_a_host_cache_root_others_can_change_is_refused(
+    lab: SshLab, tmp_path: Path, change: str, other_uid: int
+) -> None:
+    """The lab's hosts log in as root, so the cache root is given to a second local user: the
+    agent compares its owner with its own effective uid (the connecting user's), not with a
+    fixed "root"."""
+    from pytest_distcov.errors import RemoteError
+    from pytest_distcov.remote.shipping import build_bundle
+
+    cache = _host_cache(lab, "h6")
+    cache.mkdir(mode=0o700, exist_ok=True)
+    bundle = build_bundle(str(_small_project(tmp_path)), path=[])[0]
+    try:
+        if change == "owner":
+            os.chown(cache, other_uid, -1)  # not the connecting user (root)
+            expected = (
+                f"h6: the cache directory /root/.cache/pytest-distcov belongs to uid {other_uid},"
+                " not to the connecting user (uid 0): remove it*XDG_CACHE_HOME*"
+            )
+        else:
+            cache.chmod(0o775)
+            expected = (
+                "h6: the cache directory /root/.cache/pytest-distcov is writable by group or"
+                " others (mode 0775): chmod 700 it*"
+            )
+        fleet = _fleet(lab, "h6", bundle)
+        with pytest.raises(RemoteError) as info:
+            fleet.start()
+        message = str(info.value)
+        assert "\n" not in message
+        assert re.fullmatch(
+            expected.replace("(", r"\(").replace(")", r"\)").replace("*", ".*"), message
+        ), message
+        assert not (cache / "runs" / fleet.run_id).exists()  # refused before anything was made
+    finally:
+        os.chown(cache, 0, 0)
+        cache.chmod(0o700)
+    fleet = _fleet(lab, "h6", bundle)
+    try:
+        fleet.start()  # its own again: used
+    finally:
+        fleet.close()
+
+
+def test_a_damaged_cached_object_is_sent_again_never_used(lab: SshLab, tmp_path: Path) -> None:
+    from pytest_distcov.remote.shipping import build_bundle, digest_bytes
+
+    project = _small_project(tmp_path)
+    bundle = build_bundle(str(project), path=[])[0]
+    fleet = _fleet(lab, "h7", bundle)
+    try:
+        fleet.start()
+    finally:
+        fleet.close()
+    digest = digest_bytes(b"X = 1\n")
+    stored = _host_cache(lab, "h7") / "objects" / digest[:2] / digest
+    stored.write_text("X = 666\n")  # same size, other contents
+    fleet = _fleet(lab, "h7", bundle)
+    try:
+        fleet.start()
+        host = fleet.hosts[0]
+        assert host.report.shipped_files == 1  # the damaged object, sent again
+        copy = host.trees["project"].replace("/root/.cache", str(lab.root / "hostfs/h7/cache"))
+        assert Path(copy, "mod.py").read_text() == "X = 1\n"
+        assert stored.read_text() == "X = 1\n"
+    finally:
+        fleet.close()
+
+
+def test_a_tree_or_environment_whose_marker_is_wrong_is_built_again(
+    lab: SshLab, tmp_path: Path
+) -> None:
+    """A shared tree (and the environment made around a shipped site-packages) is trusted only
+    when its completion marker holds its digest; else it is built again from sound objects."""
+    import dataclasses
+
+    from pytest_distcov.remote.shipping import build_bundle
+
+    lib = tmp_path / "lib"
+    lib.mkdir()
+    (lib / "libmod.py").write_text("Y = 2\n")
+    bundle = build_bundle(str(_small_project(tmp_path)), path=[str(lib)])[0]
+    bundle = dataclasses.replace(bundle, site_tree="packages-1")
+    tree = next(t for t in bundle.packages if t.name == "packages-1")
+    cache = _host_cache(lab, "h8")
+    fleet = _fleet(lab, "h8", bundle)
+    try:
+        fleet.start()
+    finally:
+        fleet.close()
+    built = cache / "trees" / tree.digest
+    assert (built / ".distcov-complete").read_text() == tree.digest
+    (env,) = (cache / "envs").iterdir()
+    for where in (built, env):
+        (where / ".distcov-complete").write_text("0" * 32)
+        (where / "planted").write_text("not from the controller\n")
+    (built / "libmod.py").write_text("Y = 666\n")
+    fleet = _fleet(lab, "h8", bundle)
+    try:
+        fleet.start()
+        assert (built / "libmod.py").read_text() == "Y = 2\n"
+        assert (built / ".distcov-complete").read_text() == tree.digest
+        assert not (built / "planted").exists()
+        assert not (env / "planted").exists()
+        assert (env / "pyvenv.cfg").is_file()
+        assert fleet.hosts[0].venv_python.startswith(
+            f"/root/.cache/pytest-distcov/envs/{env.name}/"
+        )
+    finally:
+        fleet.close()
+
+
+# -- what is shipped ----------------------------------------------------------------------------
+
+ON_THE_HOST = """
+import os, platform
+
+
+def test_what_the_host_got():
+    assert platform.node() == "h9"
+    assert not os.path.exists(".env")
+    assert not os.path.exists("deploy/id_rsa")
+    assert not os.path.lexists("leak.txt")
+    assert open("certs/server.pem").read() == "opted in\\n"
+"""
+
+
+def test_secrets_and_outside_links_stay_here_unless_included(
+    pytester: pytest.Pytester, lab: SshLab, tmp_path: Path
+) -> None:
+    outside = tmp_path / "outside.txt"
+    outside.write_text("private\n")
+    pytester.makepyfile(test_host=ON_THE_HOST)
+    (pytester.path / ".env").write_text("TOKEN=secret\n")
+    (pytester.path / "deploy").mkdir()
+    (pytester.path / "deploy" / "id_rsa").write_text("-----BEGIN OPENSSH PRIVATE KEY-----\n")
+    (pytester.path / "certs").mkdir()
+    (pytester.path / "certs" / "server.pem").write_text("opted in\n")
+    (pytester.path / "leak.txt").symlink_to(outside)
+    pytester.makeini("[pytest]\ndistcov_remote_include =\n    certs/*.pem\n")
+    lab.add_host("h9")
+    result = run_pytest(pytester, *_remote_args(lab, "h9"))
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: 2 files that look like secrets (*) not shipped to the hosts; name them in"
+            " the distcov_remote_include ini list to ship them",
+            "distcov: 1 symbolic link pointing outside the shipped trees not shipped to the hosts*",
+            "*1 passed*",
+        ]
+    )
+
+
+def test_a_host_cache_is_pruned_to_its_size_and_runs_go_on(
+    pytester: pytest.Pytester, lab: SshLab
+) -> None:
+    """A host's cache beyond --distcov-remote-cache-size loses what was used longest ago (a
+    tree no run uses), never what the run needs; the header says so in one line, and the
+    run ships again what was pruned and passes."""
+    _work_project(pytester, "")
+    cache = _host_cache(lab, "h10")
+    first = run_pytest(pytester, *_remote_args(lab, "h10"))
+    assert first.ret == 0, first.stdout.str() + first.stderr.str()
+    assert "cache pruned" not in first.stdout.str()  # 2 GiB by default
+    unused = cache / "trees" / ("0" * 32)
+    unused.mkdir()
+    (unused / "big.bin").write_bytes(b"x" * 100_000)
+    (unused / ".distcov-complete").write_text("0" * 32)
+    then = time.time() - 3600
+    os.utime(unused / ".distcov-complete", (then, then))
+    in_use = sorted(p.name for p in (cache / "trees").iterdir() if p != unused)
+    assert in_use
+    second = run_pytest(pytester, *_remote_args(lab, "h10"), "--distcov-remote-cache-size=1K")
+    out = second.stdout.str()
+    assert second.ret == 0, out + second.stderr.str()
+    second.stdout.fnmatch_lines(
+        [
+            "distcov: host h10 (h10, Python 3.*): 1 worker; shipped * new file contents *",
+            "distcov: host h10: cache pruned to * MiB (removed 1 tree, * files)",
+            "*30 passed*",
+        ]
+    )
+    assert not unused.exists()
+    assert sorted(p.name for p in (cache / "trees").iterdir()) == in_use
+    assert not list((cache / "runs").iterdir())

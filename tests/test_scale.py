@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import pytest
 
-from .helpers import ROOT, assert_same_data, measured, run_pytest, run_python, serial_reference
+from .helpers import (
+    ROOT,
+    assert_same_data,
+    measured,
+    order_independent_arcs,
+    run_pytest,
+    run_python,
+    serial_reference,
+)
 from .test_preparse import _pipe_capacity
 
 
@@ -16,6 +24,8 @@ def test_thousands_of_modules_with_an_empty_cache_finish_exact(
     """1,500 measured modules whose names and parses overflow every pipe between the
     controller and its parse helper: the run ends (it used to hang after its last test) and
     equals a serial `coverage run`."""
+    if branch:  # two workers against one serial run
+        order_independent_arcs(monkeypatch)
     project = pytester.path / ("a-ci-checkout-" * 4)
     generator = str(ROOT / "benchmarks" / "bigproject.py")
     run_python(generator, str(project), "--modules=1500", "--tests=20", "--imports=200")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import execnet
 import pytest
 
-from .sshlab import SshLab
+from .sshlab import SshLab, host_python
 
 pytestmark = pytest.mark.slow
 
@@ -25,7 +25,7 @@ def test_execnet_gateways_over_the_lab(sshlab: SshLab) -> None:
         for host in ("alpha", "beta"):
             sshlab.srv(host)
             group.makegateway(
-                f"ssh={host}//python=/usr/bin/python3//ssh_config={sshlab.ssh_config}//id={host}"
+                f"ssh={host}//python={host_python()}//ssh_config={sshlab.ssh_config}//id={host}"
             )
         names = sorted(
             gw.remote_exec("import platform; channel.send(platform.node())").receive(timeout=30)

@@ -31,6 +31,9 @@ tox's ``min`` and ``newest`` environments), and the fallback of each:
   ``_data`` and ``_post_save_work``. Fallback: coverage.py's tracer measures (the header's
   note on the core says why).
 * :mod:`.warnings`: coverage.py's public ``CoverageWarning`` only.
+* :mod:`.paths`, for ``pytest-distcov combine`` alone (checked where it is used, not at a
+  run's start): ``coverage.files.PathAliases``, which applies the ``[paths]`` setting as
+  ``coverage combine`` does. Fallback: no remapping, and the command says so.
 
 Not treated as internal: the SQLite schema of data files, which coverage.py documents (its
 "dbschema" page, "subject to change"). :mod:`pytest_distcov.data` reads those tables itself

@@ -8,8 +8,11 @@ it beside its data file, and recovery reads both
 (:func:`pytest_distcov.data.readers.update_from_file`).
 
 A record is one line of JSON, ``[kind, {file: items}]``: kind ``"lines"`` with line numbers,
-or ``"arcs"`` with ``[from, to]`` pairs. It holds no context: the engine journals only data
-recorded under one unchanging context, so a reader adds records under its target's context.
+or ``"arcs"`` with ``[from, to]`` pairs. Such a record holds no context: NewOnly journals only
+data recorded under one unchanging context, so a reader adds it under its target's context.
+The monitor engine (per-test contexts, :mod:`pytest_distcov.engine.monitor`) journals each test
+phase as ``[kind, {file: items}, context]``: :func:`read_entries` gives those with their
+context (:func:`read_journal` and :func:`decode_record`, for records without one, refuse them).
 
 A worker killed while it wrote a record leaves that last line cut short; it belonged to a test
 that had not finished, and is skipped (as is any line that is not JSON). A line that is JSON but
@@ -30,10 +33,13 @@ from pytest_distcov.errors import DataFileError
 __all__ = [
     "JOURNAL_SUFFIX",
     "KINDS",
+    "Entry",
     "Record",
+    "decode_entry",
     "decode_record",
     "encode_record",
     "journal_for",
+    "read_entries",
     "read_journal",
 ]
 
@@ -49,6 +55,8 @@ LINE_LIMIT = 1 << 31
 
 #: (kind, file -> line numbers, or (from, to) tuples for arcs)
 Record = tuple[str, dict[str, list[Any]]]
+#: (the context label the record was measured under, or None: its reader's; the record)
+Entry = tuple[str | None, Record]
 
 
 def journal_for(data_file: Path) -> Path:
@@ -56,30 +64,49 @@ def journal_for(data_file: Path) -> Path:
     return data_file.with_name(data_file.name + JOURNAL_SUFFIX)
 
 
-def encode_record(kind: str, items: Mapping[str, Collection[Any]]) -> bytes:
-    """One record, a whole line: ``kind`` and each file's items, sorted."""
+def encode_record(
+    kind: str, items: Mapping[str, Collection[Any]], context: str | None = None
+) -> bytes:
+    """One record, a whole line: ``kind`` and each file's items, sorted (and the context label
+    it was measured under, if given)."""
     record = {name: sorted(found) for name, found in items.items()}
-    return (json.dumps([kind, record], separators=(",", ":")) + "\n").encode()
+    entry: list[Any] = [kind, record] if context is None else [kind, record, context]
+    return (json.dumps(entry, separators=(",", ":")) + "\n").encode()
 
 
 def decode_record(text: str) -> Record | None:
-    """The record on one line; None for a line that is not JSON (cut short by a kill).
+    """The record (without a context) on one line; None for a line that is not JSON (cut short
+    by a kill).
 
     Raises :class:`ValueError`, saying why, for JSON that is not a record of this format.
     """
+    entry = _decode(text, with_context=False)
+    return None if entry is None else entry[1]
+
+
+def decode_entry(text: str) -> Entry | None:
+    """:func:`decode_record` for a record with or without a context label."""
+    return _decode(text, with_context=True)
+
+
+def _decode(text: str, *, with_context: bool) -> Entry | None:
     try:
         found = json.loads(text)
     except ValueError:
         return None  # torn: the worker died while writing it
     except RecursionError:
         raise ValueError("not a journal record (nested too deeply)") from None
-    if not (isinstance(found, list) and len(found) == 2 and found[0] in KINDS):
+    sizes = (2, 3) if with_context else (2,)
+    if not (isinstance(found, list) and len(found) in sizes and found[0] in KINDS):
         raise ValueError(f"not a journal record: {text[:80]!r}")
-    kind, files = found
+    kind, files = found[:2]
+    context = found[2] if len(found) == 3 else None
     if not isinstance(files, dict):
         raise ValueError(f"a {kind} record holds no files: {text[:80]!r}")
+    if context is not None and not isinstance(context, str):
+        raise ValueError(f"a {kind} record's context is not a label: {text[:80]!r}")
     decode = _arcs if kind == "arcs" else _lines
-    return kind, {name: decode(name, items) for name, items in files.items()}
+    return context, (kind, {name: decode(name, items) for name, items in files.items()})
 
 
 def _is_number(value: object, low: int) -> bool:
@@ -114,6 +141,16 @@ def read_journal(path: str | os.PathLike[str]) -> Iterator[Record]:
     a record of another format: after every good record has been given, so that one bad record
     costs only itself (the error names the first bad line).
     """
+    for _, record in _read(path, with_context=False):
+        yield record
+
+
+def read_entries(path: str | os.PathLike[str]) -> Iterator[Entry]:
+    """:func:`read_journal` for records with or without a context label."""
+    return _read(path, with_context=True)
+
+
+def _read(path: str | os.PathLike[str], *, with_context: bool) -> Iterator[Entry]:
     try:
         with open(path, encoding="utf-8") as fh:
             lines = fh.read().splitlines()
@@ -122,7 +159,7 @@ def read_journal(path: str | os.PathLike[str]) -> Iterator[Record]:
     first_bad: str | None = None
     for number, text in enumerate(lines, 1):
         try:
-            record = decode_record(text)
+            record = _decode(text, with_context=with_context)
         except ValueError as exc:
             if first_bad is None:
                 first_bad = f"cannot combine journal {os.fspath(path)}: line {number}: {exc}"

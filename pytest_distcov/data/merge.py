@@ -5,7 +5,8 @@ Everything here speaks coverage.py's public data API (``CoverageData``) and neve
 * :class:`Accumulator` is the controller's in-memory union: sets of lines (or arcs) per context
   and file. Its size grows with the number of covered lines, never with the number of tests,
   chunks or workers, because a union stores each line once.
-* :func:`write_data_file` saves a data file atomically.
+* :func:`write_data_file` saves a data file atomically;
+* :func:`add_contexts` adds the data of many contexts to a data file in one transaction.
 
 What reads data files and journals (the worker's deltas, recovery) is in :mod:`.readers`.
 """
@@ -14,8 +15,9 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Mapping
 from pathlib import Path
+from typing import Any
 
 from coverage import CoverageData
 
@@ -24,7 +26,35 @@ from pytest_distcov.protocol import Payload
 
 from .readers import Measured, PathMapper, identity
 
-__all__ = ["Accumulator", "write_data_file"]
+__all__ = ["Accumulator", "add_contexts", "write_data_file"]
+
+
+def add_contexts(
+    data: CoverageData,
+    by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
+    *,
+    arcs: bool,
+) -> None:
+    """Add lines (or arcs) of many contexts (label -> file -> items) to ``data``.
+
+    ``CoverageData.add_lines`` writes one context at a time, and opens, writes and closes its
+    SQLite file for each: with thousands of per-test contexts that is most of a second for every
+    thousand. Added first to an in-memory ``CoverageData`` (no file), they reach ``data`` with
+    one ``CoverageData.update``, one transaction: several times faster, through the public API.
+    """
+    if not by_context:
+        return
+    batch = CoverageData(no_disk=True)
+    try:
+        for context, files in by_context.items():
+            batch.set_context(context or None)
+            if arcs:
+                batch.add_arcs(files)
+            else:
+                batch.add_lines(files)
+        data.update(batch)
+    finally:
+        batch.close(force=True)
 
 
 class Accumulator:
@@ -66,7 +96,10 @@ class Accumulator:
             for path, items in (arcs or lines).items():
                 bucket = self._bucket(context, map_path(path))
                 before = len(bucket)
-                bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
+                if self.branch:  # arcs travel as lists: made tuples again
+                    bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
+                else:
+                    bucket.update(items)
                 new += len(bucket) - before
         for path, plugin in payload["tracers"].items():
             self._tracers[map_path(path)] = plugin
@@ -94,12 +127,7 @@ class Accumulator:
             data.add_arcs({})
         else:
             data.add_lines({})
-        for context, files in sorted(self._data.items()):
-            data.set_context(context or None)
-            if self.branch:
-                data.add_arcs({p: sorted(a) for p, a in files.items()})
-            else:
-                data.add_lines({p: sorted(ls) for p, ls in files.items()})
+        add_contexts(data, dict(sorted(self._data.items())), arcs=self.branch)
         data.set_context(None)
         if self._tracers:
             data.add_file_tracers(self._tracers)

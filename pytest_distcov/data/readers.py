@@ -6,12 +6,15 @@
 * :class:`DeltaReader` is the worker's side of streaming: what is new in its own data file
   since the last call. It reads the file with :func:`read_live_file`.
 * :class:`ContextDeltaReader` does the same for per-test contexts, whatever their number.
-* :func:`read_shard` reads one whole data file for :class:`~.union.ShardUnion`.
+* :func:`read_shard` reads one whole data file for :class:`~.union.ShardUnion`. A shard comes
+  from a store anyone with access could write to: it is checked whole (stored tables, the
+  types coverage.py writes, known ids, line numbers up to :data:`MAX_LINE`) and read within a
+  budget that grows with its size (:data:`READ_STEPS`), and whatever is wrong is its own error.
 
 What they share: read-only SQLite URIs (:func:`read_only_uri`: a reader never changes or locks
 what it reads unless it must), the data-file schemas read straight from SQLite
 (:data:`KNOWN_SCHEMAS`), coverage.py's numbits decoding, and the path mappers that turn a
-worker's or a shard's paths into the controller's.
+worker's or a shard's paths into the controller's (:class:`UntrustedPath`: one they refuse).
 
 coverage.py is loaded only when a reader needs it: ``pytest-distcov combine`` starts its reader
 processes (which read SQLite alone) before it loads coverage.py. Nothing here imports pytest.
@@ -19,36 +22,48 @@ processes (which read SQLite alone) before it loads coverage.py. Nothing here im
 
 from __future__ import annotations
 
+import contextlib
 import errno
+import operator
 import os
 import re
 import sqlite3
 import stat
 import struct
-from collections.abc import Callable, Iterable, Mapping
+import tempfile
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
 from pytest_distcov.errors import DataFileError
-from pytest_distcov.protocol import ContextData, Payload, empty_payload
+from pytest_distcov.protocol import MAX_LINE, ContextData, Payload, empty_payload
 
-from .journal import JOURNAL_SUFFIX, read_journal
+from .journal import JOURNAL_SUFFIX, read_entries
 
 if TYPE_CHECKING:
     from coverage import CoverageData
 
 __all__ = [
     "KNOWN_SCHEMAS",
+    "MAX_LINE",
+    "MAX_NUMBITS",
     "ContextDeltaReader",
     "DeltaReader",
+    "MemoryContextDelta",
     "PathMapper",
+    "ShardHub",
     "ShardRead",
+    "UntrustedPath",
+    "copy_at_most",
     "identity",
     "numbits_decoder",
+    "numbits_of",
     "read_data_file",
     "read_live_file",
     "read_only_uri",
     "read_shard",
+    "shard_hub",
+    "shown",
     "unpack_shard_arc",
     "update_from_file",
     "update_from_journal",
@@ -58,6 +73,12 @@ __all__ = [
 Measured = set[Any]
 
 PathMapper = Callable[[str], str]
+
+
+class UntrustedPath(ValueError):
+    """A path a :data:`PathMapper` refuses: one that another machine wrote and that would lead
+    outside the project (``../../etc/passwd``, ``/etc/hostname``). The message says why, starting
+    with "it names" (the file that holds it is the subject)."""
 
 
 def identity(path: str) -> str:
@@ -136,10 +157,16 @@ def update_from_journal(
 ) -> None:
     """Union a worker's journal of flushed lines or arcs (see :mod:`.journal`) into ``target``.
     A last line cut short (the worker was killed while writing it) is skipped: it belonged to a
-    test that had not finished."""
+    test that had not finished. A record with a context label goes under that label, and the
+    target's own context is set again after it."""
+    from pytest_distcov.covapi.data import recorded_context  # (coverage.py only when needed)
+
     mapped = map_path or identity
-    for kind, record in read_journal(path):
+    own = recorded_context(target)
+    for context, (kind, record) in read_entries(path):
         try:
+            if context is not None:
+                target.set_context(context)
             if kind == "arcs":
                 target.add_arcs({mapped(f): arcs for f, arcs in record.items()})
             else:
@@ -148,6 +175,9 @@ def update_from_journal(
             if _writing_failed(target, exc):
                 raise
             raise DataFileError(f"cannot combine journal {os.fspath(path)}: {exc}") from None
+        finally:
+            if context is not None:
+                target.set_context(own or None)
 
 
 def update_from_file(
@@ -363,30 +393,102 @@ class ContextDeltaReader:
         return payload
 
 
+class MemoryContextDelta:
+    """Chunks of per-test contexts an engine hands over from memory (the monitor engine gives
+    each test phase's lines once), in the payload :class:`ContextDeltaReader` makes from a file.
+    Only the files already sent as touched are remembered."""
+
+    def __init__(self) -> None:
+        self._touched: set[str] = set()
+
+    def delta_of(self, by_context: Mapping[str, Mapping[str, Iterable[int]]]) -> Payload:
+        payload = empty_payload()
+        touched = self._touched
+        for label in sorted(by_context):
+            lines = {path: sorted(items) for path, items in sorted(by_context[label].items())}
+            if not lines:
+                continue
+            payload["contexts"][label] = {"lines": lines, "arcs": {}}
+            for path in lines:
+                if path not in touched:
+                    touched.add(path)
+                    payload["touched"].setdefault("", []).append(path)
+        return payload
+
+
 # -- straight from SQLite: whole files ----------------------------------------------------------
+
+#: A data file holds line numbers up to :data:`~pytest_distcov.protocol.MAX_LINE` (the bound a
+#: message from a worker keeps to), and no smaller than its negation. It is also the range the
+#: packed arcs carry (see ``_ARC_QUERY``), so every arc of a valid file is packed; line data (a
+#: blob of one bit a line) needs at most :data:`MAX_NUMBITS` bytes.
+MAX_NUMBITS = MAX_LINE // 8 + 1
+
+#: The longest name (a path, a context, a plugin, a meta key or value) a data file may hold, in
+#: characters: far above any path or test id, and small enough that a few rows of them cannot
+#: fill the memory before the budget below sees them.
+MAX_NAME = 1 << 16
+
+#: The reading budget of one shard, so that no file can make ``combine`` run or grow without
+#: end: SQLite steps (its virtual machine's instructions, counted by a progress handler), and
+#: what the rows read may hold (:data:`ROW_BYTES` a row, plus the length of its values), each a
+#: base plus so much for every byte of the file. Reading a real data file takes at most about
+#: two steps a byte and yields at most about 4 such bytes a byte (measured on line and arc data
+#: with up to thousands of files and contexts: a row is stored, with its index entry, in 20
+#: bytes or more); the factors leave 8 times that. As every table read is stored (see
+#: ``_READ_TABLES``), only a damaged or doctored file can go beyond: pages that point back at
+#: each other, one long value that many rows share. It stops here, and the shard is refused.
+#: Rows are fetched in batches no bigger than what the budget has left (16 rows at least, each
+#: value capped: :data:`MAX_NUMBITS`, :data:`MAX_NAME`) and held against it before anything
+#: else is done with them.
+READ_STEPS = 10_000_000
+READ_STEPS_PER_BYTE = 16
+READ_BYTES = 16 << 20
+READ_BYTES_PER_BYTE = 32
+ROW_BYTES = 100
+#: The longest string or blob SQLite may make while reading shards (set where Python can set it,
+#: 3.11 on; SQLite's own limit, a billion bytes, before): one file's arcs in one context travel
+#: as one string of 16 characters an arc, so this is 4 million arcs.
+MAX_VALUE_BYTES = 64 << 20
+
+_STEP_EVERY = 1000  # SQLite steps between two calls of the progress handler
+_BATCH = 4096  # rows fetched at once, at most
 
 # How a data file's arcs are carried out of SQLite (see _ARC_QUERY): an arc (fromno, tono) with
 # both numbers in [-2**25, 2**25) is packed into one integer, offset to exactly 16 decimal digits.
-_ARC_OFFSET = 1 << 25
+_ARC_OFFSET = MAX_LINE + 1
 _ARC_SHIFT = 26
 _ARC_DIGITS = 10**15
 _ARC_BASE = _ARC_OFFSET * (1 << _ARC_SHIFT) + _ARC_OFFSET + _ARC_DIGITS
 # Per file and context, one string of all its packed arcs, 16 digits each, in one pass over the
-# covering index; an arc out of range writes "x" (not a hex digit) and that group is read row by
-# row instead. A decimal digit string is also a hex digit string, so ``bytes.fromhex`` turns the
-# text into 8 bytes an arc, and ``memoryview.cast("d")`` reads those as distinct floats: no
-# Python code runs per arc. (Floats because Python makes and hashes them faster than integers of
-# this size; the bytes are never a NaN or a zero, so equal floats are equal bytes. The exponent
-# of a NaN needs a byte 0x7F or 0xFF, and a hex digit above 9, neither of which decimal digits
-# make; a zero needs eight zero bytes, and the first byte is 0x10 or more.)
+# covering index; an arc with a number beyond MAX_LINE, or one that is not an integer, writes
+# "x" or a real's text ("1.0e+15"), neither of which is hex, and the shard is refused. A decimal
+# digit string is also a hex digit string, so ``bytes.fromhex`` turns the text into 8 bytes an
+# arc, and ``memoryview.cast("d")`` reads those as distinct floats: no Python code runs per arc.
+# (Floats because Python makes and hashes them faster than integers of this size; the bytes are
+# never a NaN or a zero, so equal floats are equal bytes. The exponent of a NaN needs a byte
+# 0x7F or 0xFF, and a hex digit above 9, neither of which decimal digits make; a zero needs
+# eight zero bytes, and the first byte is 0x10 or more.) The text is this query's own making,
+# whatever the file holds: a hostile file chooses the rows, never the format.
 _ARC_QUERY = f"""
 SELECT file_id, context_id, group_concat(
-    CASE WHEN fromno BETWEEN -{_ARC_OFFSET} AND {_ARC_OFFSET - 1}
-          AND tono BETWEEN -{_ARC_OFFSET} AND {_ARC_OFFSET - 1}
+    CASE WHEN fromno BETWEEN -{MAX_LINE} AND {MAX_LINE} AND tono BETWEEN -{MAX_LINE} AND {MAX_LINE}
     THEN fromno * {1 << _ARC_SHIFT} + tono + {_ARC_BASE}
     ELSE 'x' END, '')
 FROM shard.arc GROUP BY file_id, context_id
 """
+
+
+def _capped(value: str, cap: int) -> str:
+    """``value`` (a column), or NULL when it is longer than ``cap``; and then its length.
+    SQLite knows a blob's length without reading it, so a huge one is never made here."""
+    return f"CASE WHEN length({value}) <= {cap} THEN {value} END, coalesce(length({value}), 0)"
+
+
+#: A row of line data: ids, numbits (NULL if longer than MAX_NUMBITS), the numbits' length.
+_LINE_QUERY = f"SELECT file_id, context_id, {_capped('numbits', MAX_NUMBITS)} FROM shard.line_bits"
+#: The same, uncapped, for a file this run wrote itself.
+_OWN_LINE_QUERY = "SELECT file_id, context_id, numbits, 0 FROM shard.line_bits"
 
 
 def unpack_shard_arc(key: float) -> tuple[int, int]:
@@ -395,8 +497,15 @@ def unpack_shard_arc(key: float) -> tuple[int, int]:
     return (packed >> _ARC_SHIFT) - _ARC_OFFSET, (packed & ((1 << _ARC_SHIFT) - 1)) - _ARC_OFFSET
 
 
+def numbits_of(number: int) -> bytes:
+    """The numbits blob of line numbers held as one integer (see :attr:`ShardRead.lines`)."""
+    return number.to_bytes((number.bit_length() + 7) // 8, "little")
+
+
 class ShardRead:
-    """What one data file holds (file and context names resolved)."""
+    """What one data file holds (file and context names resolved), checked: every value has
+    the type coverage.py writes, every id names a file or context of the file, and, in a shard
+    from a store, every line number is within :data:`MAX_LINE`."""
 
     __slots__ = ("arcs", "files", "lines", "packed", "tracers", "wide")
 
@@ -405,35 +514,221 @@ class ShardRead:
         self.arcs = arcs
         self.files = files
         self.tracers = tracers
-        #: (path, context, numbits)
-        self.lines: list[tuple[str, str, bytes]] = []
+        #: (path, context, numbits read as one little-endian integer: bit n is line n)
+        self.lines: list[tuple[str, str, int]] = []
         #: (path, context, packed arcs: 8 bytes each, see _ARC_QUERY)
         self.packed: list[tuple[str, str, bytes]] = []
-        #: (path, context, arcs beyond the packed range)
+        #: (path, context, arcs) with a line number beyond MAX_LINE, read row by row: only in a
+        #: file this run wrote itself (``read_shard(bounded=False)``), taken as it is; a shard
+        #: from a store is refused for them
         self.wide: list[tuple[str, str, list[tuple[int, int]]]] = []
 
 
+class ShardHub(sqlite3.Connection):
+    """An in-memory SQLite database that data files are attached to and read through (make one
+    with :func:`shard_hub`). It remembers the table statements it found stored (see
+    ``_check_stored``): every shard that one coverage.py wrote repeats them."""
+
+    stored: set[str]
+
+
+def shard_hub() -> ShardHub:
+    """A :class:`ShardHub`, its longest string or blob :data:`MAX_VALUE_BYTES` where Python can
+    say so (3.11 on)."""
+    hub = sqlite3.connect(":memory:", isolation_level=None, factory=ShardHub)
+    hub.stored = set()
+    setlimit = getattr(hub, "setlimit", None)
+    if setlimit is not None:
+        setlimit(getattr(sqlite3, "SQLITE_LIMIT_LENGTH"), MAX_VALUE_BYTES)  # noqa: B009 - 3.11+
+    return hub
+
+
+class _Refused(Exception):
+    """What a file holds is not what a coverage.py data file holds; the message says what."""
+
+
+class _Budget:
+    """What reading one shard may still spend (see :data:`READ_STEPS`)."""
+
+    def __init__(self, size: int) -> None:
+        self.steps = (READ_STEPS + READ_STEPS_PER_BYTE * size) // _STEP_EVERY
+        self.bytes = READ_BYTES + READ_BYTES_PER_BYTE * size
+        self.exhausted = False
+
+    def step(self) -> int:
+        """SQLite's progress handler: an answer other than 0 stops the running query."""
+        self.steps -= 1
+        if self.steps < 0:
+            self.exhausted = True
+            return 1
+        return 0
+
+    def hold(self, rows: int, size: int) -> None:
+        self.bytes -= rows * ROW_BYTES + size
+        if self.bytes < 0:
+            raise _Refused(
+                "it yields more than a data file of its size can hold (is it damaged or doctored?)"
+            )
+
+
+def shown(value: object) -> str:
+    """A value from a file someone else wrote, fit for one line of a message: quoted unless it
+    is printable text (no newline, no terminal escape), and cut short."""
+    text = value if isinstance(value, str) and value.isprintable() and value else repr(value)
+    return text if len(text) <= 120 else text[:117] + "..."
+
+
+def _kind(value: object) -> str:
+    names = {int: "an integer", float: "a real number", str: "text", bytes: "a blob"}
+    return "NULL" if value is None else names.get(type(value), type(value).__name__)
+
+
 def read_shard(
-    hub: sqlite3.Connection, name: str, path: str, *, immutable: bool = True
+    hub: ShardHub,
+    name: str,
+    path: str,
+    *,
+    immutable: bool = True,
+    bounded: bool = True,
+    max_bytes: int | None = None,
 ) -> ShardRead | DataFileError:
-    """Read one data file through ``hub`` (in any thread); errors are returned, naming ``name``."""
+    """Read one data file through ``hub`` (a :func:`shard_hub`, in any thread); whatever the
+    file holds, this never raises: what is wrong is returned, naming ``name``.
+
+    A bounded read (a shard from a store, written by anyone who could write there) reads a
+    private copy of the file (see :func:`_private_copy`; none above ``max_bytes``) and keeps to
+    a budget that grows with its size (see :data:`READ_STEPS`); ``bounded=False`` is for a file
+    this run wrote itself, read in place. Every value is checked (see :class:`ShardRead`) before
+    anything is returned, so that a caller never adds part of a bad file.
+    """
+    cleanup = contextlib.ExitStack()  # what to undo when it is read, last first
     try:
-        hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=immutable),))
-    except sqlite3.Error as exc:
-        try:  # SQLite names no reason: the file system does
-            with open(path, "rb"):
-                pass
-        except OSError as os_exc:
-            return DataFileError(f"cannot read coverage data file {name}: {os_exc.strerror}")
-        return DataFileError(f"cannot read coverage data file {name}: {exc}")
-    try:
-        return _read_tables(hub, name)
-    except sqlite3.Error as exc:
-        return DataFileError(
-            f"cannot read coverage data file {name}: {exc} (is it a coverage.py data file?)"
-        )
+        budget = None
+        try:
+            if bounded:
+                path, size = _private_copy(path, max_bytes, cleanup)
+                budget = _Budget(size)
+            hub.execute("ATTACH DATABASE ? AS shard", (read_only_uri(path, immutable=immutable),))
+        except _Refused as exc:
+            return DataFileError(f"cannot read coverage data file {name}: {exc}")
+        except (OSError, sqlite3.Error) as exc:
+            why = _why_not_open(path, exc)
+            return DataFileError(f"cannot read coverage data file {name}: {why}")
+        # Failing to detach is no fault of this file's data (read or refused by then): the next
+        # file then says that it cannot be attached.
+        cleanup.callback(_quietly, hub, "DETACH DATABASE shard")
+        if budget is not None:
+            hub.set_progress_handler(budget.step, _STEP_EVERY)
+            cleanup.callback(hub.set_progress_handler, None, 0)
+        try:
+            return _read_tables(hub, name, budget)
+        except Exception as exc:  # anything a damaged or hostile file causes is its own error
+            return DataFileError(f"cannot read coverage data file {name}: {_why_bad(exc, budget)}")
     finally:
-        hub.execute("DETACH DATABASE shard")
+        cleanup.close()
+
+
+def _quietly(hub: ShardHub, statement: str) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        hub.execute(statement)
+
+
+#: How a store's file is opened: never through a symlink, never waiting (a FIFO would block an
+#: ordinary open until someone writes to it), never taking a terminal as the controlling one.
+_SHARD_FLAGS = (
+    os.O_RDONLY
+    | getattr(os, "O_NOFOLLOW", 0)
+    | getattr(os, "O_NONBLOCK", 0)
+    | getattr(os, "O_NOCTTY", 0)
+    | getattr(os, "O_CLOEXEC", 0)
+    | getattr(os, "O_BINARY", 0)
+)
+_UNLIMITED = 1 << 62
+_REGULAR = "a store's shards are read as regular files only"
+
+
+def _private_copy(
+    path: str, max_bytes: int | None, cleanup: contextlib.ExitStack
+) -> tuple[str, int]:
+    """A copy of the store's file at ``path`` in a private temporary file, and its size;
+    ``cleanup`` removes it.
+
+    SQLite opens a file by its name, so whatever checked that name before (a listing, a size)
+    says nothing of what SQLite opens: someone who can write to the store could meanwhile put a
+    FIFO there (SQLite's open would wait for a writer forever) or a symlink to another file.
+    The file is opened here once, without following a symlink or waiting, found to be a regular
+    file (of at most ``max_bytes``) through that very descriptor, and copied from it: SQLite
+    reads the copy, which nobody else can change. (SQLite cannot be given the descriptor: it
+    resolves ``/dev/fd/N``, a symlink on Linux, back to the name.) The copy is made in chunks,
+    and removed as soon as the file is read, so that it costs one file's size of disk at a time.
+    """
+    try:
+        fd = os.open(path, _SHARD_FLAGS)
+    except OSError as exc:
+        if exc.errno in (errno.ELOOP, errno.EMLINK) and os.path.islink(path):
+            raise _Refused(f"it is a symbolic link; {_REGULAR}") from None
+        raise
+    cleanup.callback(os.close, fd)
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        what = "a directory" if stat.S_ISDIR(found.st_mode) else "not a regular file"
+        what = "a FIFO (named pipe)" if stat.S_ISFIFO(found.st_mode) else what
+        raise _Refused(f"it is {what}; {_REGULAR}")
+    limit = _UNLIMITED if max_bytes is None else max_bytes
+    if found.st_size > limit:
+        raise _Refused(f"it is {found.st_size:,} bytes, {_TOO_BIG} ({limit:,})")
+    try:
+        out_fd, copy = tempfile.mkstemp(prefix="distcov-shard-")
+        cleanup.callback(_unlink_quietly, copy)
+        with open(fd, "rb", closefd=False) as source, open(out_fd, "wb") as out:
+            size = copy_at_most(source, out, limit + 1)
+    except OSError as exc:  # a full temporary directory
+        raise OSError(exc.errno, f"cannot copy it to a temporary file: {exc.strerror}") from None
+    if size > limit:
+        raise _Refused(f"it grew past {limit:,} bytes, {_TOO_BIG}")
+    return copy, size
+
+
+_TOO_BIG = "more than --max-shard-size allows"
+
+
+def _unlink_quietly(path: str) -> None:
+    with contextlib.suppress(OSError):
+        os.unlink(path)
+
+
+def copy_at_most(source: IO[bytes], out: IO[bytes], limit: int) -> int:
+    """Copy ``source`` to ``out`` until it ends or ``limit`` bytes are copied; how many were."""
+    copied = 0
+    while copied < limit and (chunk := source.read(min(1 << 20, limit - copied))):
+        out.write(chunk)
+        copied += len(chunk)
+    return copied
+
+
+def _why_not_open(path: str, exc: Exception) -> str:
+    """Why a file (this run's own, or a private copy) could not be attached: SQLite names no
+    reason, the file system does."""
+    if isinstance(exc, OSError):
+        return str(exc.strerror)
+    try:
+        with open(path, "rb"):
+            pass
+    except OSError as os_exc:
+        return str(os_exc.strerror)
+    return str(exc)
+
+
+def _why_bad(exc: Exception, budget: _Budget | None) -> str:
+    if isinstance(exc, _Refused):
+        return str(exc)
+    if budget is not None and budget.exhausted:
+        return (
+            "reading it takes more work than a data file of its size needs (is it damaged or"
+            " doctored?)"
+        )
+    what = str(exc) if isinstance(exc, sqlite3.Error) else f"{type(exc).__name__}: {exc}"
+    return f"{what} (is it a coverage.py data file?)"
 
 
 def read_live_file(
@@ -446,9 +741,9 @@ def read_live_file(
     query (two a measured file). Not immutable: its own process writes it between reads. Only
     the kind asked for is read, as ``CoverageData.lines``/``arcs`` give nothing of the other.
     """
-    hub = sqlite3.connect(":memory:")
+    hub = shard_hub()
     try:
-        read = read_shard(hub, path, path, immutable=False)
+        read = read_shard(hub, path, path, immutable=False, bounded=False)
     finally:
         hub.close()
     if isinstance(read, DataFileError):
@@ -463,57 +758,219 @@ def read_live_file(
             by_context.setdefault(context, {}).setdefault(name, set()).update(map(tuple, rows))
     else:
         numbits_to_nums = numbits_decoder()
-        for name, context, numbits in read.lines:
+        for name, context, number in read.lines:
             by_context.setdefault(context, {}).setdefault(name, set()).update(
-                numbits_to_nums(numbits)
+                numbits_to_nums(numbits_of(number))
             )
     return by_context, read.files, read.tracers
 
 
 #: Everything but the measured data, in one query: a row per schema version, meta key, file,
-#: context and tracer, tagged with its table.
-_META_QUERY = """
-SELECT 0, version, NULL FROM shard.coverage_schema
-UNION ALL SELECT 1, key, value FROM shard.meta
-UNION ALL SELECT 2, id, path FROM shard.file
-UNION ALL SELECT 3, id, context FROM shard.context
-UNION ALL SELECT 4, file_id, tracer FROM shard.tracer
+#: context and tracer, tagged with its table; each value capped at MAX_NAME (see _capped).
+_META_QUERY = f"""
+SELECT 0, version, NULL, 0 FROM shard.coverage_schema
+UNION ALL SELECT 1, key, {_capped("value", MAX_NAME)} FROM shard.meta
+UNION ALL SELECT 2, id, {_capped("path", MAX_NAME)} FROM shard.file
+UNION ALL SELECT 3, id, {_capped("context", MAX_NAME)} FROM shard.context
+UNION ALL SELECT 4, file_id, {_capped("tracer", MAX_NAME)} FROM shard.tracer
 """
 
 
-def _read_tables(hub: sqlite3.Connection, name: str) -> ShardRead | DataFileError:
+def _batches(cursor: sqlite3.Cursor, budget: _Budget | None, cap: int = 0) -> Iterator[list[Any]]:
+    """A query's rows in batches, held against the budget before the caller sees them.
+
+    ``cap`` is the longest value a row may hold; its length is the row's last value (see
+    :func:`_capped`), and a batch is no longer than what the budget has left. Without a cap
+    (the arcs, whose text is bounded by the steps that aggregate it) the lengths are not
+    counted. The caller closes the cursor, whichever way it stops: a cursor left open would keep
+    the file attached.
+    """
+    size = _BATCH
+    while True:
+        if budget is not None and cap:
+            size = max(16, min(_BATCH, budget.bytes // (ROW_BYTES + cap)))
+        batch = cursor.fetchmany(size)
+        if not batch:
+            return
+        if budget is not None:
+            budget.hold(len(batch), sum(map(_last, batch)) if cap else 0)
+        yield batch
+
+
+_last = operator.itemgetter(-1)
+
+
+#: The tables read, which must be stored tables with stored columns: a view, a virtual table or
+#: a computed column (or a default, filled into rows stored without that column) makes rows and
+#: values from nothing, and coverage.py writes none of them. The budget below would stop most of
+#: what they can do, but not all: a sort of a view's rows (the arcs are grouped) spills huge
+#: values to temporary files, and a computed column can spend seconds of one SQLite step on
+#: each row, both out of the progress handler's sight.
+_READ_TABLES = ("coverage_schema", "meta", "file", "context", "tracer", "line_bits", "arc")
+#: A CREATE TABLE statement's tokens: quoted strings and names, comments, words, other characters.
+_SQL_TOKEN = re.compile(
+    r"""'(?:[^']|'')*'|"(?:[^"]|"")*"|`(?:[^`]|``)*`|\[[^\]]*\]|--[^\n]*|/\*.*?(?:\*/|$)|\w+|\S""",
+    re.DOTALL,
+)
+#: The words only a computed column (``AS (...)``, ``GENERATED ALWAYS``), a default or a table
+#: made from a query can have; coverage.py's tables have none of them, not even in a comment, so
+#: a statement without them anywhere (_MAYBE_COMPUTING) is not even split into tokens.
+_COMPUTING = frozenset({"AS", "DEFAULT", "GENERATED"})
+_MAYBE_COMPUTING = re.compile(r"\b(?:as|default|generated)\b", re.IGNORECASE)
+
+
+def _check_stored(hub: ShardHub) -> None:
+    """Refuse a file whose tables read are not stored tables with stored columns (the schema's
+    own statements tell, read from ``sqlite_master``: one query, where asking SQLite for each
+    table's columns would cost more than reading a small shard)."""
+    for name, kind, rootpage, sql in hub.execute(
+        "SELECT name, type, rootpage, sql FROM shard.sqlite_master WHERE type != 'index'"
+    ).fetchall():
+        if str(name).lower() not in _READ_TABLES:
+            continue
+        if kind != "table" or not rootpage:
+            what = "a view" if kind == "view" else "a virtual table"
+            raise _Refused(f"its {shown(name)} is {what}, not a stored table")
+        if sql in hub.stored:
+            continue
+        if type(sql) is not str or (
+            _MAYBE_COMPUTING.search(sql)
+            and any(t.upper() in _COMPUTING for t in _SQL_TOKEN.findall(sql) if t[0].isalpha())
+        ):
+            raise _Refused(
+                f"its {shown(name)} has a column that is computed or has a default, not stored"
+            )
+        hub.stored.add(sql)
+
+
+def _read_tables(hub: ShardHub, name: str, budget: _Budget | None) -> ShardRead | DataFileError:
+    if budget is not None:
+        _check_stored(hub)
     try:
-        rows = hub.execute(_META_QUERY).fetchall()
+        with contextlib.closing(hub.execute(_META_QUERY)) as cursor:
+            rows = [row for batch in _batches(cursor, budget, MAX_NAME) for row in batch]
     except sqlite3.Error:
+        if budget is not None and budget.exhausted:
+            raise
         # a table is missing: a file of another schema is told so, anything else is re-raised
         (version,) = hub.execute("SELECT version FROM shard.coverage_schema").fetchone() or (None,)
         if version in KNOWN_SCHEMAS:
             raise
     else:
-        version = next((key for table, key, _ in rows if table == 0), None)
+        version = next((key for table, key, _, _ in rows if table == 0), None)
     if version not in KNOWN_SCHEMAS:
         return DataFileError(
-            f"cannot read coverage data file {name}: it has data schema {version}, this"
+            f"cannot read coverage data file {name}: it has data schema {shown(version)}, this"
             f" coverage.py reads {max(KNOWN_SCHEMAS)} (was it written by another version?)"
         )
     tables: list[dict[Any, Any]] = [{}, {}, {}, {}, {}]
-    for table, key, value in rows:
+    for table, key, value, size in rows:
+        if size > MAX_NAME:
+            raise _Refused(f"its {_TABLES[table]} table holds a name of {size:,} characters")
         tables[table][key] = value
     _, meta, files, contexts, tracers = tables
-    arcs = None if "has_arcs" not in meta else meta["has_arcs"] not in ("0", "False", "")
+    _check_names(files, contexts, tracers)
+    flag = meta.get("has_arcs", "")
+    if type(flag) is not str:
+        raise _Refused(f"its meta table's has_arcs is {_kind(flag)}, not text")
+    arcs = None if "has_arcs" not in meta else flag not in ("0", "False", "")
     read = ShardRead(arcs, list(files.values()), {files[f]: t for f, t in tracers.items() if t})
     if arcs:
-        for fid, cid, text in hub.execute(_ARC_QUERY).fetchall():
-            try:
-                read.packed.append((files[fid], contexts[cid], bytes.fromhex(text)))
-            except ValueError:  # a line number out of the packed range: read it row by row
-                rows = hub.execute(
-                    "SELECT fromno, tono FROM shard.arc WHERE file_id = ? AND context_id = ?",
-                    (fid, cid),
-                ).fetchall()
-                read.wide.append((files[fid], contexts[cid], rows))
+        _read_arcs(hub, read, _Ids(files, contexts), budget)
     elif arcs is not None:
-        bits = hub.execute("SELECT file_id, context_id, numbits FROM shard.line_bits")
-        for fid, cid, numbits in bits.fetchall():
-            read.lines.append((files[fid], contexts[cid], numbits))
+        _read_lines(hub, read, _Ids(files, contexts), budget)
     return read
+
+
+_TABLES = ("coverage_schema", "meta", "file", "context", "tracer")
+
+
+def _check_names(files: dict[Any, Any], contexts: dict[Any, Any], tracers: dict[Any, Any]) -> None:
+    """Every path a file name, every context and plugin name text, every tracer's file known."""
+    for path in files.values():
+        if type(path) is not str or not path or "\x00" in path:
+            raise _Refused(f"its file table holds {_kind(path)} {shown(path)}, not a file name")
+    for context in contexts.values():
+        if type(context) is not str:
+            raise _Refused(f"its context table holds {_kind(context)}, not a context's name")
+    for fid, tracer in tracers.items():
+        if fid not in files:
+            raise _Refused(f"its tracer table names file id {shown(fid)}, which it does not have")
+        if tracer and type(tracer) is not str:
+            raise _Refused(f"its tracer table holds {_kind(tracer)}, not a plugin's name")
+
+
+class _Ids(NamedTuple):
+    """A file's ids and the names they stand for, checked (see ``_check_names``)."""
+
+    files: dict[Any, str]
+    contexts: dict[Any, str]
+
+
+def _read_arcs(hub: ShardHub, read: ShardRead, ids: _Ids, budget: _Budget | None) -> None:
+    files, contexts = ids
+    fromhex = bytes.fromhex
+    with contextlib.closing(hub.execute(_ARC_QUERY)) as cursor:
+        for batch in _batches(cursor, budget):
+            try:
+                read.packed += [(files[f], contexts[c], fromhex(t)) for f, c, t in batch]
+            except KeyError:
+                raise _Refused(_missing_id("arc", batch, ids)) from None
+            except (ValueError, TypeError):  # "x" or a real's text: see _ARC_QUERY
+                if budget is not None:
+                    raise _Refused(
+                        f"its arc data holds a line number that is not a whole number from"
+                        f" -{MAX_LINE:,} to {MAX_LINE:,}"
+                    ) from None
+                _read_wide_arcs(hub, read, ids, batch)
+
+
+def _read_wide_arcs(
+    hub: ShardHub, read: ShardRead, ids: _Ids, batch: list[tuple[Any, Any, str]]
+) -> None:
+    """A batch of arc groups of this run's own file, those beyond MAX_LINE read row by row."""
+    files, contexts = ids
+    for fid, cid, text in batch:
+        try:
+            read.packed.append((files[fid], contexts[cid], bytes.fromhex(text)))
+        except ValueError:
+            rows = hub.execute(
+                "SELECT fromno, tono FROM shard.arc WHERE file_id = ? AND context_id = ?",
+                (fid, cid),
+            ).fetchall()
+            read.wide.append((files[fid], contexts[cid], rows))
+
+
+def _read_lines(hub: ShardHub, read: ShardRead, ids: _Ids, budget: _Budget | None) -> None:
+    files, contexts = ids
+    from_bytes = int.from_bytes
+    with contextlib.closing(hub.execute(_OWN_LINE_QUERY if budget is None else _LINE_QUERY)) as cur:
+        for batch in _batches(cur, budget, MAX_NUMBITS):
+            if (longest := max(map(_last, batch))) > MAX_NUMBITS:
+                raise _Refused(
+                    f"its line data holds a blob of {longest:,} bytes: line numbers above"
+                    f" {MAX_LINE:,}, which no source file has"
+                )
+            try:
+                read.lines += [
+                    (files[f], contexts[c], from_bytes(numbits, "little"))
+                    for f, c, numbits, _ in batch
+                ]
+            except KeyError:
+                raise _Refused(_missing_id("line", batch, ids)) from None
+            except TypeError:  # int.from_bytes takes a blob, never an integer, text or NULL
+                wrong = next(n for _, _, n, _ in batch if type(n) is not bytes)
+                raise _Refused(
+                    f"its line data holds {_kind(wrong)} where coverage.py writes a blob of line"
+                    " numbers"
+                ) from None
+
+
+def _missing_id(what: str, batch: list[tuple[Any, ...]], ids: _Ids) -> str:
+    """Why a batch of line or arc rows could not be read: an id its tables do not have."""
+    for fid, cid, *_ in batch:
+        if fid not in ids.files:
+            return f"its {what} data names file id {shown(fid)}, which its file table lacks"
+        if cid not in ids.contexts:
+            return f"its {what} data names context id {shown(cid)}, which its context table lacks"
+    return f"its {what} data names an id its tables lack"  # pragma: no cover - found above

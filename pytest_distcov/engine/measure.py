@@ -24,6 +24,7 @@ import contextlib
 import os
 import sqlite3
 import sys
+import sysconfig
 import threading
 from collections.abc import Callable, Collection, Hashable, Mapping
 from dataclasses import dataclass
@@ -41,6 +42,7 @@ from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_f
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
+from .monitor import MONITOR_PYTHON, LineMonitor, monitor_available, monitor_obstacle
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .tap import TracerTap
 
@@ -50,6 +52,7 @@ __all__ = [
     "MeasureSpec",
     "NewOnly",
     "choose_core",
+    "free_threading_note",
     "open_coverage",
 ]
 
@@ -118,6 +121,31 @@ def choose_core(
         if lib in concurrency:
             return "ctrace", f"sysmon does not support concurrency={lib}"
     return "sysmon", ""
+
+
+def free_threading_note(*, free_threaded: bool | None = None, gil: bool | None = None) -> str:
+    """A header line for a free-threaded CPython build ('' for any other), by default of this
+    interpreter: whether the GIL is off (an extension module, ``PYTHON_GIL=1`` or ``-X gil=1``
+    can turn it on), and that this plugin is not tested there. Read in the controller when the
+    header is made: not in workers or on remote hosts.
+
+    coverage.py supports free-threaded builds. What here relies on the GIL is small: the
+    tap copies coverage.py's tracer sets with ``dict.copy``/``set.copy``, which a free-threaded
+    build also makes under the object's own lock, and :class:`NewOnly` takes its own lock.
+    No free-threaded build is packaged for the Debian this project is tested on.
+    """
+    if free_threaded is None:
+        free_threaded = bool(sysconfig.get_config_var("Py_GIL_DISABLED"))
+    if gil is None:
+        is_gil_enabled: Callable[[], bool] = getattr(sys, "_is_gil_enabled", lambda: True)
+        gil = bool(is_gil_enabled())
+    if not free_threaded and gil:
+        return ""
+    state = "with the GIL enabled" if gil else "with the GIL disabled"
+    return (
+        f"free-threaded Python {state}: coverage.py supports it from 7.17.0, pytest-distcov is"
+        " not tested on it (README: Free-threaded Python)"
+    )
 
 
 class NewOnly:
@@ -383,8 +411,11 @@ class Engine:
         #: measuring with SlipCover's probes (see probes.py) instead of a coverage.py core
         self.use_probes = self._choose_probes(spec)
         self._probes: Probes | None = None
-        if self.use_probes:
-            self.wanted_core = "ctrace"  # a fallback only: the probes measure
+        #: per-test contexts from sys.monitoring line events (see monitor.py), on 3.12+
+        self.use_monitor = not self.use_probes and self._choose_monitor(spec)
+        self._monitor: LineMonitor | None = None
+        if self.use_probes or self.use_monitor:
+            self.wanted_core = "ctrace"  # a fallback only: the probes or the monitor measure
         elif not self.wanted_core:
             self.wanted_core, note = choose_core(self.cov, contexts=bool(self.context))
             self.core_note = self.core_note or note
@@ -453,6 +484,26 @@ class Engine:
             self.core_note = reason
         return False
 
+    def _choose_monitor(self, spec: MeasureSpec) -> bool:
+        """The monitor engine for per-test contexts on Python 3.12+, unless the user chose
+        coverage.py (``--distcov-engine=coverage``, or a core other than sysmon) or the run asks
+        for what it cannot record: then coverage.py's C tracer, with the reason in the header.
+        """
+        if not self.context or spec.engine == "coverage":
+            return False
+        if sys.version_info[:2] < MONITOR_PYTHON:
+            return False
+        reason = monitor_available() or self._fallback_reason(PROBES) or monitor_obstacle(self.cov)
+        if not reason and self.wanted_core and self.wanted_core != "sysmon":
+            reason = (
+                f"[run] core = {self.wanted_core} (or COVERAGE_CORE) chooses coverage.py's"
+                " tracer for per-test contexts"
+            )
+        if reason:
+            self.core_note = reason
+            return False
+        return True
+
     def _fallback_reason(self, name: str) -> str:
         """'' if the start check found ``name``'s internals, else a line naming what lacks."""
         return "" if self.internals[name].on else self.internals.describe(name)
@@ -464,7 +515,11 @@ class Engine:
     @property
     def description(self) -> str:
         """How this engine measures, for the header and the summary."""
-        return "SlipCover's probes" if self.core == "probes" else f"the {self.core} core"
+        if self.core == "probes":
+            return "SlipCover's probes"
+        if self.core == "monitor":
+            return "sys.monitoring line events"
+        return f"the {self.core} core"
 
     def start(self) -> None:
         if self.use_probes:
@@ -481,6 +536,21 @@ class Engine:
                 self._running = True
                 self.core = "probes"
                 self._install_new_only()
+                return
+        if self.use_monitor:
+            try:
+                with capture_coverage_warnings(self.notes):
+                    monitor = LineMonitor(self.cov, journal_for(self.data_path))
+                    monitor.start()
+            except CoverageException as exc:
+                raise SettingsError(f"cannot start coverage: {exc}") from None
+            except RuntimeError as exc:  # a tool id taken since, coverage.py's internals
+                self.use_monitor = False
+                self.core_note = str(exc)  # and measure with the tracer made ready above
+            else:
+                self._monitor = monitor
+                self._running = True
+                self.core = "monitor"
                 return
         with capture_coverage_warnings(self.notes):
             try:
@@ -546,6 +616,9 @@ class Engine:
             if self._probes is not None:
                 if self._running:
                     self._probes.flush()
+            elif self._monitor is not None:
+                if self._running:
+                    self._guarded(self._monitor.flush)
             elif self._running and self._flush_by_switch:
                 tap = self._tap
                 if tap is not None and tap.usable and new_only is not None:
@@ -562,7 +635,10 @@ class Engine:
                 new_only.deferring = False
 
     def stream_from_memory(self) -> bool:
-        """Keep what each flush adds for :meth:`take_fresh`; False where it cannot be kept."""
+        """Keep what each flush adds for :meth:`take_fresh` (per-test contexts of the monitor
+        engine: :meth:`take_fresh_contexts`); False where it cannot be kept."""
+        if self._monitor is not None:
+            return self._guarded(self._monitor.start_tracking)
         if self._new_only is None:
             return False
         self._new_only.tracking = True
@@ -579,10 +655,20 @@ class Engine:
             return None  # not expected: the data file decides
         return context, fresh
 
+    def take_fresh_contexts(self) -> dict[str, dict[str, set[int]]] | None:
+        """label -> file -> lines: the test phases measured since the last call (the monitor
+        engine, streaming from memory), or None where the data file holds them."""
+        monitor = self._monitor
+        if monitor is None or not monitor.tracking:
+            return None
+        return monitor.take_unsent()
+
     def consolidate(self) -> None:
         """Move what the journal holds into :attr:`data_path` (before reading that file)."""
         if self._new_only is not None:
             self._new_only.consolidate()
+        if self._monitor is not None and self._running:
+            self._guarded(self._monitor.consolidate)
 
     def switch(self, label: str) -> None:
         """Record what runs from now on under ``label`` (per-test contexts); flushes too."""
@@ -590,17 +676,27 @@ class Engine:
             self._label = label
 
     def _switch(self, label: str) -> bool:
-        """``cov.switch_context`` (it flushes into the data file). Where only that file holds
-        the data (per-test contexts: elsewhere NewOnly keeps it in memory), a write the disk
-        refuses stops measuring in this process, with one note; then False."""
+        """``cov.switch_context`` (it flushes into the data file), or the monitor's switch."""
+        monitor = self._monitor
+        if monitor is not None:
+            return self._guarded(lambda: monitor.switch(label))
+        return self._guarded(lambda: self.cov.switch_context(label))
+
+    def _guarded(self, write: Callable[[], object]) -> bool:
+        """``write()``, a write of the data file. Where only that file holds the data (per-test
+        contexts: elsewhere NewOnly keeps it in memory), a write the disk refuses stops
+        measuring in this process, with one note; then False."""
         try:
-            self.cov.switch_context(label)
+            write()
         except (CoverageException, sqlite3.Error, OSError) as exc:
             # coverage.py wraps most SQLite errors in DataError, but passes some on as they are
             # (its executescript): a full disk can surface as either.
             self._refused(exc)
             with contextlib.suppress(Exception):  # stopping only; nothing more is written
-                self.cov.stop()
+                if self._monitor is not None:
+                    self._monitor.stop()
+                else:
+                    self.cov.stop()
             self._running = False
             return False
         return True
@@ -630,6 +726,10 @@ class Engine:
         if self._probes is not None:
             self._probes.pause()
             self._running = False
+        elif self._monitor is not None:
+            if self._running:
+                self._monitor.pause()
+                self._running = False
         elif self._running:
             with capture_coverage_warnings(self.notes):
                 self.cov.stop()
@@ -639,6 +739,10 @@ class Engine:
         if self._probes is not None:
             self._probes.resume()
             self._running = True
+        elif self._monitor is not None:
+            if not self._running and not self.disk_full:
+                self._monitor.resume()
+                self._running = True
         elif not self._running and not self.disk_full:
             with capture_coverage_warnings(self.notes):
                 self.cov.start()
@@ -651,6 +755,15 @@ class Engine:
             with capture_coverage_warnings(self.notes):
                 data = self._probes.finish()
             self.notes.extend(n for n in self._probes.notes if n not in self.notes)
+        elif self._monitor is not None and not self.disk_full:
+            self._running = False
+            with capture_coverage_warnings(self.notes):
+                try:
+                    data = self._monitor.finish()
+                except (CoverageException, sqlite3.Error, OSError) as exc:
+                    self._refused(exc)
+                    data = self._salvage()
+            self.notes.extend(n for n in self._monitor.notes if n not in self.notes)
         elif self.disk_full:
             data = self._salvage()
         else:

@@ -32,12 +32,10 @@ why.
 
 from __future__ import annotations
 
-import contextlib
 import datetime
 import gc
 import inspect
 import sys
-import threading
 import types
 import weakref
 from collections import defaultdict
@@ -45,8 +43,9 @@ from typing import Any
 
 from coverage import Coverage, CoverageData
 
-from pytest_distcov.covapi.probes import CoverageSide
 from pytest_distcov.covapi.probes import missing as missing_internals
+
+from .imports import ImportedCode, tracer_setting
 
 __all__ = ["NOT_INSTALLED", "PROBE_PYTHONS", "Probes", "probe_obstacle", "probes_available"]
 
@@ -91,25 +90,12 @@ def probe_obstacle(cov: Coverage, *, contexts: bool) -> str:
     The message names the setting, for the fallback note and for the usage error when the
     user asked for ``--distcov-engine=probes``.
     """
-    concurrency_option = cov.get_option("run:concurrency") or []
-    patch_option = cov.get_option("run:patch") or []
-    assert isinstance(concurrency_option, list)
-    assert isinstance(patch_option, list)
-    concurrency = [str(c) for c in concurrency_option if c != "thread"]
-    patch = [str(p) for p in patch_option]
-    obstacles = [
-        (cov.get_option("run:branch"), "branch coverage ([run] branch or --distcov-branch)"),
+    setting = tracer_setting(
+        cov,
         (contexts, "per-test contexts (--distcov-context)"),
         (cov.get_option("run:dynamic_context"), "[run] dynamic_context"),
-        (cov.get_option("run:plugins"), "coverage plugins ([run] plugins)"),
-        (concurrency, f"[run] concurrency = {', '.join(concurrency)}"),
-        (patch, f"[run] patch = {', '.join(patch)}"),
-        (cov.get_option("run:timid"), "[run] timid"),
-    ]
-    for present, setting in obstacles:
-        if present:
-            return f"{setting} needs coverage.py's tracer"
-    return ""
+    )
+    return f"{setting} needs coverage.py's tracer" if setting else ""
 
 
 class _Code:
@@ -183,6 +169,9 @@ def _slipcover_class() -> type:
             #: the functions whose code gets its probes removed (see deinstrument_seen); weak,
             #: so that closures found on the stack do not outlive their users
             self.functions: weakref.WeakSet[types.FunctionType] = weakref.WeakSet()
+            #: namespaces of probed modules that may still be executing: their functions are
+            #: collected whenever probes are removed, and a last time at the next take()
+            self._executing: list[dict[str, Any]] = []
             super().__init__(**kwargs)
 
         def probed(self, code: types.CodeType) -> _Code | None:
@@ -321,6 +310,8 @@ def _slipcover_class() -> type:
             holds: the probe that called us is in one of them), and walk only those.
             """
             with self.lock:
+                for namespace in self._executing:
+                    self.add_functions(namespace)
                 replaced = self._replaced
                 for name, lines in self._get_newly_seen().items():
                     for code in list(self.roots[name].values()):
@@ -354,6 +345,20 @@ def _slipcover_class() -> type:
             with self.lock:
                 self.functions.update(f for f in found if self.probed(f.__code__))
 
+        def executing(self, namespace: dict[str, Any]) -> None:
+            """A probed module is about to run in ``namespace``: its functions are collected
+            while it may still run (see :attr:`_executing`)."""
+            with self.lock:
+                self._executing.append(namespace)
+
+        def _collect_executed(self) -> None:
+            """The modules of the pending namespaces have run (take() comes between tests):
+            collect their functions a last time."""
+            with self.lock:
+                executing, self._executing = self._executing, []
+                for namespace in executing:
+                    self.add_functions(namespace)
+
         def _get_newly_seen(self) -> dict[str, set[int]]:  # called by deinstrument_seen
             with self.lock:
                 fresh: dict[str, set[int]] = super()._get_newly_seen()
@@ -366,6 +371,8 @@ def _slipcover_class() -> type:
 
         def take(self) -> dict[str, set[int]]:
             """The lines seen since the last call (none twice)."""
+            if self._executing:
+                self._collect_executed()
             with self.lock:
                 fresh: dict[str, set[int]] = super()._get_newly_seen()
                 if self._unreported:
@@ -379,147 +386,25 @@ def _slipcover_class() -> type:
     return _Recorder
 
 
-class _Loader:
-    """Wraps a module's own loader: executes its code with probes, passes everything else on.
-
-    ``get_data``, ``get_resource_reader``, ``is_package``... reach the original loader, so
-    ``pkgutil.get_data`` and ``importlib.resources`` work as without probes.
-    """
-
-    def __init__(self, probes: Probes, loader: Any) -> None:
-        self._probes = probes
-        self._loader = loader
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-    def create_module(self, spec: Any) -> Any:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: types.ModuleType) -> None:
-        code = self._loader.get_code(module.__name__)
-        if code is None:  # pragma: no cover - source loaders always have code
-            self._loader.exec_module(module)
-            return
-        self._probes.execute(code, module.__dict__)
-
-
-class _Finder:
-    """A ``sys.meta_path`` entry that gives newly imported measured modules probes."""
-
-    def __init__(self, probes: Probes) -> None:
-        self.probes = probes
-
-    def find_spec(self, fullname: str, path: Any, target: Any = None) -> Any:
-        if self.probes.side.deciding:
-            return None  # coverage.py looking up a source package: the other finders answer
-        for finder in sys.meta_path:
-            if isinstance(finder, _Finder) or not hasattr(finder, "find_spec"):
-                continue  # (another engine's finder, in a pytester run in this process)
-            spec = finder.find_spec(fullname, path, target)
-            if spec is None or spec.loader is None:
-                continue
-            loader, origin = spec.loader, spec.origin
-            # Python source only: not built-in, frozen or compiled modules, and not pytest's
-            # assertion rewriter (which has no get_code: see _hook_pytest_rewriter)
-            if (
-                spec.has_location
-                and isinstance(origin, str)
-                and origin.endswith((".py", ".pyw"))
-                and hasattr(loader, "get_code")
-                and self.probes.decides(origin, {"__name__": fullname, "__file__": origin})
-            ):
-                spec.loader = _Loader(self.probes, loader)  # type: ignore[assignment]
-            return spec
-        return None
-
-
-class Probes:
+class Probes(ImportedCode):
     """Probes in this process's measured code, and the lines they saw, as coverage.py names them."""
 
+    stopping = "probes"
+
     def __init__(self, cov: Coverage) -> None:
-        self.side = CoverageSide(cov)
+        super().__init__(cov)
         self.sci: Any = _slipcover_class()(d_miss_threshold=50)
-        self._finder = _Finder(self)
         self._started = False
         self._paused = False
         #: the lines recorded so far, by code file name (what a paused test ran is not)
         self._recorded: defaultdict[str, set[int]] = defaultdict(set)
-        #: what went wrong with single modules (for the run's notes)
-        self.notes: list[str] = []
-        #: True once coverage.py failed to decide about a module: no new probes (see decides)
-        self._off = False
-        self._off_lock = threading.Lock()
-
-    @property
-    def data(self) -> CoverageData:
-        return self.side.data
-
-    def measures(self, filename: str, module_globals: dict[str, Any] | None = None) -> bool:
-        return self.side.name_for(filename, module_globals) is not None
-
-    def decides(self, filename: str, module_globals: dict[str, Any]) -> bool:
-        """:meth:`measures` for a module being imported or executed, where an exception must
-        never reach the user's ``import``: coverage.py failing to decide turns the probes off
-        for the rest of the run (with a note), and the module is imported without probes."""
-        if self._off:
-            return False
-        try:
-            return self.measures(filename, module_globals)
-        except Exception as exc:  # coverage.py's internals, in the middle of a user's import
-            self._turn_off(str(module_globals.get("__name__") or filename), exc)
-            return False
-
-    def _turn_off(self, module: str, exc: Exception) -> None:
-        """No more probes in new code; those in place still record what they see."""
-        with self._off_lock:
-            if self._off:
-                return
-            self._off = True
-        self.notes.append(
-            f"probes turned off at `import {module}`: coverage.py failed to decide whether to"
-            f" measure it ({type(exc).__name__}: {exc}); from there on this process measures"
-            " only the modules imported before it, so the data lacks the code imported later"
-        )
-        self._hook_pytest_rewriter(exec)
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self._finder)
 
     def start(self) -> None:
         if self._started:
             return
         self._started = True
         self.data.add_lines({})  # line data from the start, as coverage.py's tracer makes it
-        sys.meta_path.insert(0, self._finder)
-        self._hook_pytest_rewriter(self._exec_rewritten)
-        self._instrument_loaded()
-
-    def _hook_pytest_rewriter(self, hook: Any) -> None:
-        """Route the modules pytest's assertion rewriter executes (test modules, conftests).
-
-        The rewriter runs a module's code with ``exec``, a global name it finds in builtins: a
-        module global of that name in ``_pytest.assertion.rewrite`` is found first. (SlipCover's
-        ``wrap_pytest`` rewrites the rewriter's bytecode to call ``_Slipcover_exec_wrapper``
-        instead, a cost every process would pay; if something already did that, that name is
-        pointed at the hook too.) When the engine stops, the rewriter uses ``exec`` again, so a
-        second engine in one process (pytester) works too.
-        """
-        try:
-            from _pytest.assertion import rewrite
-        except ImportError:  # pragma: no cover - pytest always has it
-            return
-        if hook is exec:
-            vars(rewrite).pop("exec", None)  # the builtin again
-        else:
-            rewrite.exec = hook  # type: ignore[attr-defined]
-        if hasattr(rewrite, "_Slipcover_exec_wrapper"):
-            rewrite._Slipcover_exec_wrapper = hook
-
-    def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
-        if isinstance(code, types.CodeType) and self.decides(code.co_filename, module_globals):
-            self.execute(code, module_globals)
-        else:
-            exec(code, module_globals)
+        self.hook()
 
     def execute(self, code: types.CodeType, module_globals: dict[str, Any]) -> None:
         """Run a measured module's code with probes, and keep the functions it defines."""
@@ -527,6 +412,14 @@ class Probes:
             exec(self._probed(code), module_globals)
         finally:
             self.sci.add_functions(module_globals)
+
+    def prepare(self, code: types.CodeType, module_globals: dict[str, Any]) -> types.CodeType:
+        """A measured module's code with probes, for its loader to run in ``module_globals``;
+        the functions it defines are kept as it runs."""
+        probed = self._probed(code)
+        if probed is not code:
+            self.sci.executing(module_globals)
+        return probed
 
     def _probed(self, code: types.CodeType) -> types.CodeType:
         """``code`` with probes; if SlipCover cannot rewrite it, unchanged, with a note (the
@@ -540,18 +433,15 @@ class Probes:
             return code
         return probed
 
-    def _instrument_loaded(self) -> None:
+    def adopt_loaded(self) -> None:
         """Probes for the functions of measured modules imported before we started."""
         replaced: dict[types.CodeType, types.CodeType] = {}
-        for obj in gc.get_objects():
-            if type(obj) is not types.FunctionType:
-                continue
-            code = obj.__code__
-            if type(code) is types.CodeType and self.decides(code.co_filename, obj.__globals__):
-                if code not in replaced:
-                    replaced[code] = self._probed(code)
-                obj.__code__ = replaced[code]
-                self.sci.functions.add(obj)
+        for func in self.loaded_functions():
+            code = func.__code__
+            if code not in replaced:
+                replaced[code] = self._probed(code)
+            func.__code__ = replaced[code]
+            self.sci.functions.add(func)
 
     def take(self) -> dict[str, set[int]]:
         """Lines seen since the last call, by the file names coverage.py records."""
@@ -636,6 +526,4 @@ class Probes:
         if not self._started:
             return
         self._started = False
-        self._hook_pytest_rewriter(exec)
-        with contextlib.suppress(ValueError):
-            sys.meta_path.remove(self._finder)
+        self.unhook()

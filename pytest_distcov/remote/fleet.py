@@ -39,7 +39,7 @@ from typing import Any
 import execnet
 import pytest
 
-from pytest_distcov.errors import RemoteError
+from pytest_distcov.errors import RemoteError, printable
 from pytest_distcov.settings.hosts import HostSpec
 from pytest_distcov.settings.options import Settings
 from pytest_distcov.tempdirs import HeldDir
@@ -80,6 +80,8 @@ class HostReport:
     shipped_bytes: int = 0
     packages: str = "shipped"  # or "the host's own"
     seconds: float = 0.0
+    #: what pruning the host's cache removed at the setup (empty: nothing)
+    pruned: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -96,18 +98,36 @@ class HostSession:
     report: HostReport = field(default_factory=HostReport)
     alive: bool = True
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: the id of the last request sent: the agent echoes it in the answer
+    serial: int = 0
 
     def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
+        """Send ``msg`` to the host's agent and wait up to ``timeout`` seconds for its answer.
+
+        A request that timed out may still be answered later; that late answer carries the
+        old request's id and is dropped here, never taken for the answer to this one."""
         # Another thread's request (a dead worker's data being fetched) holds the channel: wait
         # no longer than this request's own timeout for it.
         if not self.lock.acquire(timeout=-1 if timeout is None else timeout):
             raise RemoteError(f"{self.spec.label}: busy with another request for {timeout} s")
         try:
-            self.channel.send(msg)
-            reply = self.channel.receive(timeout)
+            self.serial += 1
+            ident = self.serial
+            self.channel.send({**msg, "id": ident})
+            deadline = None if timeout is None else time.monotonic() + timeout
+            while True:
+                left = None if deadline is None else max(0.0, deadline - time.monotonic())
+                reply = self.channel.receive(left)
+                late = isinstance(reply, dict) and isinstance(reply.get("id"), int)
+                if not (late and reply["id"] < ident):
+                    break
         finally:
             self.lock.release()
-        if not isinstance(reply, dict) or not ({"ok", "error"} & reply.keys()):
+        if (
+            not isinstance(reply, dict)
+            or not ({"ok", "error"} & reply.keys())
+            or reply.get("id") != ident
+        ):
             raise RemoteError(f"{self.spec.label}: a malformed reply from the host: {reply!r:.80}")
         if "error" in reply:
             raise RemoteError(f"{self.spec.label}: {reply['error']}")
@@ -138,11 +158,14 @@ class Fleet:
         *,
         timeout: float = CONNECT_TIMEOUT,
         engine: str = "auto",
+        cache_size: int | None = None,
     ) -> None:
         self.hosts = [HostSession(spec, i + 1) for i, spec in enumerate(hosts)]
         self.bundle = bundle
         self.engine = engine
         self.timeout = timeout
+        #: bytes each host's cache may hold (None: never pruned)
+        self.cache_size = cache_size
         self.run_id = uuid.uuid4().hex[:12]
         self.group = execnet.Group(execmodel="thread")
         self.versions = _installed_versions()
@@ -182,7 +205,8 @@ class Fleet:
                 )
         if errors:
             self.close()
-            raise RemoteError("\n".join(errors[i] for i in sorted(errors)))
+            # one line a host, whatever the host said (see errors.printable)
+            raise RemoteError("\n".join(printable(errors[i]) for i in sorted(errors)))
 
     def _setup(self, host: HostSession) -> None:
         start = time.monotonic()
@@ -193,6 +217,7 @@ class Fleet:
                 "op": "setup",
                 "run": self.run_id,
                 "versions": self.versions,
+                "cache_size": self.cache_size,
                 "trees": [
                     {"name": t.name, "digest": t.digest, "per_run": t.per_run}
                     for t in self.bundle.trees
@@ -200,7 +225,8 @@ class Fleet:
             },
             timeout=self.timeout,
         )
-        host.info = info
+        info = host.info = _setup_answer(host.spec.label, info)
+        host.report.pruned = info["pruned"] or {}
         if tuple(info["version"]) != sys.version_info[:2]:
             raise RemoteError(
                 f"{host.spec.label} runs Python {info['python']} ({info['executable']}), the"
@@ -235,14 +261,18 @@ class Fleet:
                 },
                 timeout=self.timeout,
             )
-            overrides = self._send_contents(host, missing)
+            overrides = self._send_contents(host, _digests(host.spec.label, missing, "manifests"))
         else:
             overrides = []
-        # build answers with the paths of every tree, built now or found in the cache
-        paths = host.request(
-            {"op": "build", "site_tree": self.bundle.site_tree, "overrides": overrides},
-            timeout=None,
-        )
+        # build answers with the paths of every tree, built now or found in the cache; or
+        # (once) with the stored contents it found damaged: those are sent again
+        request = {"op": "build", "site_tree": self.bundle.site_tree, "overrides": overrides}
+        paths = host.request({**request, "resend": True}, timeout=None)
+        if isinstance(paths, dict) and "damaged" in paths:
+            damaged = _digests(host.spec.label, paths["damaged"], "build")
+            overrides += self._send_contents(host, damaged)
+            paths = host.request({**request, "overrides": overrides}, timeout=None)
+        paths = _build_answer(host.spec.label, paths)
         host.venv_python = paths.pop("venv-python", "")
         host.venv_site = paths.pop("venv-site", "")
         host.trees = paths
@@ -267,6 +297,11 @@ class Fleet:
                 batch, size = [], 0
 
         for digest in missing:
+            if digest not in candidates:
+                raise RemoteError(
+                    f"{host.spec.label}: the host asked for contents that were never listed"
+                    f" ({digest!r:.40})"
+                )
             current = [(tree, rel, _read(path)) for tree, rel, path in candidates[digest]]
             sound = next((c for _, _, c in current if digest_bytes(c) == digest), None)
             if sound is not None:
@@ -445,6 +480,71 @@ class Fleet:
         self.scripts.release()
 
 
+#: The setup answer's fields and their types ("str list": a list of strings).
+SETUP_FIELDS = {
+    "host": "str",
+    "python": "str",
+    "version": "int list",
+    "executable": "str",
+    "stdlib": "str list",
+    "site": "str list",
+    "cache": "str",
+    "run_dir": "str",
+    "have": "str list",
+    "removed": "int",
+    "has_packages": "bool",
+    "pruned": "counts",
+}
+
+
+def _is(value: object, kind: str) -> bool:
+    if kind == "str":
+        return type(value) is str
+    if kind == "int":
+        return type(value) is int and value >= 0
+    if kind == "bool":
+        return type(value) is bool
+    if kind == "counts":  # None, or names to whole numbers
+        return value is None or (
+            type(value) is dict and all(_is(k, "str") and _is(v, "int") for k, v in value.items())
+        )
+    return type(value) is list and all(_is(v, kind.removesuffix(" list")) for v in value)
+
+
+def _setup_answer(label: str, info: object) -> dict[str, Any]:
+    """The host's setup answer, checked: what a host says is input from a stranger, and a
+    field of the wrong type would otherwise fail far from here (or be trusted as a path)."""
+    if type(info) is not dict:
+        raise RemoteError(f"{label}: a malformed setup answer from the host: {info!r:.80}")
+    for name, kind in SETUP_FIELDS.items():
+        if not _is(info.get(name), kind):
+            raise RemoteError(
+                f"{label}: a malformed setup answer from the host: {name} is"
+                f" {info.get(name)!r:.60}, not a {kind}"
+            )
+    if len(info["version"]) != 2 or not info["run_dir"].startswith("/"):
+        raise RemoteError(
+            f"{label}: a malformed setup answer from the host: version {info['version']!r:.40},"
+            f" run_dir {info['run_dir']!r:.80}"
+        )
+    return info
+
+
+def _digests(label: str, value: object, op: str) -> list[str]:
+    if not _is(value, "str list"):
+        raise RemoteError(f"{label}: a malformed {op} answer from the host: {value!r:.80}")
+    assert isinstance(value, list)
+    return value
+
+
+def _build_answer(label: str, value: object) -> dict[str, str]:
+    if type(value) is not dict or not all(
+        _is(k, "str") and _is(v, "str") for k, v in value.items()
+    ):
+        raise RemoteError(f"{label}: a malformed build answer from the host: {value!r:.80}")
+    return value
+
+
 def _read(path: str) -> bytes:
     try:
         with open(path, "rb") as fh:
@@ -474,6 +574,21 @@ def _size(n: int) -> str:
             break
         value, unit = value / 1024, bigger
     return f"{value:.1f} {unit}"
+
+
+def _pruned(counts: dict[str, int]) -> str:
+    """``cache pruned to 1.9 GiB (removed 12 trees, 400 files)``."""
+    parts = []
+    for key, one, many in (
+        ("trees", "tree", "trees"),
+        ("envs", "environment", "environments"),
+        ("objects", "file", "files"),
+        ("leftovers", "leftover of an interrupted build", "leftovers of interrupted builds"),
+    ):
+        n = counts.get(key, 0)
+        if n:
+            parts.append(f"{n} {one if n == 1 else many}")
+    return f"cache pruned to {_size(counts.get('size', 0))} (removed {', '.join(parts)})"
 
 
 # -- the pytest side ----------------------------------------------------------------------------
@@ -507,6 +622,26 @@ class RemoteHooks:
             f"distcov: not shipped to the hosts (not a directory on sys.path): {entry}"
             for entry in self.fleet.bundle.skipped
         ]
+        bundle = self.fleet.bundle
+        if bundle.secrets:
+            n = len(bundle.secrets)
+            lines.append(
+                f"distcov: {n} file{'s' if n != 1 else ''} that look{'s' if n == 1 else ''} like"
+                " secrets (.env*, *.pem, *.key, id_*, .netrc, .pypirc, .git-credentials, .ssh/,"
+                " .aws/) not shipped to the hosts; name them in the distcov_remote_include ini"
+                " list to ship them"
+            )
+        if bundle.outside_links:
+            n = len(bundle.outside_links)
+            lines.append(
+                f"distcov: {n} symbolic link{'s' if n != 1 else ''} pointing outside the shipped"
+                " trees not shipped to the hosts (links are not followed out of a tree)"
+            )
+        if bundle.unused_include:
+            lines.append(
+                "distcov: distcov_remote_include patterns that matched no file that looks like a"
+                f" secret (they include nothing): {', '.join(bundle.unused_include)}"
+            )
         for host in self.fleet.hosts:
             r = host.report
             shipped = (
@@ -521,12 +656,15 @@ class RemoteHooks:
                 f" {host.spec.count} worker{'s' if host.spec.count != 1 else ''}; {shipped}"
                 f"{packages}; set up in {r.seconds:.1f} s"
             )
+            if r.pruned:
+                lines.append(f"distcov: host {host.spec.label}: {_pruned(r.pruned)}")
         if self.reroute_obstacle:
             lines.append(
                 "distcov: the workers of a host that stops answering stay on that host"
                 f" ({self.reroute_obstacle})"
             )
-        return lines
+        # a host's name and Python version are what the host said: one printable line each
+        return [printable(line) for line in lines]
 
     def pytest_configure_node(self, node: Any) -> None:
         host = self.fleet.host_for_launcher(xdist_door.worker_python(node))
@@ -593,6 +731,7 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
     bundle, digests = build_bundle(
         str(config.rootpath),
         extra_ignores=settings.remote_ignore,
+        include=settings.remote_include,
         hash_cache=known if isinstance(known, dict) else None,
     )
     if cache is not None:
@@ -610,7 +749,13 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
             " distcov_remote_ignore leaves out every file in it); run pytest from a shipped"
             f" directory, or from the rootdir {root}"
         )
-    fleet = Fleet(settings.remote, bundle, engine=settings.engine, timeout=settings.remote_timeout)
+    fleet = Fleet(
+        settings.remote,
+        bundle,
+        engine=settings.engine,
+        timeout=settings.remote_timeout,
+        cache_size=settings.remote_cache_size,
+    )
     fleet.start()
     hooks = RemoteHooks(fleet)
     hooks.configure_xdist(config)

@@ -7,6 +7,11 @@ fetch thread would hold the host's lock and leave them a stale answer). The fetc
 take up to its own timeout, runs on a thread of its own; :meth:`RemoteRecovery.collect` waits
 for the fetches still under way at the end of the run, all together no longer than
 :data:`FETCH_WAIT`, and abandons the rest.
+
+The directory fetched (and removed on the host at the end) is the one the worker's hello named,
+and only when it is that worker's directory of this run, directly in the host's run directory
+(:meth:`~pytest_distcov.tempdirs.RunDirs.remote`). What the host answers is shown through
+:func:`~pytest_distcov.errors.printable`, like everything a host says.
 """
 
 from __future__ import annotations
@@ -16,7 +21,9 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
+from pytest_distcov.errors import printable
 from pytest_distcov.protocol import Hello, Recovered
+from pytest_distcov.tempdirs import RunDirs
 
 from .fleet import HostSession, RemoteHooks
 
@@ -31,7 +38,7 @@ class RemoteRecovery:
     """Fetches what dead workers flushed on their hosts into ``into`` (a directory each).
 
     ``say`` takes the summary's lines (from any thread); ``count_files`` describes the files
-    fetched ("2 data files").
+    fetched ("2 data files"); ``dirs`` says which directories a worker's hello may name.
     """
 
     def __init__(
@@ -40,39 +47,58 @@ class RemoteRecovery:
         into: Path,
         say: Callable[[str], None],
         count_files: Callable[[Sequence[str]], str],
+        dirs: RunDirs,
     ) -> None:
         self.hooks = hooks
         self.into = into
-        self.say = say
+        self._say = say
         self.count_files = count_files
+        self.dirs = dirs
         #: fetches under way, and what they brought (filled by their threads)
         self.fetches: list[threading.Thread] = []
         self.fetched: list[Recovered] = []
         self.abandoned = threading.Event()
 
-    def recover(self, worker_id: str, hello: Hello, why: str) -> None:
-        """Ask whether the host answers (here, on the main thread); then fetch on a thread."""
+    def say(self, line: str) -> None:
+        """A line for the summary (from any thread), with what the host said made printable."""
+        self._say(printable(line))
+
+    def recover(self, worker_id: str, hello: Hello, why: str, *, refused: bool = False) -> None:
+        """Ask whether the host answers (here, on the main thread); then fetch on a thread.
+        ``refused``: the worker finished, but a message of it was refused (``why``)."""
         host = self.hooks.host_of(worker_id)
         assert host is not None, worker_id
-        if not self.hooks.fleet.ping(host):
+        where = f"worker {worker_id} on host {host.spec.label}"
+        event = f"{where} {why}" if refused else f"{where} went down ({why})"
+        datadir = self.dirs.remote(worker_id, hello["datadir"], host.info.get("run_dir"))
+        if datadir is None:
             self.say(
-                f"worker {worker_id} on host {host.spec.label} went down ({why}) and the host"
-                " does not answer: keeping the coverage it streamed until then; what it"
-                " measured after its last chunk is lost"
+                f"{event}; its directory {hello['datadir']} is not one of this run's there:"
+                " nothing is fetched from it; the coverage it streamed is kept"
             )
             return
+        if not self.hooks.fleet.ping(host):
+            lost = "in the messages refused" if refused else "after its last chunk"
+            self.say(
+                f"{event} and the host does not answer: keeping the coverage it streamed"
+                f" until then; what it measured {lost} is lost"
+            )
+            return
+        event = f"{where} {why}" if refused else f"{where} crashed ({why})"
         thread = threading.Thread(
             target=self._fetch,
-            args=(worker_id, hello["datadir"], why, host),
+            args=(worker_id, datadir, host, event, refused),
             name=f"distcov-fetch-{worker_id}",
             daemon=True,
         )
         self.fetches.append(thread)
         thread.start()
 
-    def _fetch(self, worker_id: str, datadir: str, why: str, host: HostSession) -> None:
+    def _fetch(
+        self, worker_id: str, datadir: str, host: HostSession, event: str, refused: bool
+    ) -> None:
+        """Fetch the worker's data files; ``event`` says what happened to the worker."""
         fleet = self.hooks.fleet
-        where = f"worker {worker_id} on host {host.spec.label}"
         try:
             files = fleet.fetch(host, datadir)
             if self.abandoned.is_set():
@@ -85,12 +111,13 @@ class RemoteRecovery:
                 path.write_bytes(content)
                 self.fetched.append((worker_id, str(path), mapper))
         except Exception as exc:  # whatever the host or the disk says: one line
-            self.say(f"{where} crashed; fetching its data failed: {exc}")
+            self.say(f"{event}; fetching its data failed: {exc}")
             return
         self.hooks.leftovers.setdefault(host.spec.label, []).append(datadir)
+        what = "all of its data" if refused else "the data of its finished tests"
         self.say(
-            f"{where} crashed ({why}); recovered the data of its finished tests from the"
-            f" host: {self.count_files([name for name, _ in files])}"
+            f"{event}; recovered {what} from the host:"
+            f" {self.count_files([name for name, _ in files])}"
         )
 
     def collect(self) -> list[Recovered]:

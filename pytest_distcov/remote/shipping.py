@@ -13,6 +13,13 @@ shipped as :class:`Tree` objects, each a list of files with a content digest:
 * the **extras**: packages the controller imports through an import hook rather than a
   ``sys.path`` directory (editable installs), copied under their top-level name.
 
+Files that look like secrets (:data:`SECRET_NAMES`, anything under :data:`SECRET_DIRS`) are
+left out of the project and of every tree that is not an installed site-packages (where
+certifi's ``cacert.pem`` is a package's data, not a secret) unless ``distcov_remote_include``
+names them; a symbolic link to a file outside its tree is never followed (it could be
+``~/.ssh/id_rsa``). The header counts both. A ``sys.path`` entry that is the home directory or
+``/`` is refused: it would ship everything the user can read.
+
 The host keeps files by digest, so a second run ships only what changed; the layout of the
 worker's ``sys.path`` is described by :class:`PathEntry` values that the host resolves against
 its own copies (and its own standard library).
@@ -32,6 +39,8 @@ import sysconfig
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from pytest_distcov.errors import RemoteError
 
 __all__ = [
     "Bundle",
@@ -66,6 +75,10 @@ PROJECT_SKIP_DIRS = frozenset(
 #: File name patterns never shipped from anywhere (bytecode is rebuilt on the host; coverage
 #: data stays here, where a host's ``coverage combine`` cannot pick it up).
 SKIP_FILES = ("*.pyc", "*.pyo", ".coverage", ".coverage.*", "*-distcov-*.tmp")
+#: File names that look like secrets: never shipped unless distcov_remote_include names them.
+SECRET_NAMES = (".env*", "*.pem", "*.key", ".netrc", ".pypirc", ".git-credentials")
+#: Directories whose files are never shipped unless distcov_remote_include names them.
+SECRET_DIRS = frozenset({".ssh", ".aws"})
 #: Distributions not shipped with the packages: installers, never imported by tests.
 SKIP_PACKAGE_DIRS = ("pip", "pip-*.dist-info")
 
@@ -160,6 +173,12 @@ class Bundle:
     #: The tree that is the controller's site-packages: on a host it becomes the site-packages
     #: of a virtual environment, so that coverage (and ``site``) treat it as installed code.
     site_tree: str | None = None
+    #: local paths of the files left out because they look like secrets
+    secrets: tuple[str, ...] = ()
+    #: local paths of the symbolic links left out because they point outside their tree
+    outside_links: tuple[str, ...] = ()
+    #: distcov_remote_include patterns that matched no secret-looking file (they include nothing)
+    unused_include: tuple[str, ...] = ()
 
     @property
     def trees(self) -> tuple[Tree, ...]:
@@ -175,6 +194,19 @@ class Bundle:
 
 
 # -- walking ------------------------------------------------------------------------------------
+
+
+def looks_secret(rel: str) -> bool:
+    """Whether a file at ``rel`` (POSIX, inside a tree) looks like a secret: a key, a
+    credentials file, an environment file, or anything under ``.ssh/`` or ``.aws/``. ``id_*``
+    counts when it is an ssh key's name (no suffix, or ``.pub``), so ``id_utils.py`` ships."""
+    parts = rel.split("/")
+    name = parts[-1]
+    if any(p in SECRET_DIRS for p in parts[:-1]):
+        return True
+    if any(fnmatch.fnmatchcase(name, p) for p in SECRET_NAMES):
+        return True
+    return name.startswith("id_") and ("." not in name or name.endswith(".pub"))
 
 
 def _skipped_file(name: str) -> bool:
@@ -363,7 +395,7 @@ def _editable_extras(covered: list[str], rootdir: str) -> tuple[dict[str, str], 
     return extras, project_dirs
 
 
-def _extras_tree(extras: dict[str, str], cache: _HashCache) -> Tree:
+def _extras_tree(extras: dict[str, str], planner: _Planner) -> Tree:
     roots: list[tuple[str, str]] = []
     files: list[FileEntry] = []
     for name, loc in sorted(extras.items()):
@@ -372,12 +404,19 @@ def _extras_tree(extras: dict[str, str], cache: _HashCache) -> Tree:
             pairs = [
                 (f"{name}/{r}", os.path.join(loc, *r.split("/")))
                 for r in _walk(loc, ("__pycache__",))
+                if planner.keep(os.path.join(loc, *r.split("/")), r, loc, not _installed(loc))
             ]
         else:
             roots.append((os.path.basename(loc), loc))
             pairs = [(os.path.basename(loc), loc)]
-        files.extend(e for rel, path in pairs if (e := cache.entry(path, rel)) is not None)
+        files.extend(e for rel, path in pairs if (e := planner.cache.entry(path, rel)) is not None)
     return Tree("extras", tuple(roots), tuple(files), per_run=False)
+
+
+def _installed(path: str) -> bool:
+    """In an installed site-packages (pip's files, not the user's): secrets are not looked for
+    (certifi's and botocore's ``cacert.pem`` are package data)."""
+    return any(p in ("site-packages", "dist-packages") for p in path.split(os.sep))
 
 
 @dataclass
@@ -386,15 +425,52 @@ class _Planner:
 
     rootdir: str
     cache: _HashCache
+    include: tuple[str, ...] = ()
     packages: list[Tree] = field(default_factory=list)
     layout: list[PathEntry] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     shipped: list[str] = field(default_factory=list)
+    secrets: list[str] = field(default_factory=list)
+    outside_links: list[str] = field(default_factory=list)
+    #: the include patterns that let a secret-looking file through
+    included_by: set[str] = field(default_factory=set)
+    #: directory -> its real path (one realpath a directory, not one a file)
+    real_dirs: dict[str, str] = field(default_factory=dict)
+
+    def keep(self, path: str, rel: str, tree_root: str, secrets: bool) -> bool:
+        """Whether the file at ``path`` (``rel`` in a tree made from ``tree_root``) is shipped:
+        not a link that leaves the tree, and not a secret-looking file nobody asked for.
+        ``tree_root`` is already a real path (every tree's root is resolved when planned)."""
+        if secrets and looks_secret(rel):
+            matched = [p for p in self.include if _ignored(rel, (p,))]
+            if not matched:
+                self.secrets.append(path)
+                return False
+            self.included_by.update(matched)
+        if not _inside(self.real_path(path), tree_root) and os.path.lexists(path):
+            self.outside_links.append(path)
+            return False
+        return True
+
+    def real_path(self, path: str) -> str:
+        """``os.path.realpath(path)``, resolving each directory once: only a link needs its
+        own (a directory listed by git may be a link too: it is resolved as one)."""
+        if os.path.islink(path):
+            return os.path.realpath(path)
+        parent, name = os.path.split(path)
+        real = self.real_dirs.get(parent)
+        if real is None:
+            real = self.real_dirs[parent] = os.path.realpath(parent)
+        return os.path.join(real, name)
 
     def tree(self, name: str, local: str, rels: Iterable[str], per_run: bool) -> Tree:
+        secrets = not _installed(local)
         files = []
         for rel in rels:
-            entry = self.cache.entry(os.path.join(local, *rel.split("/")), rel)
+            path = os.path.join(local, *rel.split("/"))
+            if not self.keep(path, rel, local, secrets):
+                continue
+            entry = self.cache.entry(path, rel)
             if entry is not None:
                 files.append(entry)
         return Tree(name, (("", local),), tuple(files), per_run)
@@ -417,6 +493,12 @@ class _Planner:
             pass  # the bin directory of a venv, or an entry that does not exist
         elif not os.path.isdir(real):
             self.skipped.append(raw)  # zip files and eggs: not shipped
+        elif real == os.path.realpath(os.path.expanduser("~")) or real == os.path.realpath("/"):
+            what = "the root directory" if real == os.path.realpath("/") else "your home directory"
+            raise RemoteError(
+                f"--distcov-remote: sys.path holds {raw!r}, {what}: it would be shipped whole"
+                " to every host; remove it from PYTHONPATH (or wherever it is added)"
+            )
         elif real not in self.shipped:
             name = f"packages-{len(self.packages) + 1}"
             rels = _walk(real, ("__pycache__", *SKIP_PACKAGE_DIRS))
@@ -431,10 +513,12 @@ def build_bundle(
     extra_ignores: Iterable[str] = (),
     path: Iterable[str] | None = None,
     hash_cache: Mapping[str, list[object]] | None = None,
+    include: Iterable[str] = (),
 ) -> tuple[Bundle, dict[str, list[object]]]:
-    """Everything a host needs, and the updated hash cache (to keep for the next run)."""
+    """Everything a host needs, and the updated hash cache (to keep for the next run).
+    ``include``: patterns of secret-looking files to ship all the same."""
     rootdir = os.path.realpath(rootdir)
-    planner = _Planner(rootdir, _HashCache(hash_cache))
+    planner = _Planner(rootdir, _HashCache(hash_cache), tuple(include))
     project = planner.tree("project", rootdir, project_files(rootdir, extra_ignores), per_run=True)
     scripts = _scripts_dir()
     for raw in list(sys.path if path is None else path):
@@ -447,7 +531,7 @@ def build_bundle(
         if entry not in planner.layout:
             planner.layout.append(entry)
     if extras:
-        planner.packages.append(_extras_tree(extras, planner.cache))
+        planner.packages.append(_extras_tree(extras, planner))
         planner.layout.append(PathEntry("tree", "extras"))
     purelib = os.path.realpath(sysconfig.get_paths()["purelib"])
     site_tree = next((t.name for t in planner.packages if t.local == purelib), None)
@@ -457,5 +541,8 @@ def build_bundle(
         tuple(planner.layout),
         tuple(planner.skipped),
         site_tree,
+        tuple(planner.secrets),
+        tuple(planner.outside_links),
+        tuple(p for p in planner.include if p not in planner.included_by),
     )
     return bundle, planner.cache.seen

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from pytest_distcov.data.readers import read_data_file
-from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
-from pytest_distcov.errors import SettingsError
+from pytest_distcov.engine.measure import Engine, MeasureSpec, free_threading_note, open_coverage
+from pytest_distcov.errors import SettingsError, printable
 from pytest_distcov.remote.fleet import RemoteHooks
 from pytest_distcov.remote.recovery import RemoteRecovery
 from pytest_distcov.settings.options import Settings
@@ -141,9 +141,11 @@ class ControllerRole:
             parse_cache=self._parse_cache,
             progress=self._progress_line if verbose else None,
         )
-        self.local_recovery = LocalRecovery(self.lines.append)
+        self.local_recovery = LocalRecovery(self.lines.append, self.receiver.dirs)
         self.remote_recovery = (
-            RemoteRecovery(remote, engine.data_dir, self.lines.append, count_data_files)
+            RemoteRecovery(
+                remote, engine.data_dir, self.lines.append, count_data_files, self.receiver.dirs
+            )
             if remote is not None
             else None
         )
@@ -196,6 +198,9 @@ class ControllerRole:
         ]
         if self.engine.core_note:
             lines.append(f"distcov: {self.engine.core_note}: using {self.engine.description}")
+        threading_note = free_threading_note()
+        if threading_note:
+            lines.append(f"distcov: {threading_note}")
         return lines
 
     # -- while the tests run ----------------------------------------------------------------
@@ -209,7 +214,10 @@ class ControllerRole:
     def node_down(self, worker_id: str, error: object) -> None:
         self.drain()
         state = self.receiver.worker(worker_id)
-        if state.finished:
+        if state.finished or state.down_error is not None:
+            return
+        if state.refused and not error:  # it ended, but its final message was refused
+            self._recover_refused(state)
             return
         state.down_error = str(error) if error else "went down without its final data"
         self._recover(state)
@@ -220,6 +228,18 @@ class ControllerRole:
             return
         assert state.down_error is not None
         self._recovery_for(state.id).recover(state.id, state.hello, state.down_error)
+
+    def _recover_refused(self, state: WorkerState) -> None:
+        """A worker that had a message refused: its data files hold all it measured (the
+        refused part too); they are read as a dead worker's are."""
+        state.down_error = "sent a message that was refused"
+        if state.hello is None:
+            self.lines.append(
+                f"worker {state.id} {state.down_error} before its hello named its directory:"
+                " what that message held is lost"
+            )
+            return
+        self._recovery_for(state.id).recover(state.id, state.hello, state.down_error, refused=True)
 
     def _recovery_for(self, worker_id: str) -> Recovery:
         """A remote host's worker is fetched from there; any other is read here."""
@@ -258,7 +278,11 @@ class ControllerRole:
         """Receive the rest, recover the dead, write the data file, then run the sinks."""
         self.drain()
         for state in self.receiver.workers.values():
-            if not state.finished and state.down_error is None:
+            if state.down_error is not None:
+                continue  # went down: recovered already
+            if state.refused:  # (its final message may be the one refused)
+                self._recover_refused(state)
+            elif not state.finished:
                 state.down_error = "did not finish"
                 self._recover(state)
         recovered = self.local_recovery.collect()
@@ -318,7 +342,7 @@ class ControllerRole:
         counts = [(self._swept, "here")]
         if self.remote is not None:
             counts.extend(
-                (int(h.info.get("removed", 0)), f"on {h.spec.label}")
+                (_count(h.info.get("removed")), f"on {h.spec.label}")
                 for h in self.remote.fleet.hosts
                 if h.info
             )
@@ -339,7 +363,8 @@ class ControllerRole:
             host = self.receiver.host_of(state.id)
             who = f"{state.id} on host {host.spec.label}" if host is not None else state.id
             notes.extend(f"[{who}] {n}" for n in state.notes)
-        return notes
+        # a worker's notes, and a host's name, are what another process said: one line each
+        return [printable(n) for n in notes]
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -354,6 +379,11 @@ class ControllerRole:
             notes=self._notes(),
             errors=[*self.receiver.errors, *self.errors],
         ).run(terminalreporter)
+
+
+def _count(value: object) -> int:
+    """A count a host reported: a whole number from 0 up, or 0 (a host may say anything)."""
+    return value if type(value) is int and value >= 0 else 0
 
 
 class XdistControllerHooks:
@@ -375,6 +405,8 @@ class XdistControllerHooks:
 
         channel.setcallback(receive, endmarker=CHANNEL_CLOSED)
         node.workerinput["distcov_channel"] = channel
+        # The run's unique id, which xdist gives every worker: their directories carry its tag.
+        self.role.receiver.expect(worker_id, node.workerinput.get("testrunuid"))
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         self.role.node_down(node.gateway.id, error)

@@ -28,7 +28,7 @@ from coverage.exceptions import CoverageException
 from pytest_distcov.data.merge import write_data_file
 from pytest_distcov.data.readers import update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
-from pytest_distcov.errors import DataFileError, DistCovError
+from pytest_distcov.errors import DataFileError, DistCovError, printable
 from pytest_distcov.sinks.pipeline import Combined
 
 from .receive import Receiver, WorkerState
@@ -116,7 +116,7 @@ class Finisher:
                 except DataFileError as exc:
                     who = f"worker {worker_id}: " if worker_id else ""
                     unreadable.append(path)
-                    error = f"{who}{exc}; the file is kept for inspection"
+                    error = printable(f"{who}{exc}; the file is kept for inspection")
                     if error not in errors:  # fill may run again (see rescue)
                         errors.append(error)
 
@@ -202,20 +202,20 @@ class Finisher:
                 f" cause (free space?) and move it to {data_file}, or read it with"
                 f" `pytest-distcov report --data-file {saved}`"
             )
-        return what + keeping
+        return printable(what + keeping)
 
     def _kept_dirs(self) -> list[str]:
         """After a failed write: every directory that still holds a part of this run's data."""
         kept = [str(self.engine.data_dir)]
         for state in self.receiver.workers.values():
-            if state.hello is None:
+            datadir = state.datadir  # as checked: only this run's directories are named
+            if datadir is None:
                 continue
             host = self.receiver.host_of(state.id)
-            datadir = state.hello["datadir"]
             if host is not None:
-                kept.append(f"{host.spec.label}:{datadir}")
+                kept.append(printable(f"{host.spec.label}:{datadir}"))
             elif os.path.isdir(datadir) and datadir not in kept:
-                kept.append(datadir)
+                kept.append(printable(datadir))
         return kept
 
     def _close_remote(self, *, keep_workers: bool) -> None:
@@ -228,10 +228,11 @@ class Finisher:
             return
         for state in self.receiver.workers.values():
             host = remote.host_of(state.id)
-            if host is not None and state.hello is not None and not pointed_to(state):
+            # state.datadir is this run's directory of the worker there (see RunDirs.remote)
+            if host is not None and state.datadir is not None and not pointed_to(state):
                 dirs = remote.leftovers.setdefault(host.spec.label, [])
-                if state.hello["datadir"] not in dirs:
-                    dirs.append(state.hello["datadir"])
+                if state.datadir not in dirs:
+                    dirs.append(state.datadir)
         remote.fleet.close(remote.leftovers)
 
     def _cleanup(self, recovered: list[Recovered], keep: list[str]) -> None:
@@ -241,10 +242,11 @@ class Finisher:
         dirs = {self.engine.data_dir} | {Path(p).parent for _, p, _ in recovered}
         for state in self.receiver.workers.values():
             on_host = self.receiver.host_of(state.id) is not None
-            if state.hello is None or on_host or pointed_to(state):
+            if on_host or pointed_to(state) or state.datadir is None:
                 continue
-            datadir = Path(state.hello["datadir"])
-            if datadir.name.startswith("distcov-"):  # never anything else a message names
+            # never anything else a message names: the directory is checked again now
+            datadir = self.receiver.dirs.local(state.id, state.datadir)
+            if datadir is not None:
                 dirs.add(datadir)
         for d in dirs:
             if not any(Path(k).parent == d for k in keep):
@@ -253,5 +255,5 @@ class Finisher:
 
 def pointed_to(state: WorkerState) -> bool:
     """True if a note of the worker names a file in its directory (kept for the user)."""
-    datadir = state.hello["datadir"] if state.hello is not None else ""
-    return bool(datadir) and any(datadir in note for note in state.notes)
+    datadir = state.datadir
+    return datadir is not None and any(datadir in note for note in state.notes)

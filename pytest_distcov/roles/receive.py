@@ -6,6 +6,16 @@ a ``hello`` says where the worker's durable data lives (a local worker's directo
 until its data is recovered or combined); a chunk's paths are mapped to local ones (a remote
 worker's) and merged into the :class:`~pytest_distcov.data.merge.Accumulator`, and its Python
 files are offered to the parse helper. In verbose mode a progress estimate follows.
+
+What a worker sends is not trusted. A message that :func:`~pytest_distcov.protocol.decode`
+refuses is left out whole and named in one error line (one a worker, however many it sends);
+the worker's other messages, the other workers' and the controller's own data are kept. As a
+refused chunk may have held data, the worker is marked (:attr:`WorkerState.refused`) and the
+controller reads its data files at the end, as for a dead worker: the data file a worker leaves
+in its directory holds everything it measured, so nothing is lost when that directory is
+there. The directory a hello names is taken only when it is that worker's directory of this
+run (:class:`~pytest_distcov.tempdirs.RunDirs`); a hello naming any other is refused, and
+nothing is held, read or removed there.
 """
 
 from __future__ import annotations
@@ -22,12 +32,12 @@ from pytest_distcov.covapi.parser import exclude_regex
 from pytest_distcov.data.merge import Accumulator
 from pytest_distcov.data.readers import PathMapper
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
-from pytest_distcov.errors import DataFileError, ProtocolError
+from pytest_distcov.errors import DataFileError, ProtocolError, printable
 from pytest_distcov.protocol import Chunk, Hello, decode
 from pytest_distcov.remote.fleet import HostSession, RemoteHooks
 from pytest_distcov.sinks.parses import ParseCache
 from pytest_distcov.sinks.preparse import PreParser
-from pytest_distcov.tempdirs import HeldDir
+from pytest_distcov.tempdirs import HeldDir, RunDirs
 
 __all__ = ["CHANNEL_CLOSED", "PROGRESS_EVERY", "Receiver", "WorkerState"]
 
@@ -42,8 +52,13 @@ class WorkerState:
     """The controller's view of one worker."""
 
     id: str
+    #: its last hello that was taken (one naming a directory not of this run is not)
     hello: Hello | None = None
+    #: the directory of the hello taken, as checked (a local path, or a path on its host)
+    datadir: str | None = None
     finished: bool = False
+    #: how many of its messages were refused (its data files are then read at the end)
+    refused: int = 0
     down_error: str | None = None
     tests: int = 0
     notes: list[str] = field(default_factory=list)
@@ -76,6 +91,10 @@ class Receiver:
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.workers: dict[str, WorkerState] = {}
         self.errors: list[str] = []
+        #: the directories a worker's hello may name: this run's (see tempdirs.py)
+        self.dirs = RunDirs(engine.data_dir.parent)
+        #: where in ``errors`` each worker's refusal line is (one a worker)
+        self._refusals: dict[str, int] = {}
         #: True while a drain merges (a SIGTERM then waits for it to end)
         self.merging = False
         #: parses the report will need, made while the tests run (see preparse.py)
@@ -127,23 +146,69 @@ class Receiver:
                 continue
             try:
                 msg = decode(raw)
+                if msg["worker"] != worker_id:
+                    raise ProtocolError(
+                        f"a message signed by worker {msg['worker']!r:.40} on its own channel"
+                    )
             except ProtocolError as exc:
-                self.errors.append(f"worker {worker_id}: {exc}")
+                hello = isinstance(raw, dict) and raw.get("kind") == "hello"
+                self._refuse(state, str(exc), data=not hello)
                 continue
             if msg["kind"] == "hello":
                 self._hello(state, msg)
             else:
                 self._chunk(state, msg)
 
+    def _refuse(self, state: WorkerState, what: str, *, data: bool) -> None:
+        """Leave a message out, in one error line a worker. ``data``: the message may have
+        held data, which the worker's data files give at the end instead."""
+        if data:
+            state.refused += 1
+        instead = (
+            "; its data files are read at the end instead"
+            if data and state.datadir is not None
+            else ""
+        )
+        line = printable(f"worker {state.id} sent {what}; it is left out{instead}")
+        index = self._refusals.get(state.id)
+        if index is None:
+            self._refusals[state.id] = len(self.errors)
+            self.errors.append(line)
+        elif "more of its messages were refused" not in self.errors[index]:
+            self.errors[index] += " (more of its messages were refused)"
+
+    def expect(self, worker_id: str, run: str | None) -> None:
+        """The controller gave worker ``worker_id`` the run id ``run`` (see :class:`RunDirs`)."""
+        self.dirs.expect(worker_id, run)
+
+    def _checked_dir(self, worker_id: str, datadir: str) -> str | None:
+        """The directory a hello names, if it is that worker's of this run (None if not)."""
+        host = self.host_of(worker_id)
+        if host is not None:
+            return self.dirs.remote(worker_id, datadir, host.info.get("run_dir"))
+        return self.dirs.hello(worker_id, datadir)
+
     def _hello(self, state: WorkerState, hello: Hello) -> None:
+        datadir = self._checked_dir(state.id, hello["datadir"])
+        if datadir is None:
+            self._refuse(
+                state,
+                f"a hello naming {hello['datadir']!r:.200} as its directory, which is not one"
+                " of this run's: nothing there is held, read or removed",
+                data=False,
+            )
+            return
         state.hello = hello
-        self._hold(state.id, hello["datadir"])
+        state.datadir = datadir
+        self._hold(state.id, datadir)
         state.notes.extend(n for n in hello["notes"] if n not in state.notes)
         if hello["coverage"] != coverage.__version__:
             self.errors.append(
-                f"worker {state.id} on {hello['host']} runs coverage {hello['coverage']},"
-                f" the controller {coverage.__version__}: its data may differ; install"
-                " the same coverage version everywhere"
+                printable(
+                    f"worker {state.id} on {hello['host']} runs coverage {hello['coverage']},"
+                    f" the controller {coverage.__version__}: its data may differ; install"
+                    " the same coverage version everywhere"
+                )
             )
 
     def _chunk(self, state: WorkerState, chunk: Chunk) -> None:

@@ -24,7 +24,12 @@ from coverage.exceptions import CoverageException
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.contexts import label
-from pytest_distcov.data.readers import ContextDeltaReader, DeltaReader, read_data_file
+from pytest_distcov.data.readers import (
+    ContextDeltaReader,
+    DeltaReader,
+    MemoryContextDelta,
+    read_data_file,
+)
 from pytest_distcov.engine.measure import Engine
 from pytest_distcov.errors import DataFileError
 from pytest_distcov.protocol import (
@@ -94,6 +99,8 @@ class WorkerRole:
             if engine.context
             else DeltaReader(branch=engine.branch)
         )
+        #: per-test contexts an engine keeps in memory (the monitor engine's)
+        self.memory = MemoryContextDelta()
         self.seq = 0
         self.tests = 0
         self.notes_sent = len(engine.notes)  # (the hello carries these)
@@ -157,6 +164,9 @@ class WorkerRole:
     def _fresh_payload(self) -> Payload:
         """What is new since the last chunk: kept in memory by the engine, or else read from
         the data file (after the journal is moved into it)."""
+        contexts = self.engine.take_fresh_contexts()
+        if contexts is not None:
+            return self.memory.delta_of(contexts)
         fresh = self.engine.take_fresh()
         if fresh is not None and isinstance(self.reader, DeltaReader):
             return self.reader.delta_of(*fresh)
@@ -167,6 +177,9 @@ class WorkerRole:
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self) -> None:
         data = self.engine.finish()
+        contexts = self.engine.take_fresh_contexts()
+        if contexts:  # what the last chunk did not carry; the data file then adds the rest
+            self._send("chunk", self.memory.delta_of(contexts))
         if isinstance(self.reader, ContextDeltaReader):
             try:
                 data.write()  # everything is in the file: the reader reads it there

@@ -42,6 +42,13 @@ class HostSpec:
         return "//".join(parts)
 
 
+def _option_like(entry: str) -> SettingsError:
+    return SettingsError(
+        f"{entry!r} starts with '-': ssh would read it as an option, not a host; give a host"
+        " name (ssh options go in --distcov-ssh-config or a full ssh= spec)"
+    )
+
+
 def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
     count = 1
     mult, star, rest = entry.partition("*")
@@ -49,6 +56,10 @@ def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
         if not mult.isdigit() or int(mult) < 1:
             raise SettingsError(f"{entry!r}: the worker count before '*' must be a number >= 1")
         count, entry = int(mult), rest.strip()
+    # ssh takes a destination that starts with '-' for an option (-oProxyCommand=... runs a
+    # command here): never let one through as a host, in either form.
+    if entry.startswith("-"):
+        raise _option_like(entry)
     if "=" in entry:
         import execnet  # only for a full spec: resolving the options stays light
 
@@ -60,6 +71,8 @@ def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
                 f"{entry!r}: a full spec must be an ssh spec with only ssh=, python= and"
                 " ssh_config= keys, e.g. ssh=host//python=/opt/py/bin/python3"
             )
+        if str(spec.ssh).split()[-1].startswith("-"):
+            raise _option_like(str(spec.ssh).split()[-1])
         return HostSpec(
             label=str(spec.ssh).split()[-1],
             count=count,
@@ -68,6 +81,8 @@ def _parse_one(entry: str, python: str, ssh_config: str | None) -> HostSpec:
             ssh_config=str(spec.ssh_config) if spec.ssh_config else ssh_config,
         )
     match = _HOST_RE.match(entry)
+    if match and (match["host"].startswith("-") or (match["user"] or "").startswith("-")):
+        raise _option_like(entry)
     if not match:
         raise SettingsError(
             f"{entry!r} is not a host: expected [N*][user@]host[:port] or an ssh= execnet spec"

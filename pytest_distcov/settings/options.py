@@ -50,8 +50,12 @@ class Settings:
     stream_interval: float
     remote: tuple[HostSpec, ...] = ()
     remote_ignore: tuple[str, ...] = ()
+    #: patterns of secret-looking project files to ship all the same
+    remote_include: tuple[str, ...] = ()
     #: seconds a host may take to connect, start its Python and answer
     remote_timeout: float = 30.0
+    #: bytes a host's cache of shipped files may hold (least recently used pruned first)
+    remote_cache_size: int = 2 << 30
     coveralls: bool = False
     coveralls_required: bool = False
     #: a directory (absolute) or s3://bucket/prefix that receives this run's shard
@@ -239,6 +243,18 @@ def _positive_seconds(raw: object, found: Found) -> float:
             f"invalid value {raw!r} for {found.origin}: expected a number of seconds above 0"
         )
     return value
+
+
+def _size(raw: object, found: Found) -> int:
+    from pytest_distcov.sinks.store import parse_size
+
+    try:
+        return parse_size(str(raw))
+    except ValueError:
+        raise SettingsError(
+            f"invalid value {raw!r} for {found.origin}: expected a size in bytes, 1 or more,"
+            " such as 500M or 2G"
+        ) from None
 
 
 def _reports(raw: list[str], found: Found) -> tuple[ReportSpec, ...]:
@@ -484,6 +500,20 @@ REMOTE_TIMEOUT: Option[float] = Option(
     ini_type="float",
     ini_help="Seconds a remote host may take to connect and answer (default 30).",
 )
+REMOTE_CACHE_SIZE: Option[int] = Option(
+    "distcov_remote_cache_size",
+    _size,
+    2 << 30,
+    flag="--distcov-remote-cache-size",
+    metavar="SIZE",
+    help=(
+        "The most a remote host's cache of shipped files (objects, package trees,"
+        " environments) may hold: at the start of a run the least recently used are removed"
+        " beyond it, never what a live run uses (K, M, G: 1024s; default 2G)."
+    ),
+    ini_type="string",
+    ini_help="The most a remote host's cache may hold, e.g. 500M or 2G (default 2G).",
+)
 REMOTE_IGNORE: Option[tuple[str, ...]] = Option(
     "distcov_remote_ignore",
     _entries,
@@ -492,6 +522,17 @@ REMOTE_IGNORE: Option[tuple[str, ...]] = Option(
     ini_help=(
         "Extra patterns of project files not to ship to remote hosts, one per line (fnmatch, on"
         " a file's path under the rootdir or any part of it)."
+    ),
+)
+REMOTE_INCLUDE: Option[tuple[str, ...]] = Option(
+    "distcov_remote_include",
+    _entries,
+    (),
+    ini_type="linelist",
+    ini_help=(
+        "Files that look like secrets (.env*, *.pem, *.key, id_*, .netrc, .ssh/, .aws/, ...)"
+        " to ship to remote hosts all the same, one pattern per line (as"
+        " distcov_remote_ignore)."
     ),
 )
 COVERALLS: Option[bool] = Option(
@@ -576,7 +617,9 @@ OPTIONS: tuple[Option[Any], ...] = (
     SSH_CONFIG,
     REMOTE_PYTHON,
     REMOTE_TIMEOUT,
+    REMOTE_CACHE_SIZE,
     REMOTE_IGNORE,
+    REMOTE_INCLUDE,
     COVERALLS,
     COVERALLS_REQUIRED,
     STORE,
@@ -646,7 +689,9 @@ def resolve(config: pytest.Config, *, worker: bool = False) -> Settings:
         stream_interval=STREAM_INTERVAL.value(layers),
         remote=() if worker else _hosts(layers),
         remote_ignore=REMOTE_IGNORE.value(layers),
+        remote_include=REMOTE_INCLUDE.value(layers),
         remote_timeout=REMOTE_TIMEOUT.value(layers),
+        remote_cache_size=REMOTE_CACHE_SIZE.value(layers),
         store=None if worker else STORE.value(layers),
         context=CONTEXT.value(layers),
         engine=ENGINE.value(layers),

@@ -8,7 +8,14 @@
   with explicit timeouts and bounded retries with backoff on connection errors, 429 and 5xx.
 * The repo token is a :class:`Secret`: read from the environment only, shown as ``[secure]``
   everywhere (repr, str, ``--output`` files, error messages), and scrubbed from any text that
-  leaves this module.
+  leaves this module. It travels only to the configured host, only over https unless the user
+  opts in (:data:`ALLOW_HTTP_ENV`), and never on to wherever a redirect points.
+* Credentials that other tools put in URLs (a CI's clone URL ``https://user:TOKEN@host/...``)
+  are dropped from every URL that goes into a job, an ``--output`` file or a message: see
+  :func:`without_userinfo`. A ``COVERALLS_HOST`` with a user and password (a self-hosted
+  Coveralls behind a proxy) has them taken out of the URL at once: they travel as HTTP basic
+  auth to that host only, held as :class:`Secret` objects, and no URL that a request or a
+  message holds has them.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import stat
 import subprocess
 import tempfile
 import time
@@ -34,15 +42,21 @@ from coverage.exceptions import CoverageException
 from pytest_distcov.errors import DistCovError
 
 __all__ = [
+    "ALLOW_HTTP_ENV",
     "CI_SERVICES",
     "CoverallsError",
+    "InsecureHostError",
     "Secret",
     "Uploader",
     "build_payload",
     "detect_ci",
     "find_token",
     "finish",
+    "host_from_env",
+    "split_userinfo",
     "submit",
+    "without_userinfo",
+    "write_private",
 ]
 
 DEFAULT_HOST = "https://coveralls.io"
@@ -56,10 +70,22 @@ TIMEOUT_ENV = "DISTCOV_COVERALLS_TIMEOUT"
 ATTEMPTS = 4
 BACKOFF = 2.0
 SECURE = "[secure]"
+#: Environment variable that lets the token travel over plain http (a self-hosted Coveralls on a
+#: trusted network, a local test server). Named like :data:`TIMEOUT_ENV`; nothing else turns the
+#: refusal off, so a mistyped ``http://`` in CI never sends the token in clear by accident.
+ALLOW_HTTP_ENV = "DISTCOV_COVERALLS_ALLOW_HTTP"
+#: Mode of ``--output`` files: the payload names the repository, its remotes and its people; it
+#: is nobody else's to read on a shared machine (the token in it is ``[secure]`` anyway).
+OUTPUT_MODE = 0o600
 
 
 class CoverallsError(DistCovError):
     """An upload or finish that did not succeed (the message never holds the token)."""
+
+
+class InsecureHostError(CoverallsError):
+    """``COVERALLS_HOST``/``COVERALLS_ENDPOINT`` is plain http and :data:`ALLOW_HTTP_ENV` is not
+    set: the token would cross the network in clear, so nothing is sent."""
 
 
 class Secret:
@@ -298,8 +324,52 @@ def _git(root: Path, *args: str) -> str:
         return ""
 
 
+#: ``scheme://authority rest``: the authority ends at the first ``/``, ``?`` or ``#`` (RFC 3986).
+_URL = re.compile(r"(?P<scheme>[A-Za-z][A-Za-z0-9+.-]*://)(?P<authority>[^/?#]*)(?P<rest>.*)", re.S)
+
+
+def without_userinfo(url: str) -> str:
+    """``url`` without the user and password that clone URLs and hosts may carry.
+
+    * URL-style (``https://``, ``ssh://``, ...): the whole userinfo goes, user included, up to
+      the authority's last ``@``. GitLab CI clones from ``https://gitlab-ci-token:TOKEN@host/``,
+      and GitHub takes a token as the user alone (``https://TOKEN@github.com/``), so no part of
+      it is safe to keep; Coveralls needs only the host and path to link the repository.
+    * scp-style ``user@host:path`` is kept as it is: ssh never takes a password in the address,
+      so its user (``git@``) is a login name, not a secret. A "user" holding a ``:`` there
+      (``name:password@host:path``, which git does not even read as a user) is dropped too.
+    * Local paths (``/srv/git/x.git``, ``../x``) are kept.
+    """
+    found = _URL.fullmatch(url)
+    if found:
+        return found["scheme"] + found["authority"].rpartition("@")[2] + found["rest"]
+    user, at, rest = url.partition("@")
+    if at and ":" in user and "/" not in user:
+        return rest
+    return url
+
+
+def split_userinfo(url: str) -> tuple[str, tuple[Secret, Secret] | None]:
+    """``url`` without its user and password (see :func:`without_userinfo`), and them,
+    percent-decoded as HTTP basic auth takes them (None if it has none)."""
+    from urllib.parse import unquote
+
+    found = _URL.fullmatch(url)
+    if not found or "@" not in found["authority"]:
+        return url, None
+    userinfo = found["authority"].rpartition("@")[0]
+    user, _, password = userinfo.partition(":")
+    return without_userinfo(url), (Secret(unquote(user)), Secret(unquote(password)))
+
+
 def git_info(root: Path, ci: Mapping[str, Any]) -> dict[str, Any]:
-    """``git`` of the payload: the head commit, the branch (the CI's own first) and remotes."""
+    """``git`` of the payload: the head commit, the branch (the CI's own first) and remotes.
+
+    Only the remotes hold URLs, and they lose their credentials (:func:`without_userinfo`) before
+    they are compared, so a fetch and a push URL that differ only in a token are one remote. The
+    head (names, emails, the subject, the commit id) and the branch are what every clone shows,
+    and a git branch name cannot hold a URL's ``:``.
+    """
     keys = ("id", "author_name", "author_email", "committer_name", "committer_email", "message")
     head = _git(root, "log", "-1", "--pretty=format:%H%n%aN%n%ae%n%cN%n%ce%n%s").split("\n")
     if len(head) != len(keys):
@@ -308,8 +378,11 @@ def git_info(root: Path, ci: Mapping[str, Any]) -> dict[str, Any]:
     remotes = []
     for line in _git(root, "remote", "-v").splitlines():
         parts = line.split()
-        if len(parts) >= 2 and {"name": parts[0], "url": parts[1]} not in remotes:
-            remotes.append({"name": parts[0], "url": parts[1]})
+        if len(parts) < 2:
+            continue
+        remote = {"name": parts[0], "url": without_userinfo(parts[1])}
+        if remote not in remotes:
+            remotes.append(remote)
     return {"head": dict(zip(keys, head, strict=True)), "branch": branch, "remotes": remotes}
 
 
@@ -448,9 +521,71 @@ def _is_http_url(text: str) -> bool:
     return parts.scheme in ("http", "https") and bool(parts.hostname)
 
 
+def _origin(url: str) -> str:
+    """``scheme://host[:port]`` of ``url``: where a redirect points, without its userinfo, path
+    or query (either may hold a token of the server's making)."""
+    from urllib.parse import urlsplit
+
+    try:
+        parts = urlsplit(url)
+        port = parts.port
+    except ValueError:
+        return "an address that is not a URL"
+    if not parts.scheme or not parts.hostname:
+        return "an address that is not a URL"
+    host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+    return f"{parts.scheme}://{host}" + (f":{port}" if port is not None else "")
+
+
+def _allow_http(env: Mapping[str, str]) -> bool:
+    value = env.get(ALLOW_HTTP_ENV, "").strip()
+    if value.lower() in ("", "0", "false", "no"):
+        return False
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    raise CoverallsError(
+        f"{ALLOW_HTTP_ENV} must be 1 (send the token over plain http) or 0, not {value!r}"
+    )
+
+
+def host_from_env(env: Mapping[str, str]) -> str:
+    """The Coveralls host (``COVERALLS_HOST``, else ``COVERALLS_ENDPOINT``, else coveralls.io).
+
+    A plain ``http://`` host is an :class:`InsecureHostError` unless :data:`ALLOW_HTTP_ENV` is
+    set: the job and the webhook carry the repo token in their bodies.
+    """
+    for name in ("COVERALLS_HOST", "COVERALLS_ENDPOINT"):
+        host = env.get(name)
+        if host:
+            break
+    else:
+        return DEFAULT_HOST
+    from urllib.parse import urlsplit
+
+    shown = without_userinfo(host)
+    # urlsplit and requests strip leading whitespace and control characters: " http://..."
+    # must not pass for something other than plain http, so such a host is refused whole.
+    if not _is_http_url(host) or any(c.isspace() or not c.isprintable() for c in host):
+        raise CoverallsError(f"{name} must be an http(s) URL such as {DEFAULT_HOST}, not {shown!r}")
+    if urlsplit(host).scheme == "http" and not _allow_http(env):
+        raise InsecureHostError(
+            f"{name} is {shown.rstrip('/')}, plain http, which would send the repo token"
+            f" unencrypted; nothing was sent: use https, or set {ALLOW_HTTP_ENV}=1 to allow it"
+        )
+    return host.rstrip("/")
+
+
 @dataclass
 class Uploader:
-    """Posts jobs and finishes parallel builds, with retries; never shows the token."""
+    """Posts jobs and finishes parallel builds, with retries; never shows the token.
+
+    Redirects are never followed: both requests carry the token in their body, and ``requests``
+    resends a body on a 307 or 308 to wherever ``Location`` points, another host included (it
+    drops only an ``Authorization`` header there). On a 301 or 302 it would turn the POST into
+    a GET without the job and could report the redirected page's 200 as an accepted job. The
+    API does not redirect; a 3xx is a moved or misconfigured host, reported with where it
+    points, and not retried.
+    """
 
     token: Secret
     host: str = DEFAULT_HOST
@@ -461,11 +596,7 @@ class Uploader:
 
     @classmethod
     def from_env(cls, token: Secret, env: Mapping[str, str], **kw: Any) -> Uploader:
-        host = env.get("COVERALLS_HOST") or env.get("COVERALLS_ENDPOINT") or DEFAULT_HOST
-        if not _is_http_url(host):
-            raise CoverallsError(
-                f"COVERALLS_HOST must be an http(s) URL such as {DEFAULT_HOST}, not {host!r}"
-            )
+        host = host_from_env(env)
         wait = env.get(TIMEOUT_ENV)
         if wait:
             try:
@@ -477,7 +608,35 @@ class Uploader:
                     f"{TIMEOUT_ENV} must be seconds between 0 and 3600, not {wait!r}"
                 )
             kw.setdefault("timeout", (min(TIMEOUT[0], seconds), seconds))
-        return cls(token, host.rstrip("/"), **kw)
+        return cls(token, host, **kw)
+
+    #: HTTP basic auth (user, password) taken from the host's URL, never kept in it: a URL
+    #: ends up in exceptions, logs and reprs, where a password must not.
+    auth: tuple[Secret, Secret] | None = None
+
+    def __post_init__(self) -> None:
+        self.host, found = split_userinfo(self.host)
+        if found is not None:
+            self.auth = found
+
+    @property
+    def shown(self) -> str:
+        """The host as messages show it (it holds no user and password: see :attr:`auth`)."""
+        return self.host
+
+    def _scrub(self, text: str) -> str:
+        """``text`` (from an exception or the server) without the token or the password; the
+        user too when there is no password (a token given as the user, GitHub-style)."""
+        text = self.token.scrub(text)
+        if self.auth is not None:
+            user, password = self.auth
+            text = password.scrub(text) if password.reveal() else user.scrub(text)
+        return text
+
+    def _post(self, url: str, **kw: Any) -> requests.Response:
+        """One POST to the host: never redirected, with the basic auth if there is one."""
+        auth = None if self.auth is None else (self.auth[0].reveal(), self.auth[1].reveal())
+        return requests.post(url, timeout=self.timeout, allow_redirects=False, auth=auth, **kw)
 
     def _request(self, what: str, send: Callable[[], requests.Response]) -> requests.Response:
         pause = self.backoff
@@ -485,8 +644,10 @@ class Uploader:
             try:
                 response = send()
             except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {self.token.scrub(str(exc))}"
+                problem = f"{type(exc).__name__}: {self._scrub(str(exc))}"
             else:
+                if 300 <= response.status_code < 400:
+                    raise CoverallsError(self._redirected(what, response))
                 if response.status_code != 429 and response.status_code < 500:
                     return response
                 problem = f"HTTP {response.status_code}"
@@ -500,24 +661,31 @@ class Uploader:
             pause *= 2
         raise AssertionError("unreachable")
 
+    def _redirected(self, what: str, response: requests.Response) -> str:
+        from urllib.parse import urljoin
+
+        location = response.headers.get("Location")
+        where = _origin(urljoin(response.url, location)) if location else "nowhere (no Location)"
+        return self._scrub(
+            f"{what}: the server answered HTTP {response.status_code}, a redirect to {where},"
+            " which is not followed (the request carries the repo token; nothing was resent);"
+            " if that host is Coveralls, set COVERALLS_HOST to it"
+        )
+
     def _message(self, response: requests.Response) -> str:
         try:
             body = response.json()
             text = str(body.get("message") or body.get("error") or body)
         except ValueError:
             text = response.text.strip().splitlines()[0] if response.text.strip() else ""
-        return self.token.scrub(text[:300])
+        return self._scrub(text[:300])
 
     def upload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = gzip.compress(to_json(payload, reveal=True).encode())
         url = f"{self.host}/api/v1/jobs"
         response = self._request(
-            f"upload to {self.host}",
-            lambda: requests.post(
-                url,
-                files={"json_file": ("json_file", body, "application/gzip")},
-                timeout=self.timeout,
-            ),
+            f"upload to {self.shown}",
+            lambda: self._post(url, files={"json_file": ("json_file", body, "application/gzip")}),
         )
         if response.status_code == 422:
             raise CoverallsError(
@@ -536,8 +704,8 @@ class Uploader:
             "payload": {"build_num": build_num, "status": "done"},
         }
         response = self._request(
-            f"finishing the parallel build at {self.host}",
-            lambda: requests.post(f"{self.host}/webhook", json=data, timeout=self.timeout),
+            f"finishing the parallel build at {self.shown}",
+            lambda: self._post(f"{self.host}/webhook", json=data),
         )
         answer = self._json(response) if response.status_code < 400 else {}
         if response.status_code >= 400 or answer.get("error"):
@@ -572,27 +740,57 @@ def submit(
     output: Path | None = None,
     log: Callable[[str], None] = lambda _line: None,
 ) -> str:
-    """Upload one job (or, with ``output``, only write its payload); return a line to show."""
+    """Upload one job (or, with ``output``, only write its payload); return a line to show.
+
+    The host is checked before anything else is done, so a refused one costs no git calls and
+    no report.
+    """
     token = find_token(env)
-    if output is None and token is None:
-        raise CoverallsError(_NO_TOKEN)
+    uploader = None
+    if output is None:
+        if token is None:
+            raise CoverallsError(_NO_TOKEN)
+        uploader = Uploader.from_env(token, env, log=log)
     payload = build_payload(
         cov, env=env, root=root, token=token, parallel=parallel, flag_name=flag_name
     )
-    if output is not None:
-        try:
-            output.write_text(to_json(payload, reveal=False))
-        except OSError as exc:
-            raise CoverallsError(
-                f"cannot write the Coveralls payload to {output}: {exc.strerror or exc}"
-                " (nothing was sent)"
-            ) from None
+    if uploader is None:
+        assert output is not None
+        write_private(output, to_json(payload, reveal=False))
         return f"wrote the Coveralls payload to {output} (nothing was sent)"
     assert token is not None
-    answer = Uploader.from_env(token, env, log=log).upload(payload)
+    answer = uploader.upload(payload)
     message = token.scrub(str(answer.get("message") or "job accepted"))
     url = token.scrub(str(answer.get("url") or ""))
     return f"Coveralls: {message}" + (f" {url}" if url else "")
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` with mode :data:`OUTPUT_MODE`, from its first byte.
+
+    A new file is created 0600 (``os.open``'s mode; a umask can only narrow it, and ``fchmod``
+    then sets it exactly); an existing file is made 0600 before it is truncated and written, so
+    the payload is never readable by others, not even for a moment. A file that this user
+    cannot make private (another user's) is left as it was. A pipe or device (``/dev/stdout``)
+    is only written to: its mode is not a file's to keep private.
+    """
+    fail = f"cannot write the Coveralls payload to {path}"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT, OUTPUT_MODE)
+        with os.fdopen(fd, "w", encoding="utf-8") as out:
+            if stat.S_ISREG(os.fstat(fd).st_mode):
+                if hasattr(os, "fchmod"):  # not on Windows before 3.13 (no such modes there)
+                    try:
+                        os.fchmod(fd, OUTPUT_MODE)
+                    except OSError as exc:
+                        raise CoverallsError(
+                            f"{fail}: cannot make it private (mode 0600): {exc.strerror or exc};"
+                            " name a new file or one of your own (nothing was sent)"
+                        ) from None
+                out.truncate()
+            out.write(text)
+    except OSError as exc:
+        raise CoverallsError(f"{fail}: {exc.strerror or exc} (nothing was sent)") from None
 
 
 def finish(env: Mapping[str, str], *, log: Callable[[str], None] = lambda _line: None) -> str:

@@ -7,40 +7,91 @@ unique (machine, process, random) and starts with :data:`SHARD_PREFIX`, never wi
 since 7.14) never eats a store's files. Writing is atomic: a directory store writes a hidden
 temporary name and renames it; an S3 object appears whole or not at all.
 
-Reading never changes a store: files are opened read-only or downloaded.
+Reading never changes a store: files are opened read-only (regular files only, never through a
+symlink: see ``data.readers.read_shard``) or downloaded. It reads coverage.py's
+own parallel data files too (``.coverage.<machine>.pid<pid>.X<random>x``, what ``coverage run
+-p`` writes; :data:`COVERAGE_PREFIX`): a workflow that uploads those from each machine combines
+them here. Whatever a store holds was put there by anyone who could write to it: a shard above
+:data:`MAX_SHARD_BYTES` is not read, and :func:`shard_mapper` refuses paths that lead out of
+the project.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import ntpath
 import os
+import posixpath
 import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
+from pytest_distcov.data.readers import UntrustedPath, copy_at_most, shown
 from pytest_distcov.errors import StoreError
 
+if TYPE_CHECKING:
+    from coverage import Coverage
+
 __all__ = [
+    "COVERAGE_PREFIX",
+    "MAX_SHARD_BYTES",
     "SHARD_PREFIX",
     "DirStore",
     "S3Store",
     "Shard",
     "Store",
     "check_spec",
+    "combiner_mapper",
+    "is_shard_name",
     "open_store",
+    "parse_size",
     "relative_mapper",
     "s3_environment_problem",
+    "shard_mapper",
     "shard_name",
     "write_shard",
 ]
 
 SHARD_PREFIX = ".distcov."
+#: coverage.py's parallel data files (``coverage run -p``), read as shards, never written.
+COVERAGE_PREFIX = ".coverage."
+#: What SQLite may leave beside a data file: never a shard.
+_SIDECARS = ("-journal", "-wal", "-shm")
 _PARTIAL = ".distcov-partial-"
 _GLOB = re.compile(r"[*?\[]")
+#: The largest shard ``pytest-distcov combine`` reads (``--max-shard-size`` sets another). A
+#: shard's reading budget grows with its size (``data.readers.READ_STEPS``), so this bounds
+#: what any one shard can cost, downloading, on disk, in time and in memory: a store with one
+#: huge object names it instead of filling the disk. The data file of a large suite with
+#: per-test contexts is some hundreds of megabytes.
+MAX_SHARD_BYTES = 1 << 30
+
+
+def parse_size(text: str) -> int:
+    """A size in bytes from ``500M``, ``2G``, ``4096`` (K, M, G, T are 1024s; a trailing B is
+    allowed); a ValueError says what is expected. ``--max-shard-size`` and the remote hosts'
+    cache size read sizes this way."""
+    units = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30, "T": 1 << 40}
+    number, unit = text.strip().upper().removesuffix("B"), ""
+    if number[-1:].isalpha() and number[-1:] in units:  # not '' (an empty SIZE is no size)
+        number, unit = number[:-1], number[-1]
+    try:
+        value = int(number) * units[unit]
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise ValueError(f"expected a size in bytes, 1 or more, such as 500M or 2G: {text!r}")
+    return value
+
+
+def is_shard_name(name: str) -> bool:
+    """A store's file that ``combine`` reads: ``.distcov.*`` or ``.coverage.*``, not SQLite's
+    journal beside one."""
+    return name.startswith((SHARD_PREFIX, COVERAGE_PREFIX)) and not name.endswith(_SIDECARS)
 
 
 def shard_name(machine: str | None = None) -> str:
@@ -69,21 +120,63 @@ def relative_mapper(root: Path) -> Callable[[str], str]:
     return to_relative
 
 
-def absolute_mapper(root: Path) -> Callable[[str], str]:
-    """The combiner's side: a relative (shard) path becomes a path under ``root``."""
-    base = root.resolve()
+def _absolute_anywhere(path: str) -> bool:
+    """Absolute on some system (``/x``, ``C:\\x``), as coverage.py's ``[paths]`` sees it."""
+    return posixpath.isabs(path) or ntpath.isabs(path)
+
+
+def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Callable[[str], str]:
+    """The combiner's side: a shard's path becomes its own, under ``root``, or is refused
+    (:class:`~pytest_distcov.data.readers.UntrustedPath`).
+
+    A relative path is relative to ``root`` (shards are written so, and so are coverage.py's
+    files with ``relative_files``). An absolute one, of any system, first goes through
+    ``remap``: the ``[paths]`` setting, applied as ``coverage combine`` applies it (see
+    :func:`pytest_distcov.covapi.paths.remapper`). What comes out must lie under ``root`` once
+    normalised (``a/../..`` leaves it): a store holds what anyone who could write to it put
+    there, and a path outside the project would pull any file this machine can read into a
+    report or an upload.
+    """
+    base = os.path.abspath(root)
+    real = os.path.realpath(root)
+    # the root as given and with its links resolved (coverage.py resolves them in its paths)
+    homes = tuple({h.rstrip(os.sep) + os.sep for h in (base, real)})
 
     def to_local(path: str) -> str:
-        return path if os.path.isabs(path) else str(base.joinpath(*path.split("/")))
+        absolute = _absolute_anywhere(path)
+        mapped = remap(path) if absolute and remap is not None else path
+        local = os.path.normpath(os.path.join(real, mapped))
+        if local.startswith(homes) and not (
+            _absolute_anywhere(mapped) and not os.path.isabs(mapped)
+        ):
+            return local
+        if not absolute:
+            raise UntrustedPath(f"it names {shown(path)}, which leads out of the root {base}")
+        how = f" ([paths] maps it to {shown(mapped)})" if mapped != path else ""
+        raise UntrustedPath(
+            f"it names {shown(path)}{how}, outside the root {base} (another machine's paths"
+            " are combined when a [paths] entry of the coverage configuration maps them into it)"
+        )
 
     return to_local
 
 
+def combiner_mapper(cov: Coverage, root: Path) -> tuple[Callable[[str], str], str]:
+    """:func:`shard_mapper` with ``cov``'s ``[paths]``; and a note if this coverage.py cannot
+    apply them ('' otherwise)."""
+    from pytest_distcov.covapi.paths import remapper
+
+    remap, note = remapper(cov)
+    return shard_mapper(root, remap), note
+
+
 class Shard(NamedTuple):
-    """One data file in a store: ``where`` names it for the user, ``ref`` for the store."""
+    """One data file in a store: ``where`` names it for the user, ``ref`` for the store;
+    ``size`` in bytes, when the listing says it."""
 
     where: str
     ref: str
+    size: int | None = None
 
 
 class Store(Protocol):
@@ -91,7 +184,38 @@ class Store(Protocol):
 
     def put(self, local: Path, name: str) -> str: ...
     def shards(self) -> list[Shard]: ...
-    def fetch(self, shard: Shard, scratch: Path) -> Path: ...
+    def holds(self) -> str: ...
+    def fetch(self, shard: Shard, scratch: Path, max_bytes: int = MAX_SHARD_BYTES) -> Path: ...
+
+
+def _too_big(shard: Shard, size: int, max_bytes: int) -> StoreError:
+    return StoreError(
+        f"shard {shard.where} is {size:,} bytes, more than --max-shard-size allows"
+        f" ({max_bytes:,}); it was not read"
+    )
+
+
+def _holding(files: list[str], dirs: list[str], *, s3: bool, deeper: str) -> str:
+    """What a store without shards holds, for its error: how many files (objects) and
+    directories (prefixes below it), and some of their names."""
+    if not files and not dirs:
+        return "it is empty"
+    item, sub = ("object", "prefix") if s3 else ("file", "directory")
+    counts = [_count(len(files), item)] if files else []
+    if dirs:
+        counts.append(_count(len(dirs), sub))
+    names = [shown(n) for n in files[:3]] + [shown(d) + "/" for d in dirs[: 4 - min(3, len(files))]]
+    more = ", ..." if len(files) + len(dirs) > len(names) else ""
+    text = f"it holds {' and '.join(counts)}, none named {SHARD_PREFIX}* or {COVERAGE_PREFIX}*"
+    text += f": {', '.join(names)}{more}"
+    return text + (f"; to read the shards below it, give {deeper} as the store" if dirs else "")
+
+
+_PLURALS = {"file": "files", "directory": "directories", "object": "objects", "prefix": "prefixes"}
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number} {noun if number == 1 else _PLURALS[noun]}"
 
 
 class DirStore:
@@ -100,6 +224,7 @@ class DirStore:
     def __init__(self, path: Path) -> None:
         self.path = path
         self.url = str(path)
+        self._listed: tuple[list[str], list[str]] = ([], [])  # files, directories
 
     def put(self, local: Path, name: str) -> str:
         partial = self.path / f"{_PARTIAL}{name}"
@@ -114,23 +239,37 @@ class DirStore:
         return str(self.path / name)
 
     def shards(self) -> list[Shard]:
-        if self.path.is_file():
-            return [Shard(str(self.path), str(self.path))]
+        if self.path.is_file():  # named by the user: a symlink to it is followed here, once
+            return [Shard(str(self.path), os.path.realpath(self.path))]
         if not self.path.is_dir():
             if self.path.exists():
                 raise StoreError(f"store {self.url} is neither a directory nor a data file")
             raise StoreError(f"store {self.url} does not exist (no such directory)")
         try:
             with os.scandir(self.path) as entries:
-                names = sorted(
-                    e.name for e in entries if e.name.startswith(SHARD_PREFIX) and e.is_file()
-                )
+                found = [(e.name, e.is_dir()) for e in entries]
         except OSError as exc:
             raise StoreError(f"cannot list the store {self.url}: {exc}") from None
+        files = sorted(name for name, is_dir in found if not is_dir)
+        self._listed = (files, sorted(name for name, is_dir in found if is_dir))
+        names = [n for n in files if is_shard_name(n) and (self.path / n).is_file()]
         return [Shard(str(self.path / n), str(self.path / n)) for n in names]
 
-    def fetch(self, shard: Shard, scratch: Path) -> Path:
-        return Path(shard.ref)  # read in place, read-only
+    def holds(self) -> str:
+        """What the last listing found, said when it found no shard."""
+        return _holding(*self._listed, s3=False, deeper=f"'{self.path}/*/'")
+
+    def fetch(self, shard: Shard, scratch: Path, max_bytes: int = MAX_SHARD_BYTES) -> Path:
+        """The shard itself, unless it is too big. What is there when it is read may be another
+        file by then (see ``data.readers.read_shard``: it is read through one descriptor, and
+        refused if it is no regular file); a symlink is not followed here either."""
+        try:
+            size = os.lstat(shard.ref).st_size
+        except OSError as exc:
+            raise StoreError(f"cannot read {shard.where}: {exc.strerror}") from None
+        if size > max_bytes:
+            raise _too_big(shard, size, max_bytes)
+        return Path(shard.ref)
 
 
 class S3Store:
@@ -140,6 +279,7 @@ class S3Store:
         self.url = check_spec(url)
         self.bucket, _, prefix = self.url.removeprefix("s3://").partition("/")
         self.prefix = prefix.strip("/")
+        self._listed: tuple[list[str], list[str]] = ([], [])  # objects, prefixes below this one
         problem = s3_environment_problem(os.environ)
         if problem:
             raise StoreError(f"cannot use the store {self.url}: {problem}")
@@ -202,23 +342,32 @@ class S3Store:
         from botocore.exceptions import BotoCoreError, ClientError
 
         prefix = f"{self.prefix}/" if self.prefix else ""
-        keys: list[str] = []
+        objects: dict[str, int] = {}  # name under the prefix -> size
+        below: set[str] = set()
         try:
             for page in self._client.get_paginator("list_objects_v2").paginate(
                 Bucket=self.bucket, Prefix=prefix
             ):
                 for item in page.get("Contents", []):
-                    key = item["Key"]
-                    if (
-                        key.rsplit("/", 1)[-1].startswith(SHARD_PREFIX)
-                        and "/" not in key[len(prefix) :]
-                    ):
-                        keys.append(key)
+                    name = item["Key"][len(prefix) :]
+                    if "/" in name:
+                        below.add(name.split("/", 1)[0])
+                    else:
+                        objects[name] = int(item.get("Size", 0))
         except (BotoCoreError, ClientError) as exc:
             raise self._error("list the store", exc) from None
-        if not keys and not self._bucket_exists():
+        if not objects and not below and not self._bucket_exists():
             raise StoreError(f"store {self.url} does not exist (no bucket {self.bucket})")
-        return [Shard(f"s3://{self.bucket}/{k}", k) for k in sorted(keys)]
+        self._listed = (sorted(objects), sorted(below))
+        return [
+            Shard(f"s3://{self.bucket}/{prefix}{n}", f"{prefix}{n}", objects[n])
+            for n in sorted(objects)
+            if is_shard_name(n)
+        ]
+
+    def holds(self) -> str:
+        """What the last listing found, said when it found no shard."""
+        return _holding(*self._listed, s3=True, deeper=f"each prefix below {self.url}")
 
     def _bucket_exists(self) -> bool:
         from botocore.exceptions import BotoCoreError, ClientError
@@ -229,16 +378,26 @@ class S3Store:
             return False
         return True
 
-    def fetch(self, shard: Shard, scratch: Path) -> Path:
+    def fetch(self, shard: Shard, scratch: Path, max_bytes: int = MAX_SHARD_BYTES) -> Path:
+        """Download the shard into ``scratch``: never more than ``max_bytes`` of it, whatever
+        the listing said (the object may have been replaced since)."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        if shard.size is not None and shard.size > max_bytes:
+            raise _too_big(shard, shard.size, max_bytes)
         local = scratch / Path(shard.ref).name
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=shard.ref)
-            with open(local, "wb") as out:
-                shutil.copyfileobj(answer["Body"], out)
+            with contextlib.closing(answer["Body"]) as body:
+                size = int(answer.get("ContentLength") or 0)
+                if size <= max_bytes:
+                    with open(local, "wb") as out:
+                        size = max(size, copy_at_most(body, out, max_bytes + 1))
         except (BotoCoreError, ClientError, OSError) as exc:
             raise self._error(f"download {shard.where} from", exc) from None
+        if size > max_bytes:
+            local.unlink(missing_ok=True)
+            raise _too_big(shard, size, max_bytes)
         return local
 
 
@@ -305,13 +464,16 @@ def expand_stores(specs: list[str]) -> list[Store]:
 
 
 def fetch_all(
-    store: Store, shards: list[Shard], scratch: Path
+    store: Store, shards: list[Shard], scratch: Path, max_bytes: int = MAX_SHARD_BYTES
 ) -> Iterator[tuple[Shard, Path | StoreError]]:
-    """Each shard with its local copy (or why it could not be fetched), in order; S3 objects
-    are downloaded eight at a time."""
+    """Each shard with its local copy (or why it could not be fetched: one bigger than
+    ``max_bytes`` is not), in order; S3 objects are downloaded eight at a time."""
     if isinstance(store, DirStore):
         for shard in shards:
-            yield shard, Path(shard.ref)
+            try:
+                yield shard, store.fetch(shard, scratch, max_bytes)
+            except StoreError as exc:
+                yield shard, exc
         return
 
     def one(item: tuple[int, Shard]) -> Path | StoreError:
@@ -319,7 +481,7 @@ def fetch_all(
         slot = scratch / str(index)
         try:
             slot.mkdir()
-            return store.fetch(shard, slot)
+            return store.fetch(shard, slot, max_bytes)
         except StoreError as exc:
             return exc
         except OSError as exc:  # the scratch directory (a full TMPDIR)

@@ -2,6 +2,12 @@
 
 It writes to anything shaped like pytest's terminal reporter (:class:`Terminal`), so it knows
 no pytest either; the controller hands it the reporter.
+
+Every line goes through :func:`~pytest_distcov.errors.printable` on its way out. The strings
+from workers and hosts in them (notes, host names, file names) are made printable where the
+lines are composed, so that one line stays one line; this last pass escapes any control
+character left (an ANSI escape in a file name of coverage.py's report, say), line breaks of our
+own aside.
 """
 
 from __future__ import annotations
@@ -9,6 +15,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Protocol
+
+from pytest_distcov.errors import printable
 
 __all__ = ["PREFIX", "Summary", "Terminal"]
 
@@ -42,11 +50,11 @@ class Summary:
     errors: Sequence[str]
 
     def run(self, terminal: Terminal) -> None:
-        terminal.write_sep("-", self.title)
+        terminal.write_sep("-", printable(self.title))
         if self.report_text:
-            terminal.write(self.report_text)
+            terminal.write(printable(self.report_text, newlines=True))
         for line in [*self.lines, *self.notes]:
-            terminal.write_line(PREFIX + line)
+            terminal.write_line(printable(PREFIX + line, newlines=True))
         for err in self.errors:
             shown = err if err.startswith("FAIL") else PREFIX + err
-            terminal.write_line(shown, red=True, bold=True)
+            terminal.write_line(printable(shown, newlines=True), red=True, bold=True)

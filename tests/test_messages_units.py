@@ -1,0 +1,445 @@
+"""What workers and hosts send is checked before it is used, and shown only as printable text.
+
+The pure parts: every field of every message (:func:`pytest_distcov.protocol.decode`), the
+directories a hello may name (:class:`pytest_distcov.tempdirs.RunDirs`), the recoveries that read
+or fetch them, and :func:`pytest_distcov.errors.printable` on the way to the terminal. The real
+runs are in ``test_messages.py``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+from coverage.exceptions import CoverageWarning
+
+from pytest_distcov.covapi.warnings import capture_coverage_warnings
+from pytest_distcov.errors import ProtocolError, printable
+from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload
+from pytest_distcov.roles.recovery import LocalRecovery
+from pytest_distcov.sinks.summary import Summary
+from pytest_distcov.tempdirs import LOCK_NAME, HeldDir, RunDirs, run_tag
+
+# -- decode: every field of every message -----------------------------------------------------
+
+
+def _chunk(kind: str = "chunk", **fields: Any) -> dict[str, Any]:
+    return {
+        "proto": PROTOCOL_VERSION,
+        "kind": kind,
+        "worker": "gw0",
+        "seq": 1,
+        "tests": 3,
+        "data": empty_payload(),
+        "notes": [],
+        **fields,
+    }
+
+
+def _with(lines: Any = None, arcs: Any = None, **payload: Any) -> dict[str, Any]:
+    """A chunk whose one context has ``lines`` and ``arcs`` (by file), and other payload
+    fields as given."""
+    data: dict[str, Any] = {"contexts": {}, "tracers": {}, "touched": {}}
+    if lines is not None or arcs is not None:
+        data["contexts"][""] = {"lines": lines or {}, "arcs": arcs or {}}
+    data.update(payload)
+    return _chunk(data=data)
+
+
+def _hello(**fields: Any) -> dict[str, Any]:
+    return {
+        "proto": PROTOCOL_VERSION,
+        "kind": "hello",
+        "worker": "gw0",
+        "host": "box",
+        "pid": 123,
+        "python": "3.12.1",
+        "coverage": "7.13.2",
+        "core": "ctrace",
+        "datadir": "/tmp/distcov-gw0-abcdefgh",
+        "notes": [],
+        **fields,
+    }
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        _with(lines={"/a.py": [0, 1, MAX_LINE]}),
+        _with(lines={"/a.py": (1, 2)}),
+        _with(lines={"/a.py": []}),
+        _with(arcs={"/a.py": [(-1, 1), (1, -1), [2, 3], (-MAX_LINE, MAX_LINE)]}),
+        _with(lines={"/a\nb.py": [1]}, tracers={"/t.html": "plug.Tracer"}),
+        _with(touched={"": ["/a.py"], "plug.Tracer": ["/t.html"]}),
+        {**_with(lines={"/a.py": [1]}), "contexts_extra": 1},
+        _chunk("final", notes=["a note", "\x1b[2J and\nmore"]),
+        _hello(),
+        {k: v for k, v in _hello().items() if k != "notes"},  # an older worker's hello
+    ],
+)
+def test_what_a_worker_sends_is_accepted(raw: dict[str, Any]) -> None:
+    assert decode(raw)["kind"] == raw["kind"]
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        # the two of the issue: an INTERNALERROR, and a broken final write, before
+        (_with(lines={"a.py": 5}), r"^a malformed chunk: lines of 'a\.py' are not line numbers"),
+        (_with(lines={"a.py": [1, "x"]}), r"lines of 'a\.py' .*: \[1, 'x'\]$"),
+        (_with(lines={"/a.py": [True]}), "line numbers"),
+        (_with(lines={"/a.py": [1.0]}), "line numbers"),
+        (_with(lines={"/a.py": [-1]}), "from 0 to 33554431"),
+        (_with(lines={"/a.py": [MAX_LINE + 1]}), "line numbers"),
+        (_with(lines={"/a.py": [10**100]}), "line numbers"),
+        (_with(lines={"/a.py": {1: 2}}), "line numbers"),
+        (_with(arcs={"/a.py": [1, 2]}), "pairs of line numbers"),
+        (_with(arcs={"/a.py": [(1, 2, 3)]}), "pairs"),
+        (_with(arcs={"/a.py": [(1, "2")]}), "pairs"),
+        (_with(arcs={"/a.py": [(False, 2)]}), "pairs"),
+        (_with(arcs={"/a.py": [(-MAX_LINE - 1, 2)]}), "from -33554431 to 33554431"),
+        (_with(lines={5: [1]}), "a file named 5"),
+        (_with(lines={"": [1]}), "a file named ''"),
+        (_with(lines={"/a\x00.py": [1]}), r"a file named '/a\\x00\.py'"),
+        (_with(lines={"/\udcff.py": [1]}), "a file named"),
+        (
+            _chunk(data={"contexts": {3: {"lines": {}, "arcs": {}}}, "tracers": {}, "touched": {}}),
+            "context label 3",
+        ),
+        (
+            _chunk(data={"contexts": {"": {"lines": {}}}, "tracers": {}, "touched": {}}),
+            "arcs is not a dict",
+        ),
+        (_chunk(data={"contexts": {"": []}, "tracers": {}, "touched": {}}), "is not a dict"),
+        (_chunk(data=[]), "the payload is not a dict"),
+        (_chunk(data={"contexts": {}, "tracers": {}}), "'touched'"),
+        (_with(tracers={"/a.py": 1}), "the tracer of '/a.py'"),
+        (_with(tracers={"/a.py": ""}), "the tracer of '/a.py'"),
+        (_with(touched={"": "/a.py"}), "not file names"),
+        (_with(touched={"": [None]}), "not file names"),
+        (_with(touched={None: []}), "a plugin named None"),
+        (_chunk(notes="a note"), "notes are not strings"),
+        (_chunk(notes=[1]), "notes are not strings"),
+        (_chunk(seq=True), "'seq'"),
+        (_chunk(seq=-1), "'seq'"),
+        (_chunk(tests="3"), "'tests'"),
+        (_chunk(worker=None), "worker id"),
+        (_chunk("final", data=None), "^a malformed final message: the payload"),
+        (_chunk("gossip"), "unknown kind 'gossip'"),
+        ({**_chunk(), "proto": True}, "protocol True"),
+        ({**_chunk(), "proto": "1"}, "protocol '1'"),
+        (_hello(pid=True), "^a malformed hello: its 'pid' is True"),
+        (_hello(pid=0), "'pid'"),
+        (_hello(datadir=["/tmp"]), "'datadir'"),
+        (_hello(datadir=""), "'datadir'"),
+        (_hello(datadir="/tmp/x\x00y"), "'datadir'"),
+        (_hello(host=None), "'host'"),
+        (_hello(coverage=7), "'coverage'"),
+        (_hello(notes=[b"bytes"]), "notes are not strings"),
+        (["a", "list"], "^a malformed message: expected a dict, got list"),
+    ],
+)
+def test_a_malformed_message_is_refused_with_what_is_wrong(raw: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match) as info:
+        decode(raw)
+    assert "\n" not in str(info.value)
+
+
+def test_a_refusal_quotes_a_value_short_and_escaped() -> None:
+    with pytest.raises(ProtocolError) as info:
+        decode(_with(lines={"/a.py": [*range(1000), "\x1b[2J\n"]}))
+    assert len(str(info.value)) < 200
+    assert str(info.value).isprintable()
+    deep: list[Any] = []
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(ProtocolError, match="nested too deep to show"):
+        decode(_with(lines={"/a.py": deep}))
+
+
+# -- printable: one line of text, whatever a name holds -----------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("text", "shown"),
+    [
+        ("plain /path/to/file.py, é, 中文, C:\\dir", "plain /path/to/file.py, é, 中文, C:\\dir"),
+        ("a\x1b[2Jb", "a\\x1b[2Jb"),
+        ("one\ntwo\rthree\tfour", "one\\ntwo\\rthree\\tfour"),
+        ("nul\x00 del\x7f csi\x9b", "nul\\x00 del\\x7f csi\\x9b"),
+        ("line\u2028sep\u202eevil", "line\\u2028sep\\u202eevil"),
+        ("undecodable \udcff.py", "undecodable \\udcff.py"),
+    ],
+)
+def test_printable_escapes_what_a_terminal_would_act_on(text: str, shown: str) -> None:
+    assert printable(text) == shown
+    assert printable(shown) == shown  # escaping twice changes nothing
+    assert shown.isprintable()
+
+
+def test_printable_keeps_our_own_line_breaks_when_asked() -> None:
+    assert printable("a\nb\x1b[0m", newlines=True) == "a\nb\\x1b[0m"
+
+
+def test_coverage_warnings_become_printable_notes() -> None:
+    notes: list[str] = []
+    with capture_coverage_warnings(notes):
+        warnings.warn("Couldn't parse '/p/bad\nname\x1b[2J.py' as Python", CoverageWarning, 1)
+    assert notes == ["coverage: Couldn't parse '/p/bad\\nname\\x1b[2J.py' as Python"]
+
+
+class _Terminal:
+    def __init__(self) -> None:
+        self.out: list[str] = []
+
+    def write_sep(self, sep: str, title: str) -> None:
+        self.out.append(title)
+
+    def write(self, content: str) -> None:
+        self.out.append(content)
+
+    def write_line(self, line: str, **markup: bool) -> None:
+        self.out.append(line)
+
+
+def test_the_summary_writes_no_control_character() -> None:
+    """The last pass: whatever reaches the summary with an escape in it (a file name in
+    coverage.py's own report, say) is shown escaped; its own line breaks stay."""
+    terminal = _Terminal()
+    Summary(
+        title="distcov",
+        report_text="Name\nesc\x1b[2J.py   100%\nTOTAL\n",
+        lines=["wrote /p/esc\x1b]0;title\x07.xml"],
+        notes=["[gw0] \x1b[2J\nforged"],
+        errors=["worker gw0: \r\x00"],
+    ).run(terminal)
+    assert terminal.out == [
+        "distcov",
+        "Name\nesc\\x1b[2J.py   100%\nTOTAL\n",
+        "distcov: wrote /p/esc\\x1b]0;title\\x07.xml",
+        "distcov: [gw0] \\x1b[2J\nforged",  # (made printable where it is composed: see below)
+        "distcov: worker gw0: \\r\\x00",
+    ]
+
+
+# -- the directories a hello may name -----------------------------------------------------------
+
+RUN = "0123456789abcdef0123456789abcdef"  # xdist's run id (testrunuid)
+
+
+@pytest.fixture
+def tmp(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    monkeypatch.setattr("tempfile.tempdir", str(tmp_path))
+    return tmp_path
+
+
+def test_a_workers_directory_carries_its_runs_tag(tmp: Path) -> None:
+    held = HeldDir.create("gw0", run=RUN)
+    try:
+        assert held.path.parent == tmp
+        assert held.path.name.startswith("distcov-gw0-")
+        assert held.path.name.endswith(f".{run_tag(RUN)}")
+        assert (held.path / LOCK_NAME).is_file()
+        dirs = RunDirs(tmp)
+        dirs.expect("gw0", RUN)
+        assert dirs.local("gw0", str(held.path)) == held.path
+        assert dirs.local("gw1", str(held.path)) is None  # another worker's
+        other = RunDirs(tmp)
+        other.expect("gw0", "another run")
+        assert other.local("gw0", str(held.path)) is None  # another run's
+    finally:
+        held.release()
+
+
+def test_only_this_runs_directory_of_the_worker_is_taken(tmp: Path) -> None:
+    dirs = RunDirs(tmp / "elsewhere")  # (the parent matters only without a run tag)
+    dirs.expect("gw0", RUN)
+    tag = run_tag(RUN)
+    good = tmp / f"distcov-gw0-abcd_123.{tag}"
+    good.mkdir()
+    assert dirs.local("gw0", str(good)) == good
+    refused = {
+        "no tag": tmp / "distcov-gw0-abcd1234",
+        "another tag": tmp / "distcov-gw0-abcd1234.00000000",
+        "another worker": tmp / f"distcov-gw1-abcd1234.{tag}",
+        "another name": tmp / f"decoy.{tag}",
+        "a worker id as a prefix": tmp / f"distcov-gw01-abcd1234.{tag}",
+    }
+    for path in refused.values():
+        path.mkdir()
+    (tmp / f"distcov-gw0-file0000.{tag}").write_text("")
+    (tmp / f"distcov-gw0-link0000.{tag}").symlink_to(good)
+    for name, path in refused.items():
+        assert dirs.local("gw0", str(path)) is None, name
+    for path in (
+        tmp / f"distcov-gw0-file0000.{tag}",  # not a directory
+        tmp / f"distcov-gw0-link0000.{tag}",  # a symlink, to a good one even
+        tmp / f"distcov-gw0-gone0000.{tag}",  # not there
+        Path(f"distcov-gw0-abcd_123.{tag}"),  # relative
+        tmp / "x" / ".." / good.name,  # not normal
+        tmp / f"distcov-gw0-abcd_123.{tag}" / "sub" / "..",
+    ):
+        assert dirs.local("gw0", str(path)) is None, path
+
+
+def test_a_hello_read_after_its_directory_was_removed_is_still_taken(tmp: Path) -> None:
+    """The controller reads a hello on its main thread, perhaps after the worker's directory
+    was destroyed (seen in CI under load): the hello is taken, naming where the directory was,
+    so that the worker's death is reported as a crash with nothing left to read (the data it
+    streamed is kept) instead of as a worker that never said hello. Anything else that is not
+    that worker's directory of this run is still refused."""
+    dirs = RunDirs(tmp)
+    dirs.expect("gw0", RUN)
+    tag = run_tag(RUN)
+    live = tmp / f"distcov-gw0-live0000.{tag}"
+    live.mkdir()
+    gone = tmp / f"distcov-gw0-gone0000.{tag}"
+    assert dirs.hello("gw0", str(live)) == str(live)
+    assert dirs.hello("gw0", str(gone)) == str(gone)
+    assert dirs.local("gw0", str(gone)) is None  # nothing there to read
+    (tmp / f"distcov-gw0-file0000.{tag}").write_text("")
+    (tmp / f"distcov-gw0-link0000.{tag}").symlink_to(tmp / "nowhere")  # dangling: not gone
+    for path in (
+        tmp / f"distcov-gw0-file0000.{tag}",
+        tmp / f"distcov-gw0-link0000.{tag}",
+        tmp / f"distcov-gw1-gone0000.{tag}",  # another worker's name
+        tmp / "distcov-gw0-gone0000.00000000",  # another run's tag
+        tmp / "x" / ".." / gone.name,  # not normal
+        Path(gone.name),  # relative
+    ):
+        assert dirs.hello("gw0", str(path)) is None, path
+    # and the worker's death then reads nothing, saying so
+    lines: list[str] = []
+    recovery = LocalRecovery(lines.append, dirs)
+    recovery.recover("gw0", _hello(datadir=str(gone)), "killed")  # type: ignore[arg-type]
+    assert recovery.collect() == []
+    assert lines == [
+        f"worker gw0 on box crashed (killed); recovering the data of its finished tests:"
+        f" 0 data files in {gone}"
+    ]
+
+
+def test_without_a_run_id_the_directory_must_be_beside_the_controllers(tmp: Path) -> None:
+    dirs = RunDirs(tmp)
+    (tmp / "distcov-gw0-abcd1234").mkdir()
+    (tmp / "sub").mkdir()
+    (tmp / "sub" / "distcov-gw0-abcd1234").mkdir()
+    assert dirs.local("gw0", str(tmp / "distcov-gw0-abcd1234")) is not None
+    assert dirs.local("gw0", str(tmp / "sub" / "distcov-gw0-abcd1234")) is None
+
+
+def test_a_remote_workers_directory_is_in_its_hosts_run_directory() -> None:
+    dirs = RunDirs("/local/tmp")
+    dirs.expect("gw2", RUN)
+    run_dir = "/home/u/.cache/pytest-distcov/runs/0123abcd"
+    name = f"distcov-gw2-abcd1234.{run_tag(RUN)}"
+    assert dirs.remote("gw2", f"{run_dir}/{name}", run_dir) == f"{run_dir}/{name}"
+    assert dirs.remote("gw2", f"{run_dir}/{name}", run_dir + "/") == f"{run_dir}/{name}"
+    for path, where in [
+        (f"/home/u/{name}", run_dir),
+        (f"{run_dir}/sub/{name}", run_dir),
+        (f"{run_dir}/../{name}", run_dir),
+        (f"{run_dir}/distcov-gw2-abcd1234", run_dir),
+        (f"{run_dir}/{name}", None),  # a host that did not say where its run is
+        (f"{run_dir}/{name}", "relative/runs"),
+        ("/home/u/project", run_dir),
+    ]:
+        assert dirs.remote("gw2", path, where) is None, (path, where)
+
+
+def _decoy(where: Path) -> Path:
+    where.mkdir(parents=True)
+    (where / ".coverage.gw0").write_text("decoy")
+    return where
+
+
+def test_local_recovery_reads_nothing_outside_this_runs_directories(tmp: Path) -> None:
+    dirs = RunDirs(tmp)
+    dirs.expect("gw0", RUN)
+    decoys = [
+        _decoy(tmp / "decoy"),
+        _decoy(tmp / "distcov-gw0-decoy000"),
+        _decoy(tmp / "distcov-gw0-decoy000.00000000"),
+    ]
+    lines: list[str] = []
+    recovery = LocalRecovery(lines.append, dirs)
+    for decoy in decoys:
+        recovery.recover("gw0", _hello(datadir=str(decoy)), "crashed hard")  # type: ignore[arg-type]
+    assert recovery.collect() == []
+    assert len(lines) == 3
+    for decoy, line in zip(decoys, lines, strict=True):
+        assert line == (
+            f"worker gw0 on box crashed (crashed hard); its directory {decoy} is not one of this"
+            " run's: nothing is read there; the coverage it streamed is kept"
+        )
+        assert (decoy / ".coverage.gw0").read_text() == "decoy"
+
+
+def test_local_recovery_follows_no_symlink_out_of_the_directory(tmp: Path) -> None:
+    dirs = RunDirs(tmp)
+    dirs.expect("gw0", RUN)
+    own = tmp / f"distcov-gw0-abcd1234.{run_tag(RUN)}"
+    own.mkdir()
+    (own / ".coverage.gw0").write_text("")
+    outside = _decoy(tmp / "outside") / ".coverage.gw0"
+    (own / ".coverage.gw0.evil").symlink_to(outside)
+    lines: list[str] = []
+    recovery = LocalRecovery(lines.append, dirs)
+    recovery.recover("gw0", _hello(host="b\x1b[2Jox\n"), "why\r")  # type: ignore[arg-type]
+    recovery.recover("gw0", _hello(datadir=str(own)), "crashed")  # type: ignore[arg-type]
+    assert recovery.collect() == [("gw0", str(own / ".coverage.gw0"), None)]
+    assert lines[0].startswith("worker gw0 on b\\x1b[2Jox\\n crashed (why\\r); its directory")
+    assert lines[1].endswith(f"recovering the data of its finished tests: 1 data file in {own}")
+
+
+def test_a_finished_worker_with_a_refused_message_is_read_whole(tmp: Path) -> None:
+    dirs = RunDirs(tmp)
+    dirs.expect("gw0", RUN)
+    own = tmp / f"distcov-gw0-abcd1234.{run_tag(RUN)}"
+    own.mkdir()
+    (own / ".coverage.gw0").write_text("")
+    lines: list[str] = []
+    recovery = LocalRecovery(lines.append, dirs)
+    hello: Any = _hello(datadir=str(own))
+    recovery.recover("gw0", hello, "sent a message that was refused", refused=True)
+    assert recovery.collect() == [("gw0", str(own / ".coverage.gw0"), None)]
+    assert lines == [
+        "worker gw0 on box sent a message that was refused; recovering all of its data:"
+        f" 1 data file in {own}"
+    ]
+
+
+def test_remote_recovery_fetches_nothing_outside_the_hosts_run_directory(tmp: Path) -> None:
+    """A hello naming a directory that is not the worker's in its host's run directory: no
+    request to the host at all (neither a fetch, nor the removal at the end)."""
+    from pytest_distcov.remote.fleet import Fleet, HostSession, RemoteHooks
+    from pytest_distcov.remote.recovery import RemoteRecovery
+    from pytest_distcov.remote.shipping import build_bundle
+    from pytest_distcov.settings.hosts import parse_hosts
+
+    class _NoRequests(HostSession):
+        def request(self, msg: dict[str, Any], timeout: float | None = None) -> Any:
+            raise AssertionError(f"a request to the host: {msg}")
+
+    fleet = Fleet([], build_bundle(str(tmp), path=[])[0])
+    try:
+        host = _NoRequests(parse_hosts(["h1"])[0], 1, info={"run_dir": "/c/runs/r1"})
+        hooks = RemoteHooks(fleet)
+        hooks.worker_hosts["gw3"] = host
+        dirs = RunDirs(tmp)
+        dirs.expect("gw3", RUN)
+        lines: list[str] = []
+        recovery = RemoteRecovery(hooks, tmp, lines.append, str, dirs)
+        for forged in ("/home/u/project", "/c/runs/r1/../../..", "/c/runs/r1/distcov-gw3-x"):
+            recovery.recover("gw3", _hello(datadir=forged), "crashed")  # type: ignore[arg-type]
+        assert recovery.collect() == []
+        assert hooks.leftovers == {}
+        assert lines == [
+            f"worker gw3 on host h1 went down (crashed); its directory {forged} is not one of"
+            " this run's there: nothing is fetched from it; the coverage it streamed is kept"
+            for forged in ("/home/u/project", "/c/runs/r1/../../..", "/c/runs/r1/distcov-gw3-x")
+        ]
+    finally:
+        fleet.close()
