@@ -31,6 +31,7 @@ __all__ = [
     "ReportError",
     "SettingsError",
     "StoreError",
+    "UntrustedPath",
     "printable",
 ]
 
@@ -65,6 +66,13 @@ class ReportError(DistCovError):
 
 class NothingToReport(ReportError):
     """The data holds nothing the reports could show (e.g. ``source`` matched no file)."""
+
+
+class UntrustedPath(ValueError):
+    """A path a path mapper refuses: one that another machine (or a worker) wrote and that
+    would lead outside the project (``../../etc/passwd``, ``/etc/hostname``) or name what is
+    no regular file here (a FIFO, ``/dev/zero``). The message says why, starting with "it
+    names" (the file or message that holds it is the subject)."""
 
 
 def printable(text: str, *, newlines: bool = False) -> str:

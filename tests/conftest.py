@@ -35,6 +35,20 @@ def _clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DISTCOV_ENGINE", "coverage")
 
 
+@pytest.fixture(autouse=True)
+def _home_beside_the_project(
+    request: pytest.FixtureRequest,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """pytester makes the project's directory HOME too, and ``--distcov-remote`` refuses a
+    rootdir that is the home directory (it would ship all of it): a test with ssh hosts gets a
+    home of its own, beside the project."""
+    if "sshlab" in request.fixturenames and "pytester" in request.fixturenames:
+        request.getfixturevalue("pytester")  # which sets HOME first
+        monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
+
+
 @pytest.fixture
 def shapes(pytester: pytest.Pytester) -> Path:
     """A copy of the example project in the test's directory."""

@@ -334,6 +334,28 @@ def test_parallel_build_jobs_and_finish(
     assert _digest(measured) == before, "uploading never changes the data file"
 
 
+def test_what_the_server_accepts_with_is_shown_escaped(
+    pytester: pytest.Pytester,
+    measured: Path,
+    server: FakeCoveralls,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An accepted job's message and URL, and a closed build's job count, are the server's
+    text bound for a terminal: a newline in them forges no second line, an escape no colour."""
+    monkeypatch.setenv("COVERALLS_REPO_TOKEN", TOKEN)
+    monkeypatch.setenv("COVERALLS_SERVICE_NUMBER", "78")
+    server.job_script = [Answer(200, {"message": "ok\x1b[31m", "url": "https://c/\nFAKE"})]
+    server.hook_script = [Answer(200, {"done": True, "jobs": "2\r\x1b[2K"})]
+    result = _cli(pytester, "coveralls")
+    assert result.ret == 0, result.stderr.str()
+    assert result.stdout.lines == ["pytest-distcov: Coveralls: ok\\x1b[31m https://c/\\nFAKE"]
+    result = _cli(pytester, "coveralls", "--finish")
+    assert result.ret == 0, result.stderr.str()
+    assert result.stdout.lines == [
+        "pytest-distcov: Coveralls: parallel build 78 closed (2\\r\\x1b[2K jobs)"
+    ]
+
+
 def test_webhook_error_in_a_200_is_an_error(
     pytester: pytest.Pytester, server: FakeCoveralls, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -424,6 +424,34 @@ def test_finish_posts_the_build_and_reads_errors_in_a_200(server: FakeCoveralls)
 
 
 @pytest.mark.parametrize(
+    ("body", "shown"),
+    [
+        ([], "[]"),  # a JSON body that is no object used to end in an AttributeError
+        (["a", 1], "['a', 1]"),
+        ({"message": "bad\x1b[2J\nline"}, "bad\\x1b[2J\\nline"),
+        ("\x1b]0;title\x07oops", "\\x1b]0;title\\x07oops"),
+    ],
+)
+def test_what_the_server_says_is_shown_escaped_whatever_its_shape(
+    server: FakeCoveralls, body: object, shown: str
+) -> None:
+    """A server's answer is a stranger's text bound for a terminal: any JSON shape is read,
+    and control characters (a screen clear, a newline that forges a second line, a title
+    change) reach the message escaped."""
+    server.job_script = [Answer(422, body)]
+    up, _ = _uploader(server.url)
+    with pytest.raises(CoverallsError) as info:
+        up.upload(PAYLOAD)
+    assert str(info.value).startswith(f"Coveralls refused the job (422): {shown}; check ")
+    server.hook_script = [Answer(500 if body == [] else 400, body)]
+    up, _ = _uploader(server.url, attempts=1)
+    with pytest.raises(CoverallsError) as info:
+        up.finish("7")
+    if body != []:
+        assert str(info.value) == f"Coveralls did not close build 7: {shown}"
+
+
+@pytest.mark.parametrize(
     ("env", "message"),
     [
         ({"COVERALLS_HOST": "coveralls.io"}, "COVERALLS_HOST must be an http(s) URL"),

@@ -81,11 +81,27 @@ class Corrupting:
         if not self.done and message.get("kind") == "chunk":
             for ctx in message["data"]["contexts"].values():
                 for path, lines in list(ctx["lines"].items()):
-                    if path.endswith("work.py"):
+                    if not path.endswith("work.py"):
+                        continue
+                    self.done = True
+                    if MODE in PATHS:  # files no worker measures: nothing else is wrong
+                        for name in PATHS[MODE]:
+                            ctx["lines"][name.replace("WORKDIR", os.path.dirname(path))] = [1]
+                    elif MODE == "arcs":  # arcs beside the lines, in a run of lines only
+                        ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
+                    else:
                         ctx["lines"][path] = 5 if MODE == "int" else [*lines, "x"]
                         ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
-                        self.done = True
         self.channel.send(message)
+
+
+#: what the path modes add to a real chunk (WORKDIR: the directory of work.py there): what is
+#: no regular file here (a local worker's paths are its machine's own, and so this machine's),
+#: or paths outside the trees shipped to a host
+PATHS = {
+    "local-paths": ["WORKDIR/pipe.py", "/dev/zero"],
+    "remote-paths": ["WORKDIR/../../../../../../../../etc/passwd", "/etc/hostname"],
+}
 
 
 @pytest.hookimpl(trylast=True)
@@ -162,6 +178,56 @@ def test_a_malformed_chunk_costs_one_line_and_no_data(
     assert_same_data(pytester.path / ".coverage", reference)
     assert not [f for f in measured(pytester.path / ".coverage", arcs=False) if "bogus" in f]
     assert not list(private_tmp.glob("distcov-*"))  # every directory of the run removed
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="a FIFO is POSIX's")
+def test_a_chunk_naming_what_is_no_regular_file_leaves_those_files_out(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker's chunk that names a FIFO (the report would wait on it for ever) and
+    ``/dev/zero`` (it would read until the memory runs out): those two files are left out,
+    in one line that names the worker and counts them; everything else is taken, and the run
+    ends as a serial one does."""
+    _project(pytester)
+    os.mkfifo(pytester.path / "pipe.py")
+    pytester.makeconftest(CORRUPTING_CONFTEST)
+    monkeypatch.setenv("DISTCOV_TEST_FORGE", "local-paths")
+    reference = serial_reference(pytester, source="work")
+    result = _run(pytester, "--distcov-report=term-missing")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    [line] = _distcov_lines(result, "left out")
+    assert line == (
+        "distcov: worker gw0 sent data for 2 files left out (the first: it names"
+        f" {pytester.path / 'pipe.py'}, which is not a regular file here)"
+    )
+    assert "refused" not in out  # the chunk itself was taken
+    assert_same_data(pytester.path / ".coverage", reference)
+    assert "work.py" in out
+
+
+def test_a_chunk_of_arcs_in_a_run_of_lines_is_refused_whole(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk that holds arcs beside lines, in a run that measures lines, used to be merged
+    up to the context with the arcs and then stop, with the worker's other data not read
+    again. Now it is refused whole, before anything of it is merged; the worker's data file
+    gives its data at the end, and the data is a serial run's."""
+    _project(pytester)
+    pytester.makeconftest(CORRUPTING_CONFTEST)
+    monkeypatch.setenv("DISTCOV_TEST_FORGE", "arcs")
+    reference = serial_reference(pytester, source="work")
+    result = _run(pytester)
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    [refusal] = _distcov_lines(result, "gw0 sent")
+    assert refusal == (
+        "distcov: worker gw0 sent branch (arc) data into a run measuring lines only (every"
+        " worker must use the same branch setting); it is left out; its data files are read at"
+        " the end instead"
+    )
+    assert _distcov_lines(result, "gw0 on", "recovering")
+    assert_same_data(pytester.path / ".coverage", reference)
 
 
 #: A test that sends a hello of its own, naming a directory that is not its worker's, and then
@@ -359,3 +425,39 @@ def test_a_malformed_chunk_of_a_remote_worker_is_fetched_from_its_host(
     assert_same_data(pytester.path / ".coverage", reference)
     host = sshlab.root / "hostfs" / "h1"
     assert not list((host / "cache" / "pytest-distcov" / "runs").iterdir())
+
+
+@pytest.mark.slow
+def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
+    pytester: pytest.Pytester, sshlab: SshLab
+) -> None:
+    """A host's chunk naming ``/etc/hostname`` or a shipped tree's path followed by
+    ``/../..`` would have pulled this machine's ``/etc`` into the report: those files are left
+    out, in one line that names the worker and the host; the rest is a serial run's."""
+    sshlab.add_host("h1")
+    _project(pytester)
+    pytester.makeconftest(CORRUPTING_CONFTEST)
+    (pytester.path / "forge-mode").write_text("remote-paths")
+    reference = serial_reference(pytester, source="work")
+    result = run_pytest(
+        pytester,
+        "--distcov",
+        "--distcov-remote=h1",
+        f"--distcov-ssh-config={sshlab.ssh_config}",
+        f"--distcov-remote-python={host_python()}",
+        "--distcov-remote-timeout=120",
+        "--distcov-source=work",
+        "--distcov-stream-interval=0",
+        "-p",
+        "no:randomly",
+    )
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    [line] = _distcov_lines(result, "left out")
+    assert re.fullmatch(
+        r"distcov: worker gw0 sent data for 2 files left out \(the first: it names '/\S+"
+        r"(/\.\.){8}/etc/passwd' on h1, outside the trees shipped to that host\)",
+        line,
+    ), line
+    assert_same_data(pytester.path / ".coverage", reference)
+    assert not [f for f in measured(pytester.path / ".coverage", arcs=False) if "/etc/" in f]

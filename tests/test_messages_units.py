@@ -8,6 +8,8 @@ runs are in ``test_messages.py``.
 
 from __future__ import annotations
 
+import os
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -16,7 +18,9 @@ import pytest
 from coverage.exceptions import CoverageWarning
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
-from pytest_distcov.errors import ProtocolError, printable
+from pytest_distcov.data.merge import Accumulator
+from pytest_distcov.data.readers import checked_mapper
+from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
 from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload
 from pytest_distcov.roles.recovery import LocalRecovery
 from pytest_distcov.sinks.summary import Summary
@@ -443,3 +447,61 @@ def test_remote_recovery_fetches_nothing_outside_the_hosts_run_directory(tmp: Pa
         ]
     finally:
         fleet.close()
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="FIFOs and /dev/zero are POSIX's")
+def test_the_checked_mapper_takes_regular_files_and_absent_ones_only(tmp_path: Path) -> None:
+    fifo = tmp_path / "pipe.py"
+    os.mkfifo(fifo)
+    regular = tmp_path / "mod.py"
+    regular.write_text("x = 1\n")
+    mapper = checked_mapper()
+    assert mapper(str(regular)) == str(regular)
+    assert mapper(str(tmp_path / "gone.py")) == str(tmp_path / "gone.py")
+    for bad, why in [
+        (str(fifo), "which is not a regular file here"),
+        ("/dev/zero", "which is not a regular file here"),
+        (str(tmp_path), "which is not a regular file here"),
+        ("a\0b.py", "with a NUL character in it"),
+    ]:
+        with pytest.raises(UntrustedPath, match=why):
+            mapper(bad)
+    fifo.unlink()  # the answer is kept: a worker names each file in many chunks
+    with pytest.raises(UntrustedPath):
+        mapper(str(fifo))
+
+    def inner(path: str) -> str:
+        if path.startswith("/remote/"):
+            return str(tmp_path / path[len("/remote/") :])
+        raise UntrustedPath(f"it names {path}, outside")
+
+    remote = checked_mapper(inner)
+    assert remote("/remote/mod.py") == str(regular)
+    with pytest.raises(UntrustedPath, match=r"it names /etc/x\.py, outside"):
+        remote("/etc/x.py")
+
+
+def test_a_payload_loses_only_the_files_whose_paths_are_refused() -> None:
+    acc = Accumulator(branch=False)
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {"/ok.py": [1, 2], "/bad.py": [3]}, "arcs": {}}
+    payload["tracers"] = {"/bad.py": "plugin", "/ok.py": "plugin"}
+    payload["touched"] = {"plugin": ["/bad.py", "/ok.py"]}
+
+    def mapper(path: str) -> str:
+        if "bad" in path:
+            raise UntrustedPath(f"it names {path}, refused")
+        return path
+
+    assert acc.add_payload(payload, mapper) == ["it names /bad.py, refused"]
+    assert acc.covered_lines() == {"/ok.py": {1, 2}}
+
+
+def test_a_payload_of_the_other_kind_merges_nothing() -> None:
+    acc = Accumulator(branch=False)
+    payload = empty_payload()
+    payload["contexts"]["a"] = {"lines": {"/ok.py": [1]}, "arcs": {}}
+    payload["contexts"]["b"] = {"lines": {}, "arcs": {"/ok.py": [[1, 2]]}}
+    with pytest.raises(DataFileError, match=r"branch \(arc\) data into a run measuring lines only"):
+        acc.add_payload(payload)
+    assert not acc

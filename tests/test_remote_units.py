@@ -389,6 +389,40 @@ def test_home_or_root_on_sys_path_is_refused(tmp_path: Path, entry: str) -> None
         build_bundle(str(project), path=["", os.path.expanduser(entry)])
 
 
+@pytest.mark.parametrize("root", ["home", "above home", "/"])
+def test_a_rootdir_that_holds_the_home_directory_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, root: str
+) -> None:
+    """``pytest --distcov-remote=...`` run in the home directory (no ini file found: the
+    rootdir is the working directory) would ship ``~/.ssh``, ``~/.aws`` and the rest to every
+    host: refused with one line, before a file is read."""
+    from pytest_distcov.errors import RemoteError
+
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("secret")
+    monkeypatch.setenv("HOME", str(home))
+    rootdir = {"home": str(home), "above home": str(tmp_path), "/": "/"}[root]
+    what = {
+        "home": "your home directory",
+        "above home": f"a directory that holds your home directory ({home})",
+        "/": "the root directory",
+    }[root]
+    with pytest.raises(RemoteError) as caught:
+        build_bundle(rootdir, path=[""])
+    assert str(caught.value) == (
+        f"--distcov-remote: pytest's rootdir is {rootdir!r}, {what}: the project would be"
+        " shipped whole to every host; run pytest in the project's directory, or give"
+        " --rootdir (or a pytest.ini, pyproject.toml, tox.ini or setup.cfg in the project)"
+    )
+    # the project below it is shipped as before
+    project = home / "proj"
+    project.mkdir()
+    (project / "mod.py").write_text("x = 1\n")
+    bundle, _ = build_bundle(str(project), path=[""])
+    assert [f.rel for f in bundle.project.files] == ["mod.py"]
+
+
 def test_a_late_answer_is_never_taken_for_the_next_one() -> None:
     """The real agent on a real execnet gateway (a local popen process), with one slow request:
     the controller gives up waiting, the answer arrives later, and the next request still gets

@@ -22,7 +22,8 @@ from typing import NamedTuple
 import pytest
 
 from pytest_distcov.data.readers import MAX_LINE, MAX_NUMBITS, UntrustedPath
-from pytest_distcov.sinks.store import shard_mapper
+from pytest_distcov.errors import StoreError
+from pytest_distcov.sinks.store import Shard, fetch_all, shard_mapper
 
 from .conftest import _SCRUB, _ignore_generated
 from .helpers import (
@@ -615,6 +616,10 @@ def test_s3_reads_coverage_files_and_refuses_an_oversized_object(
     parallel.unlink()
     huge = ".distcov.huge.1.beef"
     client.put_object(Bucket=bucket, Key=f"{prefix}/{huge}", Body=b"\0" * (3 << 20))
+    # A key may hold what no file name may (more than 255 bytes in its last part, control
+    # characters): the download gets a file name of its own, and the shard is combined.
+    odd = ".distcov.odd\tname." + "x" * 300
+    client.upload_file(str(real_shards.good[0]), bucket, f"{prefix}/{odd}")
     out = tmp_path / "combined.cov"
 
     result = _cli(
@@ -630,7 +635,7 @@ def test_s3_reads_coverage_files_and_refuses_an_oversized_object(
         f"shard {s3}/{prefix}/{huge} is 3,145,728 bytes, more than --max-shard-size allows"
         " (2,097,152); it was not read"
     )
-    _assert_refused_alone(result, error, out, 3, real_shards.whole)
+    _assert_refused_alone(result, error, out, 4, real_shards.whole)
     # an empty prefix says what the bucket holds there
     empty = _cli(real_shards.machine, "combine", f"{s3}/nothing-here")
     assert empty.stderr == f"pytest-distcov: error: no shards in {s3}/nothing-here (it is empty)\n"
@@ -696,3 +701,24 @@ def test_a_shard_swapped_after_its_check_is_its_own_error(
     )
     _assert_refused_alone(result, error, out, 2, real_shards.whole)
     assert not any("victim" in f for f in load(out).measured_files())
+
+
+def test_whatever_one_download_raises_is_that_shards_error(tmp_path: Path) -> None:
+    """A store's download that fails in a way nobody foresaw (boto3 gives a ValueError for
+    some keys) costs that shard alone; the others are fetched."""
+
+    class Odd:  # a store whose download of one key fails so
+        def fetch(self, shard: Shard, scratch: Path, max_bytes: int = 0) -> Path:
+            if shard.ref == "bad":
+                raise ValueError("embedded null byte")
+            local = scratch / "copy"
+            local.write_bytes(shard.ref.encode())
+            return local
+
+    shards = [Shard("s3://b/good", "good"), Shard("s3://b/bad", "bad"), Shard("s3://b/ok", "ok")]
+    got = dict(fetch_all(Odd(), shards, tmp_path))  # type: ignore[arg-type]
+    assert [type(v).__name__ for v in got.values()] == ["PosixPath", "StoreError", "PosixPath"]
+    error = got[shards[1]]
+    assert isinstance(error, StoreError)
+    assert str(error) == "cannot download s3://b/bad: ValueError: embedded null byte"
+    assert [Path(v).read_text() for v in got.values() if isinstance(v, Path)] == ["good", "ok"]

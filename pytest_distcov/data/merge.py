@@ -21,7 +21,7 @@ from typing import Any
 
 from coverage import CoverageData
 
-from pytest_distcov.errors import DataFileError
+from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import Payload
 
 from .readers import Measured, PathMapper, identity
@@ -79,33 +79,54 @@ class Accumulator:
             bucket = files[path] = set()
         return bucket
 
-    def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> int:
-        """Merge a worker's payload; return how many lines or arcs were new here."""
+    def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> list[str]:
+        """Merge a worker's payload, each path through ``map_path``.
+
+        A file whose path ``map_path`` refuses (:class:`UntrustedPath`) adds nothing; why is
+        returned, one reason a file. A payload of the other kind (lines in a run measuring
+        branches, or arcs in one measuring lines) is a :class:`DataFileError`, and then
+        nothing of it is merged.
+        """
         map_path = map_path or identity
-        new = 0
+        for ctx in payload["contexts"].values():
+            if (ctx["arcs"] and not self.branch) or (ctx["lines"] and self.branch):
+                kind = "branch (arc)" if ctx["arcs"] else "line"
+                measured = "branches" if self.branch else "lines only"
+                raise DataFileError(
+                    f"{kind} data into a run measuring {measured} (every worker must use the"
+                    " same branch setting)"
+                )
+        refused: dict[str, str] = {}
+        mapped: dict[str, str] = {}
+
+        def local(path: str) -> str | None:
+            got = mapped.get(path)
+            if got is None and path not in refused:
+                try:
+                    got = mapped[path] = map_path(path)
+                except UntrustedPath as exc:
+                    refused[path] = str(exc)
+            return got
+
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
-            if (arcs and not self.branch) or (lines and self.branch):
-                raise DataFileError(
-                    "a worker sent "
-                    + ("branch (arc)" if arcs else "line")
-                    + " data into a run measuring "
-                    + ("branches" if self.branch else "lines only")
-                    + ": every worker must use the same branch setting"
-                )
             for path, items in (arcs or lines).items():
-                bucket = self._bucket(context, map_path(path))
-                before = len(bucket)
+                name = local(path)
+                if name is None:
+                    continue
+                bucket = self._bucket(context, name)
                 if self.branch:  # arcs travel as lists: made tuples again
                     bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
                 else:
                     bucket.update(items)
-                new += len(bucket) - before
         for path, plugin in payload["tracers"].items():
-            self._tracers[map_path(path)] = plugin
+            name = local(path)
+            if name is not None:
+                self._tracers[name] = plugin
         for plugin, paths in payload["touched"].items():
-            self._touched.setdefault(plugin, set()).update(map_path(p) for p in paths)
-        return new
+            names = (local(p) for p in paths)
+            self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
+        return list(refused.values())
 
     # -- reading out ------------------------------------------------------------------------
 

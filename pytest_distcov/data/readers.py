@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import IO, TYPE_CHECKING, Any, NamedTuple
 
-from pytest_distcov.errors import DataFileError
+from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import MAX_LINE, ContextData, Payload, empty_payload
 
 from .journal import JOURNAL_SUFFIX, read_entries
@@ -54,6 +54,7 @@ __all__ = [
     "ShardHub",
     "ShardRead",
     "UntrustedPath",
+    "checked_mapper",
     "copy_at_most",
     "identity",
     "numbits_decoder",
@@ -75,14 +76,46 @@ Measured = set[Any]
 PathMapper = Callable[[str], str]
 
 
-class UntrustedPath(ValueError):
-    """A path a :data:`PathMapper` refuses: one that another machine wrote and that would lead
-    outside the project (``../../etc/passwd``, ``/etc/hostname``). The message says why, starting
-    with "it names" (the file that holds it is the subject)."""
-
-
 def identity(path: str) -> str:
     """The path mapper that leaves paths as they are."""
+    return path
+
+
+def checked_mapper(map_path: PathMapper | None = None) -> PathMapper:
+    """``map_path`` (or :func:`identity`), refusing a path that names something here other
+    than a regular file (a FIFO would hang the report, ``/dev/zero`` fill the memory).
+
+    A worker's data names the files it measured: a path that does not exist here is taken as
+    it is (a serial run records files that are gone by the report too). The answers are
+    cached: a worker names each file in many chunks.
+    """
+    inner = map_path or identity
+    answers: dict[str, str | UntrustedPath] = {}
+
+    def checked(path: str) -> str:
+        got = answers.get(path)
+        if got is None:
+            try:
+                got = _regular_or_absent(inner(path))
+            except UntrustedPath as exc:
+                got = exc
+            answers[path] = got
+        if isinstance(got, UntrustedPath):
+            raise got
+        return got
+
+    return checked
+
+
+def _regular_or_absent(path: str) -> str:
+    if "\0" in path:
+        raise UntrustedPath(f"it names {shown(path)}, with a NUL character in it")
+    try:
+        mode = os.stat(path).st_mode
+    except OSError:  # absent or unreachable: nothing is read here
+        return path
+    if not stat.S_ISREG(mode):
+        raise UntrustedPath(f"it names {shown(path)}, which is not a regular file here")
     return path
 
 
@@ -163,14 +196,25 @@ def update_from_journal(
 
     mapped = map_path or identity
     own = recorded_context(target)
+    refused: list[str] = []
+
+    def kept(record: dict[str, Any]) -> dict[str, Any]:
+        out = {}
+        for name, items in record.items():
+            try:
+                out[mapped(name)] = items
+            except UntrustedPath as exc:
+                refused.append(str(exc))
+        return out
+
     for context, (kind, record) in read_entries(path):
         try:
             if context is not None:
                 target.set_context(context)
             if kind == "arcs":
-                target.add_arcs({mapped(f): arcs for f, arcs in record.items()})
+                target.add_arcs(kept(record))
             else:
-                target.add_lines({mapped(f): lines for f, lines in record.items()})
+                target.add_lines(kept(record))
         except _read_errors(TypeError, AttributeError) as exc:  # e.g. arcs into line data
             if _writing_failed(target, exc):
                 raise
@@ -178,6 +222,11 @@ def update_from_journal(
         finally:
             if context is not None:
                 target.set_context(own or None)
+    if refused:
+        files = "a file" if len(set(refused)) == 1 else f"{len(set(refused))} files"
+        raise DataFileError(
+            f"journal {os.fspath(path)}: the data of {files} is left out ({refused[0]})"
+        )
 
 
 def update_from_file(

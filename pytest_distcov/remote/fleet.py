@@ -39,7 +39,7 @@ from typing import Any
 import execnet
 import pytest
 
-from pytest_distcov.errors import RemoteError, printable
+from pytest_distcov.errors import RemoteError, UntrustedPath, printable
 from pytest_distcov.settings.hosts import HostSpec
 from pytest_distcov.settings.options import Settings
 from pytest_distcov.tempdirs import HeldDir
@@ -411,13 +411,34 @@ class Fleet:
         }
 
     def path_mapper(self, host: HostSession) -> Callable[[str], str]:
+        """A host's paths made local: one under a shipped tree becomes the local file it was
+        shipped from; any other is refused (:class:`UntrustedPath`).
+
+        A host's data is input from another machine: a path outside the trees shipped to it
+        (``/etc/passwd``, or a tree's path followed by ``/../..``) would pull a local file
+        this machine can read into a report or an upload, and a file only the host has (a
+        test's temporary module) has no source here to report. A relative path (coverage's
+        ``relative_files``) stays relative, unless it leads out of the directory it is
+        relative to.
+        """
         pairs = self._pairs(host)
+        name = printable(host.spec.label)
 
         def map_path(path: str) -> str:
+            if not path.startswith("/"):
+                rel = os.path.normpath(path)
+                if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
+                    raise UntrustedPath(f"it names {path!r:.200}, which leads out of its root")
+                return rel
             for remote, local in pairs:
                 if path == remote or path.startswith(remote + "/"):
-                    return local + path[len(remote) :].replace("/", os.sep)
-            return path
+                    mapped = os.path.normpath(local + path[len(remote) :].replace("/", os.sep))
+                    if mapped == local or mapped.startswith(local.rstrip(os.sep) + os.sep):
+                        return mapped
+                    break
+            raise UntrustedPath(
+                f"it names {path!r:.200} on {name}, outside the trees shipped to that host"
+            )
 
         return map_path
 

@@ -493,8 +493,7 @@ class _Planner:
             pass  # the bin directory of a venv, or an entry that does not exist
         elif not os.path.isdir(real):
             self.skipped.append(raw)  # zip files and eggs: not shipped
-        elif real == os.path.realpath(os.path.expanduser("~")) or real == os.path.realpath("/"):
-            what = "the root directory" if real == os.path.realpath("/") else "your home directory"
+        elif what := too_wide(real):
             raise RemoteError(
                 f"--distcov-remote: sys.path holds {raw!r}, {what}: it would be shipped whole"
                 " to every host; remove it from PYTHONPATH (or wherever it is added)"
@@ -505,6 +504,19 @@ class _Planner:
             self.packages.append(self.tree(name, real, rels, per_run=False))
             self.shipped.append(real)
             self.layout.append(PathEntry("tree", name))
+
+
+def too_wide(real: str) -> str:
+    """What ``real`` (a resolved directory) is, if shipping it whole would ship the home
+    directory (its keys, tokens and mail) or the whole machine; '' otherwise."""
+    home = os.path.realpath(os.path.expanduser("~"))
+    if real == os.path.realpath("/"):
+        return "the root directory"
+    if real == home:
+        return "your home directory"
+    if _inside(home, real):
+        return f"a directory that holds your home directory ({home})"
+    return ""
 
 
 def build_bundle(
@@ -518,6 +530,12 @@ def build_bundle(
     """Everything a host needs, and the updated hash cache (to keep for the next run).
     ``include``: patterns of secret-looking files to ship all the same."""
     rootdir = os.path.realpath(rootdir)
+    if what := too_wide(rootdir):
+        raise RemoteError(
+            f"--distcov-remote: pytest's rootdir is {rootdir!r}, {what}: the project would be"
+            " shipped whole to every host; run pytest in the project's directory, or give"
+            " --rootdir (or a pytest.ini, pyproject.toml, tox.ini or setup.cfg in the project)"
+        )
     planner = _Planner(rootdir, _HashCache(hash_cache), tuple(include))
     project = planner.tree("project", rootdir, project_files(rootdir, extra_ignores), per_run=True)
     scripts = _scripts_dir()

@@ -26,7 +26,7 @@ import coverage
 from coverage.exceptions import CoverageException
 
 from pytest_distcov.data.merge import write_data_file
-from pytest_distcov.data.readers import update_from_file
+from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import DataFileError, DistCovError, printable
 from pytest_distcov.sinks.pipeline import Combined
@@ -112,7 +112,7 @@ class Finisher:
             sources = [*recovered, *(("", p, None) for p in subprocess_files)]
             for worker_id, path, mapper in sources:
                 try:
-                    update_from_file(data, path, mapper)
+                    update_from_file(data, path, checked_mapper(mapper))
                 except DataFileError as exc:
                     who = f"worker {worker_id}: " if worker_id else ""
                     unreadable.append(path)

@@ -20,6 +20,7 @@ nothing is held, read or removed there.
 
 from __future__ import annotations
 
+import contextlib
 import queue
 import time
 from collections.abc import Callable
@@ -30,9 +31,9 @@ import coverage
 
 from pytest_distcov.covapi.parser import exclude_regex
 from pytest_distcov.data.merge import Accumulator
-from pytest_distcov.data.readers import PathMapper
+from pytest_distcov.data.readers import PathMapper, checked_mapper
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
-from pytest_distcov.errors import DataFileError, ProtocolError, printable
+from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
 from pytest_distcov.protocol import Chunk, Hello, decode
 from pytest_distcov.remote.fleet import HostSession, RemoteHooks
 from pytest_distcov.sinks.parses import ParseCache
@@ -59,6 +60,9 @@ class WorkerState:
     finished: bool = False
     #: how many of its messages were refused (its data files are then read at the end)
     refused: int = 0
+    #: how many files of its data were left out (their paths refused), and why the first was
+    left_out: int = 0
+    first_left_out: str = ""
     down_error: str | None = None
     tests: int = 0
     notes: list[str] = field(default_factory=list)
@@ -95,6 +99,7 @@ class Receiver:
         self.dirs = RunDirs(engine.data_dir.parent)
         #: where in ``errors`` each worker's refusal line is (one a worker)
         self._refusals: dict[str, int] = {}
+        self._left_out_lines: dict[str, int] = {}  # worker id -> its line in errors
         #: True while a drain merges (a SIGTERM then waits for it to end)
         self.merging = False
         #: parses the report will need, made while the tests run (see preparse.py)
@@ -177,6 +182,20 @@ class Receiver:
         elif "more of its messages were refused" not in self.errors[index]:
             self.errors[index] += " (more of its messages were refused)"
 
+    def _left_out(self, state: WorkerState, reasons: list[str]) -> None:
+        """Files of a worker's data whose paths the mapper refused: one line a worker, naming
+        the first and counting them all (the rest of its data is merged)."""
+        if not state.left_out:
+            state.first_left_out = reasons[0]
+            self._left_out_lines[state.id] = len(self.errors)
+            self.errors.append("")
+        state.left_out += len(reasons)
+        files = "1 file" if state.left_out == 1 else f"{state.left_out} files"
+        first = "" if state.left_out == 1 else "the first: "
+        self.errors[self._left_out_lines[state.id]] = printable(
+            f"worker {state.id} sent data for {files} left out ({first}{state.first_left_out})"
+        )
+
     def expect(self, worker_id: str, run: str | None) -> None:
         """The controller gave worker ``worker_id`` the run id ``run`` (see :class:`RunDirs`)."""
         self.dirs.expect(worker_id, run)
@@ -214,12 +233,19 @@ class Receiver:
     def _chunk(self, state: WorkerState, chunk: Chunk) -> None:
         mapper = self.mapper(state.id)
         try:
-            self.acc.add_payload(chunk["data"], mapper)
+            refused = self.acc.add_payload(chunk["data"], mapper)
         except DataFileError as exc:
-            self.errors.append(f"worker {state.id}: {exc}")
+            self._refuse(state, str(exc), data=True)
+            return
+        if refused:
+            self._left_out(state, refused)
         python_files = chunk["data"]["touched"].get("", ())  # each named once a worker
         if python_files and self.preparse:
-            self._preparse_files([mapper(p) for p in python_files] if mapper else python_files)
+            names = []
+            for path in python_files:
+                with contextlib.suppress(UntrustedPath):  # left out above
+                    names.append(mapper(path))
+            self._preparse_files(names)
         state.tests = chunk["tests"]
         state.notes.extend(n for n in chunk["notes"] if n not in state.notes)
         if chunk["kind"] == "final":
@@ -248,14 +274,16 @@ class Receiver:
             )
         self.preparser.offer(names)
 
-    def mapper(self, worker_id: str) -> PathMapper | None:
-        """Maps a remote worker's paths to local ones (None for a local worker)."""
-        host = self.host_of(worker_id)
-        if self.remote is None or host is None:
-            return None
+    def mapper(self, worker_id: str) -> PathMapper:
+        """A worker's paths as the controller's, checked (:func:`checked_mapper`): a remote
+        worker's mapped home (:meth:`Fleet.path_mapper`), a local one's as they are."""
         mapper = self._mappers.get(worker_id)
         if mapper is None:
-            mapper = self._mappers[worker_id] = self.remote.fleet.path_mapper(host)
+            host = self.host_of(worker_id)
+            remote = None
+            if self.remote is not None and host is not None:
+                remote = self.remote.fleet.path_mapper(host)
+            mapper = self._mappers[worker_id] = checked_mapper(remote)
         return mapper
 
     def _progress(self, say: Callable[[str], None]) -> None:

@@ -39,7 +39,7 @@ import requests
 from coverage import Coverage
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.errors import DistCovError
+from pytest_distcov.errors import DistCovError, printable
 
 __all__ = [
     "ALLOW_HTTP_ENV",
@@ -673,12 +673,16 @@ class Uploader:
         )
 
     def _message(self, response: requests.Response) -> str:
+        """What the server said, shown: its first 300 characters, without secrets, escaped
+        as :func:`printable` escapes (it is a stranger's text bound for a terminal)."""
         try:
             body = response.json()
-            text = str(body.get("message") or body.get("error") or body)
         except ValueError:
             text = response.text.strip().splitlines()[0] if response.text.strip() else ""
-        return self._scrub(text[:300])
+        else:
+            said = body.get("message") or body.get("error") if isinstance(body, dict) else None
+            text = str(said or body)
+        return printable(self._scrub(text[:300]))
 
     def upload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = gzip.compress(to_json(payload, reveal=True).encode())
@@ -760,8 +764,8 @@ def submit(
         return f"wrote the Coveralls payload to {output} (nothing was sent)"
     assert token is not None
     answer = uploader.upload(payload)
-    message = token.scrub(str(answer.get("message") or "job accepted"))
-    url = token.scrub(str(answer.get("url") or ""))
+    message = printable(token.scrub(str(answer.get("message") or "job accepted"))[:300])
+    url = printable(token.scrub(str(answer.get("url") or ""))[:300])
     return f"Coveralls: {message}" + (f" {url}" if url else "")
 
 
@@ -806,5 +810,5 @@ def finish(env: Mapping[str, str], *, log: Callable[[str], None] = lambda _line:
         )
     answer = Uploader.from_env(token, env, log=log).finish(str(build))
     return f"Coveralls: parallel build {build} closed" + (
-        f" ({answer['jobs']} jobs)" if "jobs" in answer else ""
+        f" ({printable(str(answer['jobs'])[:20])} jobs)" if "jobs" in answer else ""
     )

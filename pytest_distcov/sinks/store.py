@@ -385,7 +385,10 @@ class S3Store:
 
         if shard.size is not None and shard.size > max_bytes:
             raise _too_big(shard, shard.size, max_bytes)
-        local = scratch / Path(shard.ref).name
+        # the key's last part, made a safe file name (a key may hold anything, even a NUL)
+        local = scratch / (
+            re.sub(r"[^A-Za-z0-9._-]", "_", posixpath.basename(shard.ref))[:200] or "shard"
+        )
         try:
             answer = self._client.get_object(Bucket=self.bucket, Key=shard.ref)
             with contextlib.closing(answer["Body"]) as body:
@@ -486,6 +489,8 @@ def fetch_all(
             return exc
         except OSError as exc:  # the scratch directory (a full TMPDIR)
             return StoreError(f"cannot download {shard.where} into {scratch}: {exc.strerror}")
+        except Exception as exc:  # whatever else one download meets is that shard's error
+            return StoreError(f"cannot download {shard.where}: {type(exc).__name__}: {exc}")
 
     from concurrent.futures import ThreadPoolExecutor
 
