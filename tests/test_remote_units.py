@@ -197,10 +197,14 @@ def test_worker_path_uses_the_hosts_standard_library(tmp_path: Path) -> None:
 
 def test_a_host_that_never_answers_is_named_after_the_remote_timeout(
     pytester: pytest.Pytester,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path_factory: pytest.TempPathFactory,
 ) -> None:
     """--distcov-remote-timeout bounds the wait for a host: ssh's proxy here never answers."""
     if shutil.which("ssh") is None:
         pytest.skip("needs an ssh client")
+    # pytester's HOME is the project, a rootdir --distcov-remote refuses to ship
+    monkeypatch.setenv("HOME", str(tmp_path_factory.mktemp("home")))
     pytester.makepyfile(test_a="def test_a():\n    pass\n")
     config = pytester.path / "ssh_config"
     config.write_text("Host silent\n    ProxyCommand sleep 60\n    BatchMode yes\n")
