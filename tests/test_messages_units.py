@@ -505,3 +505,43 @@ def test_a_payload_of_the_other_kind_merges_nothing() -> None:
     with pytest.raises(DataFileError, match=r"branch \(arc\) data into a run measuring lines only"):
         acc.add_payload(payload)
     assert not acc
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero is POSIX's")
+def test_a_data_file_naming_a_refused_path_is_its_own_error_not_the_writes(
+    tmp_path: Path,
+) -> None:
+    """A dead worker's data file that names what the mapper refuses is refused alone, before
+    coverage.py reads it: raised inside coverage's update, the refusal used to fail the write
+    of the run's own data file (and its rescue), losing everything."""
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import write_data_file
+    from pytest_distcov.data.readers import update_from_file
+
+    good = tmp_path / "good.coverage"
+    bad = tmp_path / "bad.coverage"
+    for path, files in [(good, {str(tmp_path / "m.py"): [1, 2]}), (bad, {"/dev/zero": [1]})]:
+        data = CoverageData(str(path))
+        data.add_lines(files)
+        data.write()
+        data.close()
+    errors: list[str] = []
+
+    def fill(target: CoverageData) -> None:
+        for path in (bad, good):
+            try:
+                update_from_file(target, path, checked_mapper())
+            except DataFileError as exc:
+                errors.append(str(exc))
+
+    out = tmp_path / "out.coverage"
+    write_data_file(out, fill)
+    assert errors == [
+        f"cannot combine coverage data file {bad}: it names /dev/zero, which is not a regular"
+        " file here"
+    ]
+    written = CoverageData(str(out))
+    written.read()
+    assert written.measured_files() == {str(tmp_path / "m.py")}
+    written.close()

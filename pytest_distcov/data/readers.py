@@ -90,19 +90,19 @@ def checked_mapper(map_path: PathMapper | None = None) -> PathMapper:
     cached: a worker names each file in many chunks.
     """
     inner = map_path or identity
-    answers: dict[str, str | UntrustedPath] = {}
+    answers: dict[str, tuple[str, bool]] = {}  # path -> (its mapping, or why it is refused; ok)
 
     def checked(path: str) -> str:
         got = answers.get(path)
         if got is None:
             try:
-                got = _regular_or_absent(inner(path))
+                got = (_regular_or_absent(inner(path)), True)
             except UntrustedPath as exc:
-                got = exc
+                got = (str(exc), False)
             answers[path] = got
-        if isinstance(got, UntrustedPath):
-            raise got
-        return got
+        if not got[1]:
+            raise UntrustedPath(got[0])  # a fresh one: a kept one would grow its traceback
+        return got[0]
 
     return checked
 
@@ -114,6 +114,8 @@ def _regular_or_absent(path: str) -> str:
         mode = os.stat(path).st_mode
     except OSError:  # absent or unreachable: nothing is read here
         return path
+    except ValueError:  # not a file name here (a lone surrogate)
+        raise UntrustedPath(f"it names {shown(path)}, which cannot be a file name here") from None
     if not stat.S_ISREG(mode):
         raise UntrustedPath(f"it names {shown(path)}, which is not a regular file here")
     return path
@@ -239,6 +241,18 @@ def update_from_file(
         return
     source = read_data_file(path)
     try:
+        if map_path is not None:
+            # Mapped and checked before coverage.py reads the file: a mapper's refusal raised
+            # inside its update would fail the target's write, not this file alone.
+            mapped = {}
+            for name in source.measured_files():
+                try:
+                    mapped[name] = map_path(name)
+                except UntrustedPath as exc:
+                    raise DataFileError(
+                        f"cannot combine coverage data file {os.fspath(path)}: {exc}"
+                    ) from None
+            map_path = mapped.get  # type: ignore[assignment]
         target.update(source, map_path=map_path)
     except _read_errors() as exc:
         if _writing_failed(target, exc):
@@ -259,6 +273,8 @@ def _writing_failed(target: CoverageData, exc: BaseException) -> bool:
     name = target.data_filename()
     cause: BaseException | None = exc
     while cause is not None:
+        if isinstance(cause, UntrustedPath):  # a path mapper's refusal: the source's fault
+            return False
         if name and name in str(cause):
             return True
         code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+

@@ -17,7 +17,6 @@ from typing import TYPE_CHECKING, Any
 
 from pytest_distcov.errors import DataFileError
 
-from .merge import add_contexts
 from .readers import (
     PathMapper,
     ShardRead,
@@ -313,7 +312,9 @@ class ShardUnion:
             for (context, path), number in numbers.items():
                 by_context.setdefault(context, {})[path] = numbits_to_nums(numbits_of(number))
         # every context in one transaction (one write per context took most of a second for
-        # every thousand contexts)
+        # every thousand contexts); merge loads coverage.py, which the reader processes avoid
+        from .merge import add_contexts
+
         add_contexts(data, dict(sorted(by_context.items())), arcs=bool(self.has_arcs))
         tracers = {mapped[p]: t for part in parts for p, t in part.tracers.items()}
         if tracers:

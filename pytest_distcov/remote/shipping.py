@@ -509,9 +509,12 @@ class _Planner:
 def too_wide(real: str) -> str:
     """What ``real`` (a resolved directory) is, if shipping it whole would ship the home
     directory (its keys, tokens and mail) or the whole machine; '' otherwise."""
-    home = os.path.realpath(os.path.expanduser("~"))
     if real == os.path.realpath("/"):
         return "the root directory"
+    home = os.path.expanduser("~")
+    if not os.path.isabs(home):  # no HOME and no passwd entry (a container's bare uid)
+        return ""
+    home = os.path.realpath(home)
     if real == home:
         return "your home directory"
     if _inside(home, real):
