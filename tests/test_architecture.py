@@ -61,7 +61,7 @@ def _internal(names: set[str]) -> set[str]:
 
 #: The package's groups: the bottom layers (standard library and each other), then the
 #: sub-packages. Each may import the groups listed for it, and itself.
-BOTTOM = {"__init__", "errors", "protocol", "tempdirs"}
+BOTTOM = {"__init__", "errors", "protocol", "secretnames", "tempdirs"}
 _GROUPS = {*BOTTOM, "covapi", "settings", "data", "engine", "sinks", "remote", "roles", "plugin",
            "cli"}  # fmt: skip
 MAY_IMPORT: dict[str, set[str]] = {
@@ -69,6 +69,7 @@ MAY_IMPORT: dict[str, set[str]] = {
     "errors": set(),
     "protocol": {"errors"},
     "tempdirs": set(),
+    "secretnames": set(),
     "covapi": BOTTOM,
     "data": BOTTOM | {"covapi"},
     # The settings check a store's spec (sinks.store, lazily) when they are resolved.
@@ -114,6 +115,7 @@ STDLIB_ONLY = {
     "remote.agent",
     "remote.launch",
     "remote.shipping",
+    "secretnames",
     "settings.reportspec",
     "tempdirs",
 }

@@ -83,11 +83,13 @@ class Corrupting:
                 for path, lines in list(ctx["lines"].items()):
                     if not path.endswith("work.py"):
                         continue
-                    self.done = True
                     if MODE in PATHS:  # files no worker measures: nothing else is wrong
+                        # (in every chunk with work.py's lines: each file counts once)
                         for name in PATHS[MODE]:
                             ctx["lines"][name.replace("WORKDIR", os.path.dirname(path))] = [1]
-                    elif MODE == "arcs":  # arcs beside the lines, in a run of lines only
+                        continue
+                    self.done = True
+                    if MODE == "arcs":  # arcs beside the lines, in a run of lines only
                         ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
                     else:
                         ctx["lines"][path] = 5 if MODE == "int" else [*lines, "x"]
@@ -100,7 +102,14 @@ class Corrupting:
 #: or paths outside the trees shipped to a host
 PATHS = {
     "local-paths": ["WORKDIR/pipe.py", "/dev/zero"],
-    "remote-paths": ["WORKDIR/../../../../../../../../etc/passwd", "/etc/hostname"],
+    "remote-paths": [
+        "WORKDIR/../../../../../../../../etc/passwd",
+        "/etc/hostname",
+        "WORKDIR/.env",  # a secret, never shipped
+        "WORKDIR/.git/config",
+        "WORKDIR/leak.py",  # a link out of the project, never shipped
+        ".env",  # relative_files' way to the same secret
+    ],
 }
 
 
@@ -432,10 +441,19 @@ def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
     pytester: pytest.Pytester, sshlab: SshLab
 ) -> None:
     """A host's chunk naming ``/etc/hostname`` or a shipped tree's path followed by
-    ``/../..`` would have pulled this machine's ``/etc`` into the report: those files are left
-    out, in one line that names the worker and the host; the rest is a serial run's."""
+    ``/../..`` would have pulled this machine's ``/etc`` into the report, and one naming a
+    project file that was not shipped (a secret, git's config, a link out of the project, by
+    an absolute or a relative path) that file: those files are left out, in one line that
+    names the worker and the host and counts each file once (the chunks of every test named
+    them); the rest is a serial run's."""
     sshlab.add_host("h1")
     _project(pytester)
+    (pytester.path / ".env").write_text("TOKEN=s3cret\n")
+    (pytester.path / ".git").mkdir()
+    (pytester.path / ".git" / "config").write_text("[remote]\nurl = https://u:t@h/r\n")
+    secret = sshlab.root / "id_rsa"
+    secret.write_text("-----BEGIN KEY-----\n")
+    (pytester.path / "leak.py").symlink_to(secret)
     pytester.makeconftest(CORRUPTING_CONFTEST)
     (pytester.path / "forge-mode").write_text("remote-paths")
     reference = serial_reference(pytester, source="work")
@@ -455,9 +473,10 @@ def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
     assert result.ret == 0, out
     [line] = _distcov_lines(result, "left out")
     assert re.fullmatch(
-        r"distcov: worker gw0 sent data for 2 files left out \(the first: it names '/\S+"
+        r"distcov: worker gw0 sent data for 6 files left out \(the first: it names '/\S+"
         r"(/\.\.){8}/etc/passwd' on h1, outside the trees shipped to that host\)",
         line,
     ), line
     assert_same_data(pytester.path / ".coverage", reference)
-    assert not [f for f in measured(pytester.path / ".coverage", arcs=False) if "/etc/" in f]
+    files = measured(pytester.path / ".coverage", arcs=False)
+    assert not [f for f in files if "/etc/" in f or ".env" in f or ".git" in f or "leak" in f]

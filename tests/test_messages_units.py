@@ -493,7 +493,7 @@ def test_a_payload_loses_only_the_files_whose_paths_are_refused() -> None:
             raise UntrustedPath(f"it names {path}, refused")
         return path
 
-    assert acc.add_payload(payload, mapper) == ["it names /bad.py, refused"]
+    assert acc.add_payload(payload, mapper) == {"/bad.py": "it names /bad.py, refused"}
     assert acc.covered_lines() == {"/ok.py": {1, 2}}
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -329,7 +330,7 @@ def test_agent_refuses_to_build_from_an_object_damaged_after_its_check(
 
 
 def test_secret_looking_files_are_not_shipped_unless_included(tmp_path: Path) -> None:
-    from pytest_distcov.remote.shipping import looks_secret
+    from pytest_distcov.secretnames import looks_secret
 
     project = tmp_path / "proj"
     secret = [
@@ -907,3 +908,74 @@ def test_the_header_names_unused_include_patterns_and_what_pruning_removed(
     ) in header
     assert "distcov: host h1: cache pruned to 2.0 GiB (removed 12 trees, 1 environment)" in header
     assert not [line for line in header if line.startswith("distcov: host h2: cache")]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths and symlinks")
+def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's data may name a shipped file (mapped home), a file under a tree that only
+    the host has (kept: nothing here is read), or with the host's own packages a module in
+    its site-packages. A local file that was not shipped (a secret left out, git's config, a
+    link out of the tree, a file under a linked directory) is refused, by any path that leads
+    to it, absolute or relative."""
+    from pytest_distcov.errors import UntrustedPath
+    from pytest_distcov.remote.fleet import Fleet, HostSession
+
+    outside = tmp_path / "outside"
+    (outside / "ssh").mkdir(parents=True)
+    (outside / "ssh" / "id_rsa").write_text("-----BEGIN KEY-----\n")
+    proj = tmp_path / "proj"
+    (proj / "pkg").mkdir(parents=True)
+    (proj / "pkg" / "mod.py").write_text("X = 1\n")
+    (proj / ".env").write_text("TOKEN=s3cret\n")
+    (proj / ".git").mkdir()
+    (proj / ".git" / "config").write_text("[remote]\nurl = https://u:tok@h/r\n")
+    (proj / "leak.py").symlink_to(outside / "ssh" / "id_rsa")
+    (proj / "linked").symlink_to(outside / "ssh")
+    bundle = build_bundle(str(proj), path=[])[0]
+    assert {f.rel for f in bundle.project.files} == {"pkg/mod.py"}
+    fleet = Fleet([], bundle)
+    try:
+        host = HostSession(
+            parse_hosts(["h1"])[0],
+            1,
+            info={
+                "has_packages": True,
+                "site": ["/usr/lib/python3/dist-packages", "/home/u", "/opt/sp/../x"],
+            },
+            trees={bundle.project.name: "/r/proj"},
+        )
+        to_local = fleet.path_mapper(host)
+        monkeypatch.chdir(proj)
+        real = os.path.realpath(proj)
+        assert to_local("/r/proj/pkg/mod.py") == os.path.join(real, "pkg", "mod.py")
+        assert to_local("/r/proj/made_on_host.py") == os.path.join(real, "made_on_host.py")
+        assert to_local("pkg/mod.py") == os.path.join("pkg", "mod.py")
+        assert to_local("pkg/./new.py") == os.path.join("pkg", "new.py")
+        six = "/usr/lib/python3/dist-packages/six.py"
+        assert to_local(six) == six
+        not_shipped = "a file here that was not shipped to it"
+        outside_trees = "outside the trees shipped to that host"
+        for path, why in [
+            ("/r/proj/.env", not_shipped),
+            ("/r/proj/.git/config", not_shipped),
+            ("/r/proj/leak.py", not_shipped),
+            ("/r/proj/linked/id_rsa", not_shipped),
+            ("/r/proj/pkg/../.env", not_shipped),
+            (".env", not_shipped),
+            ("linked/id_rsa", not_shipped),
+            ("../outside/ssh/id_rsa", "which leads out of its root"),
+            ("/r/proj/../../etc/passwd", outside_trees),
+            ("/home/u/notes.py", outside_trees),  # a site entry that is no site-packages
+            ("/usr/lib/python3/dist-packages/../../../etc/x.py", outside_trees),
+            ("/usr/lib/python3/dist-packages/data.txt", outside_trees),  # .py files only
+            (str(outside / "ssh" / "id_rsa"), outside_trees),
+        ]:
+            with pytest.raises(UntrustedPath, match=re.escape(why)):
+                to_local(path)
+        host.info["has_packages"] = False  # shipped packages: no host site-packages taken
+        with pytest.raises(UntrustedPath, match=outside_trees):
+            fleet.path_mapper(host)(six)
+    finally:
+        fleet.close()

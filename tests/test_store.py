@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import shutil
 import socket
 import sqlite3
@@ -448,6 +449,11 @@ HOSTILE = {
         " {root} (another machine's paths are combined when a [paths] entry of the coverage"
         " configuration maps them into it)",
     ),
+    "secret in the checkout": (
+        ["UPDATE file SET path = '.env' WHERE id = 1"],
+        "cannot combine coverage data file {shard}: it names .env, a file that looks like a"
+        " secret (a key, a credentials or environment file, git's own files): never combined",
+    ),
     "missing file id": (
         [f"UPDATE line_bits SET file_id = 999 WHERE rowid = {_FIRST_ROW}"],
         "cannot read coverage data file {shard}: its line data names file id 999, which its file"
@@ -533,6 +539,41 @@ def test_paths_are_refused_when_they_leave_the_root(tmp_path: Path) -> None:
     assert remapped("/ci/work/pkg/a.py") == f"{real}/pkg/a.py"
     with pytest.raises(UntrustedPath, match=r"it names /etc/x.py, outside the root"):
         remapped("/etc/x.py")
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX links and FIFOs")
+def test_paths_under_the_root_are_refused_when_they_name_what_no_shard_may(
+    tmp_path: Path,
+) -> None:
+    """Under the root too, a shard may not name a secret-looking file or git's own (whether
+    it is there or not), a link out of the root (by itself or through a linked directory),
+    or anything here but a regular file (a FIFO would hang the report)."""
+    root = tmp_path / "project"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text("A = 1\n")
+    (tmp_path / "secret.py").write_text("KEY = 1\n")
+    (root / "pkg" / "leak.py").symlink_to(tmp_path / "secret.py")
+    (root / "pkg" / "inner.py").symlink_to(root / "pkg" / "a.py")  # inside: fine
+    (root / "out").symlink_to(tmp_path)
+    os.mkfifo(root / "pkg" / "pipe.py")
+    mapper = shard_mapper(root)
+    real = os.path.realpath(root)
+    assert mapper("pkg/a.py") == f"{real}/pkg/a.py"
+    assert mapper("pkg/inner.py") == f"{real}/pkg/inner.py"
+    assert mapper("pkg/gone.py") == f"{real}/pkg/gone.py"  # nothing here to read
+    for bad, why in [
+        (".env", "looks like a secret"),
+        ("deploy/.env.production", "looks like a secret"),
+        ("certs/server.key", "looks like a secret"),
+        (".ssh/id_ed25519", "looks like a secret"),
+        (".git/config", "looks like a secret"),
+        (f"{root}/.git/hooks/x.py", "looks like a secret"),
+        ("pkg/leak.py", "a link that leads out of the root"),
+        ("out/secret.py", "a link that leads out of the root"),
+        ("pkg/pipe.py", "which is not a regular file here"),
+    ]:
+        with pytest.raises(UntrustedPath, match=re.escape(why)):
+            mapper(bad)
 
 
 def test_coverage_parallel_files_from_two_machines_combine_as_coverage_combine_does(

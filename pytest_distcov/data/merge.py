@@ -79,13 +79,13 @@ class Accumulator:
             bucket = files[path] = set()
         return bucket
 
-    def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> list[str]:
+    def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> dict[str, str]:
         """Merge a worker's payload, each path through ``map_path``.
 
-        A file whose path ``map_path`` refuses (:class:`UntrustedPath`) adds nothing; why is
-        returned, one reason a file. A payload of the other kind (lines in a run measuring
-        branches, or arcs in one measuring lines) is a :class:`DataFileError`, and then
-        nothing of it is merged.
+        A file whose path ``map_path`` refuses (:class:`UntrustedPath`) adds nothing; the
+        refused paths are returned, each with why. A payload of the other kind (lines in a
+        run measuring branches, or arcs in one measuring lines) is a :class:`DataFileError`,
+        and then nothing of it is merged.
         """
         map_path = map_path or identity
         for ctx in payload["contexts"].values():
@@ -126,7 +126,7 @@ class Accumulator:
         for plugin, paths in payload["touched"].items():
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
-        return list(refused.values())
+        return refused
 
     # -- reading out ------------------------------------------------------------------------
 

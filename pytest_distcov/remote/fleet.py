@@ -411,36 +411,69 @@ class Fleet:
         }
 
     def path_mapper(self, host: HostSession) -> Callable[[str], str]:
-        """A host's paths made local: one under a shipped tree becomes the local file it was
-        shipped from; any other is refused (:class:`UntrustedPath`).
+        """A host's paths made local: one naming a file shipped to it becomes the local file it
+        was shipped from; any other is refused (:class:`UntrustedPath`).
 
-        A host's data is input from another machine: a path outside the trees shipped to it
-        (``/etc/passwd``, or a tree's path followed by ``/../..``) would pull a local file
-        this machine can read into a report or an upload, and a file only the host has (a
-        test's temporary module) has no source here to report. A relative path (coverage's
-        ``relative_files``) stays relative, unless it leads out of the directory it is
-        relative to.
+        A host's data is input from another machine. A path outside the trees shipped to it
+        (``/etc/passwd``, or a tree's path followed by ``/../..``) would pull a local file this
+        machine can read into a report or an upload; so would a path inside a tree that names
+        a local file which was not shipped (a secret left out, ``.git/config``, a link out of
+        the tree). A path under a tree with no local file (a module a test wrote on the host)
+        is kept: there is nothing here to read. A relative path (coverage's
+        ``relative_files``) stays relative, and is checked as the file it names here. With the
+        host's own site-packages, a ``.py`` file under one of the host's ``site-packages`` or
+        ``dist-packages`` directories is kept as the host named it.
         """
         pairs = self._pairs(host)
         name = printable(host.spec.label)
+        shipped = self._shipped(host)
+        sites = [
+            s.rstrip("/")
+            for s in (host.info.get("site") or [])
+            if host.info.get("has_packages")
+            and isinstance(s, str)
+            and s.startswith("/")
+            and {"site-packages", "dist-packages"} & set(s.split("/"))
+            and os.path.normpath(s) == s.rstrip("/")
+        ]
+
+        def here(path: str, local: str) -> str:
+            if local in shipped or not os.path.lexists(local):
+                return path
+            raise UntrustedPath(
+                f"it names {path!r:.200} from {name}, a file here that was not shipped to it"
+            )
 
         def map_path(path: str) -> str:
             if not path.startswith("/"):
                 rel = os.path.normpath(path)
                 if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
                     raise UntrustedPath(f"it names {path!r:.200}, which leads out of its root")
-                return rel
+                return here(rel, os.path.abspath(rel))
             for remote, local in pairs:
                 if path == remote or path.startswith(remote + "/"):
                     mapped = os.path.normpath(local + path[len(remote) :].replace("/", os.sep))
                     if mapped == local or mapped.startswith(local.rstrip(os.sep) + os.sep):
-                        return mapped
+                        return here(mapped, mapped)
                     break
+            if path.endswith(".py") and os.path.normpath(path) == path:
+                for site in sites:
+                    if path.startswith(site + "/"):
+                        return path
             raise UntrustedPath(
                 f"it names {path!r:.200} on {name}, outside the trees shipped to that host"
             )
 
         return map_path
+
+    def _shipped(self, host: HostSession) -> frozenset[str]:
+        """The local paths of every file shipped to ``host``."""
+        return frozenset(
+            os.path.normpath(tree.local_path(f.rel))
+            for tree in self.bundle.trees
+            if tree.name in host.trees
+            for f in tree.files
+        )
 
     # -- while and after the run ----------------------------------------------------------------
 

@@ -13,7 +13,7 @@ shipped as :class:`Tree` objects, each a list of files with a content digest:
 * the **extras**: packages the controller imports through an import hook rather than a
   ``sys.path`` directory (editable installs), copied under their top-level name.
 
-Files that look like secrets (:data:`SECRET_NAMES`, anything under :data:`SECRET_DIRS`) are
+Files that look like secrets (:func:`pytest_distcov.secretnames.looks_secret`) are
 left out of the project and of every tree that is not an installed site-packages (where
 certifi's ``cacert.pem`` is a package's data, not a secret) unless ``distcov_remote_include``
 names them; a symbolic link to a file outside its tree is never followed (it could be
@@ -41,6 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from pytest_distcov.errors import RemoteError
+from pytest_distcov.secretnames import looks_secret
 
 __all__ = [
     "Bundle",
@@ -75,10 +76,6 @@ PROJECT_SKIP_DIRS = frozenset(
 #: File name patterns never shipped from anywhere (bytecode is rebuilt on the host; coverage
 #: data stays here, where a host's ``coverage combine`` cannot pick it up).
 SKIP_FILES = ("*.pyc", "*.pyo", ".coverage", ".coverage.*", "*-distcov-*.tmp")
-#: File names that look like secrets: never shipped unless distcov_remote_include names them.
-SECRET_NAMES = (".env*", "*.pem", "*.key", ".netrc", ".pypirc", ".git-credentials")
-#: Directories whose files are never shipped unless distcov_remote_include names them.
-SECRET_DIRS = frozenset({".ssh", ".aws"})
 #: Distributions not shipped with the packages: installers, never imported by tests.
 SKIP_PACKAGE_DIRS = ("pip", "pip-*.dist-info")
 
@@ -194,19 +191,6 @@ class Bundle:
 
 
 # -- walking ------------------------------------------------------------------------------------
-
-
-def looks_secret(rel: str) -> bool:
-    """Whether a file at ``rel`` (POSIX, inside a tree) looks like a secret: a key, a
-    credentials file, an environment file, or anything under ``.ssh/`` or ``.aws/``. ``id_*``
-    counts when it is an ssh key's name (no suffix, or ``.pub``), so ``id_utils.py`` ships."""
-    parts = rel.split("/")
-    name = parts[-1]
-    if any(p in SECRET_DIRS for p in parts[:-1]):
-        return True
-    if any(fnmatch.fnmatchcase(name, p) for p in SECRET_NAMES):
-        return True
-    return name.startswith("id_") and ("." not in name or name.endswith(".pub"))
 
 
 def _skipped_file(name: str) -> bool:

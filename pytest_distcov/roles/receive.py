@@ -60,8 +60,9 @@ class WorkerState:
     finished: bool = False
     #: how many of its messages were refused (its data files are then read at the end)
     refused: int = 0
-    #: how many files of its data were left out (their paths refused), and why the first was
-    left_out: int = 0
+    #: the paths of its data left out (refused: :meth:`Receiver._left_out`), and why the first
+    #: one was
+    left_out: set[str] = field(default_factory=set)
     first_left_out: str = ""
     down_error: str | None = None
     tests: int = 0
@@ -182,16 +183,20 @@ class Receiver:
         elif "more of its messages were refused" not in self.errors[index]:
             self.errors[index] += " (more of its messages were refused)"
 
-    def _left_out(self, state: WorkerState, reasons: list[str]) -> None:
+    def _left_out(self, state: WorkerState, refused: dict[str, str]) -> None:
         """Files of a worker's data whose paths the mapper refused: one line a worker, naming
-        the first and counting them all (the rest of its data is merged)."""
+        the first and counting the distinct files (the rest of its data is merged)."""
         if not state.left_out:
-            state.first_left_out = reasons[0]
+            state.first_left_out = next(iter(refused.values()))
             self._left_out_lines[state.id] = len(self.errors)
             self.errors.append("")
-        state.left_out += len(reasons)
-        files = "1 file" if state.left_out == 1 else f"{state.left_out} files"
-        first = "" if state.left_out == 1 else "the first: "
+        before = len(state.left_out)
+        state.left_out.update(refused)
+        if len(state.left_out) == before:
+            return
+        count = len(state.left_out)
+        files = "1 file" if count == 1 else f"{count} files"
+        first = "" if count == 1 else "the first: "
         self.errors[self._left_out_lines[state.id]] = printable(
             f"worker {state.id} sent data for {files} left out ({first}{state.first_left_out})"
         )

@@ -13,7 +13,8 @@ own parallel data files too (``.coverage.<machine>.pid<pid>.X<random>x``, what `
 -p`` writes; :data:`COVERAGE_PREFIX`): a workflow that uploads those from each machine combines
 them here. Whatever a store holds was put there by anyone who could write to it: a shard above
 :data:`MAX_SHARD_BYTES` is not read, and :func:`shard_mapper` refuses paths that lead out of
-the project.
+the project (by name or through a link), that look like secrets, or that name anything here but
+a regular file.
 """
 
 from __future__ import annotations
@@ -30,8 +31,9 @@ from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
-from pytest_distcov.data.readers import UntrustedPath, copy_at_most, shown
+from pytest_distcov.data.readers import UntrustedPath, checked_mapper, copy_at_most, shown
 from pytest_distcov.errors import StoreError
+from pytest_distcov.secretnames import looks_secret
 
 if TYPE_CHECKING:
     from coverage import Coverage
@@ -141,6 +143,7 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
     real = os.path.realpath(root)
     # the root as given and with its links resolved (coverage.py resolves them in its paths)
     homes = tuple({h.rstrip(os.sep) + os.sep for h in (base, real)})
+    inside = real.rstrip(os.sep) + os.sep  # where an existing file's real path must lie
 
     def to_local(path: str) -> str:
         absolute = _absolute_anywhere(path)
@@ -149,6 +152,17 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
         if local.startswith(homes) and not (
             _absolute_anywhere(mapped) and not os.path.isabs(mapped)
         ):
+            home = next(h for h in homes if local.startswith(h))
+            rel = local[len(home) :].replace(os.sep, "/")
+            if ".git" in rel.split("/") or looks_secret(rel):
+                raise UntrustedPath(
+                    f"it names {shown(path)}, a file that looks like a secret (a key, a"
+                    " credentials or environment file, git's own files): never combined"
+                )
+            if os.path.lexists(local) and not os.path.realpath(local).startswith(inside):
+                raise UntrustedPath(
+                    f"it names {shown(path)}, a link that leads out of the root {base}"
+                )
             return local
         if not absolute:
             raise UntrustedPath(f"it names {shown(path)}, which leads out of the root {base}")
@@ -158,7 +172,7 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
             " are combined when a [paths] entry of the coverage configuration maps them into it)"
         )
 
-    return to_local
+    return checked_mapper(to_local)
 
 
 def combiner_mapper(cov: Coverage, root: Path) -> tuple[Callable[[str], str], str]:

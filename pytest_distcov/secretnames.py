@@ -1,0 +1,30 @@
+"""Names of files that look like secrets: keys, credentials, environment files.
+
+Shipping to a host leaves them out (unless ``distcov_remote_include`` names them), and
+``combine`` refuses a shard that names one: data from another machine must not pull such a
+file into a report or an upload.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+
+__all__ = ["SECRET_DIRS", "SECRET_NAMES", "looks_secret"]
+
+#: File names that look like secrets.
+SECRET_NAMES = (".env*", "*.pem", "*.key", ".netrc", ".pypirc", ".git-credentials")
+#: Directories whose every file counts as a secret.
+SECRET_DIRS = frozenset({".ssh", ".aws"})
+
+
+def looks_secret(rel: str) -> bool:
+    """Whether a file at ``rel`` (POSIX, inside a tree) looks like a secret: a key, a
+    credentials file, an environment file, or anything under ``.ssh/`` or ``.aws/``. ``id_*``
+    counts when it is an ssh key's name (no suffix, or ``.pub``), so ``id_utils.py`` ships."""
+    parts = rel.split("/")
+    name = parts[-1]
+    if any(p in SECRET_DIRS for p in parts[:-1]):
+        return True
+    if any(fnmatch.fnmatchcase(name, p) for p in SECRET_NAMES):
+        return True
+    return name.startswith("id_") and ("." not in name or name.endswith(".pub"))
