@@ -329,3 +329,21 @@ def test_public_names() -> None:
         "__version__",
     ]
     assert pytest_distcov.__version__
+
+
+def test_ci_runs_every_environment_of_tox_envlist() -> None:
+    """.ci/run picks an environment for each Python from 3.10 to 3.15 and runs those: together
+    they are tox's envlist (the README's test command), no more and no fewer."""
+    import configparser
+    import re
+
+    root = PKG.parent
+    tox = configparser.ConfigParser(interpolation=None)
+    tox.read(root / "tox.ini")
+    envlist = {e.strip() for e in tox["tox"]["envlist"].split(",")}
+    script = (root / ".ci" / "run").read_text()
+    special = dict(re.findall(r"^\s+(3\.\d+)\) env=(\S+) ;;$", script, re.M))
+    [versions] = re.findall(r"^for v in ((?:3\.\d+ ?)+); do\n  case", script, re.M)
+    ran = {"lint"} | {special.get(v, f"py{v.replace('.', '')}") for v in versions.split()}
+    assert ran == envlist
+    assert versions.split() == [f"3.{minor}" for minor in range(10, 16)]

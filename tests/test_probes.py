@@ -336,8 +336,8 @@ REAL_SUITES = {
 }
 
 
+# Not marked slow: probes run on 3.10 and 3.11 only, and 3.10 runs the quick tier (tox.ini).
 @needs_probes
-@pytest.mark.slow
 @pytest.mark.parametrize("name", REAL_SUITES)
 def test_real_suites_report_what_serial_coverage_reports(
     pytester: pytest.Pytester,
