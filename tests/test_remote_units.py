@@ -974,6 +974,12 @@ def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
         ]:
             with pytest.raises(UntrustedPath, match=re.escape(why)):
                 to_local(path)
+        elsewhere = tmp_path / "elsewhere"  # on sys.path: coverage.py would look there too
+        elsewhere.mkdir()
+        (elsewhere / "local_settings.py").write_text("API_TOKEN = 's3cret'\n")
+        monkeypatch.syspath_prepend(str(elsewhere))
+        with pytest.raises(UntrustedPath, match=re.escape(not_shipped)):
+            to_local("local_settings.py")
         host.info["has_packages"] = False  # shipped packages: no host site-packages taken
         with pytest.raises(UntrustedPath, match=outside_trees):
             fleet.path_mapper(host)(six)

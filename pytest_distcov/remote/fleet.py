@@ -449,7 +449,13 @@ class Fleet:
                 rel = os.path.normpath(path)
                 if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
                     raise UntrustedPath(f"it names {path!r:.200}, which leads out of its root")
-                return here(rel, os.path.abspath(rel))
+                # coverage.py looks a relative name up in the current directory and then in
+                # each sys.path entry (canonical_filename): each file it could read is checked
+                for base in ["", *sys.path]:
+                    candidate = os.path.abspath(os.path.join(base, rel))
+                    if os.path.lexists(candidate):
+                        here(rel, os.path.normpath(candidate))
+                return rel
             for remote, local in pairs:
                 if path == remote or path.startswith(remote + "/"):
                     mapped = os.path.normpath(local + path[len(remote) :].replace("/", os.sep))
