@@ -234,7 +234,7 @@ class Fleet:
                 f" point --distcov-remote-python at a Python {sys.version_info[0]}."
                 f"{sys.version_info[1]} on that host"
             )
-        trees = [self.bundle.project] if info["has_packages"] else list(self.bundle.trees)
+        trees = self._trees_of(host)
         host.report.packages = "the host's own" if info["has_packages"] else "shipped"
         to_build = [t for t in trees if t.name not in info["have"]]
         self._ship(host, to_build)
@@ -368,7 +368,7 @@ class Fleet:
     def _pairs(self, host: HostSession) -> list[tuple[str, str]]:
         """(path on the host, local path), longest first."""
         pairs: list[tuple[str, str]] = []
-        for tree in self.bundle.trees:
+        for tree in self._trees_of(host):
             remote = host.trees.get(tree.name)
             if remote:
                 pairs.extend(tree.path_map(remote))
@@ -472,11 +472,16 @@ class Fleet:
 
         return map_path
 
+    def _trees_of(self, host: HostSession) -> list[Tree]:
+        """The trees shipped to ``host``: the project alone where it has its own packages.
+        Chosen here, never taken from the names the host's answers hold."""
+        return [self.bundle.project] if host.info.get("has_packages") else list(self.bundle.trees)
+
     def _shipped(self, host: HostSession) -> frozenset[str]:
         """The local paths of every file shipped to ``host``."""
         return frozenset(
             os.path.normpath(tree.local_path(f.rel))
-            for tree in self.bundle.trees
+            for tree in self._trees_of(host)
             if tree.name in host.trees
             for f in tree.files
         )

@@ -682,7 +682,7 @@ class Uploader:
         else:
             said = body.get("message") or body.get("error") if isinstance(body, dict) else None
             text = str(said or body)
-        return printable(self._scrub(text[:300]))
+        return printable(self._scrub(text)[:300])  # scrubbed whole: a cut token is still a token
 
     def upload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = gzip.compress(to_json(payload, reveal=True).encode())
