@@ -508,24 +508,40 @@ def test_a_payload_of_the_other_kind_merges_nothing() -> None:
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero is POSIX's")
-def test_a_data_file_naming_a_refused_path_is_its_own_error_not_the_writes(
-    tmp_path: Path,
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "arcs"])
+def test_a_data_file_naming_a_refused_path_loses_that_files_data_only(
+    tmp_path: Path, branch: bool
 ) -> None:
-    """A dead worker's data file that names what the mapper refuses is refused alone, before
-    coverage.py reads it: raised inside coverage's update, the refusal used to fail the write
-    of the run's own data file (and its rescue), losing everything."""
+    """A dead worker's data file that names what the mapper refuses loses that file's data
+    only: the rest of it (every other file, under its contexts, with its tracer) is united, the
+    refusal is its own error and not the write's (raised inside coverage's update, it used to
+    fail the run's data file and its rescue), and the file itself is not changed."""
     from coverage import CoverageData
 
     from pytest_distcov.data.merge import write_data_file
     from pytest_distcov.data.readers import update_from_file
 
+    m, n = str(tmp_path / "m.py"), str(tmp_path / "n.py")
+
+    def measured(numbers: list[int]) -> list[Any]:
+        return list(zip([-1, *numbers], [*numbers, -1], strict=True)) if branch else numbers
+
     good = tmp_path / "good.coverage"
     bad = tmp_path / "bad.coverage"
-    for path, files in [(good, {str(tmp_path / "m.py"): [1, 2]}), (bad, {"/dev/zero": [1]})]:
-        data = CoverageData(str(path))
-        data.add_lines(files)
-        data.write()
-        data.close()
+    data = CoverageData(str(good))
+    (data.add_arcs if branch else data.add_lines)({m: measured([1, 2])})
+    data.write()
+    data.close()
+    data = CoverageData(str(bad))
+    add = data.add_arcs if branch else data.add_lines
+    data.set_context("test_one")
+    add({"/dev/zero": measured([1]), n: measured([3, 4])})
+    data.set_context("test_two")
+    add({n: measured([5]), "/dev/zero": measured([2])})
+    data.add_file_tracers({n: "some.Plugin"})
+    data.write()
+    data.close()
+    before = bad.read_bytes()
     errors: list[str] = []
 
     def fill(target: CoverageData) -> None:
@@ -538,10 +554,19 @@ def test_a_data_file_naming_a_refused_path_is_its_own_error_not_the_writes(
     out = tmp_path / "out.coverage"
     write_data_file(out, fill)
     assert errors == [
-        f"cannot combine coverage data file {bad}: it names /dev/zero, which is not a regular"
-        " file here"
+        f"coverage data file {bad}: the data of a file is left out (it names /dev/zero, which is"
+        " not a regular file here)"
     ]
+    assert bad.read_bytes() == before
     written = CoverageData(str(out))
     written.read()
-    assert written.measured_files() == {str(tmp_path / "m.py")}
+    assert written.measured_files() == {m, n}
+    assert written.file_tracer(n) == "some.Plugin"
+    got = written.arcs if branch else written.lines
+    assert sorted(got(m) or []) == sorted(measured([1, 2]))
+    assert sorted(got(n) or []) == sorted({*measured([3, 4]), *measured([5])})
+    written.set_query_contexts(["test_one"])
+    assert sorted(got(n) or []) == sorted(measured([3, 4]))
+    written.set_query_contexts(["test_two"])
+    assert sorted(got(n) or []) == sorted(measured([5]))
     written.close()

@@ -346,12 +346,21 @@ def test_secret_looking_files_are_not_shipped_unless_included(tmp_path: Path) ->
         ".git-credentials",
         "home/.ssh/config",
         "home/.aws/credentials",
+        ".ENV",
+        "certs/Client.P12",
+        ".npmrc",
+        ".pgpass",
+        "ops/.kube/config",
+        "ops/.docker/config.json",
+        "home/.gnupg/pubring.kbx",
     ]
     plain = ["app.py", "id_utils.py", "docs/environment.md", "keyring.py", "envs/x.py"]
     for rel in secret + plain:
         (project / rel).parent.mkdir(parents=True, exist_ok=True)
         (project / rel).write_text(rel)
     assert [r for r in secret + plain if looks_secret(r)] == secret
+    (project / "settings.py").symlink_to(project / ".env")  # a plain name for a secret
+    secret.append("settings.py")
     bundle, _ = build_bundle(str(project), path=[])
     assert sorted(f.rel for f in bundle.project.files) == sorted(plain)
     assert sorted(bundle.secrets) == sorted(str(project / r) for r in secret)

@@ -452,7 +452,8 @@ HOSTILE = {
     "secret in the checkout": (
         ["UPDATE file SET path = '.env' WHERE id = 1"],
         "cannot combine coverage data file {shard}: it names .env, a file that looks like a"
-        " secret (a key, a credentials or environment file, git's own files): never combined",
+        " secret (a key, a credentials or environment file, version control's own files):"
+        " never combined",
     ),
     "missing file id": (
         [f"UPDATE line_bits SET file_id = 999 WHERE rowid = {_FIRST_ROW}"],
@@ -545,9 +546,10 @@ def test_paths_are_refused_when_they_leave_the_root(tmp_path: Path) -> None:
 def test_paths_under_the_root_are_refused_when_they_name_what_no_shard_may(
     tmp_path: Path,
 ) -> None:
-    """Under the root too, a shard may not name a secret-looking file or git's own (whether
-    it is there or not), a link out of the root (by itself or through a linked directory),
-    or anything here but a regular file (a FIFO would hang the report)."""
+    """Under the root too, a shard may not name a secret-looking file or version control's
+    own (whether it is there or not, in any case), a link to one inside the root, a link out
+    of the root (by itself or through a linked directory), or anything here but a regular file
+    (a FIFO would hang the report)."""
     root = tmp_path / "project"
     (root / "pkg").mkdir(parents=True)
     (root / "pkg" / "a.py").write_text("A = 1\n")
@@ -556,6 +558,8 @@ def test_paths_under_the_root_are_refused_when_they_name_what_no_shard_may(
     (root / "pkg" / "inner.py").symlink_to(root / "pkg" / "a.py")  # inside: fine
     (root / "out").symlink_to(tmp_path)
     os.mkfifo(root / "pkg" / "pipe.py")
+    (root / ".env").write_text("TOKEN=x\n")
+    (root / "pkg" / "settings.py").symlink_to(root / ".env")  # inside, but to a secret
     mapper = shard_mapper(root)
     real = os.path.realpath(root)
     assert mapper("pkg/a.py") == f"{real}/pkg/a.py"
@@ -568,6 +572,13 @@ def test_paths_under_the_root_are_refused_when_they_name_what_no_shard_may(
         (".ssh/id_ed25519", "looks like a secret"),
         (".git/config", "looks like a secret"),
         (f"{root}/.git/hooks/x.py", "looks like a secret"),
+        (".hg/hgrc", "looks like a secret"),
+        (".ENV", "looks like a secret"),
+        ("Certs/Server.PEM", "looks like a secret"),
+        (".npmrc", "looks like a secret"),
+        ("ops/.kube/config", "looks like a secret"),
+        ("ops/client.p12", "looks like a secret"),
+        ("pkg/settings.py", "looks like a secret"),
         ("pkg/leak.py", "a link that leads out of the root"),
         ("out/secret.py", "a link that leads out of the root"),
         ("pkg/pipe.py", "which is not a regular file here"),

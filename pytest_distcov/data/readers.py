@@ -235,11 +235,16 @@ def update_from_file(
     target: CoverageData, path: str | os.PathLike[str], map_path: PathMapper | None = None
 ) -> None:
     """Union the data file (or a worker's journal) at ``path`` into ``target``; the file itself
-    is not changed."""
+    is not changed.
+
+    A file whose paths ``map_path`` refuses loses those files' data only: the rest is united,
+    then :class:`DataFileError` names what was left out (the caller keeps the file).
+    """
     if os.fspath(path).endswith(JOURNAL_SUFFIX):
         update_from_journal(target, path, map_path)
         return
     source = read_data_file(path)
+    refused: dict[str, str] = {}  # path in the file -> why it is refused
     try:
         if map_path is not None:
             # Mapped and checked before coverage.py reads the file: a mapper's refusal raised
@@ -249,15 +254,72 @@ def update_from_file(
                 try:
                     mapped[name] = map_path(name)
                 except UntrustedPath as exc:
-                    raise DataFileError(
-                        f"cannot combine coverage data file {os.fspath(path)}: {exc}"
-                    ) from None
+                    refused[name] = str(exc)
             map_path = mapped.get  # type: ignore[assignment]
-        target.update(source, map_path=map_path)
+        if refused:
+            source.close()
+            with _without_files(path, refused) as kept:
+                source = read_data_file(kept)
+                target.update(source, map_path=map_path)
+        else:
+            target.update(source, map_path=map_path)
+    except _CopyFailed as exc:
+        raise DataFileError(
+            f"cannot combine coverage data file {os.fspath(path)}: it names files that are left"
+            f" out ({next(iter(refused.values()))}), and a copy without them failed: {exc}"
+        ) from None
     except _read_errors() as exc:
         if _writing_failed(target, exc):
             raise
         raise DataFileError(f"cannot combine coverage data file {os.fspath(path)}: {exc}") from None
+    finally:
+        source.close()
+    if refused:
+        files = "a file" if len(refused) == 1 else f"{len(refused)} files"
+        first = next(iter(refused.values()))
+        raise DataFileError(
+            f"coverage data file {os.fspath(path)}: the data of {files} is left out ({first})"
+        )
+
+
+@contextlib.contextmanager
+def _without_files(path: str | os.PathLike[str], names: Iterable[str]) -> Iterator[Path]:
+    """A private copy of the data file at ``path`` without the files ``names`` (their rows in
+    every table that names a file), removed on exit; ``path`` itself is not changed."""
+    with tempfile.TemporaryDirectory(prefix="distcov-part-") as tmp:
+        copy = Path(tmp) / "part.coverage"
+        try:
+            _copy_without(path, copy, names)
+        except (sqlite3.Error, OSError) as exc:  # a full temporary disk is not the target's
+            raise _CopyFailed(str(exc)) from None
+        yield copy
+
+
+class _CopyFailed(Exception):
+    """A copy of a data file without its refused files could not be made."""
+
+
+def _copy_without(path: str | os.PathLike[str], copy: Path, names: Iterable[str]) -> None:
+    source = sqlite3.connect(read_only_uri(path), uri=True)
+    try:
+        target = sqlite3.connect(copy)
+        try:
+            source.backup(target)
+            listed = target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
+            tables = {row[0] for row in listed}
+            with target:
+                for name in names:
+                    rows = target.execute("SELECT id FROM file WHERE path = ?", (name,)).fetchall()
+                    for (file_id,) in rows:
+                        for table in ("line_bits", "arc", "tracer"):
+                            if table in tables:  # (names from this tuple, never from the file)
+                                target.execute(
+                                    f"DELETE FROM {table} WHERE file_id = ?",
+                                    (file_id,),
+                                )
+                        target.execute("DELETE FROM file WHERE id = ?", (file_id,))
+        finally:
+            target.close()
     finally:
         source.close()
 
@@ -273,8 +335,6 @@ def _writing_failed(target: CoverageData, exc: BaseException) -> bool:
     name = target.data_filename()
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, UntrustedPath):  # a path mapper's refusal: the source's fault
-            return False
         if name and name in str(cause):
             return True
         code = getattr(cause, "sqlite_errorcode", None)  # Python 3.11+

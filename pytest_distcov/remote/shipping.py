@@ -425,15 +425,18 @@ class _Planner:
         """Whether the file at ``path`` (``rel`` in a tree made from ``tree_root``) is shipped:
         not a link that leaves the tree, and not a secret-looking file nobody asked for.
         ``tree_root`` is already a real path (every tree's root is resolved when planned)."""
-        if secrets and looks_secret(rel):
-            matched = [p for p in self.include if _ignored(rel, (p,))]
+        real = self.real_path(path)
+        if not _inside(real, tree_root) and os.path.lexists(path):
+            self.outside_links.append(path)
+            return False
+        # the name, and the real one of a link inside the tree (``a.py`` -> ``.env``)
+        names = {rel, os.path.relpath(real, tree_root).replace(os.sep, "/")}
+        if secrets and any(looks_secret(n) for n in names):
+            matched = [p for p in self.include if any(_ignored(n, (p,)) for n in names)]
             if not matched:
                 self.secrets.append(path)
                 return False
             self.included_by.update(matched)
-        if not _inside(self.real_path(path), tree_root) and os.path.lexists(path):
-            self.outside_links.append(path)
-            return False
         return True
 
     def real_path(self, path: str) -> str:

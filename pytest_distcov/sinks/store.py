@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pytest_distcov.data.readers import UntrustedPath, checked_mapper, copy_at_most, shown
 from pytest_distcov.errors import StoreError
-from pytest_distcov.secretnames import looks_secret
+from pytest_distcov.secretnames import VCS_DIRS, looks_secret
 
 if TYPE_CHECKING:
     from coverage import Coverage
@@ -154,15 +154,20 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
         ):
             home = next(h for h in homes if local.startswith(h))
             rel = local[len(home) :].replace(os.sep, "/")
-            if ".git" in rel.split("/") or looks_secret(rel):
-                raise UntrustedPath(
-                    f"it names {shown(path)}, a file that looks like a secret (a key, a"
-                    " credentials or environment file, git's own files): never combined"
-                )
-            if os.path.lexists(local) and not os.path.realpath(local).startswith(inside):
+            exists = os.path.lexists(local)
+            target = os.path.realpath(local) if exists else local
+            if exists and not target.startswith(inside):
                 raise UntrustedPath(
                     f"it names {shown(path)}, a link that leads out of the root {base}"
                 )
+            # the name, and the real one of a link (``a.py`` -> ``.env``)
+            for name in {rel, target[len(inside) :].replace(os.sep, "/") if exists else rel}:
+                if _secret_or_vcs(name):
+                    raise UntrustedPath(
+                        f"it names {shown(path)}, a file that looks like a secret (a key, a"
+                        " credentials or environment file, version control's own files):"
+                        " never combined"
+                    )
             return local
         if not absolute:
             raise UntrustedPath(f"it names {shown(path)}, which leads out of the root {base}")
@@ -173,6 +178,10 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
         )
 
     return checked_mapper(to_local)
+
+
+def _secret_or_vcs(rel: str) -> bool:
+    return not VCS_DIRS.isdisjoint(rel.casefold().split("/")) or looks_secret(rel)
 
 
 def combiner_mapper(cov: Coverage, root: Path) -> tuple[Callable[[str], str], str]:
