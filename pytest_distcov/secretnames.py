@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import fnmatch
 
-__all__ = ["SECRET_DIRS", "SECRET_NAMES", "VCS_DIRS", "looks_secret"]
+__all__ = ["SECRET_DIRS", "SECRET_NAMES", "VCS_DIRS", "looks_private", "looks_secret"]
 
 #: File names that look like secrets (matched case-blind: ``.ENV`` is ``.env`` on macOS).
 SECRET_NAMES = (
@@ -44,3 +44,9 @@ def looks_secret(rel: str) -> bool:
     if any(fnmatch.fnmatchcase(name, p) for p in SECRET_NAMES):
         return True
     return name.startswith("id_") and ("." not in name or name.endswith(".pub"))
+
+
+def looks_private(rel: str) -> bool:
+    """:func:`looks_secret`, or a file in version control's own directories (``.git/config``
+    holds a remote's URL with its credentials): what data from another machine may not name."""
+    return not VCS_DIRS.isdisjoint(rel.casefold().split("/")) or looks_secret(rel)

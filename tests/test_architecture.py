@@ -331,19 +331,59 @@ def test_public_names() -> None:
     assert pytest_distcov.__version__
 
 
-def test_ci_runs_every_environment_of_tox_envlist() -> None:
+@pytest.mark.skipif(sys.platform == "win32", reason=".ci/run is a bash script")
+def test_ci_runs_every_environment_of_tox_envlist(tmp_path: Path) -> None:
     """.ci/run picks an environment for each Python from 3.10 to 3.15 and runs those: together
-    they are tox's envlist (the README's test command), no more and no fewer."""
+    (here, and in the sid root) they are tox's envlist (the README's test command), no more
+    and no fewer, each once. Asked of the script itself (``DISTCOV_CI_PRINT_ENVS=1``), with
+    stand-ins for 3.10-3.13 on PATH; without 3.11 it fails, naming the environment."""
     import configparser
-    import re
+    import shutil
 
     root = Path(__file__).resolve().parents[1]  # the checkout (the package may be installed)
     tox = configparser.ConfigParser(interpolation=None)
     tox.read(root / "tox.ini")
-    envlist = {e.strip() for e in tox["tox"]["envlist"].split(",")}
-    script = (root / ".ci" / "run").read_text()
-    special = dict(re.findall(r"^\s+(3\.\d+)\) env=(\S+) ;;$", script, re.M))
-    [versions] = re.findall(r"^for v in ((?:3\.\d+ ?)+); do\n  case", script, re.M)
-    ran = {"lint"} | {special.get(v, f"py{v.replace('.', '')}") for v in versions.split()}
-    assert ran == envlist
-    assert versions.split() == [f"3.{minor}" for minor in range(10, 16)]
+    envlist = [e.strip() for e in tox["tox"]["envlist"].split(",")]
+    stubs = tmp_path / "bin"
+    stubs.mkdir()
+    for minor in range(10, 14):
+        stub = stubs / f"python3.{minor}"
+        stub.write_text("#!/bin/sh\nexit 0\n")
+        stub.chmod(0o755)
+    for tool in ("mktemp", "ln", "rm", "dirname"):  # what it runs before it stops: no Python
+        found = shutil.which(tool)
+        assert found is not None
+        (stubs / tool).symlink_to(found)
+    bash = shutil.which("bash")
+    assert bash is not None
+
+    def planned() -> subprocess.CompletedProcess[str]:
+        env = {
+            "PATH": str(stubs),
+            "PYENV_ROOT": str(tmp_path / "no-pyenv"),  # this machine's Pythons do not count
+            "DISTCOV_CI_PRINT_ENVS": "1",
+            "HOME": "/",
+        }
+        return subprocess.run(
+            [bash, str(root / ".ci" / "run")],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    done = planned()
+    assert done.returncode == 0, done.stderr
+    lines = dict(line.split(": ", 1) for line in done.stdout.splitlines() if ": " in line)
+    ran = lines["here"].split() + lines["sid"].split()
+    assert sorted(ran) == sorted(envlist)
+    assert len(ran) == len(set(ran))
+    assert lines["here"].split()[:1] == ["lint"]
+    assert lines["sid"].split() == ["py314", "py315"]  # no 3.14 or 3.15 here
+    (stubs / "python3.11").unlink()
+    missing = planned()
+    assert missing.returncode == 1
+    assert "no python3.11 on this machine (pyenv's or on PATH): py311 cannot run" in (
+        missing.stderr
+    )

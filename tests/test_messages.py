@@ -88,6 +88,11 @@ class Corrupting:
                         for name in PATHS[MODE]:
                             ctx["lines"][name.replace("WORKDIR", os.path.dirname(path))] = [1]
                         continue
+                    if MODE == "tracer":  # a file measured by a plugin no run here has
+                        name = os.path.join(os.path.dirname(path), "page.tmpl")
+                        ctx["lines"][name] = [1]
+                        message["data"]["tracers"][name] = "evil.Plugin"
+                        continue
                     self.done = True
                     if MODE == "arcs":  # arcs beside the lines, in a run of lines only
                         ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
@@ -108,6 +113,7 @@ PATHS = {
         "WORKDIR/.env",  # a secret, never shipped
         "WORKDIR/.git/config",
         "WORKDIR/leak.py",  # a link out of the project, never shipped
+        "WORKDIR/leak.pyc",  # coverage.py's reports would read leak.py for it
         ".env",  # relative_files' way to the same secret
     ],
 }
@@ -189,6 +195,22 @@ def test_a_malformed_chunk_costs_one_line_and_no_data(
     assert not list(private_tmp.glob("distcov-*"))  # every directory of the run removed
 
 
+def _run_forged_reported(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, mode: str
+) -> tuple[pytest.RunResult, str]:
+    """A run with gw0's chunks forged in ``mode`` and a term-missing report: it passes with
+    the data of a serial run; its one "left out" line."""
+    _project(pytester)
+    pytester.makeconftest(CORRUPTING_CONFTEST)
+    monkeypatch.setenv("DISTCOV_TEST_FORGE", mode)
+    reference = serial_reference(pytester, source="work")
+    result = _run(pytester, "--distcov-report=term-missing")
+    assert result.ret == 0, result.stdout.str()
+    assert_same_data(pytester.path / ".coverage", reference)
+    [line] = _distcov_lines(result, "left out")
+    return result, line
+
+
 @pytest.mark.skipif(sys.platform == "win32", reason="a FIFO is POSIX's")
 def test_a_chunk_naming_what_is_no_regular_file_leaves_those_files_out(
     pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
@@ -197,22 +219,33 @@ def test_a_chunk_naming_what_is_no_regular_file_leaves_those_files_out(
     ``/dev/zero`` (it would read until the memory runs out): those two files are left out,
     in one line that names the worker and counts them; everything else is taken, and the run
     ends as a serial one does."""
-    _project(pytester)
     os.mkfifo(pytester.path / "pipe.py")
-    pytester.makeconftest(CORRUPTING_CONFTEST)
-    monkeypatch.setenv("DISTCOV_TEST_FORGE", "local-paths")
-    reference = serial_reference(pytester, source="work")
-    result = _run(pytester, "--distcov-report=term-missing")
+    result, line = _run_forged_reported(pytester, monkeypatch, "local-paths")
     out = result.stdout.str()
-    assert result.ret == 0, out
-    [line] = _distcov_lines(result, "left out")
     assert line == (
         "distcov: worker gw0 sent data for 2 files left out (the first: it names"
         f" {pytester.path / 'pipe.py'}, which is not a regular file here)"
     )
     assert "refused" not in out  # the chunk itself was taken
-    assert_same_data(pytester.path / ".coverage", reference)
     assert "work.py" in out
+
+
+def test_a_file_measured_by_a_plugin_this_run_lacks_is_left_out_and_the_report_made(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A chunk naming a file measured by a plugin that is no plugin of this run's: coverage.py's
+    report would raise KeyError for it (a traceback, no report). The file is left out, in one
+    line; the report is made and the data is a serial run's."""
+    result, line = _run_forged_reported(pytester, monkeypatch, "tracer")
+    out = result.stdout.str()
+    assert re.fullmatch(  # (a long path is shown cut short)
+        r"distcov: worker gw0 sent data for 1 file left out \(it names /\S+ as measured by"
+        r" evil\.Plugin, no plugin of this run's \[run\] plugins\)",
+        line,
+    ), line
+    assert "/test_a_file_measured_by_a_plugin" in line
+    assert "work.py" in out
+    assert "Traceback" not in out + result.stderr.str()
 
 
 def test_a_chunk_of_arcs_in_a_run_of_lines_is_refused_whole(
@@ -473,7 +506,7 @@ def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
     assert result.ret == 0, out
     [line] = _distcov_lines(result, "left out")
     assert re.fullmatch(
-        r"distcov: worker gw0 sent data for 6 files left out \(the first: it names '/\S+"
+        r"distcov: worker gw0 sent data for 7 files left out \(the first: it names '/\S+"
         r"(/\.\.){8}/etc/passwd' on h1, outside the trees shipped to that host\)",
         line,
     ), line

@@ -19,7 +19,7 @@ from coverage.exceptions import CoverageWarning
 
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.merge import Accumulator
-from pytest_distcov.data.readers import checked_mapper
+from pytest_distcov.data.readers import checked_mapper, read_data_file
 from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
 from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload
 from pytest_distcov.roles.recovery import LocalRecovery
@@ -463,6 +463,9 @@ def test_the_checked_mapper_takes_regular_files_and_absent_ones_only(tmp_path: P
         ("/dev/zero", "which is not a regular file here"),
         (str(tmp_path), "which is not a regular file here"),
         ("a\0b.py", "with a NUL character in it"),
+        # coverage.py's reports read leak.py for these: no check of this name checks that
+        (str(tmp_path / "leak.pyc"), "a compiled file"),
+        ("leak.pyo", "a compiled file"),
     ]:
         with pytest.raises(UntrustedPath, match=why):
             mapper(bad)
@@ -482,11 +485,11 @@ def test_the_checked_mapper_takes_regular_files_and_absent_ones_only(tmp_path: P
 
 
 def test_a_payload_loses_only_the_files_whose_paths_are_refused() -> None:
-    acc = Accumulator(branch=False)
+    acc = Accumulator(branch=False, plugins=["plug"])
     payload = empty_payload()
     payload["contexts"][""] = {"lines": {"/ok.py": [1, 2], "/bad.py": [3]}, "arcs": {}}
-    payload["tracers"] = {"/bad.py": "plugin", "/ok.py": "plugin"}
-    payload["touched"] = {"plugin": ["/bad.py", "/ok.py"]}
+    payload["tracers"] = {"/bad.py": "plug.In", "/ok.py": "plug.In"}
+    payload["touched"] = {"plug.In": ["/bad.py", "/ok.py"]}
 
     def mapper(path: str) -> str:
         if "bad" in path:
@@ -495,6 +498,67 @@ def test_a_payload_loses_only_the_files_whose_paths_are_refused() -> None:
 
     assert acc.add_payload(payload, mapper) == {"/bad.py": "it names /bad.py, refused"}
     assert acc.covered_lines() == {"/ok.py": {1, 2}}
+
+
+def test_a_file_tracer_is_taken_only_from_this_runs_plugins_and_never_against_another() -> None:
+    """A worker names the plugin that measured a file: one that is no plugin of this run's
+    (coverage.py's report would raise KeyError), or another than an earlier answer for the
+    same file (the data file's write would fail), leaves that file out."""
+    acc = Accumulator(branch=False, plugins=["plug"])
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {"/a.tmpl": [1], "/b.tmpl": [2], "/ok.py": [3]}, "arcs": {}}
+    payload["tracers"] = {"/a.tmpl": "plug.Templates", "/b.tmpl": "evil.Plugin"}
+    payload["touched"] = {"evil.Plugin": ["/c.tmpl"], "plug.Templates": ["/d.tmpl"]}
+    assert acc.add_payload(payload) == {
+        "/b.tmpl": "it names /b.tmpl as measured by evil.Plugin, no plugin of this run's [run]"
+        " plugins",
+        "/c.tmpl": "it names /c.tmpl as found by evil.Plugin, no plugin of this run's [run]"
+        " plugins",
+    }
+    assert acc.covered_lines() == {"/a.tmpl": {1}, "/ok.py": {3}}
+    again = empty_payload()
+    again["contexts"][""] = {"lines": {"/a.tmpl": [5]}, "arcs": {}}
+    again["tracers"] = {"/a.tmpl": "plug.Other"}
+    assert acc.add_payload(again) == {
+        "/a.tmpl": "it names /a.tmpl as measured by plug.Other, where plug.Templates measured it"
+    }
+    assert acc.covered_lines() == {"/a.tmpl": {1}, "/ok.py": {3}}
+
+
+def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_write(
+    tmp_path: Path,
+) -> None:
+    """The controller's own data is written first; a file the workers say a plugin measured
+    where the controller measured it as Python (or the other way) keeps the controller's data
+    alone and is named, where coverage.py's own update would fail the whole data file."""
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import write_data_file
+
+    own = CoverageData(no_disk=True)
+    own.add_lines({"/a.py": [1], "/t.tmpl": [2]})
+    own.add_file_tracers({"/t.tmpl": "plug.Templates"})
+    acc = Accumulator(branch=False, plugins=["plug"])
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {"/a.py": [7], "/t.tmpl": [8], "/b.py": [9]}, "arcs": {}}
+    payload["tracers"] = {"/a.py": "plug.Templates"}  # Python here
+    payload["touched"] = {"plug.Templates": ["/never.tmpl"]}
+    assert acc.add_payload(payload) == {}
+    clashes: list[list[str]] = []
+
+    def fill(data: CoverageData) -> None:
+        data.update(own)
+        clashes.append(acc.write_into(data))
+
+    write_data_file(tmp_path / "out", fill)
+    assert clashes == [["/a.py", "/t.tmpl"]]
+    written = read_data_file(tmp_path / "out")
+    assert sorted(written.measured_files()) == ["/a.py", "/b.py", "/never.tmpl", "/t.tmpl"]
+    assert (written.lines("/a.py"), written.file_tracer("/a.py")) == ([1], "")
+    assert (written.lines("/t.tmpl"), written.file_tracer("/t.tmpl")) == ([2], "plug.Templates")
+    assert written.lines("/b.py") == [9]
+    assert written.file_tracer("/never.tmpl") == "plug.Templates"
+    written.close()
 
 
 def test_a_payload_of_the_other_kind_merges_nothing() -> None:

@@ -60,7 +60,11 @@ def _no_remote_paths(data_file: Path, project: Path) -> None:
         assert Path(path).is_relative_to(project), path
 
 
-@pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
+@pytest.mark.parametrize(
+    "branch",
+    # lines: also on the dependency floors (min), where no other test meets a real host
+    [pytest.param(False, id="lines", marks=pytest.mark.floors), pytest.param(True, id="branches")],
+)
 def test_two_hosts_equal_a_serial_local_run(
     pytester: pytest.Pytester, shapes: Path, lab: SshLab, branch: bool
 ) -> None:

@@ -919,21 +919,13 @@ def test_the_header_names_unused_include_patterns_and_what_pruning_removed(
     assert not [line for line in header if line.startswith("distcov: host h2: cache")]
 
 
-@pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths and symlinks")
-def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A host's data may name a shipped file (mapped home), a file under a tree that only
-    the host has (kept: nothing here is read), or with the host's own packages a module in
-    its site-packages. A local file that was not shipped (a secret left out, git's config, a
-    link out of the tree, a file under a linked directory) is refused, by any path that leads
-    to it, absolute or relative."""
-    from pytest_distcov.errors import UntrustedPath
-    from pytest_distcov.remote.fleet import Fleet, HostSession
-
+def _project_with_secrets_and_links(tmp_path: Path) -> tuple[Path, Path]:
+    """A project with a secret, git's config, a link to a key outside it and a linked
+    directory outside it; and that outside directory."""
     outside = tmp_path / "outside"
     (outside / "ssh").mkdir(parents=True)
     (outside / "ssh" / "id_rsa").write_text("-----BEGIN KEY-----\n")
+    (outside / "ssh" / "notes.py").write_text("HOST_KEY = 'x'\n")
     proj = tmp_path / "proj"
     (proj / "pkg").mkdir(parents=True)
     (proj / "pkg" / "mod.py").write_text("X = 1\n")
@@ -942,6 +934,33 @@ def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
     (proj / ".git" / "config").write_text("[remote]\nurl = https://u:tok@h/r\n")
     (proj / "leak.py").symlink_to(outside / "ssh" / "id_rsa")
     (proj / "linked").symlink_to(outside / "ssh")
+    return outside, proj
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX paths and symlinks")
+def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host's data may name a shipped file (mapped home), a file under a tree that only
+    the host has (kept: nothing here is read, unless its name looks private), or with the
+    host's own packages a module in its site-packages (when no such file is here, or it is
+    one of this machine's installed packages). A local file that was not shipped (a secret
+    left out, git's config, a link out of the tree, a file under a linked directory) is
+    refused, by any path that leads to it, absolute or relative; so is a relative name of no
+    file here (a later report elsewhere could find one), and a local file under a directory
+    the host merely says is its site-packages."""
+    import sysconfig
+
+    from pytest_distcov.errors import UntrustedPath
+    from pytest_distcov.remote.fleet import Fleet, HostSession
+
+    outside, proj = _project_with_secrets_and_links(tmp_path)
+    claimed = tmp_path / "lib" / "site-packages"  # no site-packages of this machine's
+    claimed.mkdir(parents=True)
+    (claimed / "private_cfg.py").write_text("PASSWORD = 's3cret'\n")
+    own_site = sysconfig.get_paths()["purelib"]
+    own_module = os.path.join(own_site, "pytest", "__init__.py")
+    assert os.path.isfile(own_module)
     bundle = build_bundle(str(proj), path=[])[0]
     assert {f.rel for f in bundle.project.files} == {"pkg/mod.py"}
     fleet = Fleet([], bundle)
@@ -951,7 +970,13 @@ def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
             1,
             info={
                 "has_packages": True,
-                "site": ["/usr/lib/python3/dist-packages", "/home/u", "/opt/sp/../x"],
+                "site": [
+                    "/usr/lib/python3/dist-packages",
+                    "/home/u",
+                    "/opt/sp/../x",
+                    own_site,
+                    str(claimed),
+                ],
             },
             trees={bundle.project.name: "/r/proj"},
         )
@@ -961,19 +986,27 @@ def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
         assert to_local("/r/proj/pkg/mod.py") == os.path.join(real, "pkg", "mod.py")
         assert to_local("/r/proj/made_on_host.py") == os.path.join(real, "made_on_host.py")
         assert to_local("pkg/mod.py") == os.path.join("pkg", "mod.py")
-        assert to_local("pkg/./new.py") == os.path.join("pkg", "new.py")
-        six = "/usr/lib/python3/dist-packages/six.py"
-        assert to_local(six) == six
+        assert to_local("pkg/./mod.py") == os.path.join("pkg", "mod.py")
+        host_only = "/usr/lib/python3/dist-packages/no_such_pkg_here/mod.py"
+        assert to_local(host_only) == host_only
+        assert to_local(own_module) == own_module
         not_shipped = "a file here that was not shipped to it"
         outside_trees = "outside the trees shipped to that host"
+        private = "a file that looks like a secret"
         for path, why in [
-            ("/r/proj/.env", not_shipped),
-            ("/r/proj/.git/config", not_shipped),
+            ("/r/proj/.env", private),
+            ("/r/proj/.git/config", private),
+            ("/r/proj/.env.local", private),  # not here: a later report must not find one
+            ("/r/proj/deploy/.ENV", private),
             ("/r/proj/leak.py", not_shipped),
-            ("/r/proj/linked/id_rsa", not_shipped),
-            ("/r/proj/pkg/../.env", not_shipped),
-            (".env", not_shipped),
-            ("linked/id_rsa", not_shipped),
+            ("/r/proj/linked/id_rsa", private),
+            ("/r/proj/linked/notes.py", not_shipped),
+            ("/r/proj/pkg/../.env", private),
+            (".env", private),
+            ("linked/id_rsa", private),
+            ("linked/notes.py", not_shipped),
+            ("pkg/new.py", "a relative name of no file shipped to it"),
+            (str(claimed / "private_cfg.py"), outside_trees),  # the host's word alone
             ("../outside/ssh/id_rsa", "which leads out of its root"),
             ("/r/proj/../../etc/passwd", outside_trees),
             ("/home/u/notes.py", outside_trees),  # a site entry that is no site-packages
@@ -991,6 +1024,6 @@ def test_a_hosts_paths_come_home_only_as_files_shipped_to_it(
             to_local("local_settings.py")
         host.info["has_packages"] = False  # shipped packages: no host site-packages taken
         with pytest.raises(UntrustedPath, match=outside_trees):
-            fleet.path_mapper(host)(six)
+            fleet.path_mapper(host)(host_only)
     finally:
         fleet.close()

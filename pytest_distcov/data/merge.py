@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from coverage import CoverageData
 from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import Payload
 
-from .readers import Measured, PathMapper, identity
+from .readers import Measured, PathMapper, identity, shown
 
 __all__ = ["Accumulator", "add_contexts", "write_data_file"]
 
@@ -60,8 +60,10 @@ def add_contexts(
 class Accumulator:
     """The union of coverage data from many sources, kept in memory."""
 
-    def __init__(self, *, branch: bool) -> None:
+    def __init__(self, *, branch: bool, plugins: Iterable[str] = ()) -> None:
         self.branch = branch
+        #: the modules of ``[run] plugins``: a file tracer's name starts with one of them
+        self.plugins = tuple(plugins)
         # context label -> file -> line numbers (or arcs when branch is on)
         self._data: dict[str, dict[str, Measured]] = {}
         self._tracers: dict[str, str] = {}
@@ -108,6 +110,25 @@ class Accumulator:
                     refused[path] = str(exc)
             return got
 
+        for path, plugin in payload["tracers"].items():
+            # a worker (a host) names a plugin: one not configured here would make coverage.py's
+            # report raise (KeyError), one unlike an earlier answer its data file's write
+            name = local(path)
+            if name is None:
+                continue
+            if not any(plugin.startswith(f"{m}.") for m in self.plugins):
+                refused[path] = (
+                    f"it names {shown(path)} as measured by {shown(plugin)}, no plugin of this"
+                    " run's [run] plugins"
+                )
+            elif self._tracers.setdefault(name, plugin) != plugin:
+                refused[path] = (
+                    f"it names {shown(path)} as measured by {shown(plugin)}, where"
+                    f" {shown(self._tracers[name])} measured it"
+                )
+            else:
+                continue
+            mapped.pop(path, None)  # its data is left out with it
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
             for path, items in (arcs or lines).items():
@@ -119,11 +140,15 @@ class Accumulator:
                     bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
                 else:
                     bucket.update(items)
-        for path, plugin in payload["tracers"].items():
-            name = local(path)
-            if name is not None:
-                self._tracers[name] = plugin
         for plugin, paths in payload["touched"].items():
+            if plugin and not any(plugin.startswith(f"{m}.") for m in self.plugins):
+                for path in paths:
+                    refused.setdefault(
+                        path,
+                        f"it names {shown(path)} as found by {shown(plugin)}, no plugin of this"
+                        " run's [run] plugins",
+                    )
+                continue
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
         return refused
@@ -142,18 +167,42 @@ class Accumulator:
                     lines.update(items)
         return out
 
-    def write_into(self, data: CoverageData) -> None:
-        """Add everything accumulated to ``data`` (which may hold data already)."""
+    def write_into(self, data: CoverageData) -> list[str]:
+        """Add everything accumulated to ``data`` (which may hold data already, the trusted
+        part: the controller's own). A file ``data`` holds measured by another file tracer
+        (or by Python where the workers' says a plugin, or the other way) keeps ``data``'s
+        alone: its name is returned, and the workers' data for it is left out."""
+        before = {f: data.file_tracer(f) or "" for f in data.measured_files()}
+        ours = self._tracers
+        clash = {
+            f
+            for files in self._data.values()
+            for f in files
+            if f in before and before[f] != ours.get(f, "")
+        }
         if self.branch:
             data.add_arcs({})
         else:
             data.add_lines({})
-        add_contexts(data, dict(sorted(self._data.items())), arcs=self.branch)
+        kept: dict[str | None, dict[str, Measured]] = {
+            context: {f: items for f, items in files.items() if f not in clash}
+            for context, files in sorted(self._data.items())
+        }
+        add_contexts(data, kept, arcs=self.branch)
         data.set_context(None)
-        if self._tracers:
-            data.add_file_tracers(self._tracers)
+        measured = {f for files in kept.values() for f in files}
+        tracers = {f: t for f, t in ours.items() if f in measured and f not in before}
+        if tracers:
+            data.add_file_tracers(tracers)
         for plugin, paths in sorted(self._touched.items()):
-            data.touch_files(sorted(paths), plugin or None)
+            touched = [
+                p
+                for p in sorted(paths)
+                if p not in before and p not in clash and ours.get(p, plugin) == plugin
+            ]
+            if touched:
+                data.touch_files(touched, plugin or None)
+        return sorted(clash)
 
 
 def write_data_file(

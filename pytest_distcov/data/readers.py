@@ -96,6 +96,13 @@ def checked_mapper(map_path: PathMapper | None = None) -> PathMapper:
         got = answers.get(path)
         if got is None:
             try:
+                if path.endswith(_COMPILED):
+                    # coverage.py's reports read the source beside it (``source_for_file``):
+                    # a check of this name would not be a check of the file read
+                    raise UntrustedPath(
+                        f"it names {shown(path)}, a compiled file (measured code is named by"
+                        " its source)"
+                    )
                 got = (_regular_or_absent(inner(path)), True)
             except UntrustedPath as exc:
                 got = (str(exc), False)
@@ -105,6 +112,10 @@ def checked_mapper(map_path: PathMapper | None = None) -> PathMapper:
         return got[0]
 
     return checked
+
+
+#: Names coverage.py's reports turn into the source file's (``.pyc`` -> ``.py``).
+_COMPILED = (".pyc", ".pyo")
 
 
 def _regular_or_absent(path: str) -> str:

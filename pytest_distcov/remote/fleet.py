@@ -40,6 +40,7 @@ import execnet
 import pytest
 
 from pytest_distcov.errors import RemoteError, UntrustedPath, printable
+from pytest_distcov.secretnames import looks_private
 from pytest_distcov.settings.hosts import HostSpec
 from pytest_distcov.settings.options import Settings
 from pytest_distcov.tempdirs import HeldDir
@@ -419,10 +420,14 @@ class Fleet:
         machine can read into a report or an upload; so would a path inside a tree that names
         a local file which was not shipped (a secret left out, ``.git/config``, a link out of
         the tree). A path under a tree with no local file (a module a test wrote on the host)
-        is kept: there is nothing here to read. A relative path (coverage's
-        ``relative_files``) stays relative, and is checked as the file it names here. With the
-        host's own site-packages, a ``.py`` file under one of the host's ``site-packages`` or
-        ``dist-packages`` directories is kept as the host named it.
+        is kept, unless its name looks private (:func:`looks_private`): nothing here is read
+        now, but a later report must not find a secret there either. A relative path
+        (coverage's ``relative_files``) stays relative, and must name a shipped file wherever
+        coverage.py would look it up. With the host's own site-packages, a ``.py`` file under
+        one of the host's ``site-packages`` or ``dist-packages`` directories is kept as the
+        host named it when no such file is here, or when it is one of this machine's own
+        installed packages (the host says which directories those are: its word alone must
+        not open any local file).
         """
         pairs = self._pairs(host)
         name = printable(host.spec.label)
@@ -444,27 +449,45 @@ class Fleet:
                 f"it names {path!r:.200} from {name}, a file here that was not shipped to it"
             )
 
+        def private(path: str) -> UntrustedPath:
+            return UntrustedPath(
+                f"it names {path!r:.200} from {name}, a file that looks like a secret (a key, a"
+                " credentials or environment file, version control's own files)"
+            )
+
         def map_path(path: str) -> str:
             if not path.startswith("/"):
                 rel = os.path.normpath(path)
                 if rel == os.pardir or rel.startswith(os.pardir + os.sep) or os.path.isabs(rel):
                     raise UntrustedPath(f"it names {path!r:.200}, which leads out of its root")
+                if looks_private(rel.replace(os.sep, "/")):
+                    raise private(path)
                 # coverage.py looks a relative name up in the current directory and then in
                 # each sys.path entry (canonical_filename): each file it could read is checked
+                found = False
                 for base in ["", *sys.path]:
                     candidate = os.path.abspath(os.path.join(base, rel))
                     if os.path.lexists(candidate):
                         here(rel, os.path.normpath(candidate))
+                        found = True
+                if not found:  # a later report, from elsewhere, could find something else
+                    raise UntrustedPath(
+                        f"it names {path!r:.200} from {name}, a relative name of no file"
+                        " shipped to it"
+                    )
                 return rel
             for remote, local in pairs:
                 if path == remote or path.startswith(remote + "/"):
                     mapped = os.path.normpath(local + path[len(remote) :].replace("/", os.sep))
                     if mapped == local or mapped.startswith(local.rstrip(os.sep) + os.sep):
+                        inside = os.path.relpath(mapped, local).replace(os.sep, "/")
+                        if looks_private(inside):
+                            raise private(path)
                         return here(mapped, mapped)
                     break
             if path.endswith(".py") and os.path.normpath(path) == path:
                 for site in sites:
-                    if path.startswith(site + "/"):
+                    if path.startswith(site + "/") and _public_package(path):
                         return path
             raise UntrustedPath(
                 f"it names {path!r:.200} on {name}, outside the trees shipped to that host"
@@ -830,3 +853,21 @@ def start_remote(config: pytest.Config, settings: Settings) -> RemoteHooks:
 def _inside_root(path: str, root: str) -> bool:
     real = os.path.realpath(path)
     return real == root or real.startswith(root + os.sep)
+
+
+def _local_site_dirs() -> tuple[str, ...]:
+    """This machine's own installed-package directories, resolved (each ends with a ``/``)."""
+    import site
+    import sysconfig
+
+    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    dirs += [sysconfig.get_paths().get(k, "") for k in ("purelib", "platlib")]
+    return tuple({os.path.realpath(d).rstrip(os.sep) + os.sep for d in dirs if d})
+
+
+def _public_package(path: str) -> bool:
+    """True if no file is at ``path`` here, or if it is one of this machine's own installed
+    packages' (read by the report as under a serial run here)."""
+    if not os.path.lexists(path):
+        return True
+    return os.path.realpath(path).startswith(_local_site_dirs())

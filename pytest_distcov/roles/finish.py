@@ -107,8 +107,15 @@ class Finisher:
 
         def fill_run(data: coverage.CoverageData) -> None:
             """This run's data: the workers', recovered files, the controller's own."""
-            self.receiver.acc.write_into(data)
-            data.update(own)
+            data.update(own)  # first: where a worker's data clashes with it, it stands
+            clashed = self.receiver.acc.write_into(data)
+            if clashed:
+                error = printable(
+                    f"the workers' data of {len(clashed)} file(s) is left out: each was measured"
+                    f" here by another file tracer (the first: {clashed[0]})"
+                )
+                if error not in errors:
+                    errors.append(error)
             sources = [*recovered, *(("", p, None) for p in subprocess_files)]
             for worker_id, path, mapper in sources:
                 try:

@@ -92,7 +92,9 @@ class Receiver:
         self.engine = engine
         self.spec = spec
         self.remote = remote
-        self.acc = Accumulator(branch=engine.branch)
+        plugins = engine.cov.get_option("run:plugins") or []
+        assert isinstance(plugins, list)
+        self.acc = Accumulator(branch=engine.branch, plugins=map(str, plugins))
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.workers: dict[str, WorkerState] = {}
         self.errors: list[str] = []

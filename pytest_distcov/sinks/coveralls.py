@@ -624,7 +624,7 @@ class Uploader:
         """The host as messages show it (it holds no user and password: see :attr:`auth`)."""
         return self.host
 
-    def _scrub(self, text: str) -> str:
+    def scrub(self, text: str) -> str:
         """``text`` (from an exception or the server) without the token or the password; the
         user too when there is no password (a token given as the user, GitHub-style)."""
         text = self.token.scrub(text)
@@ -644,7 +644,7 @@ class Uploader:
             try:
                 response = send()
             except requests.RequestException as exc:
-                problem = f"{type(exc).__name__}: {self._scrub(str(exc))}"
+                problem = f"{type(exc).__name__}: {self.scrub(str(exc))}"
             else:
                 if 300 <= response.status_code < 400:
                     raise CoverallsError(self._redirected(what, response))
@@ -666,7 +666,7 @@ class Uploader:
 
         location = response.headers.get("Location")
         where = _origin(urljoin(response.url, location)) if location else "nowhere (no Location)"
-        return self._scrub(
+        return self.scrub(
             f"{what}: the server answered HTTP {response.status_code}, a redirect to {where},"
             " which is not followed (the request carries the repo token; nothing was resent);"
             " if that host is Coveralls, set COVERALLS_HOST to it"
@@ -682,7 +682,7 @@ class Uploader:
         else:
             said = body.get("message") or body.get("error") if isinstance(body, dict) else None
             text = str(said or body)
-        return printable(self._scrub(text)[:300])  # scrubbed whole: a cut token is still a token
+        return printable(self.scrub(text)[:300])  # scrubbed whole: a cut token is still a token
 
     def upload(self, payload: Mapping[str, Any]) -> dict[str, Any]:
         body = gzip.compress(to_json(payload, reveal=True).encode())
@@ -764,8 +764,9 @@ def submit(
         return f"wrote the Coveralls payload to {output} (nothing was sent)"
     assert token is not None
     answer = uploader.upload(payload)
-    message = printable(token.scrub(str(answer.get("message") or "job accepted"))[:300])
-    url = printable(token.scrub(str(answer.get("url") or ""))[:300])
+    # scrubbed whole (the token, and a basic-auth password), then cut
+    message = printable(uploader.scrub(str(answer.get("message") or "job accepted"))[:300])
+    url = printable(uploader.scrub(str(answer.get("url") or ""))[:300])
     return f"Coveralls: {message}" + (f" {url}" if url else "")
 
 
@@ -808,7 +809,7 @@ def finish(env: Mapping[str, str], *, log: Callable[[str], None] = lambda _line:
             "no build number to close: not on a known CI; set COVERALLS_SERVICE_NUMBER to the"
             " number every parallel job used"
         )
-    answer = Uploader.from_env(token, env, log=log).finish(str(build))
-    return f"Coveralls: parallel build {build} closed" + (
-        f" ({printable(str(answer['jobs'])[:20])} jobs)" if "jobs" in answer else ""
-    )
+    uploader = Uploader.from_env(token, env, log=log)
+    answer = uploader.finish(str(build))
+    jobs = printable(uploader.scrub(str(answer.get("jobs")))[:20]) if "jobs" in answer else ""
+    return f"Coveralls: parallel build {build} closed" + (f" ({jobs} jobs)" if jobs else "")

@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from pytest_distcov.data.readers import UntrustedPath, checked_mapper, copy_at_most, shown
 from pytest_distcov.errors import StoreError
-from pytest_distcov.secretnames import VCS_DIRS, looks_secret
+from pytest_distcov.secretnames import looks_private
 
 if TYPE_CHECKING:
     from coverage import Coverage
@@ -162,7 +162,7 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
                 )
             # the name, and the real one of a link (``a.py`` -> ``.env``)
             for name in {rel, target[len(inside) :].replace(os.sep, "/") if exists else rel}:
-                if _secret_or_vcs(name):
+                if looks_private(name):
                     raise UntrustedPath(
                         f"it names {shown(path)}, a file that looks like a secret (a key, a"
                         " credentials or environment file, version control's own files):"
@@ -178,10 +178,6 @@ def shard_mapper(root: Path, remap: Callable[[str], str] | None = None) -> Calla
         )
 
     return checked_mapper(to_local)
-
-
-def _secret_or_vcs(rel: str) -> bool:
-    return not VCS_DIRS.isdisjoint(rel.casefold().split("/")) or looks_secret(rel)
 
 
 def combiner_mapper(cov: Coverage, root: Path) -> tuple[Callable[[str], str], str]:
