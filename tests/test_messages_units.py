@@ -634,3 +634,56 @@ def test_a_data_file_naming_a_refused_path_loses_that_files_data_only(
     written.set_query_contexts(["test_two"])
     assert sorted(got(n) or []) == sorted(measured([5]))
     written.close()
+
+
+def test_a_trigger_in_a_recovered_data_file_cannot_put_a_refused_path_back(
+    tmp_path: Path,
+) -> None:
+    """A doctored data file whose trigger re-inserts a path when a refused one is taken out
+    of the private copy: the trigger is dropped first, the copy is checked to hold exactly the
+    files checked, and the run's write is never at stake."""
+    import sqlite3
+
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import write_data_file
+    from pytest_distcov.data.readers import update_from_file
+
+    bad = tmp_path / "bad.coverage"
+    data = CoverageData(str(bad))
+    data.add_lines({"/dev/zero": [1], str(tmp_path / "n.py"): [3]})
+    data.write()
+    data.close()
+    with sqlite3.connect(bad) as con:
+        con.execute(
+            "CREATE TRIGGER back AFTER DELETE ON file BEGIN"
+            " INSERT INTO file(path) VALUES ('/etc/unchecked.py'); END"
+        )
+    con.close()
+    errors: list[str] = []
+
+    def fill(target: CoverageData) -> None:
+        try:
+            update_from_file(target, bad, checked_mapper())
+        except DataFileError as exc:
+            errors.append(str(exc))
+
+    write_data_file(tmp_path / "out", fill)
+    assert errors == [
+        f"coverage data file {bad}: the data of a file is left out (it names /dev/zero, which is"
+        " not a regular file here)"
+    ]
+    written = read_data_file(tmp_path / "out")
+    assert written.measured_files() == {str(tmp_path / "n.py")}
+    written.close()
+
+
+def test_two_plugins_finding_one_file_leave_the_second_out() -> None:
+    acc = Accumulator(branch=False, plugins=["a", "b"])
+    first, second = empty_payload(), empty_payload()
+    first["touched"] = {"a.P": ["/t.tmpl"]}
+    second["touched"] = {"b.Q": ["/t.tmpl"]}
+    assert acc.add_payload(first) == {}
+    assert acc.add_payload(second) == {
+        "/t.tmpl": "it names /t.tmpl as found by b.Q, where a.P measured it"
+    }

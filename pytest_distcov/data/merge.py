@@ -149,6 +149,15 @@ class Accumulator:
                         " run's [run] plugins",
                     )
                 continue
+            if plugin:  # a file a plugin found is that plugin's: one plugin a file
+                for path in paths:
+                    name = local(path)
+                    if name is not None and self._tracers.setdefault(name, plugin) != plugin:
+                        refused[path] = (
+                            f"it names {shown(path)} as found by {shown(plugin)}, where"
+                            f" {shown(self._tracers[name])} measured it"
+                        )
+                        mapped.pop(path, None)
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
         return refused

@@ -103,7 +103,10 @@ def checked_mapper(map_path: PathMapper | None = None) -> PathMapper:
                         f"it names {shown(path)}, a compiled file (measured code is named by"
                         " its source)"
                     )
-                got = (_regular_or_absent(inner(path)), True)
+                local = inner(path)
+                if local.endswith(_COMPILED):  # (a [paths] remap, say)
+                    raise UntrustedPath(f"it names {shown(path)}, mapped to a compiled file")
+                got = (_regular_or_absent(local), True)
             except UntrustedPath as exc:
                 got = (str(exc), False)
             answers[path] = got
@@ -269,9 +272,10 @@ def update_from_file(
             map_path = mapped.get  # type: ignore[assignment]
         if refused:
             source.close()
-            with _without_files(path, refused) as kept:
+            with _without_files(path, refused, keep=set(mapped)) as kept:
                 source = read_data_file(kept)
-                target.update(source, map_path=map_path)
+                target.update(source, map_path=_only(mapped))
+                source.close()  # before its directory goes
         else:
             target.update(source, map_path=map_path)
     except _CopyFailed as exc:
@@ -293,14 +297,28 @@ def update_from_file(
         )
 
 
+def _only(mapped: Mapping[str, str]) -> PathMapper:
+    """A mapper of the checked names alone: any other is the source's error (ValueError)."""
+
+    def map_path(name: str) -> str:
+        try:
+            return mapped[name]
+        except KeyError:
+            raise ValueError(f"it names {shown(name)}, which was not checked") from None
+
+    return map_path
+
+
 @contextlib.contextmanager
-def _without_files(path: str | os.PathLike[str], names: Iterable[str]) -> Iterator[Path]:
+def _without_files(
+    path: str | os.PathLike[str], names: Iterable[str], *, keep: set[str]
+) -> Iterator[Path]:
     """A private copy of the data file at ``path`` without the files ``names`` (their rows in
     every table that names a file), removed on exit; ``path`` itself is not changed."""
     with tempfile.TemporaryDirectory(prefix="distcov-part-") as tmp:
         copy = Path(tmp) / "part.coverage"
         try:
-            _copy_without(path, copy, names)
+            _copy_without(path, copy, names, keep)
         except (sqlite3.Error, OSError) as exc:  # a full temporary disk is not the target's
             raise _CopyFailed(str(exc)) from None
         yield copy
@@ -310,12 +328,23 @@ class _CopyFailed(Exception):
     """A copy of a data file without its refused files could not be made."""
 
 
-def _copy_without(path: str | os.PathLike[str], copy: Path, names: Iterable[str]) -> None:
+def _copy_without(
+    path: str | os.PathLike[str], copy: Path, names: Iterable[str], keep: set[str]
+) -> None:
+    """Copy the data file at ``path`` to ``copy`` without the files ``names``; what is left
+    must be the files ``keep`` exactly (a trigger or view of a doctored file is dropped first:
+    it could put a path back, or change the files kept)."""
     source = sqlite3.connect(read_only_uri(path), uri=True)
     try:
         target = sqlite3.connect(copy)
         try:
             source.backup(target)
+            extras = target.execute(
+                "SELECT type, name FROM sqlite_master WHERE type IN ('trigger', 'view')"
+            ).fetchall()
+            for kind, name in extras:
+                quoted = '"' + str(name).replace('"', '""') + '"'
+                target.execute(f"DROP {'TRIGGER' if kind == 'trigger' else 'VIEW'} {quoted}")
             listed = target.execute("SELECT name FROM sqlite_master WHERE type = 'table'")
             tables = {row[0] for row in listed}
             with target:
@@ -329,6 +358,9 @@ def _copy_without(path: str | os.PathLike[str], copy: Path, names: Iterable[str]
                                     (file_id,),
                                 )
                         target.execute("DELETE FROM file WHERE id = ?", (file_id,))
+            left = {row[0] for row in target.execute("SELECT path FROM file")}
+            if left != keep:
+                raise sqlite3.DatabaseError("its files changed as they were taken out")
         finally:
             target.close()
     finally:
