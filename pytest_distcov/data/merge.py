@@ -110,25 +110,24 @@ class Accumulator:
                     refused[path] = str(exc)
             return got
 
-        for path, plugin in payload["tracers"].items():
-            # a worker (a host) names a plugin: one not configured here would make coverage.py's
-            # report raise (KeyError), one unlike an earlier answer its data file's write
+        def claim(path: str, plugin: str, how: str) -> None:
+            """A worker (a host) says ``plugin`` measured (found) ``path``: one that is no plugin
+            of this run's would make coverage.py's report raise (KeyError), one unlike an
+            earlier answer the data file's write fail. Then the file is left out."""
             name = local(path)
             if name is None:
-                continue
+                return
             if not any(plugin.startswith(f"{m}.") for m in self.plugins):
-                refused[path] = (
-                    f"it names {shown(path)} as measured by {shown(plugin)}, no plugin of this"
-                    " run's [run] plugins"
-                )
+                why = "no plugin of this run's [run] plugins"
             elif self._tracers.setdefault(name, plugin) != plugin:
-                refused[path] = (
-                    f"it names {shown(path)} as measured by {shown(plugin)}, where"
-                    f" {shown(self._tracers[name])} measured it"
-                )
+                why = f"where {shown(self._tracers[name])} measured it"
             else:
-                continue
+                return
+            refused[path] = f"it names {shown(path)} as {how} by {shown(plugin)}, {why}"
             mapped.pop(path, None)  # its data is left out with it
+
+        for path, plugin in payload["tracers"].items():
+            claim(path, plugin, "measured")
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
             for path, items in (arcs or lines).items():
@@ -141,23 +140,9 @@ class Accumulator:
                 else:
                     bucket.update(items)
         for plugin, paths in payload["touched"].items():
-            if plugin and not any(plugin.startswith(f"{m}.") for m in self.plugins):
-                for path in paths:
-                    refused.setdefault(
-                        path,
-                        f"it names {shown(path)} as found by {shown(plugin)}, no plugin of this"
-                        " run's [run] plugins",
-                    )
-                continue
             if plugin:  # a file a plugin found is that plugin's: one plugin a file
                 for path in paths:
-                    name = local(path)
-                    if name is not None and self._tracers.setdefault(name, plugin) != plugin:
-                        refused[path] = (
-                            f"it names {shown(path)} as found by {shown(plugin)}, where"
-                            f" {shown(self._tracers[name])} measured it"
-                        )
-                        mapped.pop(path, None)
+                    claim(path, plugin, "found")
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
         return refused

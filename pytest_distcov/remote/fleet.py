@@ -442,6 +442,8 @@ class Fleet:
             and os.path.normpath(s) == s.rstrip("/")
         ]
 
+        own_sites = _local_site_dirs() if sites else ()  # once a host, not once a path
+
         def here(path: str, local: str) -> str:
             if local in shipped or not os.path.lexists(local):
                 return path
@@ -487,7 +489,7 @@ class Fleet:
                     break
             if path.endswith(".py") and os.path.normpath(path) == path:
                 for site in sites:
-                    if path.startswith(site + "/") and _public_package(path):
+                    if path.startswith(site + "/") and _public_package(path, own_sites):
                         return path
             raise UntrustedPath(
                 f"it names {path!r:.200} on {name}, outside the trees shipped to that host"
@@ -865,9 +867,9 @@ def _local_site_dirs() -> tuple[str, ...]:
     return tuple({os.path.realpath(d).rstrip(os.sep) + os.sep for d in dirs if d})
 
 
-def _public_package(path: str) -> bool:
+def _public_package(path: str, own_sites: tuple[str, ...]) -> bool:
     """True if no file is at ``path`` here, or if it is one of this machine's own installed
-    packages' (read by the report as under a serial run here)."""
+    packages' (under ``own_sites``: read by the report as under a serial run here)."""
     if not os.path.lexists(path):
         return True
-    return os.path.realpath(path).startswith(_local_site_dirs())
+    return os.path.realpath(path).startswith(own_sites)
