@@ -687,3 +687,15 @@ def test_two_plugins_finding_one_file_leave_the_second_out() -> None:
     assert acc.add_payload(second) == {
         "/t.tmpl": "it names /t.tmpl as found by b.Q, where a.P measured it"
     }
+
+
+def test_a_file_two_plugins_claim_in_one_payload_is_left_out_with_its_lines() -> None:
+    acc = Accumulator(branch=False, plugins=["p"])
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {"/a.tmpl": [1], "/ok.py": [2]}, "arcs": {}}
+    payload["tracers"] = {"/a.tmpl": "p.A"}
+    payload["touched"] = {"p.B": ["/a.tmpl"]}
+    assert acc.add_payload(payload) == {
+        "/a.tmpl": "it names /a.tmpl as found by p.B, where p.A measured it"
+    }
+    assert acc.covered_lines() == {"/ok.py": {2}}

@@ -128,6 +128,10 @@ class Accumulator:
 
         for path, plugin in payload["tracers"].items():
             claim(path, plugin, "measured")
+        for plugin, paths in payload["touched"].items():
+            if plugin:  # a file a plugin found is that plugin's: one plugin a file
+                for path in paths:
+                    claim(path, plugin, "found")
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
             for path, items in (arcs or lines).items():
@@ -140,9 +144,6 @@ class Accumulator:
                 else:
                     bucket.update(items)
         for plugin, paths in payload["touched"].items():
-            if plugin:  # a file a plugin found is that plugin's: one plugin a file
-                for path in paths:
-                    claim(path, plugin, "found")
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
         return refused

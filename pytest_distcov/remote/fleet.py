@@ -25,6 +25,7 @@ What this needs of xdist and execnet beyond their documented API goes through
 
 from __future__ import annotations
 
+import functools
 import os
 import shlex
 import shutil
@@ -442,7 +443,7 @@ class Fleet:
             and os.path.normpath(s) == s.rstrip("/")
         ]
 
-        own_sites = _local_site_dirs() if sites else ()  # once a host, not once a path
+        own_sites = _local_site_dirs() if sites else ()
 
         def here(path: str, local: str) -> str:
             if local in shipped or not os.path.lexists(local):
@@ -467,7 +468,7 @@ class Fleet:
                 # coverage.py looks a relative name up in the current directory and then in
                 # each sys.path entry (canonical_filename): each file it could read is checked
                 found = False
-                for base in ["", *sys.path]:
+                for base in ["", *(p for p in sys.path if isinstance(p, str))]:
                     candidate = os.path.abspath(os.path.join(base, rel))
                     if os.path.lexists(candidate):
                         here(rel, os.path.normpath(candidate))
@@ -857,12 +858,13 @@ def _inside_root(path: str, root: str) -> bool:
     return real == root or real.startswith(root + os.sep)
 
 
+@functools.cache
 def _local_site_dirs() -> tuple[str, ...]:
     """This machine's own installed-package directories, resolved (each ends with a ``/``)."""
     import site
     import sysconfig
 
-    dirs = [*site.getsitepackages(), site.getusersitepackages()]
+    dirs = [*getattr(site, "getsitepackages", list)(), site.getusersitepackages()]
     dirs += [sysconfig.get_paths().get(k, "") for k in ("purelib", "platlib")]
     return tuple({os.path.realpath(d).rstrip(os.sep) + os.sep for d in dirs if d})
 

@@ -93,8 +93,8 @@ class Receiver:
         self.spec = spec
         self.remote = remote
         plugins = engine.cov.get_option("run:plugins") or []
-        assert isinstance(plugins, list)
-        self.acc = Accumulator(branch=engine.branch, plugins=map(str, plugins))
+        names = [str(p) for p in plugins] if isinstance(plugins, list) else []
+        self.acc = Accumulator(branch=engine.branch, plugins=names)
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
         self.workers: dict[str, WorkerState] = {}
         self.errors: list[str] = []
