@@ -550,7 +550,10 @@ def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_
         data.update(own)
         clashes.append(acc.write_into(data))
 
-    write_data_file(tmp_path / "out", fill)
+    try:
+        write_data_file(tmp_path / "out", fill)
+    finally:
+        own.close(force=True)  # in memory: a plain close() keeps its connection (3.13 warns)
     assert clashes == [["/a.py", "/t.tmpl"]]
     written = read_data_file(tmp_path / "out")
     assert sorted(written.measured_files()) == ["/a.py", "/b.py", "/never.tmpl", "/t.tmpl"]
