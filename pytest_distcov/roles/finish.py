@@ -141,6 +141,10 @@ class Finisher:
             self._close_remote(keep_workers=True)
             errors.append(self.rescue(exc, fill_run))
             return Finished(None, errors=errors)
+        finally:
+            # An in-memory copy (a refused write's) keeps its connection on a plain close, and
+            # on 3.13+ its ResourceWarning, once collected, would fail the user's run.
+            own.close(force=True)
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
         return Finished(Combined(self.data_file, self._load), errors=errors)
