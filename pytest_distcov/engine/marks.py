@@ -1,0 +1,228 @@
+"""Branch markers: a module's source rewritten so that line events alone tell its branches.
+
+coverage.py's branches are the arcs from the lines its parser gives more than one exit (an
+``if``, a loop's header, a ``case``). For each such line this module inserts a marker statement
+(``pass``, with a line number of its own past the end of the file) at the start of each way out
+of it: the body, and an ``else`` (added when missing) for the other way. A marker that fires
+means its arc was taken; which arc is coverage.py's parser's answer, never our own idea of "the
+next statement". A ``case`` body's marker also means that every earlier ``case`` failed (a
+``case _`` with a marker is added when no case is irrefutable).
+
+Where a branch line cannot be mapped to exactly one arc per marker (a construct this module does
+not know, a destination the parser does not list), the file is not marked: :func:`plan` says
+why, and the caller measures that file another way. The real lines' events are unchanged: each
+marker only adds a statement of its own.
+"""
+
+from __future__ import annotations
+
+import ast
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+__all__ = ["MarkPlan", "Unmarkable", "plan"]
+
+Arc = tuple[int, int]
+
+
+class Unmarkable(Exception):
+    """A file whose branches cannot be marked exactly: measure it another way."""
+
+
+@dataclass
+class MarkPlan:
+    """A marked module: its tree to compile, and what each marker line means."""
+
+    tree: ast.Module
+    #: marker lines start here (past the file's last line)
+    base: int
+    #: marker line - base -> the arcs it stands for
+    arcs: list[tuple[Arc, ...]] = field(default_factory=list)
+    #: every branch line of the file -> its possible destinations (coverage.py's parser)
+    branches: dict[int, frozenset[int]] = field(default_factory=dict)
+
+    def add(self, arcs: Iterable[Arc]) -> ast.Pass:
+        line = self.base + len(self.arcs)
+        self.arcs.append(tuple(arcs))
+        return ast.Pass(lineno=line, col_offset=0, end_lineno=line, end_col_offset=4)
+
+
+def _first_line(stmt: ast.stmt) -> int:
+    """The line coverage.py gives a statement: a decorated definition starts at its first
+    decorator."""
+    decorators = getattr(stmt, "decorator_list", None) or []
+    return min([stmt.lineno, *(d.lineno for d in decorators)])
+
+
+def _irrefutable(case: ast.match_case) -> bool:
+    pattern = case.pattern
+    while isinstance(pattern, ast.MatchAs) and pattern.pattern is not None:
+        pattern = pattern.pattern
+    return case.guard is None and isinstance(pattern, ast.MatchAs) and pattern.pattern is None
+
+
+def _exits(source: str, filename: str) -> tuple[dict[int, set[int]], dict[int, int]]:
+    """coverage.py's parser's possible exits of each line, and its exit counts."""
+    from coverage.parser import PythonParser
+
+    parser = PythonParser(text=source, filename=filename)
+    parser.parse_source()
+    exits: dict[int, set[int]] = {}
+    for a, b in parser.arcs():
+        if a > 0:
+            exits.setdefault(a, set()).add(b)
+    return exits, parser.exit_counts()
+
+
+def _same_line_body(node: ast.If, line: int) -> tuple[int, int] | None:
+    """The columns of an ``if``'s body when it is all on the ``if``'s line."""
+    body = node.body
+    if all(s.lineno == line and s.end_lineno == line for s in body):
+        end = body[-1].end_col_offset
+        assert end is not None
+        return body[0].col_offset, end
+    return None
+
+
+def plan(source: str, filename: str) -> MarkPlan:
+    """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
+    exits, counts = _exits(source, filename)
+    branches = {line: frozenset(exits.get(line, ())) for line, n in counts.items() if n > 1}
+    tree = ast.parse(source, filename)
+    nlines = source.count("\n") + 1
+    marks = MarkPlan(tree, base=nlines + 1, branches=branches)
+    marked: set[int] = set()
+    #: one-line ``if`` bodies, blanked (``pass``) in a variant of the source: there the line's
+    #: only exit is where its false way goes
+    blank: dict[int, tuple[int, int]] = {}
+
+    def two_ways(line: int, body: list[ast.stmt], what: str) -> tuple[int, int]:
+        dests = branches[line]
+        into = _first_line(body[0])
+        others = dests - {into}
+        if into not in dests or len(others) != 1:
+            raise Unmarkable(
+                f"line {line} ({what}) has exits {sorted(dests)}, not its body's {into} and one"
+                " other"
+            )
+        return into, next(iter(others))
+
+    def parent_lists(node: ast.AST) -> Iterable[list[ast.stmt]]:
+        for name in ("body", "orelse", "finalbody"):
+            value = getattr(node, name, None)
+            if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                yield value
+        for handler in getattr(node, "handlers", ()):
+            yield handler.body
+
+    one_line_ifs: list[tuple[ast.If, int]] = []
+    for node in list(ast.walk(tree)):
+        if isinstance(node, (ast.If, ast.While, ast.For, ast.AsyncFor)):
+            line = node.lineno
+            if line not in branches:
+                continue
+            if line in marked:
+                raise Unmarkable(f"line {line} holds two branching statements")
+            marked.add(line)
+            if isinstance(node, ast.If) and _first_line(node.body[0]) == line:
+                span = _same_line_body(node, line)
+                if span is None:
+                    raise Unmarkable(f"line {line} (if): a body that starts on its line")
+                if node.orelse:  # the false way goes to the else's (or elif's) first line
+                    other = _first_line(node.orelse[0])
+                    one_line_ifs.append((node, other))
+                else:
+                    blank[line] = span
+                    one_line_ifs.append((node, 0))
+                continue
+            into, other = two_ways(line, node.body, type(node).__name__.lower())
+            node.body.insert(0, marks.add([(line, into)]))
+            node.orelse.insert(0, marks.add([(line, other)]))
+        elif isinstance(node, ast.Match):
+            _mark_match(node, branches, marks, marked, two_ways)
+        for stmts in parent_lists(node):
+            for i in range(len(stmts) - 1, -1, -1):
+                stmt = stmts[i]
+                if not isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                    continue
+                line = stmt.lineno
+                if line not in branches:
+                    continue
+                marked.add(line)
+                leave = -_first_line(stmt)
+                dests = branches[line]
+                others = dests - {leave}
+                if leave not in dests or len(others) != 1:
+                    raise Unmarkable(f"line {line} (a one-line definition) has exits {sorted(dests)}")
+                body = stmt.body
+                at = 1 if body and _is_docstring(body[0]) else 0
+                body.insert(at, marks.add([(line, leave)]))
+                stmts.insert(i + 1, marks.add([(line, next(iter(others)))]))
+    if one_line_ifs:
+        falls = _false_ways(source, filename, blank)
+        for node, other in one_line_ifs:
+            line = node.lineno
+            other = other or falls.get(line, 0)
+            taken = branches[line] - {other}
+            if other not in branches[line] or len(taken) != 1:
+                raise Unmarkable(f"line {line} (if, one line) has exits {sorted(branches[line])}")
+            node.body.insert(0, marks.add([(line, next(iter(taken)))]))
+            node.orelse.insert(0, marks.add([(line, other)]))
+    left = set(branches) - marked
+    if left:
+        raise Unmarkable(f"branch lines {sorted(left)[:5]} are of no construct marked here")
+    ast.fix_missing_locations(tree)
+    return marks
+
+
+def _is_docstring(stmt: ast.stmt) -> bool:
+    return (
+        isinstance(stmt, ast.Expr)
+        and isinstance(stmt.value, ast.Constant)
+        and isinstance(stmt.value.value, str)
+    )
+
+
+def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -> dict[int, int]:
+    """Where each one-line ``if`` of ``blank`` goes when false: its only exit once its body is
+    ``pass`` (the rest of the file, and so every line number, unchanged)."""
+    if not blank:
+        return {}
+    lines = source.splitlines(keepends=True)
+    for line, (start, end) in blank.items():
+        text = lines[line - 1].encode()
+        lines[line - 1] = (text[:start] + b"pass" + text[end:]).decode()
+    exits, _ = _exits("".join(lines), filename)
+    return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
+
+
+def _mark_match(node, branches, marks, marked, two_ways) -> None:  # type: ignore[no-untyped-def]
+    cases = node.cases
+    lines = [c.pattern.lineno for c in cases]
+    if len(set(lines)) != len(lines):
+        raise Unmarkable(f"line {lines[0]}: two cases on one line")
+    failed: list[Arc] = []  # arcs taken when every case so far failed
+    for k, case in enumerate(cases):
+        line = lines[k]
+        if line in branches:
+            marked.add(line)
+            into, other = two_ways(line, case.body, "case")
+            case.body.insert(0, marks.add([*failed, (line, into)]))
+            failed.append((line, other))
+        elif _irrefutable(case):
+            case.body.insert(0, marks.add(failed))
+            failed = []
+            break
+        else:
+            raise Unmarkable(f"line {line} (case) is not a branch of coverage.py's")
+    if failed:  # no case matched: the arcs of every failed case
+        line = marks.base + len(marks.arcs)
+        default = ast.match_case(
+            pattern=ast.MatchAs(
+                pattern=None, name=None, lineno=line, col_offset=0,
+                end_lineno=line, end_col_offset=1,
+            ),
+            guard=None,
+            body=[marks.add(failed)],
+        )
+        cases.append(default)
