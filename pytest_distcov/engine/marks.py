@@ -84,6 +84,43 @@ def _same_line_body(node: ast.If, line: int) -> tuple[int, int] | None:
     return None
 
 
+_SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
+_WITHS = (ast.With, ast.AsyncWith)
+
+
+def _with_stacks(tree: ast.AST) -> dict[int, tuple[ast.With | ast.AsyncWith, ...]]:
+    """id(node) -> the ``with`` statements of its own scope around it, outermost first."""
+    stacks: dict[int, tuple[ast.With | ast.AsyncWith, ...]] = {}
+
+    def visit(node: ast.AST, stack: tuple[ast.With | ast.AsyncWith, ...]) -> None:
+        stacks[id(node)] = stack
+        for child in ast.iter_child_nodes(node):
+            if isinstance(node, _SCOPES) and child not in getattr(node, "decorator_list", ()):
+                inner: tuple[ast.With | ast.AsyncWith, ...] = ()
+            else:
+                inner = stack
+            if isinstance(node, _WITHS) and child in node.body:
+                inner = (*stack, node)
+            visit(child, inner)
+
+    visit(tree, ())
+    return stacks
+
+
+def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
+    """The arc a trace function records for ``arc``: a jump out of a ``with`` block (a return,
+    break or continue, a loop's end, a branch's way past the block) first goes to the ``with``
+    line, whose exit runs; coverage.py's report then treats that arc as it treats the
+    tracer's (``PythonParser.translate_arcs``)."""
+    line, dest = arc
+    if withs:
+        inner = withs[-1]
+        end = inner.end_lineno or inner.lineno
+        if not inner.lineno <= dest <= end:
+            return (line, inner.lineno)
+    return arc
+
+
 def plan(source: str, filename: str) -> MarkPlan:
     """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
     exits, counts = _exits(source, filename)
@@ -92,6 +129,11 @@ def plan(source: str, filename: str) -> MarkPlan:
     nlines = source.count("\n") + 1
     marks = MarkPlan(tree, base=nlines + 1, branches=branches)
     marked: set[int] = set()
+    stacks = _with_stacks(tree)
+
+    def mark(node: ast.AST, arcs: Iterable[Arc]) -> ast.Pass:
+        withs = stacks[id(node)]
+        return marks.add(_through_with(arc, withs) for arc in arcs)
     #: one-line ``if`` bodies, blanked (``pass``) in a variant of the source: there the line's
     #: only exit is where its false way goes
     blank: dict[int, tuple[int, int]] = {}
@@ -136,10 +178,10 @@ def plan(source: str, filename: str) -> MarkPlan:
                     one_line_ifs.append((node, 0))
                 continue
             into, other = two_ways(line, node.body, type(node).__name__.lower())
-            node.body.insert(0, marks.add([(line, into)]))
-            node.orelse.insert(0, marks.add([(line, other)]))
+            node.body.insert(0, mark(node, [(line, into)]))
+            node.orelse.insert(0, mark(node, [(line, other)]))
         elif isinstance(node, ast.Match):
-            _mark_match(node, branches, marks, marked, two_ways)
+            _mark_match(node, branches, marks, marked, two_ways, stacks[id(node)])
         for stmts in parent_lists(node):
             for i in range(len(stmts) - 1, -1, -1):
                 stmt = stmts[i]
@@ -156,8 +198,8 @@ def plan(source: str, filename: str) -> MarkPlan:
                     raise Unmarkable(f"line {line} (a one-line definition) has exits {sorted(dests)}")
                 body = stmt.body
                 at = 1 if body and _is_docstring(body[0]) else 0
-                body.insert(at, marks.add([(line, leave)]))
-                stmts.insert(i + 1, marks.add([(line, next(iter(others)))]))
+                body.insert(at, marks.add([(line, leave)]))  # in the body's own scope
+                stmts.insert(i + 1, mark(stmt, [(line, next(iter(others)))]))
     if one_line_ifs:
         falls = _false_ways(source, filename, blank)
         for node, other in one_line_ifs:
@@ -166,8 +208,8 @@ def plan(source: str, filename: str) -> MarkPlan:
             taken = branches[line] - {other}
             if other not in branches[line] or len(taken) != 1:
                 raise Unmarkable(f"line {line} (if, one line) has exits {sorted(branches[line])}")
-            node.body.insert(0, marks.add([(line, next(iter(taken)))]))
-            node.orelse.insert(0, marks.add([(line, other)]))
+            node.body.insert(0, mark(node, [(line, next(iter(taken)))]))
+            node.orelse.insert(0, mark(node, [(line, other)]))
     left = set(branches) - marked
     if left:
         raise Unmarkable(f"branch lines {sorted(left)[:5]} are of no construct marked here")
@@ -196,7 +238,7 @@ def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -
     return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
 
 
-def _mark_match(node, branches, marks, marked, two_ways) -> None:  # type: ignore[no-untyped-def]
+def _mark_match(node, branches, marks, marked, two_ways, withs) -> None:  # type: ignore[no-untyped-def]
     cases = node.cases
     lines = [c.pattern.lineno for c in cases]
     if len(set(lines)) != len(lines):
@@ -207,10 +249,10 @@ def _mark_match(node, branches, marks, marked, two_ways) -> None:  # type: ignor
         if line in branches:
             marked.add(line)
             into, other = two_ways(line, case.body, "case")
-            case.body.insert(0, marks.add([*failed, (line, into)]))
+            case.body.insert(0, marks.add(_through_with(a, withs) for a in [*failed, (line, into)]))
             failed.append((line, other))
         elif _irrefutable(case):
-            case.body.insert(0, marks.add(failed))
+            case.body.insert(0, marks.add(_through_with(a, withs) for a in failed))
             failed = []
             break
         else:
@@ -223,6 +265,6 @@ def _mark_match(node, branches, marks, marked, two_ways) -> None:  # type: ignor
                 end_lineno=line, end_col_offset=1,
             ),
             guard=None,
-            body=[marks.add(failed)],
+            body=[marks.add(_through_with(a, withs) for a in failed)],
         )
         cases.append(default)
