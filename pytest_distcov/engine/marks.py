@@ -140,14 +140,16 @@ def plan(source: str, filename: str) -> MarkPlan:
 
     def two_ways(line: int, body: list[ast.stmt], what: str) -> tuple[int, int]:
         dests = branches[line]
-        into = _first_line(body[0])
-        others = dests - {into}
-        if into not in dests or len(others) != 1:
+        # the body's first statement that runs (``x: int`` in a function does not)
+        start, end = _first_line(body[0]), max(s.end_lineno or s.lineno for s in body)
+        inside = {d for d in dests if start <= d <= end}
+        others = dests - inside
+        if len(inside) != 1 or len(others) != 1:
             raise Unmarkable(
-                f"line {line} ({what}) has exits {sorted(dests)}, not its body's {into} and one"
-                " other"
+                f"line {line} ({what}) has exits {sorted(dests)}, not one into its body"
+                f" (lines {start}-{end}) and one other"
             )
-        return into, next(iter(others))
+        return next(iter(inside)), next(iter(others))
 
     def parent_lists(node: ast.AST) -> Iterable[list[ast.stmt]]:
         for name in ("body", "orelse", "finalbody"):
