@@ -16,6 +16,7 @@ packed arcs, that coverage.py's own flush unpacks sample values as :func:`unpack
 
 from __future__ import annotations
 
+import copy
 import types
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
@@ -23,10 +24,13 @@ from typing import Any
 from coverage import Coverage
 
 __all__ = [
+    "OWN_TRACER_NEEDS",
     "TAP_NEEDS",
+    "OwnTracer",
     "TracerSets",
     "ctracer_error",
     "missing",
+    "missing_own_tracer",
     "open_tracer_sets",
     "packing_matches",
     "unpack_arc",
@@ -177,6 +181,79 @@ def open_tracer_sets(cov: Coverage) -> TracerSets | str:
     if collector.branch and packed and not packing_matches(type(collector)):
         return "it packs arcs otherwise than the tap unpacks them"
     return TracerSets(collector)
+
+
+#: What the branch engine's own tracer for some files relies on (see :class:`OwnTracer`).
+OWN_TRACER_NEEDS = (
+    "Coverage._collector (made ready by the probe engine's CoverageSide)",
+    "Collector.should_trace, .start, .stop, .pause, .resume",
+)
+
+
+def missing_own_tracer(cov: Coverage) -> list[str]:
+    """What :class:`OwnTracer` needs that ``cov`` (made ready to start) lacks."""
+    collector: Any = getattr(cov, "_collector", None)
+    if collector is None:
+        return ["Coverage._collector"]
+    return [
+        f"Collector.{name}"
+        for name in ("should_trace", "start", "stop", "pause", "resume")
+        if not callable(getattr(collector, name, None))
+    ]
+
+
+class OwnTracer:
+    """coverage.py's own tracer, for the files ``wanted`` says yes to, and no other.
+
+    The branch engine measures a file it cannot mark (:mod:`pytest_distcov.engine.marks`) this
+    way, exactly as coverage.py would: ``cov``'s collector (made by ``Coverage._init_for_start``,
+    which :class:`~pytest_distcov.covapi.probes.CoverageSide` calls) is started with its
+    ``should_trace`` wrapped on the instance, so that every other file is not traced (its
+    frames cost the tracer a call and a return event, no line events). What it records is read
+    in place (:attr:`sets`); coverage.py's own flush never runs, so nothing reaches ``cov``'s
+    data from here but what the engine reads.
+    """
+
+    def __init__(self, cov: Coverage, wanted: Callable[[str], bool]) -> None:
+        gone = missing_own_tracer(cov)
+        if gone:
+            raise RuntimeError(f"coverage.py's tracer for single files needs {', '.join(gone)}")
+        collector: Any = cov._collector
+        view = open_tracer_sets(cov)
+        if isinstance(view, str):
+            raise RuntimeError(f"coverage.py's tracer for single files: {view}")
+        self.sets: TracerSets = view
+        self._collector = collector
+        should_trace: Callable[[str, Any], Any] = collector.should_trace
+
+        def only_wanted(filename: str, frame: Any) -> Any:
+            disposition = should_trace(filename, frame)
+            if disposition.trace and not wanted(filename):
+                disposition = copy.copy(disposition)  # (coverage.py caches its own)
+                disposition.trace = False
+                disposition.reason = "measured with branch markers"
+            return disposition
+
+        collector.should_trace = only_wanted
+        self._running = False
+
+    def start(self) -> None:
+        """Trace this thread from now on, and the threads started later."""
+        self._collector.start()
+        self._running = True
+
+    def pause(self) -> None:
+        if self._running:
+            self._collector.pause()
+
+    def resume(self) -> None:
+        if self._running:
+            self._collector.resume()
+
+    def stop(self) -> None:
+        if self._running:
+            self._running = False
+            self._collector.stop()
 
 
 def ctracer_error() -> str:

@@ -566,17 +566,22 @@ class MemoryContextDelta:
     each test phase's lines once), in the payload :class:`ContextDeltaReader` makes from a file.
     Only the files already sent as touched are remembered."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, branch: bool = False) -> None:
         self._touched: set[str] = set()
+        #: the engine hands arcs (the branch engine's), not lines
+        self.branch = branch
 
-    def delta_of(self, by_context: Mapping[str, Mapping[str, Iterable[int]]]) -> Payload:
+    def delta_of(self, by_context: Mapping[str, Mapping[str, Iterable[Any]]]) -> Payload:
         payload = empty_payload()
         touched = self._touched
         for label in sorted(by_context):
             lines = {path: sorted(items) for path, items in sorted(by_context[label].items())}
             if not lines:
                 continue
-            payload["contexts"][label] = {"lines": lines, "arcs": {}}
+            if self.branch:
+                payload["contexts"][label] = {"lines": {}, "arcs": lines}
+            else:
+                payload["contexts"][label] = {"lines": lines, "arcs": {}}
             for path in lines:
                 if path not in touched:
                     touched.add(path)

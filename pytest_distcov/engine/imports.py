@@ -23,9 +23,11 @@ Which modules are measured, and under which file names, is coverage.py's own dec
 from __future__ import annotations
 
 import abc
+import ast
 import contextlib
 import gc
 import importlib.machinery
+import inspect
 import sys
 import threading
 import types
@@ -36,12 +38,13 @@ from coverage import Coverage, CoverageData
 
 from pytest_distcov.covapi.probes import CoverageSide
 
-__all__ = ["ImportedCode"]
+__all__ = ["ImportedCode", "rewriter_missing"]
 
 
-def tracer_setting(cov: Coverage, *more: tuple[object, str]) -> str:
+def tracer_setting(cov: Coverage, *more: tuple[object, str], branch: bool = True) -> str:
     """The first setting of this run (``more`` first, then those both import-hook engines
-    share) that needs coverage.py's own tracer, named for the header; '' if there is none."""
+    share) that needs coverage.py's own tracer, named for the header; '' if there is none.
+    Without ``branch``, branch coverage is not one of them (the branch engine measures it)."""
     concurrency_option = cov.get_option("run:concurrency") or []
     patch_option = cov.get_option("run:patch") or []
     assert isinstance(concurrency_option, list)
@@ -49,7 +52,10 @@ def tracer_setting(cov: Coverage, *more: tuple[object, str]) -> str:
     concurrency = [str(c) for c in concurrency_option if c != "thread"]
     patch = [str(p) for p in patch_option]
     settings = [
-        (cov.get_option("run:branch"), "branch coverage ([run] branch or --distcov-branch)"),
+        (
+            branch and cov.get_option("run:branch"),
+            "branch coverage ([run] branch or --distcov-branch)",
+        ),
         *more,
         (cov.get_option("run:plugins"), "coverage plugins ([run] plugins)"),
         (concurrency, f"[run] concurrency = {', '.join(concurrency)}"),
@@ -161,6 +167,27 @@ class ImportedCode(abc.ABC):
         if hasattr(rewrite, "_Slipcover_exec_wrapper"):
             rewrite._Slipcover_exec_wrapper = hook
 
+    @staticmethod
+    def pytest_rewritten(tree: ast.Module, source: bytes, filename: str) -> types.CodeType:
+        """``tree`` (of a test module or conftest whose text is ``source``) with its asserts
+        rewritten and compiled as pytest's assertion rewriter does it (``_rewrite_test``), with
+        the configuration of the rewriter in ``sys.meta_path``.
+
+        Raises ``RuntimeError`` where pytest's rewriter is not what this expects (see
+        :func:`rewriter_missing`): the caller then runs the module as pytest compiled it.
+        """
+        gone = rewriter_missing()
+        if gone:
+            raise RuntimeError(f"pytest's assertion rewriter lacks {', '.join(gone)}")
+        from _pytest.assertion import rewrite
+
+        hook = next(
+            (f for f in sys.meta_path if isinstance(f, rewrite.AssertionRewritingHook)), None
+        )
+        config = getattr(hook, "config", None)
+        rewrite.rewrite_asserts(tree, source, filename, config)
+        return compile(tree, filename, "exec", dont_inherit=True)
+
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
         if isinstance(code, types.CodeType) and self.decides(code.co_filename, module_globals):
             self.execute(code, module_globals)
@@ -175,6 +202,24 @@ class ImportedCode(abc.ABC):
             code = obj.__code__
             if type(code) is types.CodeType and self.decides(code.co_filename, obj.__globals__):
                 yield obj
+
+
+def rewriter_missing() -> list[str]:
+    """What :meth:`ImportedCode.pytest_rewritten` needs of pytest that it lacks."""
+    try:
+        from _pytest.assertion import rewrite
+    except ImportError:  # pragma: no cover - pytest always has it
+        return ["_pytest.assertion.rewrite"]
+    gone = [
+        f"_pytest.assertion.rewrite.{name}"
+        for name in ("rewrite_asserts", "AssertionRewritingHook")
+        if not callable(getattr(rewrite, name, None))
+    ]
+    if not gone:
+        params = list(inspect.signature(rewrite.rewrite_asserts).parameters)
+        if params[:4] != ["mod", "source", "module_path", "config"]:
+            gone.append(f"rewrite_asserts(mod, source, module_path, config) (it takes {params})")
+    return gone
 
 
 class _Loader:

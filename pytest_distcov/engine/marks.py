@@ -50,7 +50,7 @@ class MarkPlan:
 def _first_line(stmt: ast.stmt) -> int:
     """The line coverage.py gives a statement: a decorated definition starts at its first
     decorator."""
-    decorators = getattr(stmt, "decorator_list", None) or []
+    decorators: list[ast.expr] = getattr(stmt, "decorator_list", None) or []
     return min([stmt.lineno, *(d.lineno for d in decorators)])
 
 

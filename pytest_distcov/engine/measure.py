@@ -42,6 +42,7 @@ from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_f
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
+from .branches import BRANCH_PYTHONS, BranchMonitor, branches_obstacle
 from .monitor import MONITOR_PYTHON, LineMonitor, monitor_available, monitor_obstacle
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .tap import TracerTap
@@ -413,8 +414,12 @@ class Engine:
         self._probes: Probes | None = None
         #: per-test contexts from sys.monitoring line events (see monitor.py), on 3.12+
         self.use_monitor = not self.use_probes and self._choose_monitor(spec)
+        #: branch coverage from line events on marked code (see branches.py), on 3.12/3.13
+        self.use_branches = (
+            not self.use_probes and not self.use_monitor and self._choose_branches(spec)
+        )
         self._monitor: LineMonitor | None = None
-        if self.use_probes or self.use_monitor:
+        if self.use_probes or self.use_monitor or self.use_branches:
             self.wanted_core = "ctrace"  # a fallback only: the probes or the monitor measure
         elif not self.wanted_core:
             self.wanted_core, note = choose_core(self.cov, contexts=bool(self.context))
@@ -504,6 +509,25 @@ class Engine:
             return False
         return True
 
+    def _choose_branches(self, spec: MeasureSpec) -> bool:
+        """The branch engine for branch coverage on Python 3.12 and 3.13, unless the user
+        chose coverage.py (``--distcov-engine=coverage``, or a core) or the run asks for what
+        it cannot measure: then coverage.py's C tracer, with the reason in the header."""
+        if not self.branch or self.context or spec.engine == "coverage":
+            return False
+        if sys.version_info[:2] not in BRANCH_PYTHONS:
+            return False
+        reason = branches_obstacle(self.cov) or self._fallback_reason(PROBES)
+        if not reason and self.wanted_core:
+            reason = (
+                f"[run] core = {self.wanted_core} (or COVERAGE_CORE) chooses coverage.py's"
+                " tracer for branch coverage"
+            )
+        if reason:
+            self.core_note = reason
+            return False
+        return True
+
     def _fallback_reason(self, name: str) -> str:
         """'' if the start check found ``name``'s internals, else a line naming what lacks."""
         return "" if self.internals[name].on else self.internals.describe(name)
@@ -519,6 +543,8 @@ class Engine:
             return "SlipCover's probes"
         if self.core == "monitor":
             return "sys.monitoring line events"
+        if self.core == "markers":
+            return "sys.monitoring line events with branch markers"
         return f"the {self.core} core"
 
     def start(self) -> None:
@@ -537,20 +563,21 @@ class Engine:
                 self.core = "probes"
                 self._install_new_only()
                 return
-        if self.use_monitor:
+        if self.use_monitor or self.use_branches:
+            kind = BranchMonitor if self.use_branches else LineMonitor
             try:
                 with capture_coverage_warnings(self.notes):
-                    monitor = LineMonitor(self.cov, journal_for(self.data_path))
+                    monitor = kind(self.cov, journal_for(self.data_path))
                     monitor.start()
             except CoverageException as exc:
                 raise SettingsError(f"cannot start coverage: {exc}") from None
             except RuntimeError as exc:  # a tool id taken since, coverage.py's internals
-                self.use_monitor = False
+                self.use_monitor = self.use_branches = False
                 self.core_note = str(exc)  # and measure with the tracer made ready above
             else:
                 self._monitor = monitor
                 self._running = True
-                self.core = "monitor"
+                self.core = "markers" if self.use_branches else "monitor"
                 return
         with capture_coverage_warnings(self.notes):
             try:
@@ -655,7 +682,7 @@ class Engine:
             return None  # not expected: the data file decides
         return context, fresh
 
-    def take_fresh_contexts(self) -> dict[str, dict[str, set[int]]] | None:
+    def take_fresh_contexts(self) -> dict[str, dict[str, set[Any]]] | None:
         """label -> file -> lines: the test phases measured since the last call (the monitor
         engine, streaming from memory), or None where the data file holds them."""
         monitor = self._monitor

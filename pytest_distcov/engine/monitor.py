@@ -80,7 +80,7 @@ TOOL_NAME = "pytest-distcov"
 BATCH = 500
 
 #: (context label, coverage.py's file name -> lines): what one test phase ran
-Phase = tuple[str | None, dict[str, set[int]]]
+Phase = tuple[str | None, dict[str, set[Any]]]
 
 
 def _monitoring() -> Any:
@@ -130,6 +130,8 @@ class LineMonitor(ImportedCode):
     """Line events on the measured code; each test phase's lines under the phase's label."""
 
     stopping = "line events"
+    #: what a phase records of each file: its lines (a subclass may record arcs)
+    kind = "lines"
 
     def __init__(self, cov: Coverage, journal: Path | None = None) -> None:
         tool = free_tool_id()
@@ -167,7 +169,7 @@ class LineMonitor(ImportedCode):
         #: not written, and the journal keeps everything
         self.tracking = False
         #: label -> file -> lines, since the last take_unsent
-        self._unsent: dict[str, dict[str, set[int]]] = {}
+        self._unsent: dict[str, dict[str, set[Any]]] = {}
 
     def start(self) -> None:
         if self._started:
@@ -180,7 +182,8 @@ class LineMonitor(ImportedCode):
         self._started = True
         monitoring.register_callback(self.tool, monitoring.events.LINE, self._on_line)
         monitoring.register_callback(self.tool, monitoring.events.PY_START, self._on_start)
-        self.data.add_lines({})  # line data from the start, as coverage.py's tracer makes it
+        # line (or arc) data from the start, as coverage.py's tracer makes it
+        (self.data.add_arcs if self.kind == "arcs" else self.data.add_lines)({})
         self.hook()
 
     def prepare(self, code: types.CodeType, module_globals: dict[str, Any]) -> types.CodeType:
@@ -246,22 +249,25 @@ class LineMonitor(ImportedCode):
     def _end_phase(self) -> None:
         """What ran since the phase began (or the last flush), under the current label."""
         current = self._current
-        if not current:
-            return
         taken = dict(current)
-        current.clear()
-        self._fired.update(taken)
+        if taken:
+            current.clear()
+            self._fired.update(taken)
         codes = self._codes
-        named: dict[str, set[int]] = {}
+        named: dict[str, set[Any]] = {}
         for code_id, lines in taken.items():
             code = codes.get(code_id)
-            name = None if code is None else self.side.name_for(code.co_filename)
+            if code is None:  # pragma: no cover - only measured code has events
+                continue
+            name = self.side.name_for(code.co_filename)
             if name is None:  # pragma: no cover - only measured code has events
                 continue
+            items = self.recorded(code, lines)
             if name in named:
-                named[name] |= lines
+                named[name] |= items
             else:
-                named[name] = lines
+                named[name] = items
+        self.add_more(named)
         if not named:
             return
         phase = (self._context, named)
@@ -277,6 +283,13 @@ class LineMonitor(ImportedCode):
             self._unwritten.append(phase)
             if len(self._unwritten) >= BATCH:
                 self.consolidate()
+
+    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
+        """What a phase records of ``code`` having run ``lines``: the lines themselves."""
+        return lines
+
+    def add_more(self, named: dict[str, set[Any]]) -> None:
+        """Add to a phase's items by file what was measured besides the line events."""
 
     def flush(self) -> None:
         """Make what ran so far durable (after each test): the phases not yet in the journal
@@ -294,7 +307,7 @@ class LineMonitor(ImportedCode):
         phases, self._unjournaled = self._unjournaled, []
         if self._fd is None:
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, b"".join(encode_record("lines", n, c) for c, n in phases))
+        os.write(self._fd, b"".join(encode_record(self.kind, n, c) for c, n in phases))
 
     def consolidate(self) -> None:
         """Write the phases kept in memory to the data file, one transaction in all, and empty
@@ -305,12 +318,12 @@ class LineMonitor(ImportedCode):
         phases, self._unwritten = self._unwritten, []
         self._unjournaled = []
         if phases:
-            by_context: dict[str | None, dict[str, set[int]]] = {}
+            by_context: dict[str | None, dict[str, set[Any]]] = {}
             for context, named in phases:
                 files = by_context.setdefault(context, {})
                 for name, lines in named.items():
                     files.setdefault(name, set()).update(lines)
-            add_contexts(self.data, by_context, arcs=False)
+            add_contexts(self.data, by_context, arcs=self.kind == "arcs")
         if self._fd is not None:
             os.ftruncate(self._fd, 0)
 
@@ -320,7 +333,7 @@ class LineMonitor(ImportedCode):
         self.consolidate()
         self.tracking = True
 
-    def take_unsent(self) -> dict[str, dict[str, set[int]]]:
+    def take_unsent(self) -> dict[str, dict[str, set[Any]]]:
         """label ('' for none) -> file -> lines: what ran since the last call (while
         :attr:`tracking`), each test phase once."""
         self._end_phase()

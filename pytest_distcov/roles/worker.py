@@ -100,7 +100,7 @@ class WorkerRole:
             else DeltaReader(branch=engine.branch)
         )
         #: per-test contexts an engine keeps in memory (the monitor engine's)
-        self.memory = MemoryContextDelta()
+        self.memory = MemoryContextDelta(branch=engine.branch)
         self.seq = 0
         self.tests = 0
         self.notes_sent = len(engine.notes)  # (the hello carries these)

@@ -1,0 +1,302 @@
+"""The branch engine (Python 3.12 and 3.13): branch coverage from line events on marked code.
+
+Before Python 3.14, ``sys.monitoring`` cannot say which way a branch went and then stop
+asking (its ``BRANCH`` event, once disabled, is off for both ways), so coverage.py measures
+branches there with a trace function, called for every line the process runs. This engine
+measures them with line events alone, at the cost of line coverage:
+
+* each measured module is compiled from its source with branch markers
+  (:mod:`.marks`): a ``pass`` with a line number of its own, past the file's end, at the
+  start of each way out of every line coverage.py's parser gives more than one exit; the
+  marker's line event means the arc coverage.py's parser names for that way was taken;
+* the marked code gets the monitor engine's local ``LINE`` (and ``PY_START``) events, each
+  disabled after it fires (:class:`~pytest_distcov.engine.monitor.LineMonitor`): a line
+  costs one callback per process (per test phase with per-test contexts), however often it
+  runs;
+* what a phase ran is recorded as arcs: a real line ``L`` as ``(-1, L)`` (coverage.py's
+  reports take the executed lines from the arcs' ends), a marker as its arcs. The reports
+  then give what coverage.py's C tracer gives: the same executed and missing lines, the same
+  executed and missing branches (tests/test_branches.py compares the JSON reports).
+
+Modules pytest's assertion rewriter runs (test modules, conftests) are marked before their
+asserts are rewritten, as pytest rewrites them. Functions of modules imported before the
+engine started get the marked code of their module (``__code__`` replaced, when every one of
+them has its marked twin). A file that cannot be marked exactly (a construct :mod:`.marks`
+does not know, a source that does not match the code that runs, source that cannot be read)
+is measured by coverage.py's own tracer, for that file alone
+(:class:`~pytest_distcov.covapi.collector.OwnTracer`), with one ``distcov:`` note for the
+run saying how many files and why the first: never a wrong result.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+import types
+from collections.abc import Collection, Hashable, Iterator
+from pathlib import Path
+from typing import Any
+
+from coverage import Coverage
+
+from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
+
+from .imports import rewriter_missing, tracer_setting
+from .marks import Unmarkable, plan
+from .monitor import LineMonitor, monitor_available
+from .tap import TracerTap
+
+__all__ = ["BRANCH_PYTHONS", "BranchMonitor", "branches_obstacle"]
+
+#: The Pythons this engine measures branches on: sys.monitoring without BRANCH_LEFT/RIGHT
+#: (from 3.14 coverage.py's own sysmon core measures branches with them).
+BRANCH_PYTHONS = ((3, 12), (3, 13))
+
+Arc = tuple[int, int]
+
+
+def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> str:
+    """'' if the branch engine can measure this run exactly, else why not (for the header)."""
+    if version not in BRANCH_PYTHONS:
+        return "branch markers are used on Python 3.12 and 3.13"
+    reason = monitor_available(version)
+    if reason:
+        return reason
+    setting = tracer_setting(cov, branch=False)
+    if setting:
+        return f"branch coverage with {setting} needs coverage.py's tracer"
+    gone = rewriter_missing()
+    if gone:
+        return f"branch markers need pytest's assertion rewriter ({', '.join(gone)})"
+    return ""
+
+
+def _lines_of(code: types.CodeType, below: int | None = None) -> set[int]:
+    """Every line number ``code`` and the code nested in it can run (those under ``below``)."""
+    found: set[int] = set()
+    pending = [code]
+    while pending:
+        item = pending.pop()
+        found.update(line for _, _, line in item.co_lines() if line is not None)
+        pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
+    if below is not None:
+        found = {line for line in found if line < below}
+    return found
+
+
+def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
+    pending = [code]
+    while pending:
+        item = pending.pop()
+        yield item
+        pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
+
+
+class BranchMonitor(LineMonitor):
+    """Line events on marked code; each phase's lines and markers as coverage.py's arcs."""
+
+    stopping = "branch markers"
+    kind = "arcs"
+
+    def __init__(self, cov: Coverage, journal: Path | None = None) -> None:
+        super().__init__(cov, journal)
+        gone = missing_own_tracer(cov)  # once CoverageSide made the collector ready
+        if gone:
+            raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
+        #: a code object's file name -> (first marker line, the arcs of each marker)
+        self._marks: dict[str, tuple[int, list[tuple[Arc, ...]]]] = {}
+        #: files measured by coverage.py's tracer -> why they are not marked
+        self.unmarked: dict[str, str] = {}
+        self._own: OwnTracer | None = None
+        self._tap: TracerTap | None = None
+
+    # -- what a phase records --------------------------------------------------------------
+
+    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
+        found = self._marks.get(code.co_filename)
+        if found is None:  # pragma: no cover - only marked code has events
+            return set()
+        base, table = found
+        arcs: set[Any] = set()
+        for line in lines:
+            if line >= base:
+                if line - base < len(table):
+                    arcs.update(table[line - base])
+            elif line > 0:
+                arcs.add((-1, line))
+        return arcs
+
+    def add_more(self, named: dict[str, set[Any]]) -> None:
+        """What coverage.py's tracer recorded of the unmarked files since the last phase."""
+        tap = self._tap
+        if tap is None:
+            return
+        fresh: dict[str, Collection[Hashable]] = tap.take()
+        for name, arcs in fresh.items():
+            if name in named:
+                named[name] |= set(arcs)
+            else:
+                named[name] = set(arcs)
+
+    # -- marking ---------------------------------------------------------------------------
+
+    def prepare(self, code: types.CodeType, module_globals: dict[str, Any]) -> types.CodeType:
+        return self._prepare(code, module_globals, rewritten=False)
+
+    def execute(self, code: types.CodeType, module_globals: dict[str, Any]) -> None:
+        """A module pytest's assertion rewriter runs: marked, then rewritten as pytest does."""
+        exec(self._prepare(code, module_globals, rewritten=True), module_globals)
+
+    def _prepare(
+        self, code: types.CodeType, module_globals: dict[str, Any], *, rewritten: bool
+    ) -> types.CodeType:
+        filename = code.co_filename
+        if filename in self.unmarked:
+            return code  # coverage.py's tracer measures it
+        try:
+            marked = self._marked(code, rewritten=rewritten)
+        except Exception as exc:  # whatever it was, the user's import must go on
+            self._fall_back(filename, _why(exc))
+            return code
+        return super().prepare(marked, module_globals)
+
+    def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
+        """``code``'s module compiled from its source with branch markers, or raise saying
+        why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
+        filename = code.co_filename
+        try:
+            source = Path(filename).read_bytes()
+        except OSError as exc:
+            raise Unmarkable(f"its source cannot be read ({exc.strerror})") from None
+        marks = plan(importlib.util.decode_source(source), filename)
+        if rewritten:
+            marked = self.pytest_rewritten(marks.tree, source, filename)
+        else:
+            marked = compile(marks.tree, filename, "exec", dont_inherit=True)
+        if _lines_of(marked, below=marks.base) != _lines_of(code):
+            raise Unmarkable("its source does not match the code that runs")
+        known = self._marks.get(filename)
+        if known is not None and known != (marks.base, marks.arcs):
+            raise Unmarkable("its source changed since it was first imported")
+        self._marks[filename] = (marks.base, marks.arcs)
+        return marked
+
+    def adopt_loaded(self) -> None:
+        """The functions of measured modules imported before the engine started run their
+        module's marked code from now on; a module where that cannot be done for every one
+        of them is measured by coverage.py's tracer."""
+        by_file: dict[str, list[types.FunctionType]] = {}
+        for func in self.loaded_functions():
+            by_file.setdefault(func.__code__.co_filename, []).append(func)
+        for filename, funcs in by_file.items():
+            if filename in self.unmarked:
+                continue
+            try:
+                twins = self._twins(filename, funcs)
+            except Exception as exc:
+                self._fall_back(filename, _why(exc))
+                continue
+            for func, twin in twins:
+                func.__code__ = twin
+                self._enable(twin)
+
+    def _twins(
+        self, filename: str, funcs: list[types.FunctionType]
+    ) -> list[tuple[types.FunctionType, types.CodeType]]:
+        """Each function's code in its module's marked code, or raise if one has none."""
+        module = compile(Path(filename).read_bytes(), filename, "exec", dont_inherit=True)
+        marked = self._marked(module, rewritten=False)
+        base = self._marks[filename][0]
+        index: dict[tuple[str, int], types.CodeType] = {}
+        for code in _codes_of(marked):
+            index[(_qualname(code), code.co_firstlineno)] = code
+        twins = []
+        for func in funcs:
+            code = func.__code__
+            twin = index.get((_qualname(code), code.co_firstlineno))
+            if (
+                twin is None
+                or twin.co_freevars != code.co_freevars
+                or _lines_of(twin, below=base) != _lines_of(code)
+            ):
+                raise Unmarkable(f"{_qualname(code)} has no twin in its marked code")
+            twins.append((func, twin))
+        return twins
+
+    def _fall_back(self, filename: str, why: str) -> None:
+        """``filename`` is measured by coverage.py's tracer, from now on."""
+        if filename in self._marks:
+            # Marked code of it already runs: its tracer would see the markers' lines too.
+            self.notes.append(
+                f"{filename} could not be marked again ({why}): what runs of it from the"
+                " code imported now is not measured"
+            )
+            return
+        self.unmarked[filename] = why
+        if self._own is not None or not self._started:
+            return
+        try:
+            own = OwnTracer(self.cov, self.unmarked.__contains__)
+            tap = TracerTap(own.sets)
+            own.start()
+        except Exception as exc:  # coverage.py's internals, in the middle of a user's import
+            self.notes.append(
+                f"branch markers: {filename} cannot be marked ({why}) and coverage.py's tracer"
+                f" cannot start for it ({type(exc).__name__}: {exc}): it is not measured"
+            )
+            return
+        self._own, self._tap = own, tap
+        if self._paused:
+            own.pause()
+
+    @property
+    def cov(self) -> Coverage:
+        return self.side.cov
+
+    def fallback_note(self) -> str:
+        """One line on the files coverage.py's tracer measured, '' if none."""
+        if not self.unmarked:
+            return ""
+        first, why = next(iter(self.unmarked.items()))
+        count = len(self.unmarked)
+        files = "1 file" if count == 1 else f"{count} files"
+        return (
+            f"branch markers: {files} measured with coverage.py's tracer instead (the first:"
+            f" {first}: {why})"
+        )
+
+    # -- the tracer's life follows the engine's ----------------------------------------------
+
+    def pause(self) -> None:
+        super().pause()
+        if self._own is not None:
+            self._own.pause()
+
+    def resume(self) -> None:
+        super().resume()
+        if self._own is not None:
+            self._own.resume()
+
+    def stop(self) -> None:
+        own, self._own = self._own, None
+        if own is not None:
+            own.stop()
+        super().stop()
+
+    def finish(self) -> Any:
+        data = super().finish()
+        note = self.fallback_note()
+        if note and note not in self.notes:
+            self.notes.append(note)
+        return data
+
+
+def _qualname(code: types.CodeType) -> str:
+    name: str = getattr(code, "co_qualname", code.co_name)  # (3.11+; this engine is 3.12+)
+    return name
+
+
+def _why(exc: BaseException) -> str:
+    if isinstance(exc, Unmarkable):
+        return str(exc)
+    return f"{type(exc).__name__}: {exc}"
