@@ -26,6 +26,17 @@ The controller's peak RSS is recorded too (the process that runs pytest; workers
 the CPU time of every process of the run (user + system, the workers included): on a shared
 machine the CPU time moves far less with other load than the wall time, so a second table gives
 its medians and ratios.
+
+``--exactness`` times nothing: it checks that the default engine's branch coverage is exactly
+coverage.py's. For every suite it runs ``--distcov-branch`` with a JSON report twice, with the
+default engine (on 3.12 and 3.13 the branch markers) and with ``--distcov-engine=coverage``
+(coverage.py's C tracer, the reference), under ``-n 2`` and again without xdist (unless
+``--skip-serial``), and compares the two reports file by file: executed and missing lines,
+executed and missing branches. It prints the default engine's ``distcov:`` lines (its header
+says how the run was measured, its notes which files fell back to coverage.py's tracer) and the
+first differences, and exits non-zero if any file differs:
+
+    python benchmarks/bench_overhead.py --exactness --python 3.13 --suite pyparsing
 """
 
 from __future__ import annotations
@@ -383,6 +394,174 @@ def table(
     return "\n".join(lines)
 
 
+#: The keys of a file in coverage.py's JSON report that --exactness compares.
+EXACT_KEYS = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
+#: The two engines --exactness compares: the default one and coverage.py's C tracer.
+ENGINES = {"default": [], "ctrace": ["--distcov-engine=coverage"]}
+#: How many differing files --exactness shows in full, per suite and mode.
+SHOWN_FILES = 5
+
+#: A line, or a branch as its arc (from, to).
+Value = int | tuple[int, int]
+#: file -> key of EXACT_KEYS -> its values, as a set
+Measured = dict[str, dict[str, set[Value]]]
+
+
+@dataclass
+class ExactRun:
+    """One run of a suite for --exactness: its JSON report as sets, and what it printed."""
+
+    files: Measured
+    seconds: float
+    returncode: int
+    distcov_lines: list[str]
+
+
+def _as_sets(report: dict[str, object]) -> Measured:
+    """file -> key -> the set of its lines (ints) or branches ((from, to) tuples)."""
+    files = report.get("files")
+    assert isinstance(files, dict)
+    return {
+        name: {
+            key: {(v[0], v[1]) if isinstance(v, list) else int(v) for v in entry.get(key, [])}
+            for key in EXACT_KEYS
+        }
+        for name, entry in files.items()
+    }
+
+
+def exact_run(
+    py: Path, src: Path, suite: Suite, engine: str, workers: int, *, extra: list[str]
+) -> ExactRun:
+    """``suite`` measured for branches with ``engine`` (``-n workers``; 0: without xdist)."""
+    tag = f"{py.parent.parent.name}-{engine}-n{workers}"  # venv-3.13-default-n2
+    out = src / f".exact-{tag}.json"
+    out.unlink(missing_ok=True)
+    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    hypothesis: list[str] = []
+    if HYPOTHESIS in suite.deps:
+        # the same examples in both runs: a fixed seed, and no database of earlier runs' ones
+        shutil.rmtree(src / ".hypothesis", ignore_errors=True)
+        hypothesis = ["--hypothesis-seed=0"]
+    cmd = [
+        str(py),
+        "-m",
+        "pytest",
+        *xdist,
+        # not -q: it hides the header, which says how the run was measured
+        "-o",
+        f"cache_dir=.bench-cache/exact-{tag}",
+        "-p",
+        "no:randomly",
+        *hypothesis,
+        *suite.args,
+        "--distcov",
+        f"--distcov-source={suite.package}",
+        "--distcov-branch",
+        f"--distcov-report=json:{out}",
+        *ENGINES[engine],
+        *extra,
+        *suite.tests,
+    ]
+    start = time.perf_counter()
+    proc = subprocess.run(
+        cmd, cwd=src, env=clean_env(), capture_output=True, text=True, check=False
+    )
+    elapsed = time.perf_counter() - start
+    if proc.returncode not in (0, 1) or not out.exists():
+        sys.exit(
+            f"bench: {suite.name} {tag} exited {proc.returncode} (report written:"
+            f" {out.exists()}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    files = _as_sets(json.loads(out.read_text()))
+    out.unlink()
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("distcov:")]
+    return ExactRun(files, elapsed, proc.returncode, lines)
+
+
+def _order(value: Value) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,)
+
+
+def _shown(values: set[Value]) -> str:
+    """``1, 5`` (lines) or ``3->4, 3->-1`` (branches), in order."""
+    return ", ".join(
+        f"{v[0]}->{v[1]}" if isinstance(v, tuple) else str(v) for v in sorted(values, key=_order)
+    )
+
+
+def differences(default: Measured, ctrace: Measured) -> dict[str, list[str]]:
+    """file -> a line per key on which the default engine's report differs from the C
+    tracer's (files in one report only included); files that agree are left out."""
+    diffs: dict[str, list[str]] = {}
+    for name in sorted(default.keys() | ctrace.keys()):
+        if name not in ctrace or name not in default:
+            diffs[name] = [f"only in the {'default' if name in default else 'ctrace'} report"]
+            continue
+        lines = []
+        for key in EXACT_KEYS:
+            ours, theirs = default[name][key], ctrace[name][key]
+            if ours != theirs:
+                lines.append(
+                    f"{key}: default only [{_shown(ours - theirs)}],"
+                    f" ctrace only [{_shown(theirs - ours)}]"
+                )
+        if lines:
+            diffs[name] = lines
+    return diffs
+
+
+def exactness(
+    py: Path, sources: dict[str, Path], suites: list[Suite], workers: int, *, serial: bool
+) -> bool:
+    """Compare the default engine's branch reports with the C tracer's; True if all agree."""
+    empty = CACHE / "empty.coveragerc"
+    empty.write_text("")
+    code = "import sys; print(sys.version_info[:2] in ((3, 12), (3, 13)))"
+    marks = subprocess.check_output([str(py), "-c", code], text=True).strip() == "True"
+    exact = True
+    for s in suites:
+        for n in [workers, 0] if serial else [workers]:
+            mode = f"-n {n}" if n else "no xdist"
+            agree, marked = compare(py, sources[s.name], s, n, extra=[], where=f"{s.name}, {mode}")
+            exact &= agree
+            if marks and not marked:
+                # The suite's own settings (attrs' [run] patch = subprocess) keep the markers
+                # off: compare again with none of them.
+                where = f"{s.name}, {mode}, with an empty coverage configuration"
+                exact &= compare(
+                    py, sources[s.name], s, n, extra=[f"--distcov-config={empty}"], where=where
+                )[0]
+    return exact
+
+
+def compare(
+    py: Path, src: Path, s: Suite, n: int, *, extra: list[str], where: str
+) -> tuple[bool, bool]:
+    """Run ``s`` with both engines and print how their reports differ: whether they agree,
+    and whether the default engine measured with branch markers."""
+    default, ctrace = (exact_run(py, src, s, e, n, extra=extra) for e in ENGINES)
+    print(f"{where}:")
+    for line in default.distcov_lines:
+        print(f"  {line}")
+    print(
+        f"  wall time: default {default.seconds:.1f} s (exit {default.returncode}),"
+        f" ctrace {ctrace.seconds:.1f} s (exit {ctrace.returncode})"
+    )
+    diffs = differences(default.files, ctrace.files)
+    count = len(default.files.keys() | ctrace.files.keys())
+    print(f"  files: {count}, differing: {len(diffs)}")
+    for name, lines in list(diffs.items())[:SHOWN_FILES]:
+        print(f"  {name}:")
+        for line in lines:
+            print(f"    {line}")
+    if len(diffs) > SHOWN_FILES:
+        print(f"  ... and {len(diffs) - SHOWN_FILES} more files")
+    sys.stdout.flush()
+    marked = any("with branch markers" in line for line in default.distcov_lines)
+    return not diffs, marked
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", action="append", help="3.11, 3.13, ... or a path")
@@ -401,8 +580,30 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--markdown", type=Path, help="also write the tables to this file")
     parser.add_argument("--json", type=Path, help="write raw samples to this file")
+    parser.add_argument(
+        "--exactness",
+        action="store_true",
+        help="time nothing: compare the default engine's branch coverage (JSON reports) with"
+        " coverage.py's C tracer's, file by file; exit 1 if any file differs",
+    )
+    parser.add_argument(
+        "--skip-serial",
+        action="store_true",
+        help="with --exactness: only under -n WORKERS, not also without xdist",
+    )
     args = parser.parse_args()
     suites = [SUITES[n] for n in (args.suite or sorted(SUITES))]
+    if args.exactness:
+        exact = True
+        for spec in args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]:
+            py, sources = prepare(find_python(spec), suites, args.coverage, newest=args.newest)
+            print(f"bench: exactness on {versions(py, ['coverage', 'pytest-distcov'])}", flush=True)
+            version = subprocess.check_output(
+                [str(py), "-c", "import platform; print(platform.python_version())"], text=True
+            ).strip()
+            print(f"Python {version}", flush=True)
+            exact &= exactness(py, sources, suites, args.workers, serial=not args.skip_serial)
+        sys.exit(0 if exact else 1)
     out: list[str] = []
     raw: dict[str, object] = {}
     for spec in args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]:

@@ -16,7 +16,6 @@ packed arcs, that coverage.py's own flush unpacks sample values as :func:`unpack
 
 from __future__ import annotations
 
-import copy
 import types
 from collections.abc import Callable, Collection, Hashable
 from typing import Any
@@ -229,10 +228,12 @@ class OwnTracer:
         def only_wanted(filename: str, frame: Any) -> Any:
             disposition = should_trace(filename, frame)
             if disposition.trace and not wanted(filename):
-                disposition = copy.copy(disposition)  # (coverage.py caches its own)
-                disposition.trace = False
-                disposition.reason = "measured with branch markers"
+                return _not_traced(disposition)  # (coverage.py caches its own)
             return disposition
+
+        # The C tracer's dispositions are of its own type: made here once, so that a
+        # surprise fails the start (a note), never the user's code the tracer is called in.
+        _not_traced(should_trace(__file__, None))
 
         collector.should_trace = only_wanted
         self._running = False
@@ -254,6 +255,20 @@ class OwnTracer:
         if self._running:
             self._running = False
             self._collector.stop()
+
+
+def _not_traced(disposition: Any) -> Any:
+    """A disposition of ``disposition``'s type and file that does not trace it (fields as
+    coverage.py's ``disposition_init`` sets them)."""
+    off = type(disposition)()
+    off.original_filename = disposition.original_filename
+    off.canonical_filename = disposition.canonical_filename
+    off.source_filename = None
+    off.trace = False
+    off.reason = "measured with branch markers"
+    off.file_tracer = None
+    off.has_dynamic_filename = False
+    return off
 
 
 def ctracer_error() -> str:

@@ -38,6 +38,7 @@ __all__ = [
     "ParseKeeper",
     "Parser",
     "exclude_regex",
+    "exits_of",
     "keep_parses",
     "missing",
     "parse_file",
@@ -153,6 +154,19 @@ def parse_file(
     except Exception:  # whatever coverage.py's report would say about it, it says it then
         return None
     return parser
+
+
+def exits_of(text: str, filename: str) -> tuple[dict[int, set[int]], dict[int, int]]:
+    """The exits coverage.py's parser finds for each line of the Python source ``text``
+    (the destinations of its possible arcs, by the line they leave; lines as the report
+    numbers them), and its exit counts (a line with more than one is a branch line)."""
+    parser = PythonParser(text=text, filename=filename)
+    parser.parse_source()
+    exits: dict[int, set[int]] = {}
+    for first, second in parser.arcs():
+        if first > 0:
+            exits.setdefault(first, set()).add(second)
+    return exits, parser.exit_counts()
 
 
 class ParseKeeper(Protocol):

@@ -17,7 +17,7 @@ marker only adds a statement of its own.
 from __future__ import annotations
 
 import ast
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 __all__ = ["MarkPlan", "Unmarkable", "plan"]
@@ -63,15 +63,9 @@ def _irrefutable(case: ast.match_case) -> bool:
 
 def _exits(source: str, filename: str) -> tuple[dict[int, set[int]], dict[int, int]]:
     """coverage.py's parser's possible exits of each line, and its exit counts."""
-    from coverage.parser import PythonParser
+    from pytest_distcov.covapi.parser import exits_of
 
-    parser = PythonParser(text=source, filename=filename)
-    parser.parse_source()
-    exits: dict[int, set[int]] = {}
-    for a, b in parser.arcs():
-        if a > 0:
-            exits.setdefault(a, set()).add(b)
-    return exits, parser.exit_counts()
+    return exits_of(source, filename)
 
 
 def _same_line_body(node: ast.If, line: int) -> tuple[int, int] | None:
@@ -121,7 +115,7 @@ def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
     return arc
 
 
-def plan(source: str, filename: str) -> MarkPlan:
+def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, one state
     """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
     exits, counts = _exits(source, filename)
     branches = {line: frozenset(exits.get(line, ())) for line, n in counts.items() if n > 1}
@@ -134,6 +128,7 @@ def plan(source: str, filename: str) -> MarkPlan:
     def mark(node: ast.AST, arcs: Iterable[Arc]) -> ast.Pass:
         withs = stacks[id(node)]
         return marks.add(_through_with(arc, withs) for arc in arcs)
+
     #: one-line ``if`` bodies, blanked (``pass``) in a variant of the source: there the line's
     #: only exit is where its false way goes
     blank: dict[int, tuple[int, int]] = {}
@@ -183,7 +178,14 @@ def plan(source: str, filename: str) -> MarkPlan:
             node.body.insert(0, mark(node, [(line, into)]))
             node.orelse.insert(0, mark(node, [(line, other)]))
         elif isinstance(node, ast.Match):
-            _mark_match(node, branches, marks, marked, two_ways, stacks[id(node)])
+            _mark_match(
+                node,
+                branches=branches,
+                marks=marks,
+                marked=marked,
+                two_ways=two_ways,
+                withs=stacks[id(node)],
+            )
         for stmts in parent_lists(node):
             for i in range(len(stmts) - 1, -1, -1):
                 stmt = stmts[i]
@@ -197,16 +199,18 @@ def plan(source: str, filename: str) -> MarkPlan:
                 dests = branches[line]
                 others = dests - {leave}
                 if leave not in dests or len(others) != 1:
-                    raise Unmarkable(f"line {line} (a one-line definition) has exits {sorted(dests)}")
+                    raise Unmarkable(
+                        f"line {line} (a one-line definition) has exits {sorted(dests)}"
+                    )
                 body = stmt.body
                 at = 1 if body and _is_docstring(body[0]) else 0
                 body.insert(at, marks.add([(line, leave)]))  # in the body's own scope
                 stmts.insert(i + 1, mark(stmt, [(line, next(iter(others)))]))
     if one_line_ifs:
         falls = _false_ways(source, filename, blank)
-        for node, other in one_line_ifs:
+        for node, known in one_line_ifs:
             line = node.lineno
-            other = other or falls.get(line, 0)
+            other = known or falls.get(line, 0)
             taken = branches[line] - {other}
             if other not in branches[line] or len(taken) != 1:
                 raise Unmarkable(f"line {line} (if, one line) has exits {sorted(branches[line])}")
@@ -240,7 +244,15 @@ def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -
     return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
 
 
-def _mark_match(node, branches, marks, marked, two_ways, withs) -> None:  # type: ignore[no-untyped-def]
+def _mark_match(
+    node: ast.Match,
+    *,
+    branches: dict[int, frozenset[int]],
+    marks: MarkPlan,
+    marked: set[int],
+    two_ways: Callable[[int, list[ast.stmt], str], tuple[int, int]],
+    withs: tuple[ast.With | ast.AsyncWith, ...],
+) -> None:
     cases = node.cases
     lines = [c.pattern.lineno for c in cases]
     if len(set(lines)) != len(lines):
@@ -263,8 +275,12 @@ def _mark_match(node, branches, marks, marked, two_ways, withs) -> None:  # type
         line = marks.base + len(marks.arcs)
         default = ast.match_case(
             pattern=ast.MatchAs(
-                pattern=None, name=None, lineno=line, col_offset=0,
-                end_lineno=line, end_col_offset=1,
+                pattern=None,
+                name=None,
+                lineno=line,
+                col_offset=0,
+                end_lineno=line,
+                end_col_offset=1,
             ),
             guard=None,
             body=[marks.add(_through_with(a, withs) for a in failed)],

@@ -1,0 +1,340 @@
+"""The branch engine (Python 3.12 and 3.13): its reports equal coverage.py's C tracer's.
+
+Branch markers record arcs of their own (``(-1, L)`` for a line, the parser's arc for a way
+out of a branch line), not the tracer's transitions, so the data files differ by design; what
+users look at must not: coverage.py's JSON report of each file (executed and missing
+statements, executed and missing branches) is compared with that of a serial
+``coverage run --branch -m pytest`` of the same tests, or, where the engines start later than
+``coverage run`` does, with ``--distcov-engine=coverage`` (coverage.py's C tracer started at the
+same point).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+from .helpers import assert_same_report, run_pytest, serial_reference
+
+pytestmark = pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 12), (3, 13)),
+    reason="branch markers are used on Python 3.12 and 3.13",
+)
+
+#: the engine this suite's runs use unless they choose one (tests/conftest.py: coverage)
+AUTO = ("--distcov", "--distcov-branch", "--distcov-engine=auto")
+HEADER = "distcov: measuring lines and branches*sys.monitoring line events with branch markers*"
+
+#: Every construct the markers handle, and some they must leave alone: loops with else,
+#: break and continue, try/except/finally, with blocks left by return, match with guards and
+#: no irrefutable case, async generators, one-line bodies and definitions, lambdas.
+TRICKY = '''\
+import asyncio
+
+
+def gen(n):
+    for i in range(n):
+        if i % 2:
+            yield i
+        else:
+            continue
+    else:
+        yield -1
+
+
+def tryer(x):
+    try:
+        if x > 1:
+            raise ValueError(x)
+        elif x == 1:
+            return "one"
+    except ValueError as e:
+        if e.args[0] > 5:
+            return "big"
+    finally:
+        if x == 0:
+            pass
+    while x > 0:
+        x -= 2
+        if x == 3:
+            break
+    else:
+        return "done"
+    return "broke"
+
+
+def withs(path, flag):
+    with open(path) as fh:
+        for line in fh:
+            if flag: return line
+    return None
+
+
+def matcher(v):
+    match v:
+        case 0 | 1:
+            return "small"
+        case [a, *rest] if a:
+            return "list"
+        case {"k": kk}:
+            return kk
+        case str() as s if len(s) > 3:
+            return s
+
+
+async def agen(n):
+    for i in range(n):
+        if i:
+            yield i
+
+
+async def amain():
+    out = []
+    async for i in agen(4):
+        if i > 2: break
+        out.append(i)
+    return out
+
+
+class C:
+    """Doc."""
+    def m(self, x): return x if x else None
+    def n(self): "doc only"
+
+
+def one(x): return x
+
+
+def nested(xs):
+    total = 0
+    for x in xs:
+        for y in xs:
+            if x == y:
+                continue
+            if x > y and y:
+                total += 1
+            elif x < 0:
+                total -= 1
+    while total:
+        total //= 2
+        if total == 1: break
+    return total if total else 0
+
+
+def lam(xs):
+    return sorted(xs, key=lambda v: -v if v else 0)
+
+
+def never(x):
+    if x:
+        return 1
+    return 2
+'''
+
+TRICKY_TESTS = """\
+import asyncio
+import os
+
+import pytest
+
+import tricky as t
+
+
+def test_gen():
+    assert list(t.gen(5)) == [1, 3, -1]
+    assert list(t.gen(0)) == [-1]
+
+
+@pytest.mark.parametrize("v", [0, 1, 2, 9, -3, 7])
+def test_tryer(v):
+    try:
+        t.tryer(v)
+    except ValueError:
+        assert v in (2, 9, 7) or v > 1
+
+
+def test_withs(tmp_path):
+    path = tmp_path / "f.txt"
+    path.write_text("a\\nb\\n")
+    assert t.withs(path, True) == "a\\n"
+    assert t.withs(path, False) is None
+
+
+@pytest.mark.parametrize("v", [0, [1, 2], [0], {"k": 3}, "hello", "hi", 3.5])
+def test_matcher(v):
+    result = t.matcher(v)
+    if isinstance(v, str) and len(v) > 3:
+        assert result == v
+    else:
+        assert result != "impossible"
+
+
+def test_async():
+    assert asyncio.run(t.amain()) == [1, 2]
+
+
+def test_small():
+    c = t.C()
+    assert c.m(1) == 1 and c.m(0) is None and c.n() is None
+    assert t.one(1) == 1
+    assert t.nested([1, 2, -1, 0]) in (0, 1, 2, 3)
+    assert t.nested([]) == 0
+    assert t.lam([3, 0, 1]) == [3, 1, 0]
+    for i in range(3):
+        if i == 5:
+            break
+    else:
+        assert os.sep
+"""
+
+CONFTEST = """\
+import pytest
+
+
+@pytest.fixture(autouse=True)
+def tidy(request):
+    if request.node.name.startswith("test_never"):
+        pytest.skip("never")
+    yield
+"""
+
+
+def _project(pytester: pytest.Pytester, **more: str) -> None:
+    pytester.makepyfile(tricky=TRICKY, test_tricky=TRICKY_TESTS, conftest=CONFTEST, **more)
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+
+
+@pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2"]], ids=["in-process", "n2"])
+def test_tricky_code_reports_as_coverage_run_does(
+    pytester: pytest.Pytester, mode: list[str]
+) -> None:
+    """The module, its test module (marked, then its asserts rewritten as pytest rewrites them)
+    and the conftest: every file's report equals a serial ``coverage run --branch``'s."""
+    _project(pytester)
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, *AUTO, *mode)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([HEADER])
+    assert "coverage.py's tracer instead" not in result.stdout.str()
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+
+
+#: A ``case`` whose pattern starts on a line of its own (coverage.py's parser names the
+#: ``case`` line, the AST the pattern's) and an ``if`` the compiler folds: no marker can
+#: stand for either, so the file is measured by coverage.py's tracer.
+UNMARKABLE = """\
+def kind(v):
+    match v:
+        case (
+            1
+            | 2
+        ):
+            return "small"
+        case 3:
+            return "three"
+        case _:
+            return "other"
+
+
+def pick(flag, other):
+    if 0 and flag:
+        return "never"
+    elif other:
+        return "other"
+    return "none"
+"""
+
+
+def test_a_file_that_cannot_be_marked_is_measured_by_coverage_py(
+    pytester: pytest.Pytester,
+) -> None:
+    """One ``distcov:`` note names how many files and why the first; the report of that file,
+    and of the rest, equals a serial ``coverage run --branch``'s."""
+    _project(
+        pytester,
+        odd=UNMARKABLE,
+        test_odd=(
+            "import odd\n\n\ndef test_odd():\n"
+            "    assert [odd.kind(v) for v in (1, 3, 'x')] == ['small', 'three', 'other']\n"
+            "    assert odd.pick(1, 0) == 'none'\n"
+        ),
+    )
+    from pytest_distcov.engine.marks import Unmarkable, plan
+
+    with pytest.raises(Unmarkable):
+        plan(UNMARKABLE, "odd.py")
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, *AUTO, "-n", "2")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [HEADER, "*branch markers: 1 file measured with coverage.py's tracer instead*odd.py*"]
+    )
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+
+
+def test_functions_imported_before_measuring_run_marked_code(pytester: pytest.Pytester) -> None:
+    """A measured module imported before the engine starts (a ``-p`` plugin): its functions
+    get their marked twins; what they run equals what coverage.py's C tracer, started at the
+    same point, records."""
+    _project(
+        pytester,
+        early=(
+            "def pick(x):\n    if x > 0:\n        return 'pos'\n"
+            "    for i in range(x, 0):\n        if i == -2:\n            break\n"
+            "    return 'neg'\n"
+        ),
+        test_early=(
+            "import early\n\n\ndef test_early():\n"
+            "    assert early.pick(1) == 'pos' and early.pick(-1) == 'neg'\n"
+        ),
+    )
+    runs = {}
+    for engine in ("auto", "coverage"):
+        result = run_pytest(
+            pytester, "-p", "early", "--distcov", "--distcov-branch", f"--distcov-engine={engine}"
+        )
+        assert result.ret == 0, result.stdout.str()
+        assert "coverage.py's tracer instead" not in result.stdout.str()
+        runs[engine] = (pytester.path / ".coverage").rename(pytester.path / f"{engine}.coverage")
+    assert_same_report(runs["auto"], runs["coverage"], pytester.path)
+
+
+def test_coverage_engine_and_a_core_keep_the_tracer(
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--distcov-engine=coverage``, or a core the user chose, measures branches with
+    coverage.py's C tracer, and the header says why."""
+    _project(pytester)
+    result = run_pytest(pytester, "--distcov", "--distcov-branch", "--distcov-engine=coverage")
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(["distcov: measuring lines and branches*the ctrace core*"])
+    monkeypatch.setenv("COVERAGE_CORE", "ctrace")
+    result = run_pytest(pytester, *AUTO)
+    assert result.ret == 0
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring lines and branches*the ctrace core*",
+            "*core = ctrace (or COVERAGE_CORE) chooses coverage.py*",
+        ]
+    )
+
+
+def test_a_file_measured_with_branch_markers_keeps_its_own_path(tmp_path: Path) -> None:
+    """Marked code runs under the file's own name: tracebacks and ``__file__`` are unchanged."""
+    from pytest_distcov.engine.marks import plan
+
+    source = "def f(x):\n    if x:\n        raise ValueError(x)\n    return 0\n"
+    path = tmp_path / "m.py"
+    path.write_text(source)
+    marks = plan(source, str(path))
+    code = compile(marks.tree, str(path), "exec", dont_inherit=True)
+    space: dict[str, object] = {}
+    exec(code, space)
+    func = space["f"]
+    assert callable(func)
+    with pytest.raises(ValueError, match="1") as info:
+        func(1)
+    assert info.traceback[-1].lineno == 2  # (0-based: line 3)
+    assert str(info.traceback[-1].path) == str(path)
