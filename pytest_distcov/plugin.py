@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import shutil
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import pytest
@@ -116,11 +117,24 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             worker_id or "controller",
             subprocesses=not dist,
             partial=worker_id is not None or dist,
+            marks_cache=_marks_cache_dir(early_config),
         )
         engine.start()
     except DistCovError as exc:
         raise _usage_error(exc) from None
     early_config.stash[ENGINE_KEY] = engine
+
+
+def _marks_cache_dir(config: pytest.Config) -> Path | None:
+    """Where the branch engine keeps marked modules across runs: in pytest's cache directory
+    (``cache_dir``, resolved as pytest resolves it), None without pytest's cache plugin."""
+    if not config.pluginmanager.has_plugin("cacheprovider"):
+        return None
+    try:
+        name = os.path.expandvars(os.path.expanduser(str(config.getini("cache_dir"))))
+    except (ValueError, TypeError):
+        return None
+    return Path(os.path.abspath(config.rootpath / name)) / "d" / "distcov" / "marks"
 
 
 def _worker_count(config: pytest.Config) -> int:

@@ -338,3 +338,39 @@ def test_a_file_measured_with_branch_markers_keeps_its_own_path(tmp_path: Path) 
         func(1)
     assert info.traceback[-1].lineno == 2  # (0-based: line 3)
     assert str(info.traceback[-1].path) == str(path)
+
+
+def test_marked_modules_are_kept_for_the_next_run(pytester: pytest.Pytester) -> None:
+    """The second run loads each marked module from pytest's cache directory and reports
+    exactly what the first did, and what coverage.py does."""
+    _project(pytester)
+    pytester.makeini("[pytest]\naddopts = -p no:randomly\n")
+    reference = serial_reference(pytester, branch=True)
+    marks = pytester.path / ".pytest_cache" / "d" / "distcov" / "marks"
+    stamps = {}
+    for run in ("first", "second"):
+        result = run_pytest(pytester, *AUTO, "-n", "2")
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines([HEADER])
+        assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+        stamps[run] = {p.name: p.stat().st_mtime_ns for p in marks.glob("*.marks")}
+    assert len(stamps["first"]) >= 1  # tricky.py (test modules are rewritten by pytest)
+    assert stamps["second"].keys() == stamps["first"].keys()  # loaded, not marked again
+
+
+def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:
+    from pytest_distcov.engine.branches import MarkCache
+
+    cache = MarkCache(tmp_path / "marks")
+    code = compile("x = 1\n", "/m.py", "exec")
+    key = cache.key("/m.py", b"x = 1\n")
+    cache.store(key, (3, [((1, 2),)], code))
+    assert cache.load(key, "/m.py") == (3, [((1, 2),)], code)
+    assert cache.load(key, "/other.py") is None  # another file's code
+    import marshal
+
+    entry = tmp_path / "marks" / f"{key}.marks"
+    for bad in (b"junk", marshal.dumps((1, "3", (), code)), marshal.dumps((1, 3, ((1,),), code))):
+        entry.write_bytes(bad)
+        assert cache.load(key, "/m.py") is None
+    assert cache.key("/m.py", b"x = 2\n") != key

@@ -30,13 +30,19 @@ run saying how many files and why the first: never a wrong result.
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import importlib.util
+import marshal
+import os
 import sys
+import tempfile
 import types
 from collections.abc import Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
+import coverage
 from coverage import Coverage
 
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
@@ -46,7 +52,7 @@ from .marks import Unmarkable, plan
 from .monitor import LineMonitor, monitor_available
 from .tap import TracerTap
 
-__all__ = ["BRANCH_PYTHONS", "BranchMonitor", "branches_obstacle"]
+__all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "branches_obstacle"]
 
 #: The Pythons this engine measures branches on: sys.monitoring without BRANCH_LEFT/RIGHT
 #: (from 3.14 coverage.py's own sysmon core measures branches with them).
@@ -92,14 +98,109 @@ def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
         pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
 
 
+#: Bump when what the mark cache stores changes meaning.
+_CACHE_FORMAT = 1
+#: Marked modules the cache keeps (pruned to this when it holds twice as many).
+_CACHE_KEEP = 5000
+#: A cached marked module: (first marker line, each marker's arcs, the marked module's code)
+Marked = tuple[int, list[tuple[Arc, ...]], types.CodeType]
+
+
+class MarkCache:
+    """Marked modules kept across runs, one file each, as Python keeps ``.pyc`` files.
+
+    Marking a module costs a parse by coverage.py's parser (several times its compile): a
+    later run of the same source, on the same Python and coverage.py, loads the marked code
+    and its markers' arcs instead. A file is named by a digest of everything the result
+    depends on, written whole under a temporary name and renamed (workers share the
+    directory), and read with ``marshal`` as the interpreter reads ``__pycache__``: it is
+    trusted as much as the checkout's ``.pyc`` files. Anything unexpected in it (another
+    format, a file that does not load) means the module is marked afresh; a cache never
+    fails an import.
+    """
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    @staticmethod
+    def key(filename: str, source: bytes) -> str:
+        h = hashlib.sha256()
+        for part in (str(_CACHE_FORMAT), coverage.__version__, sys.version, filename):
+            h.update(part.encode("utf-8", "surrogatepass") + b"\0")
+        h.update(str(sys.flags.optimize).encode() + b"\0")
+        h.update(source)
+        return h.hexdigest()[:40]
+
+    def load(self, key: str, filename: str) -> Marked | None:
+        """The marked module stored under ``key`` for ``filename``, or None."""
+        path = self.directory / f"{key}.marks"
+        try:
+            found = marshal.loads(path.read_bytes())
+        except (OSError, ValueError, EOFError, TypeError):
+            return None
+        if not (isinstance(found, tuple) and len(found) == 4 and found[0] == _CACHE_FORMAT):
+            return None
+        _, base, arcs, code = found
+        if not (
+            type(base) is int
+            and isinstance(arcs, tuple)
+            and all(isinstance(a, tuple) and all(_is_arc(x) for x in a) for a in arcs)
+            and type(code) is types.CodeType
+            and code.co_filename == filename
+        ):
+            return None
+        with contextlib.suppress(OSError):  # used now: pruned last
+            os.utime(path)
+        return base, [tuple(a) for a in arcs], code
+
+    def store(self, key: str, marked: Marked) -> None:
+        base, arcs, code = marked
+        target = self.directory / f"{key}.marks"
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            blob = marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code))
+            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".marks-")
+            try:
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(blob)
+                os.replace(tmp, target)
+            except BaseException:
+                with contextlib.suppress(OSError):
+                    os.unlink(tmp)
+                raise
+        except (OSError, ValueError):
+            pass  # a cache only: the next run marks the module again
+
+    def prune(self, keep: int = _CACHE_KEEP) -> None:
+        """Keep the ``keep`` files used last (a module marked again for every edit of its
+        source leaves one file per edit)."""
+        try:
+            entries = [e for e in os.scandir(self.directory) if e.name.endswith(".marks")]
+            if len(entries) <= 2 * keep:
+                return
+            entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
+        except OSError:
+            return
+        for entry in entries[keep:]:
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _is_arc(arc: object) -> bool:
+    return isinstance(arc, tuple) and len(arc) == 2 and type(arc[0]) is int and type(arc[1]) is int
+
+
 class BranchMonitor(LineMonitor):
     """Line events on marked code; each phase's lines and markers as coverage.py's arcs."""
 
     stopping = "branch markers"
     kind = "arcs"
 
-    def __init__(self, cov: Coverage, journal: Path | None = None) -> None:
+    def __init__(
+        self, cov: Coverage, journal: Path | None = None, cache: MarkCache | None = None
+    ) -> None:
         super().__init__(cov, journal)
+        self.cache = cache
         gone = missing_own_tracer(cov)  # once CoverageSide made the collector ready
         if gone:
             raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
@@ -168,17 +269,26 @@ class BranchMonitor(LineMonitor):
             source = Path(filename).read_bytes()
         except OSError as exc:
             raise Unmarkable(f"its source cannot be read ({exc.strerror})") from None
-        marks = plan(importlib.util.decode_source(source), filename)
-        if rewritten:
-            marked = self.pytest_rewritten(marks.tree, source, filename)
+        cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
+        key = cache.key(filename, source) if cache is not None else ""
+        found = cache.load(key, filename) if cache is not None else None
+        if found is not None:
+            base, arcs, marked = found
         else:
-            marked = compile(marks.tree, filename, "exec", dont_inherit=True)
-        if _lines_of(marked, below=marks.base) != _lines_of(code):
+            marks = plan(importlib.util.decode_source(source), filename)
+            base, arcs = marks.base, marks.arcs
+            if rewritten:
+                marked = self.pytest_rewritten(marks.tree, source, filename)
+            else:
+                marked = compile(marks.tree, filename, "exec", dont_inherit=True)
+        if _lines_of(marked, below=base) != _lines_of(code):
             raise Unmarkable("its source does not match the code that runs")
         known = self._marks.get(filename)
-        if known is not None and known != (marks.base, marks.arcs):
+        if known is not None and known != (base, arcs):
             raise Unmarkable("its source changed since it was first imported")
-        self._marks[filename] = (marks.base, marks.arcs)
+        if cache is not None and found is None:
+            cache.store(key, (base, arcs, marked))
+        self._marks[filename] = (base, arcs)
         return marked
 
     def adopt_loaded(self) -> None:
@@ -285,6 +395,8 @@ class BranchMonitor(LineMonitor):
 
     def finish(self) -> Any:
         data = super().finish()
+        if self.cache is not None:
+            self.cache.prune()
         note = self.fallback_note()
         if note and note not in self.notes:
             self.notes.append(note)

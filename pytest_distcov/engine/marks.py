@@ -82,23 +82,31 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 _WITHS = (ast.With, ast.AsyncWith)
 
 
-def _with_stacks(tree: ast.AST) -> dict[int, tuple[ast.With | ast.AsyncWith, ...]]:
-    """id(node) -> the ``with`` statements of its own scope around it, outermost first."""
-    stacks: dict[int, tuple[ast.With | ast.AsyncWith, ...]] = {}
-
-    def visit(node: ast.AST, stack: tuple[ast.With | ast.AsyncWith, ...]) -> None:
-        stacks[id(node)] = stack
-        for child in ast.iter_child_nodes(node):
-            if isinstance(node, _SCOPES) and child not in getattr(node, "decorator_list", ()):
-                inner: tuple[ast.With | ast.AsyncWith, ...] = ()
-            else:
-                inner = stack
-            if isinstance(node, _WITHS) and child in node.body:
-                inner = (*stack, node)
-            visit(child, inner)
-
-    visit(tree, ())
-    return stacks
+def _with_stacks(
+    tree: ast.Module,
+) -> tuple[dict[int, tuple[ast.With | ast.AsyncWith, ...]], list[ast.stmt]]:
+    """id(node) -> the ``with`` statements of its own scope around it, outermost first, for
+    the module and every statement (expressions hold none: a lambda's body is one); and every
+    statement."""
+    stacks: dict[int, tuple[ast.With | ast.AsyncWith, ...]] = {id(tree): ()}
+    found: list[ast.stmt] = []
+    pending: list[tuple[list[ast.stmt], tuple[ast.With | ast.AsyncWith, ...]]] = [(tree.body, ())]
+    while pending:
+        stmts, withs = pending.pop()
+        for stmt in stmts:
+            stacks[id(stmt)] = withs
+            found.append(stmt)
+            inner = () if isinstance(stmt, _SCOPES) else withs
+            for name in ("body", "orelse", "finalbody"):
+                value = getattr(stmt, name, None)
+                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                    if name == "body" and isinstance(stmt, _WITHS):
+                        pending.append((value, (*withs, stmt)))
+                    else:
+                        pending.append((value, inner))
+            for part in (*getattr(stmt, "handlers", ()), *getattr(stmt, "cases", ())):
+                pending.append((part.body, withs))
+    return stacks, found
 
 
 def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
@@ -123,7 +131,7 @@ def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, o
     nlines = source.count("\n") + 1
     marks = MarkPlan(tree, base=nlines + 1, branches=branches)
     marked: set[int] = set()
-    stacks = _with_stacks(tree)
+    stacks, statements = _with_stacks(tree)
 
     def mark(node: ast.AST, arcs: Iterable[Arc]) -> ast.Pass:
         withs = stacks[id(node)]
@@ -155,7 +163,7 @@ def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, o
             yield handler.body
 
     one_line_ifs: list[tuple[ast.If, int]] = []
-    for node in list(ast.walk(tree)):
+    for node in [tree, *statements]:
         if isinstance(node, (ast.If, ast.While, ast.For, ast.AsyncFor)):
             line = node.lineno
             if line not in branches:
@@ -219,7 +227,6 @@ def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, o
     left = set(branches) - marked
     if left:
         raise Unmarkable(f"branch lines {sorted(left)[:5]} are of no construct marked here")
-    ast.fix_missing_locations(tree)
     return marks
 
 

@@ -42,7 +42,7 @@ from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_f
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
-from .branches import BRANCH_PYTHONS, BranchMonitor, branches_obstacle
+from .branches import BRANCH_PYTHONS, BranchMonitor, MarkCache, branches_obstacle
 from .monitor import MONITOR_PYTHON, LineMonitor, monitor_available, monitor_obstacle
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
 from .tap import TracerTap
@@ -385,6 +385,7 @@ class Engine:
         *,
         subprocesses: bool,
         partial: bool,
+        marks_cache: Path | None = None,
     ) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
         self.data_dir = data_dir
@@ -427,6 +428,8 @@ class Engine:
         elif self.context and self.wanted_core == "sysmon":
             self.wanted_core, self.core_note = "ctrace", "[run] core = sysmon records no contexts"
         self.cov.set_option("run:core", self.wanted_core)
+        #: where the branch engine keeps marked modules across runs (None: nowhere)
+        self.marks_cache = marks_cache
         self._label = ""
         quiet = []
         if self.cov.get_option("run:core") == "sysmon":
@@ -564,10 +567,9 @@ class Engine:
                 self._install_new_only()
                 return
         if self.use_monitor or self.use_branches:
-            kind = BranchMonitor if self.use_branches else LineMonitor
             try:
                 with capture_coverage_warnings(self.notes):
-                    monitor = kind(self.cov, journal_for(self.data_path))
+                    monitor = self._make_monitor()
                     monitor.start()
             except CoverageException as exc:
                 raise SettingsError(f"cannot start coverage: {exc}") from None
@@ -593,6 +595,13 @@ class Engine:
                 f"coverage's C extension cannot be loaded here ({ctracer_error()}): measuring"
                 " with its pure-Python tracer, which is several times slower"
             )
+
+    def _make_monitor(self) -> LineMonitor:
+        journal = journal_for(self.data_path)
+        if not self.use_branches:
+            return LineMonitor(self.cov, journal)
+        cache = MarkCache(self.marks_cache) if self.marks_cache is not None else None
+        return BranchMonitor(self.cov, journal, cache)
 
     def _install_new_only(self) -> None:
         """A :class:`NewOnly` on the data object coverage.py flushes into, and (with a tracer)
