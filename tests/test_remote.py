@@ -17,6 +17,7 @@ import pytest
 
 from .helpers import (
     assert_same_data,
+    assert_same_report,
     diff_data,
     measured,
     per_worker_reference,
@@ -58,6 +59,28 @@ def _no_remote_paths(data_file: Path, project: Path) -> None:
     for path in files:
         assert Path(path).is_file(), path
         assert Path(path).is_relative_to(project), path
+
+
+@pytest.mark.skipif(
+    sys.version_info[:2] not in ((3, 12), (3, 13)),
+    reason="branch markers are used on Python 3.12 and 3.13",
+)
+def test_two_hosts_measuring_with_branch_markers_report_as_a_serial_local_run(
+    pytester: pytest.Pytester, shapes: Path, lab: SshLab
+) -> None:
+    """The branch engine on hosts: marked modules there, their arcs mapped home; every file's
+    report (lines and branches) equals a serial ``coverage run --branch``'s."""
+    _measure_everything(shapes)
+    reference = serial_reference(pytester, branch=True)
+    auto = ["--distcov-branch", "--distcov-engine=auto"]
+    result = run_pytest(pytester, *_remote_args(lab, "h1,h2"), *auto)
+    assert result.ret == 0, result.stdout.str() + result.stderr.str()
+    result.stdout.fnmatch_lines(
+        ["distcov: measuring lines and branches*branch markers in 2 workers", "*24 passed*"]
+    )
+    assert "coverage.py's tracer instead" not in result.stdout.str()
+    assert_same_report(shapes / ".coverage", reference, shapes)
+    _no_remote_paths(shapes / ".coverage", shapes)
 
 
 @pytest.mark.parametrize(
