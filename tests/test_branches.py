@@ -11,12 +11,14 @@ same point).
 
 from __future__ import annotations
 
+import py_compile
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
 
-from .helpers import assert_same_report, run_pytest, serial_reference
+from .helpers import assert_same_report, report_view, run_pytest, serial_reference
 
 pytestmark = pytest.mark.skipif(
     sys.version_info[:2] not in ((3, 12), (3, 13)),
@@ -374,3 +376,153 @@ def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:
         entry.write_bytes(bad)
         assert cache.load(key, "/m.py") is None
     assert cache.key("/m.py", b"x = 2\n") != key
+
+
+#: Code that marked code must not replace, each run with ``-p PLUGIN`` (imported before
+#: measuring starts): name -> (plugin, files). The file is measured by coverage.py's tracer
+#: instead, and the tests, which check what the code does, pass as without measuring.
+KEEP_AS_IT_IS = {
+    # two lambdas on one line: no name and first line tells them apart
+    "lambdas-on-one-line": (
+        "early",
+        {
+            "early": (
+                'OPS = {"add": lambda a, b: a + b, "sub": lambda a, b: a - b}\n'
+                "inc, dec = (lambda v: v + 1), (lambda v: v - 1)\n"
+            ),
+            "test_early": (
+                "import early\n\n\ndef test_ops():\n"
+                '    assert early.OPS["add"](2, 1) == 3 and early.OPS["sub"](2, 1) == 1\n'
+                "    assert early.inc(1) == 2 and early.dec(1) == 0\n"
+            ),
+        },
+    ),
+    # a plugin's asserts, rewritten by pytest: its functions are not what the source compiles to
+    "a-plugin-pytest-rewrote": (
+        "early",
+        {
+            "early": (
+                "def check_pair(a, b):\n    if a is None:\n        return\n    assert a == b\n"
+            ),
+            "test_early": (
+                "import pytest\nimport early\n\n\ndef test_message():\n"
+                "    with pytest.raises(AssertionError) as info:\n"
+                "        early.check_pair(1, 2)\n"
+                '    assert "1 == 2" in str(info.value)\n'
+            ),
+        },
+    ),
+    # an import hook that rewrites a module (as typeguard's does), installed before measuring
+    "an-import-hook": (
+        "hookplug",
+        {
+            "hookplug": (
+                "import ast, sys\nimport importlib.machinery as m\n\n\n"
+                "class Checking(ast.NodeTransformer):\n"
+                "    def visit_FunctionDef(self, node):\n"
+                '        check = ast.parse("if not isinstance(x, int): raise LookupError(x)")'
+                ".body[0]\n"
+                "        for n in ast.walk(check):\n"
+                "            n.lineno = n.end_lineno = node.lineno\n"
+                "            n.col_offset = n.end_col_offset = 0\n"
+                "        node.body.insert(0, check)\n"
+                "        return node\n\n\n"
+                "class Loader(m.SourceFileLoader):\n"
+                "    def source_to_code(self, data, path, *, _optimize=-1):\n"
+                "        tree = Checking().visit(ast.parse(data))\n"
+                '        return compile(tree, path, "exec", dont_inherit=True)\n\n\n'
+                "class Finder:\n"
+                "    def find_spec(self, name, path, target=None):\n"
+                '        if name != "mod":\n'
+                "            return None\n"
+                "        spec = m.PathFinder.find_spec(name, path, target)\n"
+                "        spec.loader = Loader(name, spec.origin)\n"
+                "        return spec\n\n\n"
+                "sys.meta_path.insert(0, Finder())\n"
+            ),
+            "mod": "def half(x):\n    if x % 2:\n        return None\n    return x // 2\n",
+            "test_mod": (
+                "import pytest\nimport mod\n\n\ndef test_checked():\n"
+                "    assert mod.half(4) == 2\n"
+                "    with pytest.raises(LookupError):\n"
+                '        mod.half("a")\n'
+            ),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", KEEP_AS_IT_IS)
+def test_code_that_is_not_its_source_is_left_to_coverage_py(
+    pytester: pytest.Pytester, case: str
+) -> None:
+    plugin, files = KEEP_AS_IT_IS[case]
+    pytester.makepyfile(**files)
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    pytester.syspathinsert()
+    runs = {}
+    for engine in ("auto", "coverage"):
+        result = run_pytest(
+            pytester, "-p", plugin, "--distcov", "--distcov-branch", f"--distcov-engine={engine}"
+        )
+        assert result.ret == 0, result.stdout.str()
+        runs[engine] = (pytester.path / ".coverage").rename(pytester.path / f"{engine}.coverage")
+    result.stdout.no_fnmatch_line("*could not be marked again*")
+    assert_same_report(runs["auto"], runs["coverage"], pytester.path)
+
+
+def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
+    pytester: pytest.Pytester,
+) -> None:
+    """coverage.py's C tracer records an arc from the line an exception leaves a function on
+    to the function's exit; where that line's other way leaves the function too, its report
+    counts that way as taken. The markers do the same (PY_UNWIND)."""
+    pytester.makepyfile(
+        mod=(
+            "def check(x):\n    if x.value > 0:\n        return True\n\n\n"
+            "def walk(it):\n    for item in it:\n        print(item)\n\n\n"
+            "def gen(flag):\n    if flag: yield 1\n\n\n"
+            "def loop(x):\n    while x.more():\n        x.step()\n"
+        ),
+        test_mod=(
+            "import pytest\nimport mod\n\n\ndef bad():\n    yield 1\n    raise ValueError\n\n\n"
+            "def test_raising():\n"
+            "    with pytest.raises(AttributeError):\n        mod.check(None)\n"
+            "    with pytest.raises(ValueError):\n        mod.walk(bad())\n"
+            "    with pytest.raises(AttributeError):\n        mod.loop(None)\n"
+            "    g = mod.gen(True)\n    next(g)\n    g.close()\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, *AUTO)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([HEADER])
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+    executed = report_view(pytester.path / ".coverage", pytester.path)
+    mod = next(v for k, v in executed.items() if k.endswith("mod.py"))
+    assert [2, -1] in mod["executed_branches"]  # only the exception took it
+
+
+def test_marking_a_module_shows_no_syntax_warning(pytester: pytest.Pytester) -> None:
+    """An import from a ``.pyc`` shows no SyntaxWarning; a module marked from its source
+    shows none either (a test that records warnings would see them)."""
+    pytester.makepyfile(
+        mod='import re\n\nPATTERN = re.compile("\\d+")\n\n\ndef digits(s):\n    if s:\n'
+        "        return PATTERN.findall(s)\n    return []\n",
+        test_mod=(
+            "import warnings\n\n\ndef test_quiet():\n"
+            "    with warnings.catch_warnings(record=True) as seen:\n"
+            '        warnings.simplefilter("always")\n'
+            "        import mod\n"
+            '    assert mod.digits("a1") == ["1"]\n'
+            "    assert [str(w.message) for w in seen] == []\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        py_compile.compile(str(pytester.path / "mod.py"), doraise=True)  # its .pyc, as usual
+    result = run_pytest(pytester, *AUTO)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([HEADER])

@@ -207,8 +207,10 @@ class OwnTracer:
     The branch engine measures a file it cannot mark (:mod:`pytest_distcov.engine.marks`) this
     way, exactly as coverage.py would: ``cov``'s collector (made by ``Coverage._init_for_start``,
     which :class:`~pytest_distcov.covapi.probes.CoverageSide` calls) is started with its
-    ``should_trace`` wrapped on the instance, so that every other file is not traced (its
-    frames cost the tracer a call and a return event, no line events). What it records is read
+    ``should_trace`` wrapped on the instance, so that every other file is not traced. It is a
+    trace function all the same: while it runs, every line the process runs costs a little
+    (the interpreter's line events are on), and it traces the thread that started it and the
+    threads started later, as coverage.py's own start does. What it records is read
     in place (:attr:`sets`); coverage.py's own flush never runs, so nothing reaches ``cov``'s
     data from here but what the engine reads.
     """

@@ -25,11 +25,15 @@ them has its marked twin). A file that cannot be marked exactly (a construct :mo
 does not know, a source that does not match the code that runs, source that cannot be read)
 is measured by coverage.py's own tracer, for that file alone
 (:class:`~pytest_distcov.covapi.collector.OwnTracer`), with one ``distcov:`` note for the
-run saying how many files and why the first: never a wrong result.
+run saying how many files and why the first. So is code that is not what its source compiles
+to (from a loader other than Python's own, or a function pytest rewrote), which marking would
+replace. An exception leaving measured code is recorded as the C tracer records it: an arc
+from the line it left on to the code's exit (``PY_UNWIND``).
 """
 
 from __future__ import annotations
 
+import ast
 import contextlib
 import hashlib
 import importlib.util
@@ -38,6 +42,7 @@ import os
 import sys
 import tempfile
 import types
+import warnings
 from collections.abc import Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Any
@@ -45,9 +50,10 @@ from typing import Any
 import coverage
 from coverage import Coverage
 
+from pytest_distcov import __version__
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
 
-from .imports import rewriter_missing, tracer_setting
+from .imports import plain_source, rewriter_missing, tracer_setting
 from .marks import Unmarkable, plan
 from .monitor import LineMonitor, monitor_available
 from .tap import TracerTap
@@ -125,7 +131,8 @@ class MarkCache:
     @staticmethod
     def key(filename: str, source: bytes) -> str:
         h = hashlib.sha256()
-        for part in (str(_CACHE_FORMAT), coverage.__version__, sys.version, filename):
+        parts = (str(_CACHE_FORMAT), __version__, coverage.__version__, sys.version, filename)
+        for part in parts:
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
         h.update(str(sys.flags.optimize).encode() + b"\0")
         h.update(source)
@@ -209,9 +216,34 @@ class BranchMonitor(LineMonitor):
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
+        #: the last module's marks (see _twins)
+        self._planned: tuple[int, list[tuple[Arc, ...]]] = (0, [])
         self._tap: TracerTap | None = None
 
     # -- what a phase records --------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        if self._started:
+            # An exception leaving measured code: the C tracer records an arc from the line it
+            # left on to the code's exit, and where that line is a branch line whose other way
+            # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
+            # a global event: its callback looks at measured code only.
+            monitoring = sys.monitoring  # type: ignore[attr-defined]
+            events = monitoring.events
+            monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind)
+            monitoring.set_events(self.tool, events.PY_UNWIND)
+
+    def _on_unwind(self, code: types.CodeType, offset: int, exception: BaseException) -> None:
+        if self._paused or id(code) not in self._codes:
+            return
+        for start, end, line in code.co_lines():
+            if start <= offset < end:
+                if line is not None and line > 0:
+                    current = self._current
+                    # (a negative "line": the exit from that line, see recorded)
+                    current.setdefault(id(code), set()).add(-line)
+                return
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
         found = self._marks.get(code.co_filename)
@@ -225,6 +257,8 @@ class BranchMonitor(LineMonitor):
                     arcs.update(table[line - base])
             elif line > 0:
                 arcs.add((-1, line))
+            elif line < 0:  # left by an exception (see start)
+                arcs.add((-line, -code.co_firstlineno))
         return arcs
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
@@ -255,32 +289,49 @@ class BranchMonitor(LineMonitor):
         if filename in self.unmarked:
             return code  # coverage.py's tracer measures it
         try:
+            if not plain_source(module_globals):
+                # Code from a loader that is not Python's own may not be its source's (an
+                # import hook that rewrites it): marked, it would lose what the hook did.
+                self._check_plain(code, rewritten=rewritten)
             marked = self._marked(code, rewritten=rewritten)
         except Exception as exc:  # whatever it was, the user's import must go on
             self._fall_back(filename, _why(exc))
             return code
         return super().prepare(marked, module_globals)
 
-    def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
+    def _check_plain(self, code: types.CodeType, *, rewritten: bool) -> None:
+        """Raise :class:`Unmarkable` unless ``code`` is what its source compiles to (as pytest
+        rewrites it, for ``rewritten``)."""
+        filename = code.co_filename
+        source = _read(filename)
+        with _quiet():
+            if rewritten:
+                plain = self.pytest_rewritten(ast.parse(source, filename), source, filename)
+            else:
+                plain = compile(source, filename, "exec", dont_inherit=True)
+        if plain != code:
+            raise Unmarkable("its code is not what its source compiles to (an import hook?)")
+
+    def _marked(
+        self, code: types.CodeType, *, rewritten: bool, register: bool = True
+    ) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
         filename = code.co_filename
-        try:
-            source = Path(filename).read_bytes()
-        except OSError as exc:
-            raise Unmarkable(f"its source cannot be read ({exc.strerror})") from None
+        source = _read(filename)
         cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
         key = cache.key(filename, source) if cache is not None else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
             base, arcs, marked = found
         else:
-            marks = plan(importlib.util.decode_source(source), filename)
-            base, arcs = marks.base, marks.arcs
-            if rewritten:
-                marked = self.pytest_rewritten(marks.tree, source, filename)
-            else:
-                marked = compile(marks.tree, filename, "exec", dont_inherit=True)
+            with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
+                marks = plan(importlib.util.decode_source(source), filename)
+                base, arcs = marks.base, marks.arcs
+                if rewritten:
+                    marked = self.pytest_rewritten(marks.tree, source, filename)
+                else:
+                    marked = compile(marks.tree, filename, "exec", dont_inherit=True)
         if _lines_of(marked, below=base) != _lines_of(code):
             raise Unmarkable("its source does not match the code that runs")
         known = self._marks.get(filename)
@@ -288,7 +339,9 @@ class BranchMonitor(LineMonitor):
             raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
             cache.store(key, (base, arcs, marked))
-        self._marks[filename] = (base, arcs)
+        self._planned = (base, arcs)
+        if register:
+            self._marks[filename] = (base, arcs)
         return marked
 
     def adopt_loaded(self) -> None:
@@ -313,24 +366,26 @@ class BranchMonitor(LineMonitor):
     def _twins(
         self, filename: str, funcs: list[types.FunctionType]
     ) -> list[tuple[types.FunctionType, types.CodeType]]:
-        """Each function's code in its module's marked code, or raise if one has none."""
-        module = compile(Path(filename).read_bytes(), filename, "exec", dont_inherit=True)
-        marked = self._marked(module, rewritten=False)
-        base = self._marks[filename][0]
-        index: dict[tuple[str, int], types.CodeType] = {}
-        for code in _codes_of(marked):
-            index[(_qualname(code), code.co_firstlineno)] = code
+        """Each function's code in its module's marked code, or raise if one has none: its
+        code must be exactly what its source compiles to (not rewritten by pytest or a hook),
+        found by a name and first line that no other code of the module shares."""
+        with _quiet():
+            module = compile(_read(filename), filename, "exec", dont_inherit=True)
+        # (registered only once every function has its twin: else coverage.py's tracer
+        # measures the file, and must never see a marker)
+        marked = self._marked(module, rewritten=False, register=False)
+        plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
             code = func.__code__
-            twin = index.get((_qualname(code), code.co_firstlineno))
-            if (
-                twin is None
-                or twin.co_freevars != code.co_freevars
-                or _lines_of(twin, below=base) != _lines_of(code)
-            ):
-                raise Unmarkable(f"{_qualname(code)} has no twin in its marked code")
+            key = (_qualname(code), code.co_firstlineno)
+            found, twin = plain.get(key), twin_of.get(key)
+            if found is None or twin is None:
+                raise Unmarkable(f"{key[0]} (line {key[1]}) is not alone on its line")
+            if found != code:
+                raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
+        self._marks[filename] = self._planned
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -391,6 +446,10 @@ class BranchMonitor(LineMonitor):
         own, self._own = self._own, None
         if own is not None:
             own.stop()
+        if self._started:
+            monitoring = sys.monitoring  # type: ignore[attr-defined]
+            monitoring.set_events(self.tool, 0)
+            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
         super().stop()
 
     def finish(self) -> Any:
@@ -401,6 +460,31 @@ class BranchMonitor(LineMonitor):
         if note and note not in self.notes:
             self.notes.append(note)
         return data
+
+
+def _index(module: types.CodeType) -> dict[tuple[str, int], types.CodeType | None]:
+    """Each code object of ``module`` by its name and first line (None where two share them:
+    lambdas on one line)."""
+    index: dict[tuple[str, int], types.CodeType | None] = {}
+    for code in _codes_of(module):
+        key = (_qualname(code), code.co_firstlineno)
+        index[key] = None if key in index else code
+    return index
+
+
+def _read(filename: str) -> bytes:
+    try:
+        return Path(filename).read_bytes()
+    except OSError as exc:
+        raise Unmarkable(f"its source cannot be read ({exc.strerror})") from None
+
+
+@contextlib.contextmanager
+def _quiet() -> Iterator[None]:
+    """No SyntaxWarning from compiling a module again (an import from ``.pyc`` shows none)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SyntaxWarning)
+        yield
 
 
 def _qualname(code: types.CodeType) -> str:

@@ -38,7 +38,7 @@ from coverage import Coverage, CoverageData
 
 from pytest_distcov.covapi.probes import CoverageSide
 
-__all__ = ["ImportedCode", "rewriter_missing"]
+__all__ = ["ImportedCode", "plain_source", "rewriter_missing"]
 
 
 def tracer_setting(cov: Coverage, *more: tuple[object, str], branch: bool = True) -> str:
@@ -204,6 +204,16 @@ class ImportedCode(abc.ABC):
                 yield obj
 
 
+def plain_source(module_globals: dict[str, Any]) -> bool:
+    """True if the module of ``module_globals`` is loaded by Python's own source loader
+    (through ours): its code is then what its source compiles to."""
+    spec = module_globals.get("__spec__")
+    loader = getattr(spec, "loader", None)
+    return (
+        isinstance(loader, _Loader) and type(loader.wrapped) is importlib.machinery.SourceFileLoader
+    )
+
+
 def rewriter_missing() -> list[str]:
     """What :meth:`ImportedCode.pytest_rewritten` needs of pytest that it lacks."""
     try:
@@ -238,6 +248,11 @@ class _Loader:
     def __init__(self, engine: ImportedCode, loader: Any) -> None:
         self._engine = engine
         self._loader = loader
+
+    @property
+    def wrapped(self) -> Any:
+        """The module's own loader."""
+        return self._loader
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._loader, name)
