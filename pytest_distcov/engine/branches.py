@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import ast
 import contextlib
+import functools
 import hashlib
 import importlib.util
 import marshal
@@ -50,7 +51,6 @@ from typing import Any
 import coverage
 from coverage import Coverage
 
-from pytest_distcov import __version__
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
 
 from .imports import plain_source, rewriter_missing, tracer_setting
@@ -131,7 +131,7 @@ class MarkCache:
     @staticmethod
     def key(filename: str, source: bytes) -> str:
         h = hashlib.sha256()
-        parts = (str(_CACHE_FORMAT), __version__, coverage.__version__, sys.version, filename)
+        parts = (str(_CACHE_FORMAT), _marking_code(), coverage.__version__, sys.version, filename)
         for part in parts:
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
         h.update(str(sys.flags.optimize).encode() + b"\0")
@@ -191,6 +191,19 @@ class MarkCache:
         for entry in entries[keep:]:
             with contextlib.suppress(OSError):
                 os.unlink(entry.path)
+
+
+@functools.cache
+def _marking_code() -> str:
+    """A digest of the code that marks modules (this module and :mod:`.marks`): a change to
+    it, released or not, is never served an older one's marks from the cache."""
+    h = hashlib.sha256()
+    for module in (__file__, plan.__code__.co_filename):
+        try:
+            h.update(Path(module).read_bytes())
+        except OSError:
+            h.update(module.encode("utf-8", "surrogatepass"))
+    return h.hexdigest()
 
 
 def _is_arc(arc: object) -> bool:
