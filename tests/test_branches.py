@@ -482,7 +482,15 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
             "def check(x):\n    if x.value > 0:\n        return True\n\n\n"
             "def walk(it):\n    for item in it:\n        print(item)\n\n\n"
             "def gen(flag):\n    if flag: yield 1\n\n\n"
-            "def loop(x):\n    while x.more():\n        x.step()\n"
+            "def loop(x):\n    while x.more():\n        x.step()\n\n\n"
+            "def gcheck(x):\n    if x.value > 0:\n        yield True\n\n\n"
+            "async def acheck(x):\n    if x.value > 0:\n        return True\n\n\n"
+            "def fin(x, y):\n    try:\n        x.value\n    finally:\n"
+            "        if y:\n            y.append(1)\n\n\n"
+            "def reraise(x):\n    try:\n        x.value\n    except AttributeError:\n"
+            "        if x is None:\n            raise\n\n\n"
+            "def within(x, path):\n    with open(path):\n        if x.value:\n"
+            "            return 1\n"
         ),
         test_mod=(
             "import pytest\nimport mod\n\n\ndef bad():\n    yield 1\n    raise ValueError\n\n\n"
@@ -491,6 +499,12 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
             "    with pytest.raises(ValueError):\n        mod.walk(bad())\n"
             "    with pytest.raises(AttributeError):\n        mod.loop(None)\n"
             "    g = mod.gen(True)\n    next(g)\n    g.close()\n"
+            "    with pytest.raises(AttributeError):\n        next(mod.gcheck(None))\n"
+            "    import asyncio\n"
+            "    with pytest.raises(AttributeError):\n        asyncio.run(mod.acheck(None))\n"
+            "    with pytest.raises(AttributeError):\n        mod.fin(None, [])\n"
+            "    with pytest.raises(AttributeError):\n        mod.reraise(None)\n"
+            "    with pytest.raises(AttributeError):\n        mod.within(None, __file__)\n"
         ),
     )
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
@@ -501,7 +515,11 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
     assert_same_report(pytester.path / ".coverage", reference, pytester.path)
     executed = report_view(pytester.path / ".coverage", pytester.path)
     mod = next(v for k, v in executed.items() if k.endswith("mod.py"))
-    assert [2, -1] in mod["executed_branches"]  # only the exception took it
+    # each taken only by an exception leaving the function (a plain one, a generator, a
+    # coroutine, a finally's branch line)
+    assert {(2, -1), (21, -20), (26, -25), (34, -30)} <= {
+        tuple(b) for b in mod["executed_branches"]
+    }
 
 
 def test_marking_a_module_shows_no_syntax_warning(pytester: pytest.Pytester) -> None:

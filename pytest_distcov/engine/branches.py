@@ -229,8 +229,6 @@ class BranchMonitor(LineMonitor):
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
-        #: the last module's marks (see _twins)
-        self._planned: tuple[int, list[tuple[Arc, ...]]] = (0, [])
         self._tap: TracerTap | None = None
 
     # -- what a phase records --------------------------------------------------------------
@@ -250,13 +248,18 @@ class BranchMonitor(LineMonitor):
     def _on_unwind(self, code: types.CodeType, offset: int, exception: BaseException) -> None:
         if self._paused or id(code) not in self._codes:
             return
-        for start, end, line in code.co_lines():
-            if start <= offset < end:
-                if line is not None and line > 0:
-                    current = self._current
-                    # (a negative "line": the exit from that line, see recorded)
-                    current.setdefault(id(code), set()).add(-line)
-                return
+        # The tracer's "last line" is the last line the frame ran: through a handler (a
+        # generator's, a finally, a with, a bare raise) the unwinding instruction has no line
+        # of its own, and the frame's current line is that last line.
+        frame = sys._getframe(1)
+        line = frame.f_lineno if frame.f_code is code else None
+        if line is None or line <= 0:
+            return
+        marks = self._marks.get(code.co_filename)
+        if marks is not None and line >= marks[0]:
+            return  # a marker's line (never the tracer's)
+        # (a negative "line": the exit from that line, see recorded)
+        self._current.setdefault(id(code), set()).add(-line)
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
         found = self._marks.get(code.co_filename)
@@ -325,11 +328,18 @@ class BranchMonitor(LineMonitor):
         if plain != code:
             raise Unmarkable("its code is not what its source compiles to (an import hook?)")
 
-    def _marked(
-        self, code: types.CodeType, *, rewritten: bool, register: bool = True
-    ) -> types.CodeType:
+    def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
+        marked, base, arcs = self._marked_unregistered(code, rewritten=rewritten)
+        self._marks[code.co_filename] = (base, arcs)
+        return marked
+
+    def _marked_unregistered(
+        self, code: types.CodeType, *, rewritten: bool
+    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]]]:
+        """:meth:`_marked`, with the markers' first line and arcs, not yet recorded as the
+        file's (another thread's import may mark another file meanwhile)."""
         filename = code.co_filename
         source = _read(filename)
         cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
@@ -352,10 +362,7 @@ class BranchMonitor(LineMonitor):
             raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
             cache.store(key, (base, arcs, marked))
-        self._planned = (base, arcs)
-        if register:
-            self._marks[filename] = (base, arcs)
-        return marked
+        return marked, base, arcs
 
     def adopt_loaded(self) -> None:
         """The functions of measured modules imported before the engine started run their
@@ -386,7 +393,7 @@ class BranchMonitor(LineMonitor):
             module = compile(_read(filename), filename, "exec", dont_inherit=True)
         # (registered only once every function has its twin: else coverage.py's tracer
         # measures the file, and must never see a marker)
-        marked = self._marked(module, rewritten=False, register=False)
+        marked, base, arcs = self._marked_unregistered(module, rewritten=False)
         plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
@@ -398,7 +405,7 @@ class BranchMonitor(LineMonitor):
             if found != code:
                 raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
-        self._marks[filename] = self._planned
+        self._marks[filename] = (base, arcs)
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -457,13 +464,15 @@ class BranchMonitor(LineMonitor):
 
     def stop(self) -> None:
         own, self._own = self._own, None
-        if own is not None:
-            own.stop()
-        if self._started:
-            monitoring = sys.monitoring  # type: ignore[attr-defined]
-            monitoring.set_events(self.tool, 0)
-            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
-        super().stop()
+        try:
+            if own is not None:
+                own.stop()
+        finally:
+            if self._started:
+                monitoring = sys.monitoring  # type: ignore[attr-defined]
+                monitoring.set_events(self.tool, 0)
+                monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
+            super().stop()
 
     def finish(self) -> Any:
         data = super().finish()
@@ -494,10 +503,20 @@ def _read(filename: str) -> bytes:
 
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """No SyntaxWarning from compiling a module again (an import from ``.pyc`` shows none)."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", SyntaxWarning)
+    """No SyntaxWarning from compiling a module again (an import from ``.pyc`` shows none).
+
+    One filter is put in front and that one taken out again: ``warnings.catch_warnings``
+    would restore the whole list as it found it, undoing what another thread (pytest
+    recording a test's warnings) did meanwhile. An ignored warning leaves no trace in the
+    warning registries, so taking the filter out needs no more."""
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    entry = ("ignore", None, SyntaxWarning, None, 0)
+    try:
         yield
+    finally:
+        with contextlib.suppress(ValueError):
+            filters: list[Any] = warnings.filters  # type: ignore[assignment]
+            filters.remove(entry)
 
 
 def _qualname(code: types.CodeType) -> str:
