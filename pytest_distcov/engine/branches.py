@@ -44,7 +44,7 @@ import sys
 import tempfile
 import types
 import warnings
-from collections.abc import Collection, Hashable, Iterator
+from collections.abc import Callable, Collection, Hashable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -229,6 +229,7 @@ class BranchMonitor(LineMonitor):
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
+        self._on_unwind = _unwind_callback(self._codes, self._marks, self._current)
         self._tap: TracerTap | None = None
 
     # -- what a phase records --------------------------------------------------------------
@@ -244,22 +245,6 @@ class BranchMonitor(LineMonitor):
             events = monitoring.events
             monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind)
             monitoring.set_events(self.tool, events.PY_UNWIND)
-
-    def _on_unwind(self, code: types.CodeType, offset: int, exception: BaseException) -> None:
-        if self._paused or id(code) not in self._codes:
-            return
-        # The tracer's "last line" is the last line the frame ran: through a handler (a
-        # generator's, a finally, a with, a bare raise) the unwinding instruction has no line
-        # of its own, and the frame's current line is that last line.
-        frame = sys._getframe(1)
-        line = frame.f_lineno if frame.f_code is code else None
-        if line is None or line <= 0:
-            return
-        marks = self._marks.get(code.co_filename)
-        if marks is not None and line >= marks[0]:
-            return  # a marker's line (never the tracer's)
-        # (a negative "line": the exit from that line, see recorded)
-        self._current.setdefault(id(code), set()).add(-line)
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
         found = self._marks.get(code.co_filename)
@@ -453,11 +438,17 @@ class BranchMonitor(LineMonitor):
     # -- the tracer's life follows the engine's ----------------------------------------------
 
     def pause(self) -> None:
+        if self._started and not self._paused:
+            monitoring = sys.monitoring  # type: ignore[attr-defined]
+            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
         super().pause()
         if self._own is not None:
             self._own.pause()
 
     def resume(self) -> None:
+        if self._started and self._paused:
+            monitoring = sys.monitoring  # type: ignore[attr-defined]
+            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, self._on_unwind)
         super().resume()
         if self._own is not None:
             self._own.resume()
@@ -482,6 +473,39 @@ class BranchMonitor(LineMonitor):
         if note and note not in self.notes:
             self.notes.append(note)
         return data
+
+
+def _unwind_callback(
+    codes: dict[int, types.CodeType],
+    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]],
+    current: dict[int, set[int]],
+) -> Callable[[types.CodeType, int, BaseException], None]:
+    """The PY_UNWIND callback: an exception leaving measured code is recorded as the C tracer
+    records it, an arc from the last line the frame ran to the code's exit (kept as that
+    line, negated, among the phase's lines: see :meth:`BranchMonitor.recorded`). It is called
+    for every frame an exception leaves, measured or not: as little as can be.
+
+    The tracer's "last line" is the last line the frame ran: through a handler (a
+    generator's, a finally, a with, a bare raise) the unwinding instruction has no line of its
+    own, and the frame's current line is that last line."""
+    getframe = sys._getframe
+
+    def on_unwind(code: types.CodeType, offset: int, exception: BaseException) -> None:
+        if id(code) not in codes:
+            return
+        frame = getframe(1)
+        line = frame.f_lineno if frame.f_code is code else None
+        if line is None or line <= 0:
+            return
+        found = marks.get(code.co_filename)
+        if found is not None and line >= found[0]:
+            return  # a marker's line (never the tracer's)
+        try:
+            current[id(code)].add(-line)
+        except KeyError:
+            current[id(code)] = {-line}
+
+    return on_unwind
 
 
 def _index(module: types.CodeType) -> dict[tuple[str, int], types.CodeType | None]:
