@@ -544,3 +544,21 @@ def test_marking_a_module_shows_no_syntax_warning(pytester: pytest.Pytester) -> 
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])
+
+
+def test_a_cache_file_a_killed_run_left_half_written_goes_once_stale(tmp_path: Path) -> None:
+    import os
+    import time
+
+    from pytest_distcov.engine.branches import MarkCache
+
+    directory = tmp_path / "marks"
+    directory.mkdir()
+    old, fresh = directory / "a.marks.1.2.tmp", directory / "b.marks.1.2.tmp"
+    for path in (old, fresh):
+        path.write_bytes(b"half")
+    two_hours_ago = time.time() - 7200
+    os.utime(old, (two_hours_ago, two_hours_ago))
+    MarkCache(directory).prune()
+    assert not old.exists()
+    assert fresh.exists()  # (another process may be writing it now)

@@ -41,7 +41,8 @@ import importlib.util
 import marshal
 import os
 import sys
-import tempfile
+import threading
+import time
 import types
 import warnings
 from collections.abc import Callable, Collection, Hashable, Iterator
@@ -106,6 +107,8 @@ def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
 
 #: Bump when what the mark cache stores changes meaning.
 _CACHE_FORMAT = 1
+#: The ending of a cache file being written.
+_TMP = ".tmp"
 #: Marked modules the cache keeps (pruned to this when it holds twice as many).
 _CACHE_KEEP = 5000
 #: A cached marked module: (first marker line, each marker's arcs, the marked module's code)
@@ -163,26 +166,28 @@ class MarkCache:
     def store(self, key: str, marked: Marked) -> None:
         base, arcs, code = marked
         target = self.directory / f"{key}.marks"
+        # (as ParseCache.save writes: a name of this process's and thread's own, renamed)
+        tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}{_TMP}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            blob = marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code))
-            fd, tmp = tempfile.mkstemp(dir=self.directory, prefix=".marks-")
-            try:
-                with os.fdopen(fd, "wb") as fh:
-                    fh.write(blob)
-                os.replace(tmp, target)
-            except BaseException:
-                with contextlib.suppress(OSError):
-                    os.unlink(tmp)
-                raise
-        except (OSError, ValueError):
-            pass  # a cache only: the next run marks the module again
+            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code)))
+            os.replace(tmp, target)
+        except (OSError, ValueError):  # a cache only: the next run marks the module again
+            with contextlib.suppress(OSError):
+                tmp.unlink(missing_ok=True)
 
     def prune(self, keep: int = _CACHE_KEEP) -> None:
         """Keep the ``keep`` files used last (a module marked again for every edit of its
-        source leaves one file per edit)."""
+        source leaves one file per edit); a temporary file a killed run left is removed once
+        it is an hour old."""
         try:
-            entries = [e for e in os.scandir(self.directory) if e.name.endswith(".marks")]
+            found = list(os.scandir(self.directory))
+            stale = time.time() - 3600
+            for entry in found:
+                if entry.name.endswith(_TMP) and entry.stat().st_mtime < stale:
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+            entries = [e for e in found if e.name.endswith(".marks")]
             if len(entries) <= 2 * keep:
                 return
             entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
