@@ -562,3 +562,22 @@ def test_a_cache_file_a_killed_run_left_half_written_goes_once_stale(tmp_path: P
     MarkCache(directory).prune()
     assert not old.exists()
     assert fresh.exists()  # (another process may be writing it now)
+
+
+def test_silencing_syntax_warnings_leaves_the_users_own_filter(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Marking silences SyntaxWarning with one filter of its own, taken out again; a user's
+    identical filter (``-W ignore::SyntaxWarning``) is left where it was."""
+    from pytest_distcov.engine.branches import _quiet
+
+    entry = ("ignore", None, SyntaxWarning, None, 0)
+    monkeypatch.setattr(warnings, "filters", [])
+    with _quiet():
+        assert entry in warnings.filters
+    assert entry not in warnings.filters
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    before = list(warnings.filters)
+    with _quiet():
+        pass
+    assert warnings.filters == before

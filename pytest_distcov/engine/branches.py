@@ -538,8 +538,11 @@ def _quiet() -> Iterator[None]:
     would restore the whole list as it found it, undoing what another thread (pytest
     recording a test's warnings) did meanwhile. An ignored warning leaves no trace in the
     warning registries, so taking the filter out needs no more."""
-    warnings.filterwarnings("ignore", category=SyntaxWarning)
     entry = ("ignore", None, SyntaxWarning, None, 0)
+    if entry in warnings.filters:  # the user's own (-W ignore::SyntaxWarning): theirs stays
+        yield
+        return
+    warnings.filterwarnings("ignore", category=SyntaxWarning)
     try:
         yield
     finally:
