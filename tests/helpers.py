@@ -42,9 +42,14 @@ def run_pytest(pytester: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 
 def serial_reference(
-    pytester: pytest.Pytester, *pytest_args: str, branch: bool = False, source: str | None = None
+    pytester: pytest.Pytester,
+    *pytest_args: str,
+    branch: bool = False,
+    source: str | None = None,
+    core: str | None = None,
 ) -> Path:
-    """``coverage run -m pytest`` of the same suite: the result every mode must equal."""
+    """``coverage run -m pytest`` of the same suite: the result every mode must equal (with
+    ``core``, that coverage.py core: ``COVERAGE_CORE``)."""
     data = pytester.path / "serial.coverage"
     cmd = [sys.executable, "-m", "coverage", "run", f"--data-file={data}"]
     if branch:
@@ -52,7 +57,10 @@ def serial_reference(
     if source:
         cmd.append(f"--source={source}")
     cmd += ["-m", "pytest", "-p", "no:distcov", "-p", "no:xdist", "-p", "no:cacheprovider"]
-    result = pytester.run(*cmd, *pytest_args, timeout=RUN_TIMEOUT)
+    with pytest.MonkeyPatch.context() as patch:
+        if core:
+            patch.setenv("COVERAGE_CORE", core)
+        result = pytester.run(*cmd, *pytest_args, timeout=RUN_TIMEOUT)
     assert result.ret in (0, 1), result.stdout.str() + result.stderr.str()
     if list(pytester.path.glob("serial.coverage.*")):  # parallel files, e.g. patch = subprocess
         combined = pytester.run(

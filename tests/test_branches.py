@@ -1,4 +1,4 @@
-"""The branch engine (Python 3.12 and 3.13): its reports equal coverage.py's C tracer's.
+"""The branch engine (Python 3.12+): its reports equal coverage.py's C tracer's.
 
 Branch markers record arcs of their own (``(-1, L)`` for a line, the parser's arc for a way
 out of a branch line), not the tracer's transitions, so the data files differ by design; what
@@ -6,7 +6,8 @@ users look at must not: coverage.py's JSON report of each file (executed and mis
 statements, executed and missing branches) is compared with that of a serial
 ``coverage run --branch -m pytest`` of the same tests, or, where the engines start later than
 ``coverage run`` does, with ``--distcov-engine=coverage`` (coverage.py's C tracer started at the
-same point).
+same point). Both run the C tracer (``COVERAGE_CORE=ctrace``): from Python 3.14 coverage.py's
+default core is sysmon, whose branch events report some branches otherwise.
 """
 
 from __future__ import annotations
@@ -21,12 +22,13 @@ import pytest
 from .helpers import assert_same_report, report_view, run_pytest, serial_reference
 
 pytestmark = pytest.mark.skipif(
-    sys.version_info[:2] not in ((3, 12), (3, 13)),
-    reason="branch markers are used on Python 3.12 and 3.13",
+    sys.version_info[:2] < (3, 12), reason="branch markers are used on Python 3.12+"
 )
 
 #: the engine this suite's runs use unless they choose one (tests/conftest.py: coverage)
 AUTO = ("--distcov", "--distcov-branch", "--distcov-engine=auto")
+#: the reference: coverage.py's C tracer (from 3.14 its default core is sysmon)
+TRACER = "ctrace"
 HEADER = "distcov: measuring lines and branches*sys.monitoring line events with branch markers*"
 
 #: Every construct the markers handle, and some they must leave alone: loops with else,
@@ -203,6 +205,16 @@ def tidy(request):
 """
 
 
+def _run_engine(pytester: pytest.Pytester, engine: str, *args: str) -> pytest.RunResult:
+    """A branch run with ``engine``: ``coverage`` measures with the C tracer, the reference."""
+    with pytest.MonkeyPatch.context() as patch:
+        if engine == "coverage":
+            patch.setenv("COVERAGE_CORE", TRACER)
+        return run_pytest(
+            pytester, *args, "--distcov", "--distcov-branch", f"--distcov-engine={engine}"
+        )
+
+
 def _project(pytester: pytest.Pytester, **more: str) -> None:
     pytester.makepyfile(tricky=TRICKY, test_tricky=TRICKY_TESTS, conftest=CONFTEST, **more)
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
@@ -215,7 +227,7 @@ def test_tricky_code_reports_as_coverage_run_does(
     """The module, its test module (marked, then its asserts rewritten as pytest rewrites them)
     and the conftest: every file's report equals a serial ``coverage run --branch``'s."""
     _project(pytester)
-    reference = serial_reference(pytester, branch=True)
+    reference = serial_reference(pytester, branch=True, core=TRACER)
     result = run_pytest(pytester, *AUTO, *mode)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])
@@ -267,7 +279,7 @@ def test_a_file_that_cannot_be_marked_is_measured_by_coverage_py(
 
     with pytest.raises(Unmarkable):
         plan(UNMARKABLE, "odd.py")
-    reference = serial_reference(pytester, branch=True)
+    reference = serial_reference(pytester, branch=True, core=TRACER)
     result = run_pytest(pytester, *AUTO, "-n", "2")
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
@@ -294,9 +306,7 @@ def test_functions_imported_before_measuring_run_marked_code(pytester: pytest.Py
     )
     runs = {}
     for engine in ("auto", "coverage"):
-        result = run_pytest(
-            pytester, "-p", "early", "--distcov", "--distcov-branch", f"--distcov-engine={engine}"
-        )
+        result = _run_engine(pytester, engine, "-p", "early")
         assert result.ret == 0, result.stdout.str()
         assert "coverage.py's tracer instead" not in result.stdout.str()
         runs[engine] = (pytester.path / ".coverage").rename(pytester.path / f"{engine}.coverage")
@@ -311,7 +321,8 @@ def test_coverage_engine_and_a_core_keep_the_tracer(
     _project(pytester)
     result = run_pytest(pytester, "--distcov", "--distcov-branch", "--distcov-engine=coverage")
     assert result.ret == 0
-    result.stdout.fnmatch_lines(["distcov: measuring lines and branches*the ctrace core*"])
+    default = "ctrace" if sys.version_info < (3, 14) else "sysmon"  # (coverage.py's own choice)
+    result.stdout.fnmatch_lines([f"distcov: measuring lines and branches*the {default} core*"])
     monkeypatch.setenv("COVERAGE_CORE", "ctrace")
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0
@@ -347,7 +358,7 @@ def test_marked_modules_are_kept_for_the_next_run(pytester: pytest.Pytester) -> 
     exactly what the first did, and what coverage.py does."""
     _project(pytester)
     pytester.makeini("[pytest]\naddopts = -p no:randomly\n")
-    reference = serial_reference(pytester, branch=True)
+    reference = serial_reference(pytester, branch=True, core=TRACER)
     marks = pytester.path / ".pytest_cache" / "d" / "distcov" / "marks"
     stamps = {}
     for run in ("first", "second"):
@@ -366,13 +377,23 @@ def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:
     cache = MarkCache(tmp_path / "marks")
     code = compile("x = 1\n", "/m.py", "exec")
     key = cache.key("/m.py", b"x = 1\n")
-    cache.store(key, (3, [((1, 2),)], code))
-    assert cache.load(key, "/m.py") == (3, [((1, 2),)], code)
+    exits = {1: frozenset({2})}
+    cache.store(key, (3, [((1, 2),)], exits, code))
+    assert cache.load(key, "/m.py") == (3, [((1, 2),)], exits, code)
     assert cache.load(key, "/other.py") is None  # another file's code
     import marshal
 
+    from pytest_distcov.engine.branches import _CACHE_FORMAT as F
+
     entry = tmp_path / "marks" / f"{key}.marks"
-    for bad in (b"junk", marshal.dumps((1, "3", (), code)), marshal.dumps((1, 3, ((1,),), code))):
+    for bad in (
+        b"junk",
+        marshal.dumps((F, "3", (), {}, code)),
+        marshal.dumps((F, 3, ((1,),), {}, code)),
+        marshal.dumps((F, 3, (), {1: {2}}, code)),  # a set, not a frozenset
+        marshal.dumps((F, 3, (), {"1": frozenset()}, code)),
+        marshal.dumps((F - 1, 3, (), code)),  # the format before
+    ):
         entry.write_bytes(bad)
         assert cache.load(key, "/m.py") is None
     assert cache.key("/m.py", b"x = 2\n") != key
@@ -428,7 +449,7 @@ KEEP_AS_IT_IS = {
                 "        node.body.insert(0, check)\n"
                 "        return node\n\n\n"
                 "class Loader(m.SourceFileLoader):\n"
-                "    def source_to_code(self, data, path, *, _optimize=-1):\n"
+                "    def source_to_code(self, data, path, *args, **kwargs):\n"
                 "        tree = Checking().visit(ast.parse(data))\n"
                 '        return compile(tree, path, "exec", dont_inherit=True)\n\n\n'
                 "class Finder:\n"
@@ -454,17 +475,17 @@ KEEP_AS_IT_IS = {
 
 @pytest.mark.parametrize("case", KEEP_AS_IT_IS)
 def test_code_that_is_not_its_source_is_left_to_coverage_py(
-    pytester: pytest.Pytester, case: str
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, case: str
 ) -> None:
     plugin, files = KEEP_AS_IT_IS[case]
+    # (no .pyc from the first run: the hook's loader must run in both)
+    monkeypatch.setenv("PYTHONDONTWRITEBYTECODE", "1")
     pytester.makepyfile(**files)
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
     pytester.syspathinsert()
     runs = {}
     for engine in ("auto", "coverage"):
-        result = run_pytest(
-            pytester, "-p", plugin, "--distcov", "--distcov-branch", f"--distcov-engine={engine}"
-        )
+        result = _run_engine(pytester, engine, "-p", plugin)
         assert result.ret == 0, result.stdout.str()
         runs[engine] = (pytester.path / ".coverage").rename(pytester.path / f"{engine}.coverage")
     result.stdout.no_fnmatch_line("*could not be marked again*")
@@ -508,7 +529,7 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
         ),
     )
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    reference = serial_reference(pytester, branch=True)
+    reference = serial_reference(pytester, branch=True, core=TRACER)
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])

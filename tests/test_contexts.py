@@ -58,6 +58,8 @@ def test_mix_both_ways(a, b):
 """
 
 SOURCES = ("shapes", "tests")
+#: where --distcov-branch has the branch engine (branch markers): with contexts too
+BRANCH_ENGINE_PYTHONS = ((3, 12), (3, 13), (3, 14), (3, 15))
 
 
 @pytest.fixture(autouse=True)
@@ -115,9 +117,11 @@ def contexts_of(path: Path, root: Path, *, arcs: bool) -> dict[str, dict[object,
     return {f: {k: frozenset(v) for k, v in items.items()} for f, items in out.items()}
 
 
-def assert_same_contexts(got: Path, want: Path, root: Path, *, arcs: bool = False) -> None:
-    a = contexts_of(got, root, arcs=arcs)
-    b = contexts_of(want, root, arcs=arcs)
+Labelled = dict[str, dict[object, frozenset[str]]]
+
+
+def assert_same_labels(a: Labelled, b: Labelled) -> None:
+    """The same files, and in each the same labels for every item (got, want)."""
     assert sorted(a) == sorted(b)
     diffs = {
         (f, item): (a[f].get(item), b[f].get(item))
@@ -126,6 +130,12 @@ def assert_same_contexts(got: Path, want: Path, root: Path, *, arcs: bool = Fals
         if a[f].get(item) != b[f].get(item)
     }
     assert not diffs, diffs
+
+
+def assert_same_contexts(got: Path, want: Path, root: Path, *, arcs: bool = False) -> None:
+    a = contexts_of(got, root, arcs=arcs)
+    b = contexts_of(want, root, arcs=arcs)
+    assert_same_labels(a, b)
     labels = {c for items in b.values() for cs in items.values() for c in cs}
     # the reference really has every phase, so the comparison covers all three
     assert {c.rsplit("|", 1)[1] for c in labels if "|" in c} == {"setup", "run", "teardown"}
@@ -145,20 +155,59 @@ def test_contexts_equal_pytest_cov_serial(
     assert_same_contexts(suite / ".coverage", reference, suite)
 
 
+def reported_contexts(path: Path, root: Path) -> Labelled:
+    """file (relative to root) -> executed line or branch of coverage.py's JSON report -> the
+    context labels whose report shows it (what users look at: the branch engine records arcs
+    of its own, not the tracer's transitions)."""
+    from coverage import Coverage
+
+    data = CoverageData(str(path))
+    data.read()
+    try:
+        names = sorted(data.measured_contexts())
+    finally:
+        data.close(force=True)
+    assert len(names) > 1, f"{path} has no per-test contexts"
+    out: dict[str, dict[object, set[str]]] = {}
+    report = root / f"contexts-{path.name.lstrip('.')}.json"
+    cwd = os.getcwd()
+    os.chdir(root)
+    try:
+        cov = Coverage(data_file=str(path))
+        cov.load()
+        for name in names:
+            cov.json_report(outfile=str(report), contexts=[f"^{re.escape(name)}$"])
+            for f, info in json.loads(report.read_text())["files"].items():
+                items = out.setdefault(os.path.relpath(os.path.realpath(f), root.resolve()), {})
+                for line in info["executed_lines"]:
+                    items.setdefault(line, set()).add(name)
+                for a, b in info.get("executed_branches", ()):
+                    items.setdefault((a, b), set()).add(name)
+    finally:
+        os.chdir(cwd)
+    return {f: {k: frozenset(v) for k, v in items.items()} for f, items in out.items()}
+
+
 def test_contexts_with_branches_equal_pytest_cov_serial(
     pytester: pytest.Pytester, suite: Path
 ) -> None:
+    """Every line and every branch of the report: the same tests as pytest-cov's. On Python
+    3.12+ the branch engine records them (sys.monitoring events on marked code)."""
     reference = _reference(pytester, branch=True)
     result = run_pytest(pytester, *_ours(), "--distcov-branch", "-n", "2", "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()
-    assert_same_contexts(suite / ".coverage", reference, suite, arcs=True)
-    if sys.version_info >= (3, 12):  # the monitor engine records lines only (for now)
+    got, want = reported_contexts(suite / ".coverage", suite), reported_contexts(reference, suite)
+    assert_same_labels(got, want)
+    assert any(isinstance(item, tuple) for items in want.values() for item in items)  # branches
+    if sys.version_info[:2] in BRANCH_ENGINE_PYTHONS:
         result.stdout.fnmatch_lines(
             [
-                "distcov: per-test contexts with branch coverage ([[]run[]] branch or"
-                " --distcov-branch) need coverage.py's tracer: using the ctrace core"
+                "distcov: measuring lines and branches of * with sys.monitoring line events with"
+                " branch markers in 2 workers"
             ]
         )
+    else:  # the C tracer's own arcs: those too are the reference's
+        assert_same_contexts(suite / ".coverage", reference, suite, arcs=True)
 
 
 def test_contexts_streamed_after_every_test_and_chosen_core(

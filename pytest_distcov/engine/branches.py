@@ -1,9 +1,12 @@
-"""The branch engine (Python 3.12 and 3.13): branch coverage from line events on marked code.
+"""The branch engine (Python 3.12+): branch coverage from line events on marked code.
 
 Before Python 3.14, ``sys.monitoring`` cannot say which way a branch went and then stop
 asking (its ``BRANCH`` event, once disabled, is off for both ways), so coverage.py measures
-branches there with a trace function, called for every line the process runs. This engine
-measures them with line events alone, at the cost of line coverage:
+branches there with a trace function, called for every line the process runs. From 3.14
+coverage.py's sysmon core measures them with ``BRANCH_LEFT``/``BRANCH_RIGHT`` events, whose
+answers differ from its C tracer's in places (a ``break`` out of an ``if`` counts as the
+``if``'s other way too). This engine measures them with line events alone, at the cost of
+line coverage, with the C tracer's answers:
 
 * each measured module is compiled from its source with branch markers
   (:mod:`.marks`): a ``pass`` with a line number of its own, past the file's end, at the
@@ -28,7 +31,9 @@ is measured by coverage.py's own tracer, for that file alone
 run saying how many files and why the first. So is code that is not what its source compiles
 to (from a loader other than Python's own, or a function pytest rewrote), which marking would
 replace. An exception leaving measured code is recorded as the C tracer records it: an arc
-from the line it left on to the code's exit (``PY_UNWIND``).
+from the line it left on to the code's exit (``PY_UNWIND``); with per-test contexts, a
+generator resumed in a later phase counts its line as run there, as the tracer's next arc
+does (``PY_RESUME``).
 """
 
 from __future__ import annotations
@@ -61,9 +66,9 @@ from .tap import TracerTap
 
 __all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "branches_obstacle"]
 
-#: The Pythons this engine measures branches on: sys.monitoring without BRANCH_LEFT/RIGHT
-#: (from 3.14 coverage.py's own sysmon core measures branches with them).
-BRANCH_PYTHONS = ((3, 12), (3, 13))
+#: The Pythons this engine measures branches on (the tests compare its reports with the C
+#: tracer's on each of them; a newer one uses coverage.py until it has been).
+BRANCH_PYTHONS = ((3, 12), (3, 13), (3, 14), (3, 15))
 
 Arc = tuple[int, int]
 
@@ -71,7 +76,7 @@ Arc = tuple[int, int]
 def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> str:
     """'' if the branch engine can measure this run exactly, else why not (for the header)."""
     if version not in BRANCH_PYTHONS:
-        return "branch markers are used on Python 3.12 and 3.13"
+        return "branch markers are used on Python 3.12 to 3.15"
     reason = monitor_available(version)
     if reason:
         return reason
@@ -106,13 +111,15 @@ def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 #: Bump when what the mark cache stores changes meaning.
-_CACHE_FORMAT = 1
+_CACHE_FORMAT = 2
 #: The ending of a cache file being written.
 _TMP = ".tmp"
 #: Marked modules the cache keeps (pruned to this when it holds twice as many).
 _CACHE_KEEP = 5000
-#: A cached marked module: (first marker line, each marker's arcs, the marked module's code)
-Marked = tuple[int, list[tuple[Arc, ...]], types.CodeType]
+#: The first line of each code object of a module -> its branch lines with a way out of the code.
+Exits = dict[int, frozenset[int]]
+#: A cached marked module: (first marker line, each marker's arcs, its exits, the marked code)
+Marked = tuple[int, list[tuple[Arc, ...]], Exits, types.CodeType]
 
 
 class MarkCache:
@@ -148,29 +155,34 @@ class MarkCache:
             found = marshal.loads(path.read_bytes())
         except (OSError, ValueError, EOFError, TypeError):
             return None
-        if not (isinstance(found, tuple) and len(found) == 4 and found[0] == _CACHE_FORMAT):
+        if not (isinstance(found, tuple) and len(found) == 5 and found[0] == _CACHE_FORMAT):
             return None
-        _, base, arcs, code = found
+        _, base, arcs, exits, code = found
         if not (
             type(base) is int
             and isinstance(arcs, tuple)
             and all(isinstance(a, tuple) and all(_is_arc(x) for x in a) for a in arcs)
+            and isinstance(exits, dict)
+            and all(
+                type(k) is int and type(v) is frozenset and all(type(x) is int for x in v)
+                for k, v in exits.items()
+            )
             and type(code) is types.CodeType
             and code.co_filename == filename
         ):
             return None
         with contextlib.suppress(OSError):  # used now: pruned last
             os.utime(path)
-        return base, [tuple(a) for a in arcs], code
+        return base, [tuple(a) for a in arcs], exits, code
 
     def store(self, key: str, marked: Marked) -> None:
-        base, arcs, code = marked
+        base, arcs, exits, code = marked
         target = self.directory / f"{key}.marks"
         # (as ParseCache.save writes: a name of this process's and thread's own, renamed)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}{_TMP}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code)))
+            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), exits, code)))
             os.replace(tmp, target)
         except (OSError, ValueError):  # a cache only: the next run marks the module again
             with contextlib.suppress(OSError):
@@ -222,7 +234,12 @@ class BranchMonitor(LineMonitor):
     kind = "arcs"
 
     def __init__(
-        self, cov: Coverage, journal: Path | None = None, cache: MarkCache | None = None
+        self,
+        cov: Coverage,
+        journal: Path | None = None,
+        cache: MarkCache | None = None,
+        *,
+        contexts: bool = False,
     ) -> None:
         super().__init__(cov, journal)
         self.cache = cache
@@ -231,10 +248,22 @@ class BranchMonitor(LineMonitor):
             raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
         #: a code object's file name -> (first marker line, the arcs of each marker)
         self._marks: dict[str, tuple[int, list[tuple[Arc, ...]]]] = {}
+        #: (file name, first line of a code) -> its branch lines with a way out of the code
+        self._exits: dict[tuple[str, int], frozenset[int]] = {}
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
-        self._on_unwind = _unwind_callback(self._codes, self._marks, self._current)
+        #: a measured code object's id -> its lines in ``_exits`` (met by the unwind callback)
+        self._candidates: dict[int, frozenset[int]] = {}
+        self._on_unwind = _unwind_callback(
+            self._codes, self._exits, self._candidates, self._current
+        )
+        self._on_resume: Callable[[types.CodeType, int], Any] | None = None
+        if contexts:
+            # A generator resumed in a later phase (a fixture's teardown): the C tracer's
+            # next arc starts at the line it resumes on, which so counts as run in that phase.
+            self._events |= sys.monitoring.events.PY_RESUME  # type: ignore[attr-defined]
+            self._on_resume = _resume_callback(self._marks, self._current)
         self._tap: TracerTap | None = None
 
     # -- what a phase records --------------------------------------------------------------
@@ -247,9 +276,18 @@ class BranchMonitor(LineMonitor):
             # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
             # a global event: its callback looks at measured code only.
             monitoring = sys.monitoring  # type: ignore[attr-defined]
-            events = monitoring.events
-            monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind)
-            monitoring.set_events(self.tool, events.PY_UNWIND)
+            self._callbacks(live=True)
+            monitoring.set_events(self.tool, monitoring.events.PY_UNWIND)
+
+    def _callbacks(self, *, live: bool) -> None:
+        """This engine's own callbacks (besides the line monitor's) registered, or not."""
+        monitoring = sys.monitoring  # type: ignore[attr-defined]
+        events = monitoring.events
+        monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind if live else None)
+        if self._on_resume is not None:
+            monitoring.register_callback(
+                self.tool, events.PY_RESUME, self._on_resume if live else None
+            )
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
         found = self._marks.get(code.co_filename)
@@ -321,13 +359,20 @@ class BranchMonitor(LineMonitor):
     def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
-        marked, base, arcs = self._marked_unregistered(code, rewritten=rewritten)
-        self._marks[code.co_filename] = (base, arcs)
+        marked, base, arcs, exits = self._marked_unregistered(code, rewritten=rewritten)
+        self._register(code.co_filename, base, arcs, exits)
         return marked
+
+    def _register(
+        self, filename: str, base: int, arcs: list[tuple[Arc, ...]], exits: Exits
+    ) -> None:
+        """``filename``'s marks are those its code runs with, from now on."""
+        self._exits.update(((filename, first), lines) for first, lines in exits.items())
+        self._marks[filename] = (base, arcs)
 
     def _marked_unregistered(
         self, code: types.CodeType, *, rewritten: bool
-    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]]]:
+    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]], Exits]:
         """:meth:`_marked`, with the markers' first line and arcs, not yet recorded as the
         file's (another thread's import may mark another file meanwhile)."""
         filename = code.co_filename
@@ -336,11 +381,11 @@ class BranchMonitor(LineMonitor):
         key = cache.key(filename, source) if cache is not None else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
-            base, arcs, marked = found
+            base, arcs, exits, marked = found
         else:
             with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
                 marks = plan(importlib.util.decode_source(source), filename)
-                base, arcs = marks.base, marks.arcs
+                base, arcs, exits = marks.base, marks.arcs, _exits_of(marks.branches)
                 if rewritten:
                     marked = self.pytest_rewritten(marks.tree, source, filename)
                 else:
@@ -351,8 +396,8 @@ class BranchMonitor(LineMonitor):
         if known is not None and known != (base, arcs):
             raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
-            cache.store(key, (base, arcs, marked))
-        return marked, base, arcs
+            cache.store(key, (base, arcs, exits, marked))
+        return marked, base, arcs, exits
 
     def adopt_loaded(self) -> None:
         """The functions of measured modules imported before the engine started run their
@@ -383,7 +428,7 @@ class BranchMonitor(LineMonitor):
             module = compile(_read(filename), filename, "exec", dont_inherit=True)
         # (registered only once every function has its twin: else coverage.py's tracer
         # measures the file, and must never see a marker)
-        marked, base, arcs = self._marked_unregistered(module, rewritten=False)
+        marked, base, arcs, exits = self._marked_unregistered(module, rewritten=False)
         plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
@@ -395,7 +440,7 @@ class BranchMonitor(LineMonitor):
             if found != code:
                 raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
-        self._marks[filename] = (base, arcs)
+        self._register(filename, base, arcs, exits)
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -444,16 +489,14 @@ class BranchMonitor(LineMonitor):
 
     def pause(self) -> None:
         if self._started and not self._paused:
-            monitoring = sys.monitoring  # type: ignore[attr-defined]
-            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
+            self._callbacks(live=False)
         super().pause()
         if self._own is not None:
             self._own.pause()
 
     def resume(self) -> None:
         if self._started and self._paused:
-            monitoring = sys.monitoring  # type: ignore[attr-defined]
-            monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, self._on_unwind)
+            self._callbacks(live=True)
         super().resume()
         if self._own is not None:
             self._own.resume()
@@ -467,7 +510,8 @@ class BranchMonitor(LineMonitor):
             if self._started:
                 monitoring = sys.monitoring  # type: ignore[attr-defined]
                 monitoring.set_events(self.tool, 0)
-                monitoring.register_callback(self.tool, monitoring.events.PY_UNWIND, None)
+                self._callbacks(live=False)
+            self._candidates.clear()
             super().stop()
 
     def finish(self) -> Any:
@@ -482,7 +526,8 @@ class BranchMonitor(LineMonitor):
 
 def _unwind_callback(
     codes: dict[int, types.CodeType],
-    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]],
+    exits: dict[tuple[str, int], frozenset[int]],
+    candidates: dict[int, frozenset[int]],
     current: dict[int, set[int]],
 ) -> Callable[[types.CodeType, int, BaseException], None]:
     """The PY_UNWIND callback: an exception leaving measured code is recorded as the C tracer
@@ -490,27 +535,71 @@ def _unwind_callback(
     line, negated, among the phase's lines: see :meth:`BranchMonitor.recorded`). It is called
     for every frame an exception leaves, measured or not: as little as can be.
 
+    Only the arcs the reports can count are recorded: those from a branch line one of whose
+    ways leaves the code (``exits``, by the code's file and first line). Code with none
+    returns after two dictionary lookups (``candidates`` remembers each measured code's; the
+    engine empties it when it stops, with ``codes``, which keeps those ids from being reused).
+
     The tracer's "last line" is the last line the frame ran: through a handler (a
     generator's, a finally, a with, a bare raise) the unwinding instruction has no line of its
     own, and the frame's current line is that last line."""
     getframe = sys._getframe
+    nothing: frozenset[int] = frozenset()
 
     def on_unwind(code: types.CodeType, offset: int, exception: BaseException) -> None:
-        if id(code) not in codes:
+        lines = candidates.get(id(code))
+        if lines is None:
+            if id(code) not in codes:
+                return
+            lines = exits.get((code.co_filename, code.co_firstlineno), nothing)
+            candidates[id(code)] = lines
+        if not lines:
             return
         frame = getframe(1)
-        line = frame.f_lineno if frame.f_code is code else None
-        if line is None or line <= 0:
+        if frame.f_code is not code:
             return
-        found = marks.get(code.co_filename)
-        if found is not None and line >= found[0]:
-            return  # a marker's line (never the tracer's)
-        try:
-            current[id(code)].add(-line)
-        except KeyError:
-            current[id(code)] = {-line}
+        line = frame.f_lineno
+        if line in lines:
+            try:
+                current[id(code)].add(-line)
+            except KeyError:
+                current[id(code)] = {-line}
 
     return on_unwind
+
+
+def _exits_of(branches: dict[int, frozenset[int]]) -> Exits:
+    """Each code's branch lines with a way out of the code (coverage.py's parser numbers the
+    exit of the code starting on line F as -F): where an exception leaves the code on such a
+    line, the C tracer's arc counts as that way taken."""
+    exits: dict[int, set[int]] = {}
+    for line, destinations in branches.items():
+        for to in destinations:
+            if to < 0:
+                exits.setdefault(-to, set()).add(line)
+    return {first: frozenset(lines) for first, lines in exits.items()}
+
+
+def _resume_callback(
+    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]], current: dict[int, set[int]]
+) -> Callable[[types.CodeType, int], Any]:
+    """The PY_RESUME callback (with per-test contexts): the line a generator or coroutine
+    resumes on counts as run in this phase, as in the C tracer's arcs; once per phase."""
+    getframe = sys._getframe
+    disable = sys.monitoring.DISABLE  # type: ignore[attr-defined]
+
+    def on_resume(code: types.CodeType, offset: int) -> Any:
+        frame = getframe(1)
+        line = frame.f_lineno if frame.f_code is code else None
+        found = marks.get(code.co_filename)
+        if line is not None and line > 0 and (found is None or line < found[0]):
+            try:
+                current[id(code)].add(line)
+            except KeyError:
+                current[id(code)] = {line}
+        return disable
+
+    return on_resume
 
 
 def _index(module: types.CodeType) -> dict[tuple[str, int], types.CodeType | None]:

@@ -413,11 +413,12 @@ class Engine:
         #: measuring with SlipCover's probes (see probes.py) instead of a coverage.py core
         self.use_probes = self._choose_probes(spec)
         self._probes: Probes | None = None
+        #: branch coverage from line events on marked code (see branches.py), on 3.12+, with
+        #: or without per-test contexts
+        self.use_branches = not self.use_probes and self._choose_branches(spec)
         #: per-test contexts from sys.monitoring line events (see monitor.py), on 3.12+
-        self.use_monitor = not self.use_probes and self._choose_monitor(spec)
-        #: branch coverage from line events on marked code (see branches.py), on 3.12/3.13
-        self.use_branches = (
-            not self.use_probes and not self.use_monitor and self._choose_branches(spec)
+        self.use_monitor = (
+            not self.use_probes and not self.use_branches and self._choose_monitor(spec)
         )
         self._monitor: LineMonitor | None = None
         if self.use_probes or self.use_monitor or self.use_branches:
@@ -501,6 +502,8 @@ class Engine:
             return False
         if sys.version_info[:2] < MONITOR_PYTHON:
             return False
+        if self.branch and self.core_note:  # why the branch engine could not: that says it
+            return False
         reason = monitor_available() or self._fallback_reason(PROBES) or monitor_obstacle(self.cov)
         if not reason and self.wanted_core and self.wanted_core != "sysmon":
             reason = (
@@ -513,10 +516,10 @@ class Engine:
         return True
 
     def _choose_branches(self, spec: MeasureSpec) -> bool:
-        """The branch engine for branch coverage on Python 3.12 and 3.13, unless the user
+        """The branch engine for branch coverage on Python 3.12+, unless the user
         chose coverage.py (``--distcov-engine=coverage``, or a core) or the run asks for what
         it cannot measure: then coverage.py's C tracer, with the reason in the header."""
-        if not self.branch or self.context or spec.engine == "coverage":
+        if not self.branch or spec.engine == "coverage":
             return False
         if sys.version_info[:2] not in BRANCH_PYTHONS:
             return False
@@ -601,7 +604,7 @@ class Engine:
         if not self.use_branches:
             return LineMonitor(self.cov, journal)
         cache = MarkCache(self.marks_cache) if self.marks_cache is not None else None
-        return BranchMonitor(self.cov, journal, cache)
+        return BranchMonitor(self.cov, journal, cache, contexts=bool(self.context))
 
     def _install_new_only(self) -> None:
         """A :class:`NewOnly` on the data object coverage.py flushes into, and (with a tracer)
