@@ -29,12 +29,12 @@ its medians and ratios.
 
 ``--exactness`` times nothing: it checks that the default engine's branch coverage is exactly
 coverage.py's. For every suite it runs ``--distcov-branch`` with a JSON report twice, with the
-default engine (on 3.12 and 3.13 the branch markers) and with ``--distcov-engine=coverage``
-(coverage.py's C tracer, the reference), under ``-n 2`` and again without xdist (unless
-``--skip-serial``), and compares the two reports file by file: executed and missing lines,
-executed and missing branches. It prints the default engine's ``distcov:`` lines (its header
-says how the run was measured, its notes which files fell back to coverage.py's tracer) and the
-first differences, and exits non-zero if any file differs:
+default engine (on 3.12+ the branch markers) and with ``--distcov-engine=coverage`` (coverage.py's
+C tracer, the reference: ``COVERAGE_CORE=ctrace``), under ``-n 2`` and again without xdist
+(unless ``--skip-serial``), and compares the two reports file by file: executed and missing
+lines, executed and missing branches. It prints the default engine's ``distcov:`` lines (its
+header says how the run was measured, its notes which files fell back to coverage.py's tracer)
+and the first differences, and exits non-zero if any file differs:
 
     python benchmarks/bench_overhead.py --exactness --python 3.13 --suite pyparsing
 """
@@ -154,6 +154,14 @@ MODES = {
     # sys.monitoring line events, before that the C tracer)
     "pytest-cov-context": ["--cov={pkg}", "--cov-context=test"],
     "distcov-context": ["--distcov", "--distcov-source={pkg}", "--distcov-context=test"],
+    # per-test contexts with branches (on 3.12+ the branch markers record both)
+    "pytest-cov-context-branch": ["--cov={pkg}", "--cov-context=test", "--cov-branch"],
+    "distcov-context-branch": [
+        "--distcov",
+        "--distcov-source={pkg}",
+        "--distcov-context=test",
+        "--distcov-branch",
+    ],
     # SlipCover's own command line and xdist plugin (its JSON report to a file)
     "slipcover": [],
 }
@@ -380,6 +388,7 @@ def table(
         ("distcov-cold", "pytest-cov"),
         ("distcov-ctrace", "pytest-cov"),
         ("distcov-context", "pytest-cov-context"),
+        ("distcov-context-branch", "pytest-cov-context-branch"),
         ("distcov", "slipcover"),
     ]
     compare = [(a, b) for a, b in pairs if a in modes and b in modes]
@@ -396,8 +405,10 @@ def table(
 
 #: The keys of a file in coverage.py's JSON report that --exactness compares.
 EXACT_KEYS = ("executed_lines", "missing_lines", "executed_branches", "missing_branches")
-#: The two engines --exactness compares: the default one and coverage.py's C tracer.
+#: The two engines --exactness compares: the default one and coverage.py's C tracer (from
+#: Python 3.14 coverage.py's default core is sysmon: the reference sets COVERAGE_CORE).
 ENGINES = {"default": [], "ctrace": ["--distcov-engine=coverage"]}
+ENGINE_ENV = {"default": {}, "ctrace": {"COVERAGE_CORE": "ctrace"}}
 #: How many differing files --exactness shows in full, per suite and mode.
 SHOWN_FILES = 5
 
@@ -464,9 +475,8 @@ def exact_run(
         *suite.tests,
     ]
     start = time.perf_counter()
-    proc = subprocess.run(
-        cmd, cwd=src, env=clean_env(), capture_output=True, text=True, check=False
-    )
+    env = clean_env() | ENGINE_ENV[engine]
+    proc = subprocess.run(cmd, cwd=src, env=env, capture_output=True, text=True, check=False)
     elapsed = time.perf_counter() - start
     if proc.returncode not in (0, 1) or not out.exists():
         sys.exit(
