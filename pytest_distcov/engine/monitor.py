@@ -150,6 +150,9 @@ class LineMonitor(ImportedCode):
         self._on_start = _start_callback(self._current)
         #: ids of the code objects whose events fired (and were disabled) in this phase
         self._fired: set[int] = set()
+        #: the last phase's sets, by code id, and what was read of each: a callback of another
+        #: thread that looked its set up before the phase ended may add to it afterwards
+        self._read: dict[int, tuple[set[int], frozenset[int]]] = {}
         #: ids of the code objects whose lines were disabled while paused (no recording)
         self._paused_fired: set[int] = set()
         self._on_paused_line = _paused_callback(self._paused_fired)
@@ -251,11 +254,21 @@ class LineMonitor(ImportedCode):
         current = self._current
         taken = dict(current)
         if taken:
-            current.clear()
+            # (not clear(): a set another thread's callback made since the copy stays)
+            for code_id in taken:
+                current.pop(code_id, None)
             self._fired.update(taken)
+        read: dict[int, tuple[set[int], frozenset[int]]] = {}
+        for code_id, found in taken.items():
+            read[code_id] = (found, frozenset(found))  # (a copy in one step)
+        late, self._read = self._read, read
+        ran = {code_id: set(seen) for code_id, (_, seen) in read.items()}
+        for code_id, (found, seen) in late.items():
+            if len(found) != len(seen):  # added to after it was read: kept now
+                ran.setdefault(code_id, set()).update(found.difference(seen))
         codes = self._codes
         named: dict[str, set[Any]] = {}
-        for code_id, lines in taken.items():
+        for code_id, lines in ran.items():
             code = codes.get(code_id)
             if code is None:  # pragma: no cover - only measured code has events
                 continue
