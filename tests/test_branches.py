@@ -334,6 +334,31 @@ def test_coverage_engine_and_a_core_keep_the_tracer(
     )
 
 
+def test_dynamic_contexts_keep_the_tracer(pytester: pytest.Pytester) -> None:
+    """``[run] dynamic_context`` labels lines as the tracer runs: the markers cannot, so the
+    run measures with coverage.py's tracer and says why, and the contexts are recorded."""
+    _project(pytester)
+    pytester.path.joinpath(".coveragerc").write_text(
+        "[run]\nbranch = true\ndynamic_context = test_function\n"
+    )
+    result = run_pytest(pytester, *AUTO)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [
+            "distcov: measuring lines and branches * the ctrace core*",
+            "distcov: branch coverage with [[]run[]] dynamic_context needs coverage.py's tracer*",
+        ]
+    )
+    from coverage import CoverageData
+
+    data = CoverageData(str(pytester.path / ".coverage"))
+    data.read()
+    try:
+        assert any("test_gen" in c for c in data.measured_contexts())
+    finally:
+        data.close(force=True)
+
+
 def test_a_file_measured_with_branch_markers_keeps_its_own_path(tmp_path: Path) -> None:
     """Marked code runs under the file's own name: tracebacks and ``__file__`` are unchanged."""
     from pytest_distcov.engine.marks import plan
@@ -511,7 +536,8 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
             "def reraise(x):\n    try:\n        x.value\n    except AttributeError:\n"
             "        if x is None:\n            raise\n\n\n"
             "def within(x, path):\n    with open(path):\n        if x.value:\n"
-            "            return 1\n"
+            "            return 1\n\n\n"
+            "def multi(x):\n    if (x.count(1) or\n            x.value):\n        return 1\n"
         ),
         test_mod=(
             "import pytest\nimport mod\n\n\ndef bad():\n    yield 1\n    raise ValueError\n\n\n"
@@ -526,6 +552,7 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
             "    with pytest.raises(AttributeError):\n        mod.fin(None, [])\n"
             "    with pytest.raises(AttributeError):\n        mod.reraise(None)\n"
             "    with pytest.raises(AttributeError):\n        mod.within(None, __file__)\n"
+            "    with pytest.raises(AttributeError):\n        mod.multi([])\n"
         ),
     )
     pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
@@ -537,8 +564,9 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
     executed = report_view(pytester.path / ".coverage", pytester.path)
     mod = next(v for k, v in executed.items() if k.endswith("mod.py"))
     # each taken only by an exception leaving the function (a plain one, a generator, a
-    # coroutine, a finally's branch line)
-    assert {(2, -1), (21, -20), (26, -25), (34, -30)} <= {
+    # coroutine, a finally's branch line, a condition written over two lines, left on its
+    # second)
+    assert {(2, -1), (21, -20), (26, -25), (34, -30), (53, -52)} <= {
         tuple(b) for b in mod["executed_branches"]
     }
 

@@ -155,6 +155,42 @@ def test_contexts_equal_pytest_cov_serial(
     assert_same_contexts(suite / ".coverage", reference, suite)
 
 
+TEST_GENS = """
+import pytest
+
+
+def numbers(n):
+    total = 0
+    while total < n:
+        try:
+            total += yield total
+        except ValueError:
+            total += 1
+    return total
+
+
+@pytest.fixture
+def paused():
+    gen = numbers(5)
+    next(gen)  # suspended in |setup
+    yield gen
+    gen.close()  # and closed in |teardown
+
+
+def test_thrown_into_and_caught(paused):
+    assert paused.throw(ValueError) == 1
+
+
+def test_thrown_into_and_left(paused):
+    with pytest.raises(KeyError):
+        paused.throw(KeyError)
+
+
+def test_resumed(paused):
+    assert paused.send(2) == 2
+"""
+
+
 def reported_contexts(path: Path, root: Path) -> Labelled:
     """file (relative to root) -> executed line or branch of coverage.py's JSON report -> the
     context labels whose report shows it (what users look at: the branch engine records arcs
@@ -193,7 +229,9 @@ def test_contexts_with_branches_equal_pytest_cov_serial(
     pytester: pytest.Pytester, suite: Path, workers: str
 ) -> None:
     """Every line and every branch of the report: the same tests as pytest-cov's. On Python
-    3.12+ the branch engine records them (sys.monitoring events on marked code)."""
+    3.12+ the branch engine records them (sys.monitoring events on marked code), with
+    generators suspended in one phase and resumed, thrown into or closed in the next."""
+    (suite / "tests" / "test_gens.py").write_text(TEST_GENS)
     reference = _reference(pytester, branch=True)
     result = run_pytest(pytester, *_ours(), "--distcov-branch", "-n", workers, "-p", "no:randomly")
     assert result.ret == 0, result.stdout.str()

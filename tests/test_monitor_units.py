@@ -41,3 +41,30 @@ def test_a_line_another_thread_adds_to_an_ended_phase_is_kept(
     finally:
         monitor.stop()
         sys.modules.pop("late_mod", None)
+
+
+def test_a_record_another_thread_starts_as_a_phase_ends_is_left_for_the_next(
+    tmp_path: Path,
+) -> None:
+    """A line callback of another thread that finds no record for its code makes one; made
+    between the phase's copy of the records and their removal, it stays for the next phase."""
+    from pytest_distcov.engine.monitor import LineMonitor
+
+    monitor = LineMonitor(Coverage(data_file=None, source=[str(tmp_path)]))
+    newcomer = 12345
+
+    class Racing(dict[int, set[int]]):
+        """The records, with another thread's new one arriving while they are copied."""
+
+        def keys(self) -> list[int]:  # type: ignore[override]
+            found = list(super().keys())
+            self[newcomer] = {7}
+            return found
+
+        def __iter__(self):  # type: ignore[no-untyped-def]
+            return iter(self.keys())
+
+    monitor._current = Racing({999: {1}})
+    monitor._end_phase()
+    assert monitor._current.get(newcomer) == {7}
+    assert 999 not in monitor._current

@@ -156,17 +156,28 @@ def parse_file(
     return parser
 
 
-def exits_of(text: str, filename: str) -> tuple[dict[int, set[int]], dict[int, int]]:
+#: What :func:`exits_of` finds: each line's exits, each line's exit count, and each multi-line
+#: statement's other lines by its first line.
+Exits = tuple[dict[int, set[int]], dict[int, int], dict[int, list[int]]]
+
+
+def exits_of(text: str, filename: str) -> Exits:
     """The exits coverage.py's parser finds for each line of the Python source ``text``
     (the destinations of its possible arcs, by the line they leave; lines as the report
-    numbers them), and its exit counts (a line with more than one is a branch line)."""
+    numbers them), its exit counts (a line with more than one is a branch line), and the
+    lines of each statement written over several (the report numbers them by the first)."""
     parser = PythonParser(text=text, filename=filename)
     parser.parse_source()
     exits: dict[int, set[int]] = {}
     for first, second in parser.arcs():
         if first > 0:
             exits.setdefault(first, set()).add(second)
-    return exits, parser.exit_counts()
+    continued: dict[int, list[int]] = {}
+    for line in range(1, text.count("\n") + 2):
+        first = parser.first_line(line)
+        if first != line:
+            continued.setdefault(first, []).append(line)
+    return exits, parser.exit_counts(), continued
 
 
 class ParseKeeper(Protocol):

@@ -58,6 +58,7 @@ import coverage
 from coverage import Coverage
 
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
+from pytest_distcov.covapi.parser import exits_of
 
 from .imports import plain_source, rewriter_missing, tracer_setting
 from .marks import Unmarkable, plan
@@ -80,7 +81,9 @@ def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info
     reason = monitor_available(version)
     if reason:
         return reason
-    setting = tracer_setting(cov, branch=False)
+    setting = tracer_setting(
+        cov, (cov.get_option("run:dynamic_context"), "[run] dynamic_context"), branch=False
+    )
     if setting:
         return f"branch coverage with {setting} needs coverage.py's tracer"
     gone = rewriter_missing()
@@ -212,10 +215,11 @@ class MarkCache:
 
 @functools.cache
 def _marking_code() -> str:
-    """A digest of the code that marks modules (this module and :mod:`.marks`): a change to
-    it, released or not, is never served an older one's marks from the cache."""
+    """A digest of the code that marks modules (this module, :mod:`.marks` and the parser's
+    door): a change to it, released or not, is never served an older one's marks from the
+    cache."""
     h = hashlib.sha256()
-    for module in (__file__, plan.__code__.co_filename):
+    for module in (__file__, plan.__code__.co_filename, exits_of.__code__.co_filename):
         try:
             h.update(Path(module).read_bytes())
         except OSError:
@@ -259,11 +263,21 @@ class BranchMonitor(LineMonitor):
             self._codes, self._exits, self._candidates, self._current
         )
         self._on_resume: Callable[[types.CodeType, int], Any] | None = None
+        self._on_throw: Callable[[types.CodeType, int, BaseException], None] | None = None
         if contexts:
-            # A generator resumed in a later phase (a fixture's teardown): the C tracer's
-            # next arc starts at the line it resumes on, which so counts as run in that phase.
+            # Per phase, the line an exception leaves a frame on counts as run in that phase
+            # (the C tracer's arc starts there), branch line or not: every line is recorded.
+            self._on_unwind = _frame_line_callback(
+                self._codes, self._marks, self._current, exit_arc=True
+            )
+            # A generator resumed in a later phase (a fixture's teardown), or thrown into
+            # (``throw()``, ``close()``): the C tracer's next arc starts at the line it was
+            # suspended on, which so counts as run in that phase.
             self._events |= sys.monitoring.events.PY_RESUME  # type: ignore[attr-defined]
             self._on_resume = _resume_callback(self._marks, self._current)
+            self._on_throw = _frame_line_callback(
+                self._codes, self._marks, self._current, exit_arc=False
+            )
         self._tap: TracerTap | None = None
 
     # -- what a phase records --------------------------------------------------------------
@@ -276,8 +290,10 @@ class BranchMonitor(LineMonitor):
             # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
             # a global event: its callback looks at measured code only.
             monitoring = sys.monitoring  # type: ignore[attr-defined]
+            events = monitoring.events
             self._callbacks(live=True)
-            monitoring.set_events(self.tool, monitoring.events.PY_UNWIND)
+            throw = events.PY_THROW if self._on_throw is not None else 0
+            monitoring.set_events(self.tool, events.PY_UNWIND | throw)
 
     def _callbacks(self, *, live: bool) -> None:
         """This engine's own callbacks (besides the line monitor's) registered, or not."""
@@ -287,6 +303,10 @@ class BranchMonitor(LineMonitor):
         if self._on_resume is not None:
             monitoring.register_callback(
                 self.tool, events.PY_RESUME, self._on_resume if live else None
+            )
+        if self._on_throw is not None:
+            monitoring.register_callback(
+                self.tool, events.PY_THROW, self._on_throw if live else None
             )
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
@@ -385,7 +405,8 @@ class BranchMonitor(LineMonitor):
         else:
             with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
                 marks = plan(importlib.util.decode_source(source), filename)
-                base, arcs, exits = marks.base, marks.arcs, _exits_of(marks.branches)
+                base, arcs = marks.base, marks.arcs
+                exits = _exits_of(marks.branches, marks.continued)
                 if rewritten:
                     marked = self.pytest_rewritten(marks.tree, source, filename)
                 else:
@@ -568,16 +589,48 @@ def _unwind_callback(
     return on_unwind
 
 
-def _exits_of(branches: dict[int, frozenset[int]]) -> Exits:
+def _exits_of(branches: dict[int, frozenset[int]], continued: dict[int, tuple[int, ...]]) -> Exits:
     """Each code's branch lines with a way out of the code (coverage.py's parser numbers the
-    exit of the code starting on line F as -F): where an exception leaves the code on such a
-    line, the C tracer's arc counts as that way taken."""
+    exit of the code starting on line F as -F), with every line of a branch statement written
+    over several (the report counts the tracer's arc from any of them as from the first):
+    where an exception leaves the code on such a line, that way counts as taken."""
     exits: dict[int, set[int]] = {}
     for line, destinations in branches.items():
         for to in destinations:
             if to < 0:
-                exits.setdefault(-to, set()).add(line)
+                exits.setdefault(-to, set()).update((line, *continued.get(line, ())))
     return {first: frozenset(lines) for first, lines in exits.items()}
+
+
+def _frame_line_callback(
+    codes: dict[int, types.CodeType],
+    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]],
+    current: dict[int, set[int]],
+    *,
+    exit_arc: bool,
+) -> Callable[[types.CodeType, int, BaseException], None]:
+    """A callback of a global event (``PY_UNWIND``, ``PY_THROW``) that records the current
+    line of a measured frame: as an exit arc's start (``exit_arc``, kept negated: see
+    :meth:`BranchMonitor.recorded`) or as a line run. With per-test contexts: every line."""
+    getframe = sys._getframe
+    sign = -1 if exit_arc else 1
+
+    def on_frame_event(code: types.CodeType, offset: int, exception: BaseException) -> None:
+        if id(code) not in codes:
+            return
+        frame = getframe(1)
+        line = frame.f_lineno if frame.f_code is code else None
+        if line is None or line <= 0:
+            return
+        found = marks.get(code.co_filename)
+        if found is not None and line >= found[0]:
+            return  # a marker's line (never the tracer's)
+        try:
+            current[id(code)].add(sign * line)
+        except KeyError:
+            current[id(code)] = {sign * line}
+
+    return on_frame_event
 
 
 def _resume_callback(

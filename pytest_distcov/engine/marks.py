@@ -19,6 +19,10 @@ from __future__ import annotations
 import ast
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from pytest_distcov.covapi.parser import Exits
 
 __all__ = ["MarkPlan", "Unmarkable", "plan"]
 
@@ -40,6 +44,8 @@ class MarkPlan:
     arcs: list[tuple[Arc, ...]] = field(default_factory=list)
     #: every branch line of the file -> its possible destinations (coverage.py's parser)
     branches: dict[int, frozenset[int]] = field(default_factory=dict)
+    #: a branch line whose statement goes on over more lines -> those lines
+    continued: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def add(self, arcs: Iterable[Arc]) -> ast.Pass:
         line = self.base + len(self.arcs)
@@ -61,8 +67,9 @@ def _irrefutable(case: ast.match_case) -> bool:
     return case.guard is None and isinstance(pattern, ast.MatchAs) and pattern.pattern is None
 
 
-def _exits(source: str, filename: str) -> tuple[dict[int, set[int]], dict[int, int]]:
-    """coverage.py's parser's possible exits of each line, and its exit counts."""
+def _exits(source: str, filename: str) -> Exits:
+    """coverage.py's parser's possible exits of each line, its exit counts, and the other
+    lines of each multi-line statement."""
     from pytest_distcov.covapi.parser import exits_of
 
     return exits_of(source, filename)
@@ -125,11 +132,16 @@ def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
 
 def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, one state
     """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
-    exits, counts = _exits(source, filename)
+    exits, counts, continued = _exits(source, filename)
     branches = {line: frozenset(exits.get(line, ())) for line, n in counts.items() if n > 1}
     tree = ast.parse(source, filename)
     nlines = source.count("\n") + 1
-    marks = MarkPlan(tree, base=nlines + 1, branches=branches)
+    marks = MarkPlan(
+        tree,
+        base=nlines + 1,
+        branches=branches,
+        continued={line: tuple(continued[line]) for line in branches if line in continued},
+    )
     marked: set[int] = set()
     stacks, statements = _with_stacks(tree)
 
@@ -247,7 +259,7 @@ def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -
     for line, (start, end) in blank.items():
         text = lines[line - 1].encode()
         lines[line - 1] = (text[:start] + b"pass" + text[end:]).decode()
-    exits, _ = _exits("".join(lines), filename)
+    exits, _, _ = _exits("".join(lines), filename)
     return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
 
 

@@ -266,6 +266,7 @@ class LineMonitor(ImportedCode):
         for code_id, (found, seen) in late.items():
             if len(found) != len(seen):  # added to after it was read: kept now
                 ran.setdefault(code_id, set()).update(found.difference(seen))
+                self._fired.add(code_id)  # (its event was disabled after it was re-armed)
         codes = self._codes
         named: dict[str, set[Any]] = {}
         for code_id, lines in ran.items():
