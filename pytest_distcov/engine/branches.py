@@ -156,8 +156,8 @@ class MarkCache:
         path = self.directory / f"{key}.marks"
         try:
             found = marshal.loads(path.read_bytes())
-        except (OSError, ValueError, EOFError, TypeError):
-            return None
+        except Exception:  # whatever a damaged file makes marshal raise (MemoryError too):
+            return None  # a miss, so the module is marked again and its entry replaced
         if not (isinstance(found, tuple) and len(found) == 5 and found[0] == _CACHE_FORMAT):
             return None
         _, base, arcs, exits, code = found
