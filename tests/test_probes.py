@@ -826,3 +826,30 @@ def test_coverage_failing_inside_the_import_finder_turns_probes_off_with_a_note(
             "pkg?later.py * 2 * 2 * 0%*",  # imported after the failure: honestly not measured
         ]
     )
+
+
+@needs_probes
+@pytest.mark.parametrize("branch", [[], ["--distcov-branch"]], ids=["lines", "branches"])
+def test_a_line_run_while_paused_keeps_its_fresh_probe(
+    pytester: pytest.Pytester, branch: list[str]
+) -> None:
+    """A line first run while measuring is paused gets a fresh probe; probes that keep firing
+    later (SlipCover then removes the probes of the lines seen) must not take it out before
+    the line runs measured."""
+    pytester.makepyfile(
+        mod="def once():\n    return 1\n\n\ndef hot():\n    return 2\n",
+        test_mod=(
+            "import pytest\nimport mod\n\n\n@pytest.mark.no_cover\ndef test_paused():\n"
+            "    assert mod.once() == 1\n\n\ndef test_measured():\n"
+            "    assert sum(mod.hot() for _ in range(500)) == 1000\n"
+            "    assert mod.once() == 1\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    runs = {}
+    for engine in ("auto", "coverage"):
+        result = run_pytest(pytester, "--distcov", f"--distcov-engine={engine}", *branch)
+        assert result.ret == 0, result.stdout.str()
+        runs[engine] = (pytester.path / ".coverage").rename(pytester.path / f"{engine}.coverage")
+    result.stdout.no_fnmatch_line("*SlipCover's probes*")  # (the last run: coverage.py's)
+    assert_same_report(runs["auto"], runs["coverage"], pytester.path)

@@ -378,6 +378,14 @@ def _slipcover_class() -> type:
                 self._to_remove = defaultdict(set)
                 return fresh
 
+        def keep_probes(self, lines: dict[str, set[int]]) -> None:
+            """Leave these lines' probes in place at the next removal (they get fresh ones)."""
+            with self.lock:
+                for name, found in lines.items():
+                    pending = self._to_remove.get(name)
+                    if pending:
+                        pending -= found
+
         def take(self) -> dict[str, set[int]]:
             """The lines seen since the last call (none twice)."""
             if self._executing:
@@ -499,7 +507,11 @@ class Probes(ImportedCode):
             # are in the data); the others get fresh probes.
             recorded = self._recorded
             seen = self.sci.take()
-            self.rearm({name: lines - recorded[name] for name, lines in seen.items()})
+            unrecorded = {name: lines - recorded[name] for name, lines in seen.items()}
+            # (take() left their probes to be removed at the next removal: that would take
+            # the fresh ones out too, before they ever fire)
+            self.sci.keep_probes(unrecorded)
+            self.rearm(unrecorded)
 
     def finish(self) -> CoverageData:
         """Record the last lines, stop probing new modules, add coverage.py's after-run work."""
