@@ -24,6 +24,7 @@ The reports then give what coverage.py's C tracer gives (tests/test_branch_probe
 from __future__ import annotations
 
 import sys
+import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -62,7 +63,8 @@ class BranchProbes(MarkedModules, Probes):
         self._init_marking(cov, cache)
         #: file name -> the arcs exceptions took (see .catchers), not yet taken
         self._raised: dict[str, set[Arc]] = {}
-        self._hook = _exception_hook(self._raised, self._recording)
+        self._raised_lock = threading.Lock()
+        self._hook = _exception_hook(self._raised, self._raised_lock, self._recording)
 
     def _recording(self) -> bool:
         return self._started and not self._paused
@@ -82,9 +84,10 @@ class BranchProbes(MarkedModules, Probes):
         return set() if arcs is None else set(arcs)
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
-        raised = self._raised
-        for filename in list(raised):
-            arcs = raised.pop(filename)
+        with self._raised_lock:
+            raised = dict(self._raised)
+            self._raised.clear()
+        for filename, arcs in raised.items():
             name = self.side.name_for(filename)
             if name is not None:
                 named.setdefault(name, set()).update(arcs)
@@ -92,7 +95,7 @@ class BranchProbes(MarkedModules, Probes):
 
 
 def _exception_hook(
-    raised: dict[str, set[Arc]], recording: Callable[[], bool]
+    raised: dict[str, set[Arc]], lock: threading.Lock, recording: Callable[[], bool]
 ) -> Callable[[Table, bool], None]:
     """The hook a catcher's handler calls (see :mod:`.catchers`): if the exception being
     handled was raised in the calling frame on a line of ``table``, that line's arc into
@@ -116,11 +119,8 @@ def _exception_hook(
                     continue
                 if exit and end < 0 and at_yield(frame.f_code.co_code, tb.tb_lasti):
                     continue  # (the tracer sees no real return: no arc to the exit)
-                found = raised.get(frame.f_code.co_filename)
-                if found is None:
-                    raised[frame.f_code.co_filename] = {(start, end)}
-                else:
-                    found.add((start, end))
+                with lock:
+                    raised.setdefault(frame.f_code.co_filename, set()).add((start, end))
         except Exception:  # never in the way of the user's exception
             pass
 
