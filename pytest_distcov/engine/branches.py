@@ -52,7 +52,7 @@ import types
 import warnings
 from collections.abc import Callable, Collection, Hashable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import coverage
 from coverage import Coverage
@@ -60,12 +60,12 @@ from coverage import Coverage
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
 from pytest_distcov.covapi.parser import exits_of
 
-from .imports import plain_source, rewriter_missing, tracer_setting
-from .marks import Unmarkable, plan
+from .imports import ImportedCode, plain_source, rewriter_missing, tracer_setting
+from .marks import MarkPlan, Unmarkable, plan
 from .monitor import LineMonitor, monitor_available
 from .tap import TracerTap
 
-__all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "branches_obstacle"]
+__all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "MarkedModules", "branches_obstacle"]
 
 #: The Pythons this engine measures branches on (the tests compare its reports with the C
 #: tracer's on each of them; a newer one uses coverage.py until it has been).
@@ -142,9 +142,16 @@ class MarkCache:
         self.directory = directory
 
     @staticmethod
-    def key(filename: str, source: bytes) -> str:
+    def key(filename: str, source: bytes, engine: str = "") -> str:
         h = hashlib.sha256()
-        parts = (str(_CACHE_FORMAT), _marking_code(), coverage.__version__, sys.version, filename)
+        parts = (
+            str(_CACHE_FORMAT),
+            _marking_code(),
+            coverage.__version__,
+            sys.version,
+            engine,  # (the probe engine's marked code has catchers: see .branch_probes)
+            filename,
+        )
         for part in parts:
             h.update(part.encode("utf-8", "surrogatepass") + b"\0")
         h.update(str(sys.flags.optimize).encode() + b"\0")
@@ -219,7 +226,9 @@ def _marking_code() -> str:
     door): a change to it, released or not, is never served an older one's marks from the
     cache."""
     h = hashlib.sha256()
-    for module in (__file__, plan.__code__.co_filename, exits_of.__code__.co_filename):
+    catchers = Path(__file__).with_name("catchers.py")  # (the probe engine's additions)
+    parser = exits_of.__code__.co_filename
+    for module in (__file__, plan.__code__.co_filename, parser, str(catchers)):
         try:
             h.update(Path(module).read_bytes())
         except OSError:
@@ -231,21 +240,19 @@ def _is_arc(arc: object) -> bool:
     return isinstance(arc, tuple) and len(arc) == 2 and type(arc[0]) is int and type(arc[1]) is int
 
 
-class BranchMonitor(LineMonitor):
-    """Line events on marked code; each phase's lines and markers as coverage.py's arcs."""
+class MarkedModules(ImportedCode):
+    """What the engines that measure branches with markers share (a mixin, before the engine's
+    class among the bases): each measured module marked (:mod:`.marks`) and kept in the mark
+    cache, the plain-source checks, pytest's rewriter door, the marked twins of functions
+    imported before the start, and coverage.py's own tracer for each file that cannot be
+    marked. The engine says how marked code is observed; :meth:`arcs_of` turns the lines it
+    saw into coverage.py's arcs."""
 
-    stopping = "branch markers"
-    kind = "arcs"
+    #: set by the engine's own ``__init__`` (see :meth:`_init_marking`)
+    _started: bool
+    _paused: bool
 
-    def __init__(
-        self,
-        cov: Coverage,
-        journal: Path | None = None,
-        cache: MarkCache | None = None,
-        *,
-        contexts: bool = False,
-    ) -> None:
-        super().__init__(cov, journal)
+    def _init_marking(self, cov: Coverage, cache: MarkCache | None) -> None:
         self.cache = cache
         gone = missing_own_tracer(cov)  # once CoverageSide made the collector ready
         if gone:
@@ -257,72 +264,23 @@ class BranchMonitor(LineMonitor):
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
-        #: a measured code object's id -> its lines in ``_exits`` (met by the unwind callback)
-        self._candidates: dict[int, frozenset[int]] = {}
-        self._on_unwind = _unwind_callback(
-            self._codes, self._exits, self._candidates, self._current
-        )
-        self._on_resume: Callable[[types.CodeType, int], Any] | None = None
-        self._on_throw: Callable[[types.CodeType, int, BaseException], None] | None = None
-        if contexts:
-            # Per phase, the line an exception leaves a frame on counts as run in that phase
-            # (the C tracer's arc starts there), branch line or not: every line is recorded.
-            self._on_unwind = _frame_line_callback(
-                self._codes, self._marks, self._current, exit_arc=True
-            )
-            # A generator resumed in a later phase (a fixture's teardown), or thrown into
-            # (``throw()``, ``close()``): the C tracer's next arc starts at the line it was
-            # suspended on, which so counts as run in that phase.
-            self._events |= sys.monitoring.events.PY_RESUME  # type: ignore[attr-defined]
-            self._on_resume = _resume_callback(self._marks, self._current)
-            self._on_throw = _frame_line_callback(
-                self._codes, self._marks, self._current, exit_arc=False
-            )
         self._tap: TracerTap | None = None
 
-    # -- what a phase records --------------------------------------------------------------
-
-    def start(self) -> None:
-        super().start()
-        if self._started:
-            # An exception leaving measured code: the C tracer records an arc from the line it
-            # left on to the code's exit, and where that line is a branch line whose other way
-            # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
-            # a global event: its callback looks at measured code only.
-            monitoring = sys.monitoring  # type: ignore[attr-defined]
-            events = monitoring.events
-            self._callbacks(live=True)
-            throw = events.PY_THROW if self._on_throw is not None else 0
-            monitoring.set_events(self.tool, events.PY_UNWIND | throw)
-
-    def _callbacks(self, *, live: bool) -> None:
-        """This engine's own callbacks (besides the line monitor's) registered, or not."""
-        monitoring = sys.monitoring  # type: ignore[attr-defined]
-        events = monitoring.events
-        monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind if live else None)
-        if self._on_resume is not None:
-            monitoring.register_callback(
-                self.tool, events.PY_RESUME, self._on_resume if live else None
-            )
-        if self._on_throw is not None:
-            monitoring.register_callback(
-                self.tool, events.PY_THROW, self._on_throw if live else None
-            )
-
-    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
-        found = self._marks.get(code.co_filename)
-        if found is None:  # pragma: no cover - only marked code has events
-            return set()
+    def arcs_of(self, filename: str, lines: Collection[int]) -> set[Arc] | None:
+        """The arcs ``lines`` of marked ``filename`` stand for: a line ``L`` as ``(-1, L)``
+        (coverage.py's reports take the executed lines from the arcs' ends), a marker as its
+        arcs; None if the file is not marked."""
+        found = self._marks.get(filename)
+        if found is None:
+            return None
         base, table = found
-        arcs: set[Any] = set()
+        arcs: set[Arc] = set()
         for line in lines:
             if line >= base:
                 if line - base < len(table):
                     arcs.update(table[line - base])
             elif line > 0:
                 arcs.add((-1, line))
-            elif line < 0:  # left by an exception (see start)
-                arcs.add((-line, -code.co_firstlineno))
         return arcs
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
@@ -361,7 +319,15 @@ class BranchMonitor(LineMonitor):
         except Exception as exc:  # whatever it was, the user's import must go on
             self._fall_back(filename, _why(exc))
             return code
-        return super().prepare(marked, module_globals)
+        # (the engine's own prepare, next in the method resolution order)
+        return super().prepare(self.bound(marked), module_globals)  # type: ignore[safe-super]
+
+    def bound(self, code: types.CodeType) -> types.CodeType:
+        """Marked code as it runs under this engine (see the probe engine's)."""
+        return code
+
+    def extend(self, marks: MarkPlan, source: str, filename: str) -> None:
+        """What this engine adds to a marked module's tree before it is compiled (nothing)."""
 
     def _check_plain(self, code: types.CodeType, *, rewritten: bool) -> None:
         """Raise :class:`Unmarkable` unless ``code`` is what its source compiles to (as pytest
@@ -398,13 +364,15 @@ class BranchMonitor(LineMonitor):
         filename = code.co_filename
         source = _read(filename)
         cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
-        key = cache.key(filename, source) if cache is not None else ""
+        key = cache.key(filename, source, type(self).__name__) if cache is not None else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
             base, arcs, exits, marked = found
         else:
             with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
-                marks = plan(importlib.util.decode_source(source), filename)
+                text = importlib.util.decode_source(source)
+                marks = plan(text, filename)
+                self.extend(marks, text, filename)
                 base, arcs = marks.base, marks.arcs
                 exits = _exits_of(marks.branches, marks.continued)
                 if rewritten:
@@ -436,8 +404,11 @@ class BranchMonitor(LineMonitor):
                 self._fall_back(filename, _why(exc))
                 continue
             for func, twin in twins:
-                func.__code__ = twin
-                self._enable(twin)
+                self.adopt(func, self.bound(twin))
+
+    def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:
+        """``func`` runs ``twin``, its marked code, from now on."""
+        raise NotImplementedError
 
     def _twins(
         self, filename: str, funcs: list[types.FunctionType]
@@ -506,19 +477,16 @@ class BranchMonitor(LineMonitor):
             f" {first}: {why})"
         )
 
-    # -- the tracer's life follows the engine's ----------------------------------------------
+    # -- coverage.py's tracer for the unmarked files follows the engine ----------------------
+    # (each calls the engine's own method, next in the method resolution order)
 
     def pause(self) -> None:
-        if self._started and not self._paused:
-            self._callbacks(live=False)
-        super().pause()
+        cast(Any, super()).pause()
         if self._own is not None:
             self._own.pause()
 
     def resume(self) -> None:
-        if self._started and self._paused:
-            self._callbacks(live=True)
-        super().resume()
+        cast(Any, super()).resume()
         if self._own is not None:
             self._own.resume()
 
@@ -528,21 +496,119 @@ class BranchMonitor(LineMonitor):
             if own is not None:
                 own.stop()
         finally:
-            if self._started:
-                monitoring = sys.monitoring  # type: ignore[attr-defined]
-                monitoring.set_events(self.tool, 0)
-                self._callbacks(live=False)
-            self._candidates.clear()
-            super().stop()
+            cast(Any, super()).stop()
 
     def finish(self) -> Any:
-        data = super().finish()
+        data = cast(Any, super()).finish()
         if self.cache is not None:
             self.cache.prune()
         note = self.fallback_note()
         if note and note not in self.notes:
             self.notes.append(note)
         return data
+
+
+class BranchMonitor(MarkedModules, LineMonitor):
+    """Line events on marked code; each phase's lines and markers as coverage.py's arcs."""
+
+    stopping = "branch markers"
+    kind = "arcs"
+
+    def __init__(
+        self,
+        cov: Coverage,
+        journal: Path | None = None,
+        cache: MarkCache | None = None,
+        *,
+        contexts: bool = False,
+    ) -> None:
+        super().__init__(cov, journal)
+        self._init_marking(cov, cache)
+        #: a measured code object's id -> its lines in ``_exits`` (met by the unwind callback)
+        self._candidates: dict[int, frozenset[int]] = {}
+        self._on_unwind = _unwind_callback(
+            self._codes, self._exits, self._candidates, self._current
+        )
+        self._on_resume: Callable[[types.CodeType, int], Any] | None = None
+        self._on_throw: Callable[[types.CodeType, int, BaseException], None] | None = None
+        if contexts:
+            # Per phase, the line an exception leaves a frame on counts as run in that phase
+            # (the C tracer's arc starts there), branch line or not: every line is recorded.
+            self._on_unwind = _frame_line_callback(
+                self._codes, self._marks, self._current, exit_arc=True
+            )
+            # A generator resumed in a later phase (a fixture's teardown), or thrown into
+            # (``throw()``, ``close()``): the C tracer's next arc starts at the line it was
+            # suspended on, which so counts as run in that phase.
+            self._events |= sys.monitoring.events.PY_RESUME  # type: ignore[attr-defined]
+            self._on_resume = _resume_callback(self._marks, self._current)
+            self._on_throw = _frame_line_callback(
+                self._codes, self._marks, self._current, exit_arc=False
+            )
+
+    # -- what a phase records --------------------------------------------------------------
+
+    def start(self) -> None:
+        super().start()
+        if self._started:
+            # An exception leaving measured code: the C tracer records an arc from the line it
+            # left on to the code's exit, and where that line is a branch line whose other way
+            # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
+            # a global event: its callback looks at measured code only.
+            monitoring = sys.monitoring  # type: ignore[attr-defined]
+            events = monitoring.events
+            self._callbacks(live=True)
+            throw = events.PY_THROW if self._on_throw is not None else 0
+            monitoring.set_events(self.tool, events.PY_UNWIND | throw)
+
+    def _callbacks(self, *, live: bool) -> None:
+        """This engine's own callbacks (besides the line monitor's) registered, or not."""
+        monitoring = sys.monitoring  # type: ignore[attr-defined]
+        events = monitoring.events
+        monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind if live else None)
+        if self._on_resume is not None:
+            monitoring.register_callback(
+                self.tool, events.PY_RESUME, self._on_resume if live else None
+            )
+        if self._on_throw is not None:
+            monitoring.register_callback(
+                self.tool, events.PY_THROW, self._on_throw if live else None
+            )
+
+    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
+        arcs: set[Any] | None = self.arcs_of(code.co_filename, lines)
+        if arcs is None:  # pragma: no cover - only marked code has events
+            return set()
+        for line in lines:
+            if line < 0:  # left by an exception (see start)
+                arcs.add((-line, -code.co_firstlineno))
+        return arcs
+
+    def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:
+        func.__code__ = twin
+        self._enable(twin)
+
+    # -- this engine's own callbacks follow the engine -------------------------------------
+
+    def pause(self) -> None:
+        if self._started and not self._paused:
+            self._callbacks(live=False)
+        super().pause()
+
+    def resume(self) -> None:
+        if self._started and self._paused:
+            self._callbacks(live=True)
+        super().resume()
+
+    def stop(self) -> None:
+        try:
+            if self._started:
+                monitoring = sys.monitoring  # type: ignore[attr-defined]
+                monitoring.set_events(self.tool, 0)
+                self._callbacks(live=False)
+            self._candidates.clear()
+        finally:
+            super().stop()
 
 
 def _unwind_callback(
@@ -672,19 +738,34 @@ def _read(filename: str) -> bytes:
         raise Unmarkable(f"its source cannot be read ({exc.strerror})") from None
 
 
+#: What compiling a module again can warn of where an import from ``.pyc`` shows nothing:
+#: before Python 3.12 an invalid escape sequence is a DeprecationWarning.
+_COMPILE_WARNINGS: tuple[type[Warning], ...] = (
+    (SyntaxWarning,) if sys.version_info >= (3, 12) else (SyntaxWarning, DeprecationWarning)
+)
+
+
 @contextlib.contextmanager
 def _quiet() -> Iterator[None]:
-    """No SyntaxWarning from compiling a module again (an import from ``.pyc`` shows none).
+    """No SyntaxWarning from compiling a module again (an import from ``.pyc`` shows none;
+    nor, before 3.12, a DeprecationWarning)."""
+    with contextlib.ExitStack() as stack:
+        for category in _COMPILE_WARNINGS:
+            stack.enter_context(_ignoring(category))
+        yield
 
-    One filter is put in front and that one taken out again: ``warnings.catch_warnings``
+
+@contextlib.contextmanager
+def _ignoring(category: type[Warning]) -> Iterator[None]:
+    """One filter is put in front and that one taken out again: ``warnings.catch_warnings``
     would restore the whole list as it found it, undoing what another thread (pytest
     recording a test's warnings) did meanwhile. An ignored warning leaves no trace in the
     warning registries, so taking the filter out needs no more."""
-    entry = ("ignore", None, SyntaxWarning, None, 0)
-    if entry in warnings.filters:  # the user's own (-W ignore::SyntaxWarning): theirs stays
-        yield
-        return
-    warnings.filterwarnings("ignore", category=SyntaxWarning)
+    entry = ("ignore", None, category, None, 0)
+    if warnings.filters[:1] == [entry]:  # the user's own (-W ignore::SyntaxWarning) stays
+        yield  # (one further back, Python's own for DeprecationWarning, may not be the one
+        return  # that applies)
+    warnings.filterwarnings("ignore", category=category)
     try:
         yield
     finally:

@@ -42,6 +42,7 @@ from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_f
 from pytest_distcov.errors import DistCovError, SettingsError
 from pytest_distcov.remote.launch import OMIT_ENV
 
+from .branch_probes import BRANCH_PROBES_IN_AUTO, BranchProbes
 from .branches import BRANCH_PYTHONS, BranchMonitor, MarkCache, branches_obstacle
 from .monitor import MONITOR_PYTHON, LineMonitor, monitor_available, monitor_obstacle
 from .probes import NOT_INSTALLED, Probes, probe_obstacle, probes_available
@@ -478,10 +479,12 @@ class Engine:
                     " coverage.py's cores (sysmon where it can)"
                 )
             return False
+        # branch coverage: probes in marked code (branch_probes.py)
+        markers = self.branch and (spec.engine == "probes" or BRANCH_PROBES_IN_AUTO)
         reason = (
             probes_available()
             or self._fallback_reason(PROBES)
-            or probe_obstacle(self.cov, contexts=bool(self.context))
+            or probe_obstacle(self.cov, contexts=bool(self.context), branch_markers=markers)
         )
         if not reason and self.wanted_core:
             reason = f"[run] core = {self.wanted_core} (or COVERAGE_CORE) chooses coverage.py"
@@ -546,7 +549,7 @@ class Engine:
     def description(self) -> str:
         """How this engine measures, for the header and the summary."""
         if self.core == "probes":
-            return "SlipCover's probes"
+            return "SlipCover's probes with branch markers" if self.branch else "SlipCover's probes"
         if self.core == "monitor":
             return "sys.monitoring line events"
         if self.core == "markers":
@@ -557,7 +560,7 @@ class Engine:
         if self.use_probes:
             try:
                 with capture_coverage_warnings(self.notes):
-                    self._probes = Probes(self.cov)
+                    self._probes = self._make_probes()
             except CoverageException as exc:
                 raise SettingsError(f"cannot start coverage: {exc}") from None
             except RuntimeError as exc:  # coverage.py's internals changed (see probes.py)
@@ -598,6 +601,12 @@ class Engine:
                 f"coverage's C extension cannot be loaded here ({ctracer_error()}): measuring"
                 " with its pure-Python tracer, which is several times slower"
             )
+
+    def _make_probes(self) -> Probes:
+        if not self.branch:
+            return Probes(self.cov)
+        cache = MarkCache(self.marks_cache) if self.marks_cache is not None else None
+        return BranchProbes(self.cov, cache)
 
     def _make_monitor(self) -> LineMonitor:
         journal = journal_for(self.data_path)

@@ -84,18 +84,27 @@ def probes_available() -> str:
     return ""
 
 
-def probe_obstacle(cov: Coverage, *, contexts: bool) -> str:
+def probe_obstacle(cov: Coverage, *, contexts: bool, branch_markers: bool = False) -> str:
     """'' if probes can measure everything this run asks for, else the setting that stops them.
 
-    The message names the setting, for the fallback note and for the usage error when the
-    user asked for ``--distcov-engine=probes``.
+    With ``branch_markers``, branch coverage is measured by probes in marked code
+    (:mod:`.branch_probes`) rather than being a setting that stops them. The message names
+    the setting, for the fallback note and for the usage error when the user asked for
+    ``--distcov-engine=probes``.
     """
     setting = tracer_setting(
         cov,
         (contexts, "per-test contexts (--distcov-context)"),
         (cov.get_option("run:dynamic_context"), "[run] dynamic_context"),
+        branch=not branch_markers,
     )
-    return f"{setting} needs coverage.py's tracer" if setting else ""
+    if setting:
+        return f"{setting} needs coverage.py's tracer"
+    if branch_markers and cov.get_option("run:branch"):
+        from .branch_probes import branch_probes_obstacle
+
+        return branch_probes_obstacle()
+    return ""
 
 
 class _Code:
@@ -398,6 +407,8 @@ class Probes(ImportedCode):
     """Probes in this process's measured code, and the lines they saw, as coverage.py names them."""
 
     stopping = "probes"
+    #: what the data records of each file: its lines (a subclass may record arcs)
+    kind = "lines"
 
     def __init__(self, cov: Coverage) -> None:
         super().__init__(cov)
@@ -411,8 +422,11 @@ class Probes(ImportedCode):
         if self._started:
             return
         self._started = True
-        self.data.add_lines({})  # line data from the start, as coverage.py's tracer makes it
+        self._add({})  # line (or arc) data from the start, as coverage.py's tracer makes it
         self.hook()
+
+    def _add(self, items: dict[str, set[Any]]) -> None:
+        (self.data.add_arcs if self.kind == "arcs" else self.data.add_lines)(items)
 
     def execute(self, code: types.CodeType, module_globals: dict[str, Any]) -> None:
         """Run a measured module's code with probes, and keep the functions it defines."""
@@ -451,24 +465,33 @@ class Probes(ImportedCode):
             func.__code__ = replaced[code]
             self.sci.functions.add(func)
 
-    def take(self) -> dict[str, set[int]]:
-        """Lines seen since the last call, by the file names coverage.py records."""
+    def take(self) -> dict[str, set[Any]]:
+        """Lines (or what :meth:`recorded` makes of them) seen since the last call, by the
+        file names coverage.py records."""
         fresh = self.sci.take()
-        out: dict[str, set[int]] = {}
+        out: dict[str, set[Any]] = {}
         for filename, lines in fresh.items():
             if not lines:
                 continue
             self._recorded[filename] |= lines
             name = self.side.name_for(filename)
             if name is not None:
-                out.setdefault(name, set()).update(lines)
+                out.setdefault(name, set()).update(self.recorded(filename, lines))
+        self.add_more(out)
         return out
+
+    def recorded(self, filename: str, lines: set[int]) -> set[Any]:
+        """What the data records of ``filename`` having run ``lines``: the lines themselves."""
+        return lines
+
+    def add_more(self, named: dict[str, set[Any]]) -> None:
+        """Add to what :meth:`take` found, by file, what was measured besides the probes."""
 
     def flush(self) -> bool:
         """Add the newly seen lines to the data file; True if there were any."""
         lines = self.take()
         if lines:
-            self.data.add_lines(lines)
+            self._add(lines)
         return bool(lines)
 
     def pause(self) -> None:

@@ -1,0 +1,286 @@
+"""Exception arcs of marked code without ``sys.monitoring`` (Python 3.10 and 3.11).
+
+coverage.py's C tracer records an arc from the last line a frame ran to the next line event
+it sees. When an exception is raised on a branch line ``R`` (its condition, a loop's
+iterator, a ``case``'s pattern or guard), that next event is on the first line of the
+innermost handler around ``R`` that has lines of its own, or the code's exit:
+
+* the code's exit, ``(R, -first)``, when nothing in the code handles it (the exception
+  leaves the code);
+* a ``with`` statement's line ``W``: its ``__exit__`` runs there, and coverage.py's report
+  turns ``(R, W)`` into the arc to the statement after the ``with`` (its "with jump
+  fixers"), whether the exception is caught later in the same code or not;
+* a ``finally`` clause's first line, ``(R, F)``;
+* an ``except`` clause's line (an ``except`` or ``finally`` body, where ``R`` can be, has no
+  line of its own on the way out: the handler around the ``try`` statement counts).
+
+Where that arc is one of ``R``'s branches (coverage.py's parser lists the way out of ``R``
+that goes there too), the report counts that branch as taken; the markers never see it
+(:mod:`.marks`: a marker fires when a way out starts, and the exception takes none). Before
+Python 3.12 nothing tells an engine without a trace function where an exception went, so
+each such handler's protected body is wrapped, in the marked tree, in a ``try`` with a bare
+``except`` that calls a hook and raises again (on lines of their own past the file's end,
+as the markers' are):
+
+* the hook is a constant of the code, put in place of :data:`HOOK` after compiling
+  (:func:`bind`), so no name of the module or of builtins is looked up or added;
+* it gets a table of the header lines of every branch line that handler is the first for,
+  with the arcs to record for each: the line the exception was raised on in this frame is
+  the traceback's (``tb_lineno``: the condition's own line, or where a call in it was made);
+  a ``case`` also stands for the arcs of the cases tried before it, whose marker is in its
+  body, where the exception never gets;
+* a bare ``raise`` raises the same exception again, with its traceback unchanged.
+
+Every ``finally`` body also starts and ends with a ``pass`` on a line of its own (standing for
+no arc): its first line then starts a line, where probes are, in the copy an exception runs
+too, and no marker is the last statement of that copy (see :func:`add_catchers`).
+
+A wrapper is added only where a table is not empty; it costs nothing while no exception
+passes (Python 3.11 has zero-cost ``try``; 3.10 one instruction at the start and end of the
+body) and a call of the hook for each exception that does.
+"""
+
+from __future__ import annotations
+
+import ast
+import dis
+import sys
+import types
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+from .marks import MarkPlan, Unmarkable
+
+__all__ = ["HOOK", "Table", "add_catchers", "at_yield", "bind"]
+
+Arc = tuple[int, int]
+#: (line an exception may be raised on, the branch line it belongs to, the arc's end)
+Table = tuple[tuple[int, int, int], ...]
+#: The constant the marked tree calls, replaced by the engine's hook after compiling.
+HOOK = "\x00pytest-distcov: exception arcs\x00"
+
+_N = TypeVar("_N", bound=ast.AST)
+
+
+@dataclass
+class _Catch:
+    """A handler (or the code's exit) with lines of its own, and the body it protects."""
+
+    #: where the C tracer's next line event goes when an exception reaches it
+    dest: int
+    #: the code's exit: an exception thrown into a generator at a ``yield`` leaves no arc
+    exit: bool
+    #: the statements it protects (wrapped in place)
+    body: list[ast.stmt]
+    #: statements at the start of ``body`` that stay outside (a docstring, future imports)
+    keep: int = 0
+    #: line -> the arcs an exception raised there takes
+    table: dict[int, set[Arc]] = field(default_factory=dict)
+
+
+def _first_line(stmt: ast.stmt) -> int:
+    decorators: list[ast.expr] = getattr(stmt, "decorator_list", None) or []
+    return min([stmt.lineno, *(d.lineno for d in decorators)])
+
+
+def _header_end(node: ast.AST) -> int | None:
+    """The last line of a branching statement's own part (its condition, its iterator)."""
+    if isinstance(node, (ast.If, ast.While)):
+        return node.test.end_lineno
+    if isinstance(node, (ast.For, ast.AsyncFor)):
+        return node.iter.end_lineno
+    if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+        return node.lineno  # (a one-line definition: its body is on this line)
+    return None
+
+
+def _prefix(body: list[ast.stmt], *, module: bool) -> int:
+    """How many statements at the start of a scope's body stay outside its wrapper."""
+    keep = 0
+    first = body[0] if body else None
+    if isinstance(first, ast.Expr) and isinstance(first.value, ast.Constant):
+        keep = int(isinstance(first.value.value, str))  # a docstring is one only when first
+    if module:
+        while (
+            keep < len(body)
+            and isinstance(body[keep], ast.ImportFrom)
+            and getattr(body[keep], "module", None) == "__future__"
+        ):
+            keep += 1
+    return keep
+
+
+def add_catchers(marks: MarkPlan) -> None:
+    """Wrap, in ``marks.tree``, each handler's protected body that an exception can leave
+    with an arc that is one of its branch lines' (see the module's docstring); and start
+    each ``finally`` body with a line of its own."""
+    walker = _Walker(marks)
+    walker.scope(marks.tree.body, 1, module=True)
+    for catch in walker.catches:
+        if catch.table:
+            _wrap(marks, catch)
+    for node in ast.walk(marks.tree):
+        final = getattr(node, "finalbody", None)
+        if final:
+            # A finally body is compiled twice, the copy an exception runs right after the
+            # other: its first line does not start a line there, and a probe (put where
+            # lines start) would never see it run. A statement of its own line before it
+            # makes it start one in both copies. And Python 3.10 gives the instruction that
+            # raises again at the end of that copy the line of the last statement compiled,
+            # where every way through the body gets: a marker there would fire for each. A
+            # statement of its own line after it is that last one.
+            final.insert(0, marks.add(()))
+            final.append(marks.add(()))
+
+
+class _Walker:
+    """Finds, for each branch line, the first handler with lines of its own around it."""
+
+    def __init__(self, marks: MarkPlan) -> None:
+        self.marks = marks
+        #: branch line -> where its markers' arcs go
+        self.ways: dict[int, set[int]] = {}
+        for arcs in marks.arcs:
+            for start, end in arcs:
+                self.ways.setdefault(start, set()).add(end)
+        self.catches: list[_Catch] = []
+
+    def note(self, line: int, last: int | None, catch: _Catch, reached: Iterable[Arc] = ()) -> None:
+        arcs = set(reached)
+        if line in self.marks.branches and catch.dest in self.ways.get(line, ()):
+            arcs.add((line, catch.dest))
+        if arcs:
+            for raised in range(line, (last or line) + 1):
+                catch.table.setdefault(raised, set()).update(arcs)
+
+    def scope(self, body: list[ast.stmt], first: int, *, module: bool = False) -> None:
+        catch = _Catch(-first, exit=True, body=body, keep=_prefix(body, module=module))
+        self.catches.append(catch)
+        self.walk(body, catch)
+
+    def region(self, body: list[ast.stmt], dest: int) -> _Catch:
+        catch = _Catch(dest, exit=False, body=body)
+        self.catches.append(catch)
+        return catch
+
+    def walk(self, stmts: Iterable[ast.stmt], catch: _Catch) -> None:
+        for stmt in stmts:
+            self.note(stmt.lineno, _header_end(stmt), catch)
+            if isinstance(stmt, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                self.scope(stmt.body, _first_line(stmt))
+            elif isinstance(stmt, (ast.If, ast.While, ast.For, ast.AsyncFor)):
+                self.walk(stmt.body, catch)
+                self.walk(stmt.orelse, catch)
+            elif isinstance(stmt, ast.Match):
+                self.match(stmt, catch)
+            elif isinstance(stmt, (ast.With, ast.AsyncWith)):
+                self.walk(stmt.body, self.region(stmt.body, stmt.lineno))
+            elif isinstance(stmt, ast.Try) or type(stmt).__name__ == "TryStar":
+                self.try_(stmt, catch)
+
+    def match(self, stmt: ast.Match, catch: _Catch) -> None:
+        for case in stmt.cases:
+            pattern = case.pattern
+            if pattern.lineno >= self.marks.base:
+                continue  # (the catch-all case the markers added)
+            last = max(pattern.end_lineno or 0, getattr(case.guard, "end_lineno", 0) or 0)
+            self.note(pattern.lineno, last, catch, _reached(case, self.marks))
+            self.walk(case.body, catch)
+
+    def try_(self, stmt: ast.stmt, catch: _Catch) -> None:
+        body: list[ast.stmt] = getattr(stmt, "body", [])
+        handlers: list[ast.ExceptHandler] = getattr(stmt, "handlers", [])
+        orelse: list[ast.stmt] = getattr(stmt, "orelse", [])
+        final: list[ast.stmt] = getattr(stmt, "finalbody", [])
+        if type(stmt).__name__ == "TryStar" and _branches_in(stmt, self.marks):
+            raise Unmarkable(f"line {stmt.lineno}: branches inside a try with except*")
+        if handlers:
+            self.walk(body, self.region(body, handlers[0].lineno))
+        else:
+            self.walk(body, self.region(body, _first_line(final[0])))
+        for part in [orelse, *(h.body for h in handlers)]:
+            self.walk(part, self.region(part, _first_line(final[0])) if final else catch)
+        self.walk(final, catch)
+
+
+def _reached(case: ast.match_case, marks: MarkPlan) -> list[Arc]:
+    """The arcs a ``case`` being tried at all stands for: every earlier case failed. Its
+    body's marker stands for them and its own way in (:func:`.marks._mark_match`); an
+    exception raised by its pattern or guard never gets there, where coverage.py's tracer
+    has recorded them with the case's line."""
+    first = case.body[0] if case.body else None
+    line = getattr(first, "lineno", 0)
+    if not isinstance(first, ast.Pass) or line < marks.base:
+        return []
+    return [arc for arc in marks.arcs[line - marks.base] if arc[0] != case.pattern.lineno]
+
+
+def _branches_in(node: ast.AST, marks: MarkPlan) -> bool:
+    return any(getattr(n, "lineno", 0) in marks.branches for n in ast.walk(node))
+
+
+def _wrap(marks: MarkPlan, catch: _Catch) -> None:
+    body = catch.body[catch.keep :]
+    if not body:
+        return
+    line = marks.base + len(marks.arcs)
+    marks.arcs.append(())  # (a line of its own, standing for no arc)
+    table = tuple(
+        (raised, arc[0], arc[1])
+        for raised, arcs in sorted(catch.table.items())
+        for arc in sorted(arcs)
+    )
+
+    def at(node: _N) -> _N:
+        node.lineno = node.end_lineno = line  # type: ignore[attr-defined]
+        node.col_offset, node.end_col_offset = 0, 4  # type: ignore[attr-defined]
+        return node
+
+    call = at(
+        ast.Call(
+            func=at(ast.Constant(HOOK)),
+            # (a tuple of constants is a constant too)
+            args=[at(ast.Constant(table)), at(ast.Constant(catch.exit))],  # type: ignore[arg-type]
+            keywords=[],
+        )
+    )
+    again = [at(ast.Expr(call)), at(ast.Raise())]
+    handler = at(ast.ExceptHandler(type=None, name=None, body=again))
+    catch.body[catch.keep :] = [at(ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[]))]
+
+
+def bind(code: types.CodeType, hook: Callable[[Table, bool], None]) -> types.CodeType:
+    """``code`` with :data:`HOOK` replaced by ``hook`` in it and all the code nested in it."""
+    consts = code.co_consts
+    new: list[object] | None = None
+    for i, const in enumerate(consts):
+        if type(const) is types.CodeType:
+            replaced: object = bind(const, hook)
+        elif type(const) is str and const == HOOK:
+            replaced = hook
+        else:
+            continue
+        if replaced is not const:
+            if new is None:
+                new = list(consts)
+            new[i] = replaced
+    return code if new is None else code.replace(co_consts=tuple(new))
+
+
+_YIELD_VALUE = dis.opmap.get("YIELD_VALUE", -1)
+_YIELD_FROM = dis.opmap.get("YIELD_FROM", -1)
+_RESUME = dis.opmap.get("RESUME", -1)
+
+
+def at_yield(code: bytes, lasti: int) -> bool:
+    """True if a frame whose last instruction was at ``lasti`` is left at a ``yield`` (an
+    exception thrown into a generator or coroutine there): coverage.py's tracer then sees no
+    real return, and records no arc to the code's exit (its ``real_return``)."""
+    if lasti < 0 or lasti >= len(code):
+        return False
+    if sys.version_info >= (3, 11):
+        return len(code) != lasti + 2 and code[lasti + 2] == _RESUME
+    if code[lasti] == _YIELD_VALUE:
+        return True
+    return len(code) > lasti + 2 and code[lasti + 2] == _YIELD_FROM
