@@ -4,6 +4,7 @@ which cannot see this checkout or its virtualenv, so everything they run was shi
 from __future__ import annotations
 
 import fcntl
+import importlib.util
 import os
 import re
 import shutil
@@ -61,7 +62,10 @@ def _no_remote_paths(data_file: Path, project: Path) -> None:
         assert Path(path).is_relative_to(project), path
 
 
-@pytest.mark.skipif(sys.version_info[:2] < (3, 12), reason="branch markers are used on 3.12+")
+@pytest.mark.skipif(
+    sys.version_info[:2] < (3, 12) and importlib.util.find_spec("slipcover") is None,
+    reason="branch markers are used on 3.12+, and before where SlipCover's probes are",
+)
 def test_two_hosts_measuring_with_branch_markers_report_as_a_serial_local_run(
     pytester: pytest.Pytester, shapes: Path, lab: SshLab
 ) -> None:
