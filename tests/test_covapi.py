@@ -375,3 +375,22 @@ def test_paths_are_remapped_as_coverage_combine_does_or_the_note_says_why_not(
         f"[paths] is not applied: coverage.py {coverage.__version__} lacks"
         " coverage.files.PathAliases"
     )
+
+
+def test_the_branch_markers_share_the_parsers_ast() -> None:
+    """Marking reuses the AST coverage.py's parser made (``PythonParser._ast_root``, read
+    between its parse and its arc analysis) rather than parsing the module a second time; a
+    coverage.py that keeps it no more makes marking parse again (and this test fail)."""
+    import ast
+
+    from pytest_distcov.covapi.parser import exits_of
+    from pytest_distcov.engine.marks import plan
+
+    source = "def f(x):\n    if x:\n        return 1\n    return 2\n"
+    exits, counts, _, tree = exits_of(source, "m.py")
+    assert type(tree) is ast.Module
+    assert ast.dump(tree) == ast.dump(ast.parse(source))  # the arc analysis left it as it was
+    assert exits[2] == {3, 4} and counts[2] == 2
+    marked = plan(source, "m.py")
+    assert marked.branches == {2: frozenset({3, 4})}
+    assert len(marked.arcs) == 2  # a marker for each way of line 2, in the shared tree

@@ -20,6 +20,7 @@ always does (:func:`keep_parses` returns False).
 
 from __future__ import annotations
 
+import ast
 import collections
 from collections.abc import Callable
 from typing import Protocol
@@ -156,18 +157,22 @@ def parse_file(
     return parser
 
 
-#: What :func:`exits_of` finds: each line's exits, each line's exit count, and each multi-line
-#: statement's other lines by its first line.
-Exits = tuple[dict[int, set[int]], dict[int, int], dict[int, list[int]]]
+#: What :func:`exits_of` finds: each line's exits, each line's exit count, each multi-line
+#: statement's other lines by its first line, and the source's AST (or None).
+Exits = tuple[dict[int, set[int]], dict[int, int], dict[int, list[int]], ast.Module | None]
 
 
 def exits_of(text: str, filename: str) -> Exits:
     """The exits coverage.py's parser finds for each line of the Python source ``text``
     (the destinations of its possible arcs, by the line they leave; lines as the report
-    numbers them), its exit counts (a line with more than one is a branch line), and the
-    lines of each statement written over several (the report numbers them by the first)."""
+    numbers them), its exit counts (a line with more than one is a branch line), the lines
+    of each statement written over several (the report numbers them by the first), and the
+    AST the parser made of ``text``, which the caller may change once this returns (None if
+    the parser keeps it no more where it did: ``PythonParser._ast_root``, read before the arc
+    analysis, which only reads it, drops it)."""
     parser = PythonParser(text=text, filename=filename)
     parser.parse_source()
+    tree = getattr(parser, "_ast_root", None)
     exits: dict[int, set[int]] = {}
     for first, second in parser.arcs():
         if first > 0:
@@ -177,7 +182,7 @@ def exits_of(text: str, filename: str) -> Exits:
         first = parser.first_line(line)
         if first != line:
             continued.setdefault(first, []).append(line)
-    return exits, parser.exit_counts(), continued
+    return exits, parser.exit_counts(), continued, tree if type(tree) is ast.Module else None
 
 
 class ParseKeeper(Protocol):

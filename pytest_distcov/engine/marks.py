@@ -132,9 +132,9 @@ def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
 
 def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, one state
     """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
-    exits, counts, continued = _exits(source, filename)
+    exits, counts, continued, parsed = _exits(source, filename)
     branches = {line: frozenset(exits.get(line, ())) for line, n in counts.items() if n > 1}
-    tree = ast.parse(source, filename)
+    tree = parsed if parsed is not None else ast.parse(source, filename)  # (one parse, not two)
     nlines = source.count("\n") + 1
     marks = MarkPlan(
         tree,
@@ -259,7 +259,7 @@ def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -
     for line, (start, end) in blank.items():
         text = lines[line - 1].encode()
         lines[line - 1] = (text[:start] + b"pass" + text[end:]).decode()
-    exits, _, _ = _exits("".join(lines), filename)
+    exits, _, _, _ = _exits("".join(lines), filename)
     return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
 
 
