@@ -45,6 +45,7 @@ import argparse
 import functools
 import json
 import os
+import re
 import resource
 import shutil
 import statistics
@@ -272,6 +273,23 @@ class Sample:
     cpu: list[float] = field(default_factory=list)
     rss_kib: list[int] = field(default_factory=list)
     codes: set[int] = field(default_factory=set)
+    #: how pytest-distcov measured (its summary's engine, and how many files fell back)
+    measured: set[str] = field(default_factory=set)
+
+
+#: pytest-distcov's summary title names the engine; its note names the files that fell back.
+_ENGINE = re.compile(r"distcov: \d+ workers?, (.+?), data in ")
+_FELL_BACK = re.compile(r"branch markers: (\d+) files? measured with coverage\.py's tracer")
+
+
+def how_measured(stdout: str) -> str:
+    """What a pytest-distcov run's output says of how it measured: '' for another mode."""
+    engine = _ENGINE.search(stdout)
+    if engine is None:
+        return ""
+    fell_back = _FELL_BACK.search(stdout)
+    files = int(fell_back.group(1)) if fell_back else 0
+    return f"{engine.group(1)}; files measured by coverage.py's tracer instead: {files}"
 
 
 @functools.cache
@@ -290,7 +308,7 @@ def _children_cpu() -> float:
 
 def time_mode(
     py: Path, src: Path, suite: Suite, mode: str, workers: int
-) -> tuple[float, float, int, int]:
+) -> tuple[float, float, int, int, str]:
     args = [a.format(pkg=suite.package) for a in MODES[mode]]
     rss_file = src / ".bench-rss"
     if mode == "slipcover":
@@ -338,7 +356,7 @@ def time_mode(
         sys.exit(f"bench: {suite.name} slipcover wrote no report:\n{proc.stdout[-3000:]}")
     for leftover in (".coverage", "coverage.xml", ".bench-slipcover.json"):
         (src / leftover).unlink(missing_ok=True)
-    return elapsed, cpu, int(rss_file.read_text()), proc.returncode
+    return elapsed, cpu, int(rss_file.read_text()), proc.returncode, how_measured(proc.stdout)
 
 
 def bench(
@@ -360,12 +378,14 @@ def bench(
         for s in suites:
             order = modes[r % len(modes) :] + modes[: r % len(modes)]  # alternate who goes first
             for mode in order:
-                secs, cpu, rss, code = time_mode(py, sources[s.name], s, mode, workers)
+                secs, cpu, rss, code, how = time_mode(py, sources[s.name], s, mode, workers)
                 sample = results[s.name][mode]
                 sample.seconds.append(secs)
                 sample.cpu.append(cpu)
                 sample.rss_kib.append(rss)
                 sample.codes.add(code)
+                if how:
+                    sample.measured.add(how)
                 print(
                     f"  round {r + 1}/{rounds} {s.name:15} {mode:17} {secs:6.2f} s"
                     f" (cpu {cpu:6.2f} s)",
@@ -400,6 +420,16 @@ def table(
         cells += [f"{med[m] / med['plain']:.2f}x" for m in modes if m != "plain"]
         cells += [f"{med[a] / med[b]:.2f}" for a, b in compare]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def measured_notes(results: dict[str, dict[str, Sample]]) -> str:
+    """How each pytest-distcov mode measured each suite, as its summary said (every round)."""
+    lines = ["How pytest-distcov measured (its summary, every round):", ""]
+    for name, by_mode in results.items():
+        for mode, sample in by_mode.items():
+            for how in sorted(sample.measured):
+                lines.append(f"- {name}, {mode}: {how}")
     return "\n".join(lines)
 
 
@@ -527,7 +557,7 @@ def exactness(
     """Compare the default engine's branch reports with the C tracer's; True if all agree."""
     empty = CACHE / "empty.coveragerc"
     empty.write_text("")
-    code = "import sys; print(sys.version_info[:2] in ((3, 12), (3, 13)))"
+    code = "import sys; print(sys.version_info[:2] >= (3, 10))"  # (3.10/3.11: with probes)
     marks = subprocess.check_output([str(py), "-c", code], text=True).strip() == "True"
     exact = True
     for s in suites:
@@ -638,8 +668,12 @@ def main() -> None:
         names += [s.sdist.partition("==")[0] for s in suites]
         out.append(f"{versions(py, names)}\n\n" + table(version, results, args.workers))
         out.append(table(version, results, args.workers, cpu=True))
+        out.append(measured_notes(results))
         raw[version] = {
-            n: {m: vars(s) | {"codes": sorted(s.codes)} for m, s in r.items()}
+            n: {
+                m: vars(s) | {"codes": sorted(s.codes), "measured": sorted(s.measured)}
+                for m, s in r.items()
+            }
             for n, r in results.items()
         }
     text = "\n\n".join(out)
