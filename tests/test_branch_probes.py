@@ -286,3 +286,84 @@ def test_marking_a_module_shows_no_deprecation_warning(pytester: pytest.Pytester
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])
+
+
+def test_the_recursion_limit_reached_in_marked_code_raises_the_users_error_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    """At the recursion limit the catcher's call of its hook fails too: that error is
+    swallowed, and the user's RecursionError goes on unchained, its traceback's lines all in
+    the file (not a catcher's, past its end)."""
+    pytester.makepyfile(
+        rec="def rec(n):\n    if n > 0:\n        return rec(n + 1)\n",
+        test_rec=(
+            "import traceback\n\nimport rec\n\n\ndef test_rec():\n"
+            "    try:\n        rec.rec(1)\n    except RecursionError as e:\n"
+            "        error = e\n"
+            "    assert error.__context__ is None\n"
+            "    lines = {f.lineno for f in traceback.extract_tb(error.__traceback__)"
+            " if f.filename.endswith('/rec.py')}\n"
+            "    assert lines and max(lines) <= 3, lines\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
+    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
+    assert result.ret == 0, result.stdout.str()
+
+
+def test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_hang(
+    pytester: pytest.Pytester,
+) -> None:
+    """A signal handler that runs marked code which raises through a catcher, while the
+    hook is already running in the same thread: the hook takes no lock, so this ends."""
+    pytester.makepyfile(
+        m=(
+            "class B:\n    @property\n    def v(self):\n        raise KeyError\n\n\n"
+            "def f(x):\n    if x.v:\n        return 1\n\n\n"
+            "def handler(signum, frame):\n    try:\n        f(B())\n    except KeyError:\n"
+            "        pass\n"
+        ),
+        test_d=(
+            "import signal, time\n\nimport m\n\n\ndef test_d():\n"
+            "    signal.signal(signal.SIGALRM, m.handler)\n"
+            "    signal.setitimer(signal.ITIMER_REAL, 2e-4, 2e-4)\n"
+            "    try:\n        end = time.time() + 2\n        b = m.B()\n"
+            "        while time.time() < end:\n            try:\n                m.f(b)\n"
+            "            except KeyError:\n                pass\n"
+            "    finally:\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    result = pytester.runpytest_subprocess(*AUTO, "-p", "no:xdist", timeout=120)
+    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
+    assert result.ret == 0, result.stdout.str()
+
+
+def test_throwing_into_a_generator_at_a_yield_in_a_branch_condition(
+    pytester: pytest.Pytester,
+) -> None:
+    """``throw()`` and ``close()`` at a ``yield`` that is a loop's condition, caught by a
+    ``with`` or run through a ``finally``: no branch of that line is taken (on 3.11 the
+    tracer sees no line there at all)."""
+    pytester.makepyfile(
+        g=(
+            "class S:\n    def __enter__(self):\n        return self\n\n"
+            "    def __exit__(self, *a):\n        return True\n\n\n"
+            "def gen_with(cm):\n    with cm:\n        while (yield):\n            pass\n"
+            "    yield 5\n\n\n"
+            "def closer(log):\n    try:\n        while (yield):\n            pass\n"
+            "    finally:\n        log.append(1)\n"
+        ),
+        test_g=(
+            "import g\n\n\ndef test_g():\n    it = g.gen_with(g.S())\n    next(it)\n"
+            "    assert it.throw(KeyError) == 5\n    log = []\n    c = g.closer(log)\n"
+            "    next(c)\n    c.close()\n    assert log == [1]\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([HEADER])
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)

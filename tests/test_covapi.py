@@ -390,7 +390,8 @@ def test_the_branch_markers_share_the_parsers_ast() -> None:
     exits, counts, _, tree = exits_of(source, "m.py")
     assert type(tree) is ast.Module
     assert ast.dump(tree) == ast.dump(ast.parse(source))  # the arc analysis left it as it was
-    assert exits[2] == {3, 4} and counts[2] == 2
+    assert exits[2] == {3, 4}
+    assert counts[2] == 2
     marked = plan(source, "m.py")
     assert marked.branches == {2: frozenset({3, 4})}
     assert len(marked.arcs) == 2  # a marker for each way of line 2, in the shared tree

@@ -23,8 +23,8 @@ The reports then give what coverage.py's C tracer gives (tests/test_branch_probe
 
 from __future__ import annotations
 
+import collections
 import sys
-import threading
 import types
 from collections.abc import Callable
 from typing import Any
@@ -61,10 +61,13 @@ class BranchProbes(MarkedModules, Probes):
     def __init__(self, cov: Coverage, cache: MarkCache | None = None) -> None:
         super().__init__(cov)
         self._init_marking(cov, cache)
-        #: file name -> the arcs exceptions took (see .catchers), not yet taken
-        self._raised: dict[str, set[Arc]] = {}
-        self._raised_lock = threading.Lock()
-        self._hook = _exception_hook(self._raised, self._raised_lock, self._recording)
+        #: (file name, arc) an exception took (see .catchers), not yet taken: a deque, which
+        #: the hook appends to and :meth:`add_more` takes from without a lock (a signal
+        #: handler or a finalizer may run the hook in the middle of either)
+        self._raised: collections.deque[tuple[str, Arc]] = collections.deque()
+        #: what the hook has appended (without contexts, an arc counts once for the run)
+        self._seen: set[tuple[str, Arc]] = set()
+        self._hook = _exception_hook(self._raised, self._seen, self._recording)
 
     def _recording(self) -> bool:
         return self._started and not self._paused
@@ -84,24 +87,35 @@ class BranchProbes(MarkedModules, Probes):
         return set() if arcs is None else set(arcs)
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
-        with self._raised_lock:
-            raised = dict(self._raised)
-            self._raised.clear()
-        for filename, arcs in raised.items():
+        raised = self._raised
+        while True:
+            try:
+                filename, arc = raised.popleft()
+            except IndexError:
+                break
             name = self.side.name_for(filename)
             if name is not None:
-                named.setdefault(name, set()).update(arcs)
+                named.setdefault(name, set()).add(arc)
         super().add_more(named)
 
 
+#: On 3.11 a generator thrown into (``throw()``, ``close()``) at a ``yield`` shows the
+#: tracer no line there, whatever handler the exception reaches (3.10: only where it leaves).
+_THROWN_NO_ARC = sys.version_info >= (3, 11)
+
+
 def _exception_hook(
-    raised: dict[str, set[Arc]], lock: threading.Lock, recording: Callable[[], bool]
+    raised: collections.deque[tuple[str, Arc]],
+    seen: set[tuple[str, Arc]],
+    recording: Callable[[], bool],
 ) -> Callable[[Table, bool], None]:
     """The hook a catcher's handler calls (see :mod:`.catchers`): if the exception being
     handled was raised in the calling frame on a line of ``table``, that line's arc into
-    ``raised``. It never raises: it runs in the user's code, on the way of their exception."""
+    ``raised`` (once: ``seen``). It never raises, and takes no lock: it runs in the user's
+    code, on the way of their exception, perhaps in a signal handler that interrupted it."""
     getframe = sys._getframe
     exc_info = sys.exc_info
+    thrown_no_arc = _THROWN_NO_ARC
 
     def on_exception(table: Table, exit: bool) -> None:
         try:
@@ -117,10 +131,15 @@ def _exception_hook(
             for raised_on, start, end in table:
                 if raised_on != line:
                     continue
-                if exit and end < 0 and at_yield(frame.f_code.co_code, tb.tb_lasti):
-                    continue  # (the tracer sees no real return: no arc to the exit)
-                with lock:
-                    raised.setdefault(frame.f_code.co_filename, set()).add((start, end))
+                found = (frame.f_code.co_filename, (start, end))
+                if found in seen:
+                    continue
+                if (thrown_no_arc or (exit and end < 0)) and at_yield(
+                    frame.f_code.co_code, tb.tb_lasti
+                ):
+                    continue  # (the tracer sees no line there: no arc)
+                seen.add(found)
+                raised.append(found)
         except Exception:  # never in the way of the user's exception
             pass
 

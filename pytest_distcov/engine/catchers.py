@@ -29,7 +29,10 @@ as the markers' are):
   the traceback's (``tb_lineno``: the condition's own line, or where a call in it was made);
   a ``case`` also stands for the arcs of the cases tried before it, whose marker is in its
   body, where the exception never gets;
-* a bare ``raise`` raises the same exception again, with its traceback unchanged.
+* a bare ``raise`` raises the same exception again, with its traceback unchanged (its
+  ``tb_lineno`` entries; the frame's own ``f_lineno`` is the handler's line past the end while
+  it runs, as a live-frame dump shows), even where calling the hook fails (at the recursion
+  limit): that error is swallowed (:data:`SWALLOW`).
 
 Every ``finally`` body also starts and ends with a ``pass`` on a line of its own (standing for
 no arc): its first line then starts a line, where probes are, in the copy an exception runs
@@ -52,13 +55,17 @@ from typing import TypeVar
 
 from .marks import MarkPlan, Unmarkable
 
-__all__ = ["HOOK", "Table", "add_catchers", "at_yield", "bind"]
+__all__ = ["HOOK", "SWALLOW", "Table", "add_catchers", "at_yield", "bind"]
 
 Arc = tuple[int, int]
 #: (line an exception may be raised on, the branch line it belongs to, the arc's end)
 Table = tuple[tuple[int, int, int], ...]
 #: The constant the marked tree calls, replaced by the engine's hook after compiling.
 HOOK = "\x00pytest-distcov: exception arcs\x00"
+#: The constant a handler catches around its call of the hook, replaced by ``Exception``: at
+#: the recursion limit (or out of memory) the call itself raises, and the user's exception
+#: must go on unchanged, not chained to that one.
+SWALLOW = "\x00pytest-distcov: the hook's own error\x00"
 
 _N = TypeVar("_N", bound=ast.AST)
 
@@ -245,13 +252,17 @@ def _wrap(marks: MarkPlan, catch: _Catch) -> None:
             keywords=[],
         )
     )
-    again = [at(ast.Expr(call)), at(ast.Raise())]
+    ignored = at(ast.Constant(SWALLOW))
+    swallow = at(ast.ExceptHandler(type=ignored, name=None, body=[at(ast.Pass())]))
+    guarded = at(ast.Try(body=[at(ast.Expr(call))], handlers=[swallow], orelse=[], finalbody=[]))
+    again = [guarded, at(ast.Raise())]
     handler = at(ast.ExceptHandler(type=None, name=None, body=again))
     catch.body[catch.keep :] = [at(ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[]))]
 
 
 def bind(code: types.CodeType, hook: Callable[[Table, bool], None]) -> types.CodeType:
-    """``code`` with :data:`HOOK` replaced by ``hook`` in it and all the code nested in it."""
+    """``code`` with :data:`HOOK` replaced by ``hook`` (and :data:`SWALLOW` by ``Exception``)
+    in it and all the code nested in it."""
     consts = code.co_consts
     new: list[object] | None = None
     for i, const in enumerate(consts):
@@ -259,6 +270,8 @@ def bind(code: types.CodeType, hook: Callable[[Table, bool], None]) -> types.Cod
             replaced: object = bind(const, hook)
         elif type(const) is str and const == HOOK:
             replaced = hook
+        elif type(const) is str and const == SWALLOW:
+            replaced = Exception
         else:
             continue
         if replaced is not const:
