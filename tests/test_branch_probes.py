@@ -42,6 +42,17 @@ AUTO = ("--distcov", "--distcov-branch", "--distcov-engine=auto")
 HEADER = "distcov: measuring lines and branches*SlipCover's probes with branch markers*"
 
 
+def _report_equals_the_tracers(pytester: pytest.Pytester) -> None:
+    """The project's report measured by this engine (without xdist) equals a serial
+    ``coverage run --branch``'s, file by file."""
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    reference = serial_reference(pytester, branch=True)
+    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines([HEADER])
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+
+
 @pytest.fixture(autouse=True)
 def _probe_header(monkeypatch: pytest.MonkeyPatch) -> None:
     """The header the branch engine's tests expect is this engine's, in this module."""
@@ -199,12 +210,7 @@ def test_exceptions_on_branch_lines_count_as_the_tracer_counts_them(
     """The branches an exception takes for coverage.py's tracer are the ones reported, and
     no others: each of these is taken only by an exception."""
     pytester.makepyfile(raising=RAISING, late=LATE, toplevel=TOPLEVEL, test_raising=RAISING_TESTS)
-    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    reference = serial_reference(pytester, branch=True)
-    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
-    assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([HEADER])
-    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+    _report_equals_the_tracers(pytester)
     executed = report_view(pytester.path / ".coverage", pytester.path)
     raising = next(v for k, v in executed.items() if k.endswith("raising.py"))
     taken = {tuple(b) for b in raising["executed_branches"]}
@@ -361,9 +367,4 @@ def test_throwing_into_a_generator_at_a_yield_in_a_branch_condition(
             "    next(c)\n    c.close()\n    assert log == [1]\n"
         ),
     )
-    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    reference = serial_reference(pytester, branch=True)
-    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
-    assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([HEADER])
-    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+    _report_equals_the_tracers(pytester)
