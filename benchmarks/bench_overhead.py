@@ -519,6 +519,103 @@ def exact_run(
     return ExactRun(files, elapsed, proc.returncode, lines)
 
 
+#: What a run recorded per test as coverage.py's report counts it: (file, context, an executed
+#: statement or an executed branch).
+ByContext = set[tuple[str, str, Value]]
+
+#: Run in the suite's venv on a data file: each context's lines and arcs as the report counts
+#: them (through coverage.py's file reporter: multi-line statements by their first line, only
+#: statements, only the arcs of branch lines), as JSON [file, context, line or [from, to]].
+_BY_CONTEXT = """
+import json, sqlite3, sys
+from coverage import Coverage
+from coverage.python import PythonFileReporter
+cov = Coverage()  # (the suite's settings: what its reports exclude)
+db = sqlite3.connect(sys.argv[1])
+rows = {}
+for path, context, fromno, tono in db.execute(
+    "SELECT file.path, context.context, arc.fromno, arc.tono FROM arc"
+    " JOIN file ON file.id = arc.file_id JOIN context ON context.id = arc.context_id"
+):
+    rows.setdefault((path, context), set()).add((fromno, tono))
+db.close()
+out, reporters = [], {}
+for (path, context), arcs in rows.items():
+    if path not in reporters:
+        fr = PythonFileReporter(path, cov)
+        counts = fr.exit_counts()
+        branches = {a for a in fr.arcs() if counts.get(a[0], 0) > 1}
+        reporters[path] = (fr, fr.lines(), branches)
+    fr, statements, branches = reporters[path]
+    ends = {line for arc in arcs for line in arc if line > 0}
+    for line in fr.translate_lines(ends) & statements:
+        out.append((path, context, line))
+    for arc in fr.translate_arcs(arcs) & branches:
+        out.append((path, context, list(arc)))
+json.dump(out, sys.stdout)
+"""
+
+
+def context_run(py: Path, src: Path, suite: Suite, tool: str, workers: int) -> ByContext:
+    """``suite`` measured with per-test contexts and branches by ``tool`` ("distcov", or
+    "pytest-cov" on coverage.py's C tracer), ``-n workers`` (0: without xdist): every line
+    and arc each context recorded, read from the data file."""
+    data = src / ".coverage"
+    data.unlink(missing_ok=True)
+    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    hypothesis: list[str] = []
+    if HYPOTHESIS in suite.deps:
+        shutil.rmtree(src / ".hypothesis", ignore_errors=True)
+        hypothesis = ["--hypothesis-seed=0"]
+    if tool == "distcov":
+        how = ["--distcov", f"--distcov-source={suite.package}", "--distcov-context=test"]
+        how += ["--distcov-branch", "--distcov-report="]
+    else:
+        how = [f"--cov={suite.package}", "--cov-context=test", "--cov-branch"]
+        how += ["--cov-report="]
+    cmd = [str(py), "-m", "pytest", *xdist, "-q", "-p", "no:randomly", *hypothesis]
+    cmd += ["-o", f"cache_dir=.bench-cache/ctx-{tool}-n{workers}", *suite.args, *how]
+    env = clean_env() if tool == "distcov" else clean_env() | {"COVERAGE_CORE": "ctrace"}
+    proc = subprocess.run(
+        [*cmd, *suite.tests], cwd=src, env=env, capture_output=True, text=True, check=False
+    )
+    if proc.returncode not in (0, 1) or not data.exists():
+        sys.exit(
+            f"bench: {suite.name} {tool} -n {workers} exited {proc.returncode}:"
+            f"\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+        )
+    proc = subprocess.run(
+        [str(py), "-c", _BY_CONTEXT, str(data)], cwd=src, capture_output=True, text=True, check=True
+    )
+    data.unlink()
+    return {
+        (path, context, tuple(value) if isinstance(value, list) else value)
+        for path, context, value in json.loads(proc.stdout)
+    }
+
+
+def context_exactness(py: Path, src: Path, suite: Suite, workers: int) -> bool:
+    """Compare what pytest-distcov recorded per test (lines and arcs) with pytest-cov's serial
+    run on coverage.py's C tracer: without xdist, and under ``-n workers``."""
+    reference = context_run(py, src, suite, "pytest-cov", 0)
+    exact = True
+    for n in (0, workers):
+        got = context_run(py, src, suite, "distcov", n)
+        extra, lost = got - reference, reference - got
+        contexts = len({c for _, c, _ in reference})
+        mode = f"-n {n}" if n else "no xdist"
+        print(
+            f"{suite.name}, {mode}: {contexts} contexts, {len(reference)} (file, context, line"
+            f" or arc) records in pytest-cov's; {len(lost)} missing, {len(extra)} extra"
+        )
+        for label, records in (("missing", lost), ("extra", extra)):
+            for path, context, value in sorted(records, key=str)[:SHOWN_FILES]:
+                print(f"  {label}: {Path(path).name} {context} {value}")
+        sys.stdout.flush()
+        exact &= not (extra or lost)
+    return exact
+
+
 def _order(value: Value) -> tuple[int, ...]:
     return value if isinstance(value, tuple) else (value,)
 
@@ -602,6 +699,25 @@ def compare(
     return not diffs, marked
 
 
+def check_exactness(args: argparse.Namespace, suites: list[Suite]) -> None:
+    """--exactness or --exactness-contexts: exit 0 if every comparison agrees, else 1."""
+    exact = True
+    pythons = args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]
+    for spec in pythons:
+        py, sources = prepare(find_python(spec), suites, args.coverage, newest=args.newest)
+        print(f"bench: exactness on {versions(py, ['coverage', 'pytest-distcov'])}", flush=True)
+        version = subprocess.check_output(
+            [str(py), "-c", "import platform; print(platform.python_version())"], text=True
+        ).strip()
+        print(f"Python {version}", flush=True)
+        if args.exactness_contexts:
+            for s in suites:
+                exact &= context_exactness(py, sources[s.name], s, args.workers)
+        else:
+            exact &= exactness(py, sources, suites, args.workers, serial=not args.skip_serial)
+    sys.exit(0 if exact else 1)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", action="append", help="3.11, 3.13, ... or a path")
@@ -627,23 +743,21 @@ def main() -> None:
         " coverage.py's C tracer's, file by file; exit 1 if any file differs",
     )
     parser.add_argument(
+        "--exactness-contexts",
+        action="store_true",
+        help="time nothing: compare what --distcov-context=test --distcov-branch records for each"
+        " test (lines and arcs) with pytest-cov's serial --cov-context=test --cov-branch on"
+        " coverage.py's C tracer, without xdist and under -n WORKERS; exit 1 if any differs",
+    )
+    parser.add_argument(
         "--skip-serial",
         action="store_true",
         help="with --exactness: only under -n WORKERS, not also without xdist",
     )
     args = parser.parse_args()
     suites = [SUITES[n] for n in (args.suite or sorted(SUITES))]
-    if args.exactness:
-        exact = True
-        for spec in args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]:
-            py, sources = prepare(find_python(spec), suites, args.coverage, newest=args.newest)
-            print(f"bench: exactness on {versions(py, ['coverage', 'pytest-distcov'])}", flush=True)
-            version = subprocess.check_output(
-                [str(py), "-c", "import platform; print(platform.python_version())"], text=True
-            ).strip()
-            print(f"Python {version}", flush=True)
-            exact &= exactness(py, sources, suites, args.workers, serial=not args.skip_serial)
-        sys.exit(0 if exact else 1)
+    if args.exactness or args.exactness_contexts:
+        check_exactness(args, suites)
     out: list[str] = []
     raw: dict[str, object] = {}
     for spec in args.python or [f"{sys.version_info[0]}.{sys.version_info[1]}"]:
