@@ -94,6 +94,11 @@ class Corrupting:
                         message["data"]["tracers"][name] = "evil.Plugin"
                         continue
                     self.done = True
+                    if isinstance(lines, bytes):  # packed: little-endian 32-bit numbers
+                        lines = [
+                            int.from_bytes(lines[i : i + 4], "little")
+                            for i in range(0, len(lines), 4)
+                        ]
                     if MODE == "arcs":  # arcs beside the lines, in a run of lines only
                         ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
                     else:
@@ -292,7 +297,7 @@ def test_forge_then_die(request):
     channel = workerinput["distcov_channel"]
     for decoy in DECOYS:
         channel.send({{
-            "proto": 1, "kind": "hello", "worker": worker, "host": "forged", "pid": os.getpid(),
+            "proto": 2, "kind": "hello", "worker": worker, "host": "forged", "pid": os.getpid(),
             "python": "3", "coverage": "7", "core": "ctrace", "notes": [],
             "datadir": decoy.replace("WORKER", worker),
         }})
@@ -378,7 +383,7 @@ def test_odd_names(request):
     workerinput = getattr(request.config, "workerinput", None)
     if workerinput is not None:
         workerinput["distcov_channel"].send({
-            "proto": 1, "kind": "chunk", "worker": workerinput["workerid"], "seq": 0,
+            "proto": 2, "kind": "chunk", "worker": workerinput["workerid"], "seq": 0,
             "tests": 0, "notes": ["clear\x1b[2J\nnext: forged"],
             "data": {"contexts": {}, "tracers": {}, "touched": {}},
         })

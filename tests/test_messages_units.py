@@ -21,7 +21,7 @@ from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.merge import Accumulator
 from pytest_distcov.data.readers import checked_mapper, read_data_file
 from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
-from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload
+from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload, packed
 from pytest_distcov.roles.recovery import LocalRecovery
 from pytest_distcov.sinks.summary import Summary
 from pytest_distcov.tempdirs import LOCK_NAME, HeldDir, RunDirs, run_tag
@@ -149,6 +149,51 @@ def test_a_malformed_message_is_refused_with_what_is_wrong(raw: Any, match: str)
     with pytest.raises(ProtocolError, match=match) as info:
         decode(raw)
     assert "\n" not in str(info.value)
+
+
+def test_packed_lines_and_arcs_decode_to_what_was_packed() -> None:
+    """On the wire a file's numbers are one blob of little-endian 32-bit integers; decoding
+    gives back the lists (arcs as pairs), the bounds included; the payload packed is kept."""
+    lines = {"/a.py": [0, 1, 7, MAX_LINE], "/b.py": []}
+    arcs = {"/a.py": [(-1, 1), (1, 2), (2, -1), (-MAX_LINE, MAX_LINE)]}
+    data = {
+        "contexts": {"t|run": {"lines": lines, "arcs": {}}, "": {"lines": {}, "arcs": arcs}},
+        "tracers": {"/t.html": "plug.Tracer"},
+        "touched": {"": ["/a.py"]},
+    }
+    wire = packed(data)  # type: ignore[arg-type]
+    assert wire["contexts"]["t|run"]["lines"]["/a.py"] == (
+        b"\x00\x00\x00\x00\x01\x00\x00\x00\x07\x00\x00\x00\xff\xff\xff\x01"
+    )
+    assert wire["contexts"][""]["arcs"]["/a.py"][:8] == b"\xff\xff\xff\xff\x01\x00\x00\x00"
+    got = decode(_chunk(data=wire))["data"]
+    assert got["contexts"]["t|run"]["lines"] == lines
+    assert got["contexts"][""]["arcs"] == arcs
+    assert (got["tracers"], got["touched"]) == (data["tracers"], data["touched"])
+    assert data["contexts"]["t|run"]["lines"]["/a.py"] == [0, 1, 7, MAX_LINE]  # (unchanged)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (_with(lines={"/a.py": b"\x01\x00\x00"}), "lines of '/a.py' are not line numbers"),
+        (_with(lines={"/a.py": (MAX_LINE + 1).to_bytes(4, "little")}), "from 0 to"),
+        (_with(lines={"/a.py": (-1).to_bytes(4, "little", signed=True)}), "from 0 to"),
+        (_with(arcs={"/a.py": (1).to_bytes(4, "little")}), "pairs of line numbers"),
+        (_with(arcs={"/a.py": bytes(10)}), "pairs of line numbers"),
+    ],
+)
+def test_a_malformed_packed_blob_is_refused(raw: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match):
+        decode(raw)
+
+
+def test_a_number_beyond_32_bits_is_sent_as_a_list_and_refused() -> None:
+    """What cannot be packed goes as it is, and the controller names it."""
+    wire = packed(_with(lines={"/a.py": [1, 1 << 40]})["data"])
+    assert wire["contexts"][""]["lines"]["/a.py"] == [1, 1 << 40]
+    with pytest.raises(ProtocolError, match="line numbers"):
+        decode(_chunk(data=wire))
 
 
 def test_a_refusal_quotes_a_value_short_and_escaped() -> None:
