@@ -141,9 +141,10 @@ def test_add_contexts_writes_what_add_lines_context_by_context_writes(arcs: bool
             with mock.patch.object(CoverageData, "set_context", side_effect=AssertionError):
                 add_contexts(data, _by_context(arcs), arcs=arcs)
         else:
-            with mock.patch("pytest_distcov.data.merge._fill_batch", return_value=False):
+            with mock.patch("pytest_distcov.data.merge.fill_batch", return_value=False):
                 add_contexts(data, _by_context(arcs), arcs=arcs)
         results.append(_contents(data, arcs))
+        data.close(force=True)
     assert results[0] == results[1]
     files, by_context = results[0]
     assert files == ["/p/empty.py", "/p/f.py", "/p/g.py", "/p/h.py"][arcs:]
@@ -169,9 +170,10 @@ def test_add_contexts_falls_back_where_the_tables_differ() -> None:
         real_add_lines(self, line_data)
 
     with (
-        mock.patch("pytest_distcov.data.merge.sqlite3", elsewhere),
+        mock.patch("pytest_distcov.covapi.schema.sqlite3", elsewhere),
         mock.patch.object(CoverageData, "add_lines", add_lines),
     ):
         add_contexts(data, {"t.py::a|run": {"/p/f.py": {1, 2}}}, arcs=False)
     assert added == [{}, {"/p/f.py": {1, 2}}]
     assert _contents(data, False) == (["/p/f.py"], {"t.py::a|run": {"/p/f.py": [1, 2]}})
+    data.close(force=True)

@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import errno
 import os
-import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from coverage import CoverageData
-from coverage.numbits import nums_to_numbits
 
+from pytest_distcov.covapi.schema import fill_batch
 from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import Payload
 
@@ -43,17 +42,18 @@ def add_contexts(
     SQLite file for each: with thousands of per-test contexts that is most of a second for every
     thousand. They go into an in-memory ``CoverageData`` first (no file), and reach ``data``
     with one ``CoverageData.update``, one transaction. That in-memory batch is filled with three
-    ``executemany`` into the tables coverage.py made (:func:`_fill_batch`), not context by
-    context with ``add_lines`` (a few SQL statements and a lookup of the context for each
-    context and file: with per-test contexts, most of the controller's time at the end); where
-    that fails (a coverage.py whose tables differ), with ``add_lines``.
+    ``executemany`` into the tables coverage.py made (``covapi.schema.fill_batch``, the door
+    that writes coverage.py's schema), not context by context with
+    ``add_lines`` (a few SQL statements and a lookup of the context for each context and file:
+    with per-test contexts, most of the controller's time at the end); where the tables are
+    not the ones it knows (the start check's ``context batch`` fallback), with ``add_lines``.
     """
     if not by_context:
         return
     batch = CoverageData(no_disk=True)
     try:
         (batch.add_arcs if arcs else batch.add_lines)({})  # its tables, and what it records
-        if not _fill_batch(batch, by_context, arcs=arcs):
+        if not fill_batch(batch, by_context, arcs=arcs):
             for context, files in by_context.items():
                 batch.set_context(context or None)
                 if arcs:
@@ -63,75 +63,6 @@ def add_contexts(
         data.update(batch)
     finally:
         batch.close(force=True)
-
-
-def _fill_batch(
-    batch: CoverageData,
-    by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
-    *,
-    arcs: bool,
-) -> bool:
-    """Write ``by_context`` into the empty in-memory ``batch`` (its tables made, nothing else
-    in them) as ``add_lines``/``add_arcs`` would, context by context: a row for each context
-    with a file (a label of None is coverage.py's ""), for each file, and for each context's
-    file its line numbers as one numbits (a row per arc). False, with nothing written, where
-    its tables are not the ones this writes (``batch`` is then still empty)."""
-    contexts: dict[str, dict[str, Collection[Any]]] = {}
-    for context, files in by_context.items():
-        if files:
-            into = contexts.setdefault(context or "", {})
-            for name, items in files.items():
-                if name in into:  # (None and "" are one context, as in coverage.py)
-                    into[name] = {*into[name], *items}
-                else:
-                    into[name] = items
-    if not contexts:
-        return True
-    file_ids: dict[str, int] = {}
-    for files in contexts.values():
-        for name, items in files.items():
-            # (add_arcs skips a file without arcs; add_lines records it, with no lines)
-            if name not in file_ids and (items or not arcs):
-                file_ids[name] = len(file_ids) + 1
-    try:
-        con = sqlite3.connect(batch.data_filename(), uri=True)  # (shared: the same memory)
-    except sqlite3.Error:  # pragma: no cover - the batch's own database
-        return False
-    try:
-        with con:  # one transaction: all of it, or (an error) nothing
-            con.executemany(
-                "INSERT INTO context (id, context) VALUES (?, ?)",
-                ((i, c) for i, c in enumerate(contexts, 1)),
-            )
-            con.executemany(
-                "INSERT INTO file (id, path) VALUES (?, ?)",
-                ((i, name) for name, i in file_ids.items()),
-            )
-            if arcs:
-                con.executemany(
-                    "INSERT OR IGNORE INTO arc (file_id, context_id, fromno, tono)"
-                    " VALUES (?, ?, ?, ?)",
-                    (
-                        (file_ids[name], i, fromno, tono)
-                        for i, files in enumerate(contexts.values(), 1)
-                        for name, items in files.items()
-                        for fromno, tono in items
-                    ),
-                )
-            else:
-                con.executemany(
-                    "INSERT INTO line_bits (file_id, context_id, numbits) VALUES (?, ?, ?)",
-                    (
-                        (file_ids[name], i, nums_to_numbits(items))
-                        for i, files in enumerate(contexts.values(), 1)
-                        for name, items in files.items()
-                    ),
-                )
-    except sqlite3.Error:
-        return False
-    finally:
-        con.close()
-    return True
 
 
 class Accumulator:
