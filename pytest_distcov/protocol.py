@@ -138,10 +138,8 @@ def _pack(numbers: Any) -> Any:
     return packed.tobytes()
 
 
-def _unpack(blob: bytes) -> list[int] | None:
-    """The numbers :func:`_pack` made, or None when ``blob`` is not whole 32-bit numbers."""
-    if len(blob) % 4:
-        return None
+def _unpack(blob: bytes) -> list[int]:
+    """The numbers :func:`_pack` made (``blob``'s length a multiple of 4)."""
     numbers = array(_INT32)
     numbers.frombytes(blob)
     if _SWAP:  # pragma: no cover - no big-endian machine runs the tests
@@ -171,11 +169,12 @@ _QUOTE_NAME = 300
 
 def _quote(value: Any, limit: int = _QUOTE) -> str:
     """A value as a refusal names it: its ``repr`` (which escapes control characters), cut."""
+    cut = type(value) in (bytes, bytearray, str, list, tuple) and len(value) > limit
     try:
-        text = repr(value)
+        text = repr(value[:limit] if cut else value)  # (never the repr of a huge value)
     except RecursionError:  # lists in lists, thousands deep
         return f"a {type(value).__name__} nested too deep to show"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= limit and not cut else text[: limit - 3] + "..."
 
 
 def _name(value: Any) -> str:
@@ -242,18 +241,23 @@ def _arcs_ok(items: Any) -> bool:
     )
 
 
-def _unpacked(kind: str, items: Any) -> Any:
-    """A file's packed lines (or arcs) as a list (arcs: of pairs); anything else as it is (a
-    blob that is not whole numbers, or whole arcs, as the blob: :func:`_check_measured` then
-    refuses it)."""
-    if type(items) is not bytes:
-        return items
-    numbers = _unpack(items)
-    if numbers is None:
-        return items
-    if kind == "arcs":
-        if len(numbers) % 2:
-            return items
+def _unpacked(kind: str, blob: bytes) -> list[Any] | str:
+    """A file's packed lines (or arcs) as a list (arcs: of pairs), every number checked; or,
+    where the blob is not that, what it is instead (for the refusal: never its bytes, which
+    may be many)."""
+    arcs = kind == "arcs"
+    size = 8 if arcs else 4
+    if len(blob) % size:
+        whole = "pairs of 32-bit numbers" if arcs else "32-bit numbers"
+        return f"a packed blob of {len(blob)} bytes, not whole {whole}"
+    numbers = _unpack(blob)
+    if numbers:  # (min and max loop in C: a chunk can hold hundreds of thousands)
+        low, high = min(numbers), max(numbers)
+        if low < (-MAX_LINE if arcs else 0) or high > MAX_LINE:
+            bad = high if high > MAX_LINE else low
+            count = f"{len(numbers)} number{'' if len(numbers) == 1 else 's'}"
+            return f"a packed blob of {count}, {bad} among them"
+    if arcs:
         pairs = iter(numbers)
         return list(zip(pairs, pairs, strict=True))  # (an even count)
     return numbers
@@ -261,22 +265,28 @@ def _unpacked(kind: str, items: Any) -> Any:
 
 def _check_measured(label: str, kind: str, found: Any) -> None:
     """One context's lines or arcs: file name -> line numbers (or arcs), packed ones unpacked
-    in place."""
+    in place (a list is accepted too: a worker sends one where a number does not pack)."""
     _require(type(found) is dict, f"context {_name(label)}: {kind} is not a dict")
     ok = _arcs_ok if kind == "arcs" else _lines_ok
     what = "pairs of line numbers" if kind == "arcs" else "line numbers"
-    for path, sent in found.items():
+    for path, items in found.items():
         # The messages are made only for a refusal: accepted chunks must not pay for a repr.
         if not _is_path(path):
             raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
-        items = sent
-        if type(sent) is bytes:
-            items = found[path] = _unpacked(kind, sent)  # (a value replaced: no new key)
-        if not ok(items):
-            raise _Malformed(
-                f"{kind} of {_name(path)} are not {what} from"
-                f" {-MAX_LINE if kind == 'arcs' else 0} to {MAX_LINE}: {_quote(items)}"
-            )
+        if type(items) is bytes:
+            unpacked = _unpacked(kind, items)
+            if type(unpacked) is list:
+                found[path] = unpacked  # (a value replaced: no new key)
+                continue
+            shown = unpacked
+        elif ok(items):
+            continue
+        else:
+            shown = _quote(items)
+        raise _Malformed(
+            f"{kind} of {_name(path)} are not {what} from"
+            f" {-MAX_LINE if kind == 'arcs' else 0} to {MAX_LINE}: {shown}"
+        )
 
 
 def _check_payload(data: Any) -> Payload:

@@ -101,6 +101,12 @@ class Corrupting:
                         ]
                     if MODE == "arcs":  # arcs beside the lines, in a run of lines only
                         ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
+                    elif MODE == "short-blob":  # packed, but not whole 32-bit numbers
+                        ctx["lines"][path] = bytes(len(lines) * 4 - 1)
+                        ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
+                    elif MODE == "negative-blob":  # packed, a line number below 0
+                        ctx["lines"][path] = (-7).to_bytes(4, "little", signed=True)
+                        ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
                     else:
                         ctx["lines"][path] = 5 if MODE == "int" else [*lines, "x"]
                         ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
@@ -164,6 +170,8 @@ def _distcov_lines(result: pytest.RunResult, *words: str) -> list[str]:
     [
         ("int", r"lines of '[^']*work\.py' are not line numbers from 0 to 33554431: 5"),
         ("str", r"lines of '[^']*work\.py' are not line numbers from 0 to 33554431: \[.*'x'\]"),
+        ("short-blob", r"work\.py' are not line numbers .*: a packed blob of \d+ bytes, not whole"),
+        ("negative-blob", r"work\.py' are not line numbers .*: a packed blob of 1 number, -7"),
     ],
 )
 def test_a_malformed_chunk_costs_one_line_and_no_data(
@@ -462,9 +470,9 @@ def test_a_malformed_chunk_of_a_remote_worker_is_fetched_from_its_host(
     )
     out = result.stdout.str()
     assert result.ret == 0, out
-    [refusal] = _distcov_lines(result, "gw0 sent a malformed chunk")
+    [refusal] = _distcov_lines(result, "gw0 on host h1 sent a malformed chunk")
     assert refusal.endswith("; it is left out; its data files are read at the end instead")
-    [recovery] = _distcov_lines(result, "gw0 on host h1")
+    [recovery] = _distcov_lines(result, "gw0 on host h1", "recovered")
     assert recovery == (
         "distcov: worker gw0 on host h1 sent a message that was refused; recovered all of its"
         " data from the host: 1 data file"
