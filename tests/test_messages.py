@@ -526,3 +526,37 @@ def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
     assert_same_data(pytester.path / ".coverage", reference)
     files = measured(pytester.path / ".coverage", arcs=False)
     assert not [f for f in files if "/etc/" in f or ".env" in f or ".git" in f or "leak" in f]
+
+
+#: Worker gw0 speaks protocol 1, as a worker of the release before packed numbers does (its
+#: hello and every chunk): loaded with -p, before the worker role sends its hello.
+OLD_WORKER_PLUGIN = """
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+    import pytest_distcov.roles.worker
+
+    pytest_distcov.roles.worker.PROTOCOL_VERSION = 1
+"""
+
+
+def test_a_worker_of_protocol_1_is_named_with_what_to_do(pytester: pytest.Pytester) -> None:
+    """An older worker (its hello refused: no directory to read its data from) costs its
+    data, in two lines that name it and say what to do; no traceback, and the other worker's
+    data is all there."""
+    _project(pytester)
+    pytester.makepyfile(oldworker=OLD_WORKER_PLUGIN)
+    result = _run(pytester, "-p", "oldworker")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    assert "INTERNALERROR" not in out + result.stderr.str()
+    assert "Traceback" not in out + result.stderr.str()
+    assert _distcov_lines(result, "gw0 sent") == [
+        "distcov: worker gw0 sent a message that was refused before its hello named its"
+        " directory: what that message held is lost",
+        "distcov: worker gw0 sent a message of pytest-distcov protocol 1, the controller speaks"
+        " 2: install the same pytest-distcov version on every host; it is left out"
+        " (more of its messages were refused)",
+    ]
+    assert not _distcov_lines(result, "gw1 sent")
+    assert measured(pytester.path / ".coverage", arcs=False)  # gw1's, merged
