@@ -8,10 +8,14 @@ A worker sends, on its private execnet channel, in this order:
 * any number of ``chunk`` messages: coverage data that is new since the previous message;
 * one ``final``: the rest of its data, after its session ended cleanly.
 
-Payloads are made of the builtin types execnet can carry (dict, list, tuple, str, int), never
-coverage's own ``dumps()`` bytes: those only load into the very same coverage version, while
-this shape is ours and stable. Every message carries ``proto``; a message of another protocol
-version, or of the wrong shape, raises :class:`~pytest_distcov.errors.ProtocolError`.
+Payloads are made of the builtin types execnet can carry (dict, list, tuple, str, int, bytes),
+never coverage's own ``dumps()`` bytes: those only load into the very same coverage version,
+while this shape is ours and stable. On the wire (:func:`packed`) a file's line numbers (or its
+arcs, each pair as two numbers) travel as one ``bytes`` of little-endian 32-bit integers:
+execnet serializes a list item by item in Python (a few calls per line number, in the worker
+and again in the controller), a blob in one piece; :func:`decode` turns them back into lists (a
+list is accepted as well). Every message carries ``proto``; a message of another
+protocol version, or of the wrong shape, raises :class:`~pytest_distcov.errors.ProtocolError`.
 
 :func:`decode` checks every field of every message, down to each line number, before the
 controller uses any of it: a worker (or the host it runs on) may send anything, and a value
@@ -22,6 +26,8 @@ merged.
 
 from __future__ import annotations
 
+import sys
+from array import array
 from collections.abc import Callable
 from itertools import chain
 from typing import Any, Literal, TypedDict, cast
@@ -38,6 +44,7 @@ __all__ = [
     "Recovered",
     "decode",
     "empty_payload",
+    "packed",
 ]
 
 #: A dead worker's recovered data file: (worker id, local path, its path mapper or None), as
@@ -45,7 +52,8 @@ __all__ = [
 Recovered = tuple[str, str, Callable[[str], str] | None]
 
 #: Bumped whenever a message changes shape. Worker and controller must agree exactly.
-PROTOCOL_VERSION = 1
+#: (2: line numbers and arcs travel packed, see :func:`packed`.)
+PROTOCOL_VERSION = 2
 
 Arc = tuple[int, int]
 
@@ -112,6 +120,48 @@ def payload_is_empty(payload: Payload) -> bool:
 #: in which ``combine`` packs arcs, so that every arc a run writes reads back fast.)
 MAX_LINE = (1 << 25) - 1
 
+#: The array type code of a 32-bit signed integer (``i`` on every platform CPython supports).
+_INT32 = next(code for code in "ilh" if array(code).itemsize == 4)
+#: Packed numbers are little-endian on the wire, whatever the byte order of either end.
+_SWAP = sys.byteorder == "big"
+
+
+def _pack(numbers: Any) -> Any:
+    """Numbers (from -2**31 to 2**31-1) as little-endian 32-bit bytes; the list itself if one
+    is beyond (the controller refuses it either way, but names it)."""
+    try:
+        packed = array(_INT32, numbers)
+    except (OverflowError, TypeError):
+        return numbers
+    if _SWAP:  # pragma: no cover - no big-endian machine runs the tests
+        packed.byteswap()
+    return packed.tobytes()
+
+
+def _unpack(blob: bytes) -> list[int]:
+    """The numbers :func:`_pack` made (``blob``'s length a multiple of 4)."""
+    numbers = array(_INT32)
+    numbers.frombytes(blob)
+    if _SWAP:  # pragma: no cover - no big-endian machine runs the tests
+        numbers.byteswap()
+    return numbers.tolist()
+
+
+def packed(payload: Payload) -> Payload:
+    """``payload`` as it goes on the wire: every file's line numbers, and every file's arcs
+    (flattened, two numbers an arc), as one ``bytes`` each (see :func:`_pack`). The payload
+    itself is left as it is."""
+    contexts: dict[str, Any] = {}
+    for label, ctx in payload["contexts"].items():
+        contexts[label] = {
+            "lines": {path: _pack(items) for path, items in ctx["lines"].items()},
+            "arcs": {
+                path: _pack(list(chain.from_iterable(items))) for path, items in ctx["arcs"].items()
+            },
+        }
+    return {**payload, "contexts": contexts}
+
+
 #: How much of a value a refusal quotes (a file name is quoted whole, up to its own bound).
 _QUOTE = 60
 _QUOTE_NAME = 300
@@ -119,11 +169,12 @@ _QUOTE_NAME = 300
 
 def _quote(value: Any, limit: int = _QUOTE) -> str:
     """A value as a refusal names it: its ``repr`` (which escapes control characters), cut."""
+    cut = type(value) in (bytes, bytearray, str, list, tuple) and len(value) > limit
     try:
-        text = repr(value)
+        text = repr(value[:limit] if cut else value)  # (never the repr of a huge value)
     except RecursionError:  # lists in lists, thousands deep
         return f"a {type(value).__name__} nested too deep to show"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
+    return text if len(text) <= limit and not cut else text[: limit - 3] + "..."
 
 
 def _name(value: Any) -> str:
@@ -190,8 +241,31 @@ def _arcs_ok(items: Any) -> bool:
     )
 
 
+def _unpacked(kind: str, blob: bytes) -> list[Any] | str:
+    """A file's packed lines (or arcs) as a list (arcs: of pairs), every number checked; or,
+    where the blob is not that, what it is instead (for the refusal: never its bytes, which
+    may be many)."""
+    arcs = kind == "arcs"
+    size = 8 if arcs else 4
+    if len(blob) % size:
+        whole = "pairs of 32-bit numbers" if arcs else "32-bit numbers"
+        return f"a packed blob of {len(blob)} bytes, not whole {whole}"
+    numbers = _unpack(blob)
+    if numbers:  # (min and max loop in C: a chunk can hold hundreds of thousands)
+        low, high = min(numbers), max(numbers)
+        if low < (-MAX_LINE if arcs else 0) or high > MAX_LINE:
+            bad = high if high > MAX_LINE else low
+            count = f"{len(numbers)} number{'' if len(numbers) == 1 else 's'}"
+            return f"a packed blob of {count}, {bad} among them"
+    if arcs:
+        pairs = iter(numbers)
+        return list(zip(pairs, pairs, strict=True))  # (an even count)
+    return numbers
+
+
 def _check_measured(label: str, kind: str, found: Any) -> None:
-    """One context's lines or arcs: file name -> line numbers (or arcs)."""
+    """One context's lines or arcs: file name -> line numbers (or arcs), packed ones unpacked
+    in place (a list is accepted too: a worker sends one where a number does not pack)."""
     _require(type(found) is dict, f"context {_name(label)}: {kind} is not a dict")
     ok = _arcs_ok if kind == "arcs" else _lines_ok
     what = "pairs of line numbers" if kind == "arcs" else "line numbers"
@@ -199,11 +273,20 @@ def _check_measured(label: str, kind: str, found: Any) -> None:
         # The messages are made only for a refusal: accepted chunks must not pay for a repr.
         if not _is_path(path):
             raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
-        if not ok(items):
-            raise _Malformed(
-                f"{kind} of {_name(path)} are not {what} from"
-                f" {-MAX_LINE if kind == 'arcs' else 0} to {MAX_LINE}: {_quote(items)}"
-            )
+        if type(items) is bytes:
+            unpacked = _unpacked(kind, items)
+            if type(unpacked) is list:
+                found[path] = unpacked  # (a value replaced: no new key)
+                continue
+            shown = unpacked
+        elif ok(items):
+            continue
+        else:
+            shown = _quote(items)
+        raise _Malformed(
+            f"{kind} of {_name(path)} are not {what} from"
+            f" {-MAX_LINE if kind == 'arcs' else 0} to {MAX_LINE}: {shown}"
+        )
 
 
 def _check_payload(data: Any) -> Payload:

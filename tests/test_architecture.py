@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -269,10 +270,52 @@ def test_only_the_doors_touch_other_objects_private_attributes(module: str) -> N
     assert not found, f"{module} reaches past the doors: {found}"
 
 
+#: An SQL statement that writes one of coverage.py's tables (see covapi.schema).
+_WRITES_COVERAGE_TABLES = re.compile(
+    r"\b(INSERT|REPLACE|UPDATE)\b.*?\b(INTO\s+)?(coverage_schema|meta|file|context|line_bits"
+    r"|arc|tracer)\b",
+    re.IGNORECASE | re.DOTALL,
+)
+
+
+def _schema_writes(source: str) -> list[str]:
+    """The string constants in ``source`` that are SQL writing coverage.py's tables."""
+    return [
+        f"line {node.lineno}: {node.value[:60]!r}"
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Constant)
+        and isinstance(node.value, str)
+        and _WRITES_COVERAGE_TABLES.match(node.value.lstrip())
+    ]
+
+
+@pytest.mark.parametrize("module", [m for m in MODULES if not _in_door(m)])
+def test_only_the_coverage_door_writes_coverages_tables(module: str) -> None:
+    """coverage.py's data files are read by their documented schema outside the door, but
+    written only through covapi.schema (checked at start, with a fallback)."""
+    found = _schema_writes(FILES[module].read_text())
+    assert not found, f"{module} writes coverage.py's tables past the door: {found}"
+
+
+@pytest.mark.parametrize(
+    ("source", "flagged"),
+    [
+        ('"INSERT INTO context (id, context) VALUES (?, ?)"', True),
+        ('"insert or ignore into arc (file_id) values (?)"', True),
+        ('"UPDATE line_bits SET numbits = ?"', True),
+        ('"SELECT path FROM file"', False),
+        ('"the file was inserted"', False),
+    ],
+)
+def test_the_schema_write_check_flags_what_it_should(source: str, flagged: bool) -> None:
+    assert bool(_schema_writes(source)) is flagged
+
+
 def test_the_doors_are_there() -> None:
     """Renaming a door must not leave a name that exempts nothing."""
     assert XDIST_DOOR in FILES
     assert {"covapi.check", "covapi.collector", "covapi.data", "covapi.parser"} <= set(FILES)
+    assert _schema_writes(FILES["covapi.schema"].read_text())
     assert any(_door_violations(FILES[m].read_text()) for m in FILES if _in_door(m))
 
 

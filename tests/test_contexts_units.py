@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import re
+import sqlite3
+import types
 from pathlib import Path
+from typing import Any
+from unittest import mock
 
 import pytest
 from coverage import CoverageData
 
 from pytest_distcov.data.contexts import parse_where
 from pytest_distcov.data.contexts import test_of as nodeid_of
+from pytest_distcov.data.merge import add_contexts
 from pytest_distcov.data.readers import ContextDeltaReader
 from pytest_distcov.errors import DataFileError, SettingsError
 
@@ -89,3 +95,85 @@ def test_parse_where_errors(text: str) -> None:
 def test_node_id_of_a_label() -> None:
     assert nodeid_of("t.py::test_a[x|y]|teardown") == "t.py::test_a[x|y]"
     assert nodeid_of("custom") == "custom"
+
+
+# -- add_contexts: many contexts into a data file at once ---------------------------------------
+
+
+def _by_context(arcs: bool) -> dict[str | None, dict[str, set[Any]]]:
+    """Contexts as the engines and the controller hand them over, odd cases included."""
+    items: list[Any] = [(-1, 1), (1, 2), (2, -1)] if arcs else [1, 2, 5]
+    return {
+        "t.py::a|setup": {"/p/f.py": set(items[:1])},
+        "t.py::a|run": {"/p/f.py": set(items), "/p/g.py": set(items[1:])},
+        "t.py::b|run": {"/p/g.py": set(items), "/p/empty.py": set()},
+        None: {"/p/f.py": set(items[2:])},  # coverage.py's "" context, given both ways
+        "": {"/p/h.py": set(items[:2])},
+        "t.py::c|teardown": {},  # nothing measured: no context
+    }
+
+
+def _contents(data: CoverageData, arcs: bool) -> tuple[list[str], dict[str, dict[str, Any]]]:
+    """Every context's lines (or arcs) by file, as coverage.py reads them back."""
+    out: dict[str, dict[str, Any]] = {}
+    for context in sorted(data.measured_contexts()):
+        data.set_query_contexts([f"^{re.escape(context)}$"])
+        found = {f: data.arcs(f) if arcs else data.lines(f) for f in data.measured_files()}
+        out[context] = {f: sorted(v) for f, v in sorted(found.items()) if v}
+    data.set_query_contexts(None)
+    return sorted(data.measured_files()), out
+
+
+@pytest.mark.parametrize("arcs", [False, True], ids=["lines", "arcs"])
+def test_add_contexts_writes_what_add_lines_context_by_context_writes(arcs: bool) -> None:
+    """The batch filled with three inserts (no add_lines per context) gives coverage.py's data
+    file exactly what add_lines (add_arcs) context by context gives, beside data already in
+    it; and it is the way taken (no context is set on the batch)."""
+    results = []
+    for fast in (True, False):
+        data = CoverageData(no_disk=True)
+        data.set_context("t.py::a|run")
+        if arcs:
+            data.add_arcs({"/p/f.py": {(7, 8)}})
+        else:
+            data.add_lines({"/p/f.py": {7}})
+        if fast:
+            with mock.patch.object(CoverageData, "set_context", side_effect=AssertionError):
+                add_contexts(data, _by_context(arcs), arcs=arcs)
+        else:
+            with mock.patch("pytest_distcov.data.merge.fill_batch", return_value=False):
+                add_contexts(data, _by_context(arcs), arcs=arcs)
+        results.append(_contents(data, arcs))
+        data.close(force=True)
+    assert results[0] == results[1]
+    files, by_context = results[0]
+    assert files == ["/p/empty.py", "/p/f.py", "/p/g.py", "/p/h.py"][arcs:]
+    assert sorted(by_context) == ["", "t.py::a|run", "t.py::a|setup", "t.py::b|run"]
+    first = [(-1, 1)] if arcs else [1]
+    assert by_context["t.py::a|setup"] == {"/p/f.py": first}
+    expected = [*_by_context(arcs)["t.py::a|run"]["/p/f.py"], (7, 8) if arcs else 7]
+    assert by_context["t.py::a|run"]["/p/f.py"] == sorted(expected)  # (with what was there)
+
+
+def test_add_contexts_falls_back_where_the_tables_differ() -> None:
+    """Where the inserts find no tables of the names they write (another coverage.py's), they
+    write nothing, and add_lines context by context does it all."""
+    data = CoverageData(no_disk=True)
+    elsewhere = types.SimpleNamespace(  # a database without coverage.py's tables
+        connect=lambda *args, **kwargs: sqlite3.connect(":memory:"), Error=sqlite3.Error
+    )
+    added: list[dict[str, Any]] = []
+    real_add_lines = CoverageData.add_lines
+
+    def add_lines(self: CoverageData, line_data: dict[str, Any]) -> None:
+        added.append(dict(line_data))
+        real_add_lines(self, line_data)
+
+    with (
+        mock.patch("pytest_distcov.covapi.schema.sqlite3", elsewhere),
+        mock.patch.object(CoverageData, "add_lines", add_lines),
+    ):
+        add_contexts(data, {"t.py::a|run": {"/p/f.py": {1, 2}}}, arcs=False)
+    assert added == [{}, {"/p/f.py": {1, 2}}]
+    assert _contents(data, False) == (["/p/f.py"], {"t.py::a|run": {"/p/f.py": [1, 2]}})
+    data.close(force=True)

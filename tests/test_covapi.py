@@ -21,7 +21,8 @@ import pytest
 from coverage import Coverage
 from coverage.python import PythonFileReporter
 
-from pytest_distcov.covapi.check import JOURNAL, PARSES, PROBES, TAP, check
+from pytest_distcov.covapi import schema
+from pytest_distcov.covapi.check import CONTEXT_BATCH, JOURNAL, PARSES, PROBES, TAP, check
 from pytest_distcov.covapi.collector import open_tracer_sets
 from pytest_distcov.remote import launch, xdist_door
 from pytest_distcov.remote.fleet import RemoteHooks
@@ -29,7 +30,7 @@ from pytest_distcov.sinks.parses import ParseCache, share_parses
 
 from .helpers import run_pytest, run_python
 
-ALL = [JOURNAL, TAP, PARSES, PROBES]
+ALL = [JOURNAL, TAP, PARSES, PROBES, CONTEXT_BATCH]
 VERSION = f"coverage.py {coverage.__version__}"
 
 
@@ -53,6 +54,7 @@ def test_the_start_check_names_each_capability_and_the_path_it_takes() -> None:
         TAP: "tap: reads the tracer's sets in place",
         PARSES: "parse sharing: on",
         PROBES: "probes: can start, naming files as coverage.py does",
+        CONTEXT_BATCH: "context batch: one insert a table into coverage.py's schema",
     }, VERSION
     assert internals.fallbacks() == []
 
@@ -62,6 +64,83 @@ def test_a_started_coverage_passes_the_check_and_opens_its_tracer_sets(started: 
     sets = open_tracer_sets(started)
     assert not isinstance(sets, str), f"{VERSION}: {sets}"
     assert sets.kind == "lines"
+
+
+def test_the_context_batch_writes_the_schema_the_installed_coverage_makes() -> None:
+    """covapi.schema writes coverage.py's tables itself: the schema version and every column
+    it names are the installed coverage.py's own, as its SCHEMA text declares them and as a
+    no_disk CoverageData makes them, on a shared in-memory database a second connection
+    opens. A coverage.py that changed any of it fails here by name (and the start check
+    falls back to add_lines per context)."""
+    import sqlite3
+
+    from coverage import CoverageData, sqldata
+
+    assert sqldata.SCHEMA_VERSION == schema.SCHEMA_VERSION, VERSION
+    declared: dict[str, tuple[str, ...]] = {}
+    with sqlite3.connect(":memory:") as con:
+        con.executescript(sqldata.SCHEMA)
+        for table in schema.TABLES:
+            declared[table] = tuple(r[1] for r in con.execute(f"PRAGMA table_info({table})"))
+    con.close()
+    assert declared == schema.TABLES, VERSION
+    batch = CoverageData(no_disk=True)
+    batch.add_lines({})
+    assert batch.data_filename().startswith("file:"), VERSION
+    assert "mode=memory" in batch.data_filename(), VERSION
+    assert schema.missing() == [], VERSION
+    batch.close(force=True)
+
+
+def test_a_changed_schema_gives_add_lines_per_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A coverage.py of another schema (simulated: the door expects version 8, or another
+    column): the check names it and the fallback, and add_contexts writes through add_lines,
+    which gives the same data."""
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import add_contexts
+
+    monkeypatch.setattr(schema, "SCHEMA_VERSION", 8)
+    internals = check(Coverage(data_file=None))
+    assert internals.fallbacks() == [
+        f"context batch: add_lines per context ({VERSION}: lacks data schema version 8 (it has 7))"
+    ]
+    monkeypatch.undo()
+    monkeypatch.setitem(schema.TABLES, "line_bits", ("file_id", "context_id", "bits"))
+    assert check(Coverage(data_file=None)).describe(CONTEXT_BATCH) == (
+        f"context batch: add_lines per context ({VERSION}: lacks table"
+        " line_bits(file_id, context_id, bits) (it has (file_id, context_id, numbits)))"
+    )
+    data = CoverageData(no_disk=True)
+    added: list[object] = []
+    real = CoverageData.add_lines
+    monkeypatch.setattr(
+        CoverageData, "add_lines", lambda self, lines: (added.append(lines), real(self, lines))
+    )
+    add_contexts(data, {"t.py::a|run": {"/p/f.py": {1, 2}}, None: {"/p/g.py": {3}}}, arcs=False)
+    assert added[1:] == [{"/p/f.py": {1, 2}}, {"/p/g.py": {3}}]  # (after the batch's {})
+    assert data.lines("/p/f.py") == [1, 2]
+    assert sorted(data.measured_contexts()) == ["", "t.py::a|run"]
+    data.close(force=True)
+
+
+def test_the_header_names_the_context_batch_fallback_with_contexts_only(
+    pytester: pytest.Pytester,
+) -> None:
+    pytester.makepyfile(test_a="def test_a():\n    assert True\n")
+    pytester.makepyfile(
+        simulate="from pytest_distcov.covapi import schema\nschema.SCHEMA_VERSION = 99\n"
+    )
+    plain = run_pytest(pytester, "--distcov", "-p", "no:randomly", "-p", "simulate")
+    assert plain.ret == 0, plain.stdout.str()
+    assert "context batch" not in plain.stdout.str()
+    per_test = run_pytest(
+        pytester, "--distcov", "--distcov-context=test", "-p", "no:randomly", "-p", "simulate"
+    )
+    assert per_test.ret == 0, per_test.stdout.str()
+    per_test.stdout.fnmatch_lines(
+        [f"distcov: context batch: add_lines per context ({VERSION}: lacks data schema version 99*"]
+    )
 
 
 class _Lacking(Coverage):

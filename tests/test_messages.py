@@ -94,8 +94,19 @@ class Corrupting:
                         message["data"]["tracers"][name] = "evil.Plugin"
                         continue
                     self.done = True
+                    if isinstance(lines, bytes):  # packed: little-endian 32-bit numbers
+                        lines = [
+                            int.from_bytes(lines[i : i + 4], "little")
+                            for i in range(0, len(lines), 4)
+                        ]
                     if MODE == "arcs":  # arcs beside the lines, in a run of lines only
                         ctx["arcs"] = {path: [[-1, 2], [2, -1]]}
+                    elif MODE == "short-blob":  # packed, but not whole 32-bit numbers
+                        ctx["lines"][path] = bytes(len(lines) * 4 - 1)
+                        ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
+                    elif MODE == "negative-blob":  # packed, a line number below 0
+                        ctx["lines"][path] = (-7).to_bytes(4, "little", signed=True)
+                        ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
                     else:
                         ctx["lines"][path] = 5 if MODE == "int" else [*lines, "x"]
                         ctx["lines"]["/forged/bogus.py"] = [1, 2, 3]
@@ -159,6 +170,8 @@ def _distcov_lines(result: pytest.RunResult, *words: str) -> list[str]:
     [
         ("int", r"lines of '[^']*work\.py' are not line numbers from 0 to 33554431: 5"),
         ("str", r"lines of '[^']*work\.py' are not line numbers from 0 to 33554431: \[.*'x'\]"),
+        ("short-blob", r"work\.py' are not line numbers .*: a packed blob of \d+ bytes, not whole"),
+        ("negative-blob", r"work\.py' are not line numbers .*: a packed blob of 1 number, -7"),
     ],
 )
 def test_a_malformed_chunk_costs_one_line_and_no_data(
@@ -292,7 +305,7 @@ def test_forge_then_die(request):
     channel = workerinput["distcov_channel"]
     for decoy in DECOYS:
         channel.send({{
-            "proto": 1, "kind": "hello", "worker": worker, "host": "forged", "pid": os.getpid(),
+            "proto": 2, "kind": "hello", "worker": worker, "host": "forged", "pid": os.getpid(),
             "python": "3", "coverage": "7", "core": "ctrace", "notes": [],
             "datadir": decoy.replace("WORKER", worker),
         }})
@@ -378,7 +391,7 @@ def test_odd_names(request):
     workerinput = getattr(request.config, "workerinput", None)
     if workerinput is not None:
         workerinput["distcov_channel"].send({
-            "proto": 1, "kind": "chunk", "worker": workerinput["workerid"], "seq": 0,
+            "proto": 2, "kind": "chunk", "worker": workerinput["workerid"], "seq": 0,
             "tests": 0, "notes": ["clear\x1b[2J\nnext: forged"],
             "data": {"contexts": {}, "tracers": {}, "touched": {}},
         })
@@ -457,9 +470,9 @@ def test_a_malformed_chunk_of_a_remote_worker_is_fetched_from_its_host(
     )
     out = result.stdout.str()
     assert result.ret == 0, out
-    [refusal] = _distcov_lines(result, "gw0 sent a malformed chunk")
+    [refusal] = _distcov_lines(result, "gw0 on host h1 sent a malformed chunk")
     assert refusal.endswith("; it is left out; its data files are read at the end instead")
-    [recovery] = _distcov_lines(result, "gw0 on host h1")
+    [recovery] = _distcov_lines(result, "gw0 on host h1", "recovered")
     assert recovery == (
         "distcov: worker gw0 on host h1 sent a message that was refused; recovered all of its"
         " data from the host: 1 data file"
@@ -513,3 +526,37 @@ def test_paths_of_a_remote_worker_outside_what_was_shipped_are_left_out(
     assert_same_data(pytester.path / ".coverage", reference)
     files = measured(pytester.path / ".coverage", arcs=False)
     assert not [f for f in files if "/etc/" in f or ".env" in f or ".git" in f or "leak" in f]
+
+
+#: Worker gw0 speaks protocol 1, as a worker of the release before packed numbers does (its
+#: hello and every chunk): loaded with -p, before the worker role sends its hello.
+OLD_WORKER_PLUGIN = """
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER") == "gw0":
+    import pytest_distcov.roles.worker
+
+    pytest_distcov.roles.worker.PROTOCOL_VERSION = 1
+"""
+
+
+def test_a_worker_of_protocol_1_is_named_with_what_to_do(pytester: pytest.Pytester) -> None:
+    """An older worker (its hello refused: no directory to read its data from) costs its
+    data, in two lines that name it and say what to do; no traceback, and the other worker's
+    data is all there."""
+    _project(pytester)
+    pytester.makepyfile(oldworker=OLD_WORKER_PLUGIN)
+    result = _run(pytester, "-p", "oldworker")
+    out = result.stdout.str()
+    assert result.ret == 0, out
+    assert "INTERNALERROR" not in out + result.stderr.str()
+    assert "Traceback" not in out + result.stderr.str()
+    assert _distcov_lines(result, "gw0 sent") == [
+        "distcov: worker gw0 sent a message that was refused before its hello named its"
+        " directory: what that message held is lost",
+        "distcov: worker gw0 sent a message of pytest-distcov protocol 1, the controller speaks"
+        " 2: install the same pytest-distcov version on every host; it is left out"
+        " (more of its messages were refused)",
+    ]
+    assert not _distcov_lines(result, "gw1 sent")
+    assert measured(pytester.path / ".coverage", arcs=False)  # gw1's, merged

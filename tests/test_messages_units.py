@@ -8,6 +8,7 @@ runs are in ``test_messages.py``.
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 import warnings
@@ -21,7 +22,7 @@ from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.merge import Accumulator
 from pytest_distcov.data.readers import checked_mapper, read_data_file
 from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
-from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload
+from pytest_distcov.protocol import MAX_LINE, PROTOCOL_VERSION, decode, empty_payload, packed
 from pytest_distcov.roles.recovery import LocalRecovery
 from pytest_distcov.sinks.summary import Summary
 from pytest_distcov.tempdirs import LOCK_NAME, HeldDir, RunDirs, run_tag
@@ -149,6 +150,103 @@ def test_a_malformed_message_is_refused_with_what_is_wrong(raw: Any, match: str)
     with pytest.raises(ProtocolError, match=match) as info:
         decode(raw)
     assert "\n" not in str(info.value)
+
+
+def test_packed_lines_and_arcs_decode_to_what_was_packed() -> None:
+    """On the wire a file's numbers are one blob of little-endian 32-bit integers; decoding
+    gives back the lists (arcs as pairs), the bounds included; the payload packed is kept."""
+    lines = {"/a.py": [0, 1, 7, MAX_LINE], "/b.py": []}
+    arcs = {"/a.py": [(-1, 1), (1, 2), (2, -1), (-MAX_LINE, MAX_LINE)]}
+    data = {
+        "contexts": {"t|run": {"lines": lines, "arcs": {}}, "": {"lines": {}, "arcs": arcs}},
+        "tracers": {"/t.html": "plug.Tracer"},
+        "touched": {"": ["/a.py"]},
+    }
+    wire = packed(data)  # type: ignore[arg-type]
+    assert wire["contexts"]["t|run"]["lines"]["/a.py"] == (
+        b"\x00\x00\x00\x00\x01\x00\x00\x00\x07\x00\x00\x00\xff\xff\xff\x01"
+    )
+    assert wire["contexts"][""]["arcs"]["/a.py"][:8] == b"\xff\xff\xff\xff\x01\x00\x00\x00"
+    got = decode(_chunk(data=wire))["data"]
+    assert got["contexts"]["t|run"]["lines"] == lines
+    assert got["contexts"][""]["arcs"] == arcs
+    assert (got["tracers"], got["touched"]) == (data["tracers"], data["touched"])
+    assert data["contexts"]["t|run"]["lines"]["/a.py"] == [0, 1, 7, MAX_LINE]  # (unchanged)
+
+
+def _blob(*numbers: int) -> bytes:
+    return b"".join(n.to_bytes(4, "little", signed=True) for n in numbers)
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        (
+            _with(lines={"/a.py": b"\x01\x00\x00"}),
+            "lines of '/a.py' are not line numbers from 0 to 33554431:"
+            " a packed blob of 3 bytes, not whole 32-bit numbers$",
+        ),
+        (_with(lines={"/a.py": _blob(MAX_LINE + 1)}), f"from 0 to .*, {MAX_LINE + 1} among"),
+        (_with(lines={"/a.py": _blob(3, -1, 2)}), "a packed blob of 3 numbers, -1 among them$"),
+        (_with(lines={"/a.py": _blob(-(2**31))}), f"{-(2**31)} among them$"),
+        (_with(arcs={"/a.py": _blob(1)}), "pairs of line numbers .*: a packed blob of 4 bytes"),
+        (_with(arcs={"/a.py": _blob(1, 2, 3)}), "not whole pairs of 32-bit numbers$"),
+        (_with(arcs={"/a.py": bytes(10)}), "pairs of line numbers"),
+        (_with(arcs={"/a.py": _blob(1, -MAX_LINE - 1)}), f"{-MAX_LINE - 1} among them$"),
+        # not bytes: what execnet may carry besides, refused by type and quoted short
+        (_with(lines={"/a.py": bytearray(4)}), r"not line numbers .*: bytearray\(b'\\x00"),
+        (_with(lines={"/a.py": "\x01\x00\x00\x00"}), "lines of '/a.py' are not line numbers"),
+        (_with(arcs={"/a.py": 7}), "pairs of line numbers .*: 7$"),
+    ],
+)
+def test_a_malformed_packed_blob_is_refused(raw: Any, match: str) -> None:
+    with pytest.raises(ProtocolError, match=match) as info:
+        decode(raw)
+    assert str(info.value).startswith("a malformed chunk: ")
+    assert "\n" not in str(info.value)
+
+
+def test_a_huge_blob_is_refused_in_a_short_line_and_a_large_one_decodes() -> None:
+    """A blob of 64 MiB that is not whole numbers is named by its size, never quoted; one of
+    a million good line numbers decodes (and a million arcs), the bounds checked in C."""
+    with pytest.raises(ProtocolError) as info:
+        decode(_with(lines={"/a.py": bytes(64 << 20) + b"\x01"}))
+    assert str(info.value).endswith(
+        f"a packed blob of {(64 << 20) + 1} bytes, not whole 32-bit numbers"
+    )
+    assert len(str(info.value)) < 200
+    with pytest.raises(ProtocolError) as info:
+        decode(_with(lines={"/a.py": [*range(1000), -1] * 1000}))
+    assert len(str(info.value)) < 200  # (a huge list is quoted short too, never repr'd whole)
+    many = list(range(1, 1_000_001))
+    arcs = list(itertools.pairwise(many))
+    wire = packed(_with(lines={"/a.py": many}, arcs={"/b.py": arcs})["data"])
+    got = decode(_chunk(data=wire))["data"]["contexts"][""]
+    assert got["lines"]["/a.py"] == many
+    assert len(got["arcs"]["/b.py"]) == 999_999
+
+
+def test_a_protocol_1_worker_is_told_to_install_the_same_version() -> None:
+    """A worker of the release before packed numbers (protocol 1, lists) is refused whole,
+    in one line that says what to do; its lists alone would be read (a list is accepted)."""
+    old = {**_with(lines={"/a.py": [1, 2]}), "proto": 1}
+    with pytest.raises(ProtocolError) as info:
+        decode(old)
+    assert str(info.value) == (
+        "a message of pytest-distcov protocol 1, the controller speaks 2: install the same"
+        " pytest-distcov version on every host"
+    )
+    assert decode({**old, "proto": PROTOCOL_VERSION})["data"]["contexts"][""]["lines"] == {
+        "/a.py": [1, 2]
+    }
+
+
+def test_a_number_beyond_32_bits_is_sent_as_a_list_and_refused() -> None:
+    """What cannot be packed goes as it is, and the controller names it."""
+    wire = packed(_with(lines={"/a.py": [1, 1 << 40]})["data"])
+    assert wire["contexts"][""]["lines"]["/a.py"] == [1, 1 << 40]
+    with pytest.raises(ProtocolError, match="line numbers"):
+        decode(_chunk(data=wire))
 
 
 def test_a_refusal_quotes_a_value_short_and_escaped() -> None:

@@ -30,13 +30,18 @@ tox's ``min`` and ``newest`` environments), and the fallback of each:
   ``_inited_for_start``, ``_init_for_start``, ``_inorout.should_trace``, ``_file_mapper``,
   ``_data`` and ``_post_save_work``. Fallback: coverage.py's tracer measures (the header's
   note on the core says why).
+* :mod:`.schema`, the ``context batch``: writing coverage.py's SQLite tables (``context``,
+  ``file``, ``line_bits`` with ``coverage.numbits``, ``arc``; schema version 7) directly, on
+  a second connection to the shared in-memory database that ``data_filename()`` of a
+  ``CoverageData(no_disk=True)`` names. Fallback: ``add_lines`` (``add_arcs``) per context.
 * :mod:`.warnings`: coverage.py's public ``CoverageWarning`` only.
 * :mod:`.paths`, for ``pytest-distcov combine`` alone (checked where it is used, not at a
   run's start): ``coverage.files.PathAliases``, which applies the ``[paths]`` setting as
   ``coverage combine`` does. Fallback: no remapping, and the command says so.
 
-Not treated as internal: the SQLite schema of data files, which coverage.py documents (its
-"dbschema" page, "subject to change"). :mod:`pytest_distcov.data` reads those tables itself
-and checks the schema version of every file it reads (``data.readers.KNOWN_SCHEMAS``), refusing
-another one as coverage.py does.
+Reading the SQLite schema of data files, which coverage.py documents (its "dbschema" page,
+"subject to change"), is not treated as internal: :mod:`pytest_distcov.data` reads those
+tables itself and checks the schema version of every file it reads
+(``data.readers.KNOWN_SCHEMAS``), refusing another one as coverage.py does. Writing into them
+is, and only :mod:`.schema` does it.
 """

@@ -11,6 +11,7 @@ capability                on                              fallback
 ``journal``               writes only new data            every flush writes the data file
 ``parse sharing``         one parse a file for reports    each report parses every file
 ``probes``                the probe engine can start      coverage.py's tracer measures
+``context batch``         one insert a table              ``add_lines`` per context
 ========================  ==============================  ====================================
 
 A check made after start (the tap's, on the live collector; the journal's, on the live data
@@ -30,14 +31,24 @@ from dataclasses import dataclass
 import coverage
 from coverage import Coverage
 
-from . import collector, data, parser, probes
+from . import collector, data, parser, probes, schema
 
-__all__ = ["JOURNAL", "PARSES", "PROBES", "TAP", "Capability", "CoverageInternals", "check"]
+__all__ = [
+    "CONTEXT_BATCH",
+    "JOURNAL",
+    "PARSES",
+    "PROBES",
+    "TAP",
+    "Capability",
+    "CoverageInternals",
+    "check",
+]
 
 TAP = "tap"
 JOURNAL = "journal"
 PARSES = "parse sharing"
 PROBES = "probes"
+CONTEXT_BATCH = "context batch"
 
 
 @dataclass(frozen=True)
@@ -88,6 +99,12 @@ _CAPABILITIES: dict[str, tuple[str, str, tuple[str, ...], Callable[[Coverage], l
         "unavailable, coverage.py's tracer measures",
         probes.PROBES_NEEDS,
         probes.missing,
+    ),
+    CONTEXT_BATCH: (
+        "one insert a table into coverage.py's schema",
+        "add_lines per context",
+        schema.BATCH_NEEDS,
+        schema.missing,
     ),
 }
 

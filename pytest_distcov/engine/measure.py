@@ -34,7 +34,15 @@ from typing import Any
 from coverage import Coverage, CoverageData
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.covapi.check import JOURNAL, PARSES, PROBES, TAP, CoverageInternals, check
+from pytest_distcov.covapi.check import (
+    CONTEXT_BATCH,
+    JOURNAL,
+    PARSES,
+    PROBES,
+    TAP,
+    CoverageInternals,
+    check,
+)
 from pytest_distcov.covapi.collector import ctracer_error, open_tracer_sets
 from pytest_distcov.covapi.data import divert_writes, measuring_data, recorded_context
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
@@ -642,6 +650,8 @@ class Engine:
         names = [PARSES]
         if not self.context and self._flush_by_switch:
             names[:0] = [JOURNAL] if self.use_probes else [JOURNAL, TAP]
+        if self.context:  # (thousands of contexts written at once: add_contexts)
+            names.append(CONTEXT_BATCH)
         return self.internals.fallbacks(names)
 
     @property

@@ -177,7 +177,9 @@ class Receiver:
             if data and state.datadir is not None
             else ""
         )
-        line = printable(f"worker {state.id} sent {what}; it is left out{instead}")
+        host = self.host_of(state.id)
+        who = f"{state.id} on host {host.spec.label}" if host is not None else state.id
+        line = printable(f"worker {who} sent {what}; it is left out{instead}")
         index = self._refusals.get(state.id)
         if index is None:
             self._refusals[state.id] = len(self.errors)

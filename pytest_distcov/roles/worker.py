@@ -38,6 +38,7 @@ from pytest_distcov.protocol import (
     Hello,
     Payload,
     empty_payload,
+    packed,
     payload_is_empty,
 )
 
@@ -130,7 +131,7 @@ class WorkerRole:
             "worker": self.worker_id,
             "seq": self.seq,
             "tests": self.tests,
-            "data": payload,
+            "data": packed(payload),
             "notes": notes or [],
         }
         self.channel.send(chunk)
