@@ -474,3 +474,28 @@ def test_the_branch_markers_share_the_parsers_ast() -> None:
     marked = plan(source, "m.py")
     assert marked.branches == {2: frozenset({3, 4})}
     assert len(marked.arcs) == 2  # a marker for each way of line 2, in the shared tree
+
+
+SUBPROCESS_PATCH = """
+import os, sys
+from coverage import Coverage
+from pytest_distcov.covapi.subprocesses import PROCESS_CONFIG, measure_subprocesses, missing
+os.chdir(sys.argv[1])
+cov = Coverage(data_file=None)
+assert not missing(cov)
+undo = measure_subprocesses(cov)
+ours = os.environ[PROCESS_CONFIG]
+undo()
+assert PROCESS_CONFIG not in os.environ
+cov.start()
+cov.stop()
+print(os.environ.get(PROCESS_CONFIG) == ours)
+"""
+
+
+def test_patch_subprocess_hands_on_what_coverage_start_does(tmp_path: Path) -> None:
+    """Our engines' ``patch = subprocess`` (covapi.subprocesses) sets what coverage.py's own
+    ``Coverage.start`` sets for it, and undoes it; a coverage.py that does otherwise fails
+    this test (and its subprocesses would not be measured under our engines)."""
+    (tmp_path / ".coveragerc").write_text("[run]\npatch = subprocess\nbranch = true\n")
+    assert run_python("-c", SUBPROCESS_PATCH, str(tmp_path)).strip() == "True"

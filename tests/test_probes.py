@@ -231,7 +231,7 @@ def test_auto_chooses_probes_for_lines_and_for_branches(
 OBSTACLES = {
     "context": (["--distcov-context=test"], "", "per-test contexts (--distcov-context)"),
     "dynamic": ([], "dynamic_context = test_function", "[run] dynamic_context"),
-    "patch": ([], "patch = subprocess", "[run] patch = subprocess"),
+    "patch": ([], "patch = subprocess, execv", "[run] patch = execv"),
     "concurrency": ([], "concurrency = multiprocessing", "[run] concurrency = multiprocessing"),
     "core": ([], "core = ctrace", "[run] core = ctrace"),
 }

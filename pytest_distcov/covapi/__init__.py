@@ -34,6 +34,11 @@ tox's ``min`` and ``newest`` environments), and the fallback of each:
   ``file``, ``line_bits`` with ``coverage.numbits``, ``arc``; schema version 7) directly, on
   a second connection to the shared in-memory database that ``data_filename()`` of a
   ``CoverageData(no_disk=True)`` names. Fallback: ``add_lines`` (``add_arcs``) per context.
+* :mod:`.subprocesses`, ``patch = subprocess`` under the engines that do not call
+  ``Coverage.start`` (which does it for coverage.py's cores): ``Coverage.config.serialize``
+  into ``COVERAGE_PROCESS_CONFIG``, which coverage.py's start-up in a new process reads.
+  Checked where an engine is chosen (``tracer_setting``). Fallback: coverage.py's tracer
+  measures such a run, and patches by itself.
 * :mod:`.warnings`: coverage.py's public ``CoverageWarning`` only.
 * :mod:`.paths`, for ``pytest-distcov combine`` alone (checked where it is used, not at a
   run's start): ``coverage.files.PathAliases``, which applies the ``[paths]`` setting as

@@ -36,6 +36,7 @@ from typing import Any
 
 from coverage import Coverage, CoverageData
 
+from pytest_distcov.covapi import subprocesses
 from pytest_distcov.covapi.probes import CoverageSide
 
 __all__ = ["ImportedCode", "plain_source", "rewriter_missing"]
@@ -50,7 +51,9 @@ def tracer_setting(cov: Coverage, *more: tuple[object, str], branch: bool = True
     assert isinstance(concurrency_option, list)
     assert isinstance(patch_option, list)
     concurrency = [str(c) for c in concurrency_option if c != "thread"]
-    patch = [str(p) for p in patch_option]
+    # (``subprocess``: these engines hand coverage.py's configuration on as it would)
+    own_patch = () if subprocesses.missing(cov) else ("subprocess",)
+    patch = [str(p) for p in patch_option if p not in own_patch]
     settings = [
         (
             branch and cov.get_option("run:branch"),

@@ -45,6 +45,7 @@ from pytest_distcov.covapi.check import (
 )
 from pytest_distcov.covapi.collector import ctracer_error, open_tracer_sets
 from pytest_distcov.covapi.data import divert_writes, measuring_data, recorded_context
+from pytest_distcov.covapi.subprocesses import measure_subprocesses
 from pytest_distcov.covapi.warnings import capture_coverage_warnings
 from pytest_distcov.data.journal import JOURNAL_SUFFIX, encode_record, journal_for
 from pytest_distcov.errors import DistCovError, SettingsError
@@ -470,6 +471,8 @@ class Engine:
         self._flush_by_switch = not self.cov.get_option("run:dynamic_context")
         self._new_only: NewOnly | None = None
         self._tap: TracerTap | None = None
+        #: undoes what an engine of ours did for ``patch = subprocess`` (None: nothing)
+        self._unpatch: Callable[[], None] | None = None
 
     def _choose_probes(self, spec: MeasureSpec) -> bool:
         """Probes where asked for or (``auto``) where they pay and measure all that is asked.
@@ -579,6 +582,7 @@ class Engine:
                 self._running = True
                 self.core = "probes"
                 self._install_new_only()
+                self._patch_subprocesses()
                 return
         if self.use_monitor or self.use_branches:
             try:
@@ -594,6 +598,7 @@ class Engine:
                 self._monitor = monitor
                 self._running = True
                 self.core = "markers" if self.use_branches else "monitor"
+                self._patch_subprocesses()
                 return
         with capture_coverage_warnings(self.notes):
             try:
@@ -609,6 +614,12 @@ class Engine:
                 f"coverage's C extension cannot be loaded here ({ctracer_error()}): measuring"
                 " with its pure-Python tracer, which is several times slower"
             )
+
+    def _patch_subprocesses(self) -> None:
+        """``patch = subprocess`` under an engine of ours: what ``Coverage.start`` would do
+        (the engine's choice made sure it can be done; see ``tracer_setting``)."""
+        if "subprocess" in self._list_option("run:patch"):
+            self._unpatch = measure_subprocesses(self.cov)
 
     def _make_probes(self) -> Probes:
         if not self.branch:
@@ -808,6 +819,9 @@ class Engine:
 
     def finish(self) -> CoverageData:
         """Stop measuring; return the complete data (also on disk at :attr:`data_path`)."""
+        unpatch, self._unpatch = self._unpatch, None
+        if unpatch is not None:
+            unpatch()  # (processes started from here on are not this run's)
         if self._probes is not None:
             self._running = False
             with capture_coverage_warnings(self.notes):

@@ -1,0 +1,52 @@
+"""``[run] patch = subprocess`` under pytest-distcov's own engines.
+
+coverage.py measures the Python processes a measured process starts by handing them its
+configuration: ``Coverage.start`` (``coverage.patch.apply_patches``) puts
+``CoverageConfig.serialize()`` into the environment variable ``COVERAGE_PROCESS_CONFIG``, which
+the ``.pth`` file coverage.py installs reads in every new process (``process_startup``). The
+engines that do not call ``Coverage.start`` (sys.monitoring, branch markers, probes) do the same
+here, at their start: each subprocess is then measured by coverage.py itself, with the same
+configuration, and writes its data file where the C tracer's would have, which the run
+combines as it does then. What that relies on, none of it documented: ``Coverage.config`` and
+its ``serialize``, and the variable's name. :func:`missing` is the start check; where anything
+is not there, such a run is measured by coverage.py's tracer, which patches by itself.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+
+from coverage import Coverage
+
+__all__ = ["PROCESS_CONFIG", "SUBPROCESS_NEEDS", "measure_subprocesses", "missing"]
+
+#: The variable coverage.py's process start-up reads its configuration from.
+PROCESS_CONFIG = "COVERAGE_PROCESS_CONFIG"
+#: What measuring subprocesses relies on, as the start check names it.
+SUBPROCESS_NEEDS = ("Coverage.config.serialize", PROCESS_CONFIG)
+
+
+def missing(cov: Coverage) -> list[str]:
+    """What of :data:`SUBPROCESS_NEEDS` this Coverage lacks."""
+    config = getattr(cov, "config", None)
+    serialize = getattr(config, "serialize", None)
+    if not callable(serialize):
+        return ["Coverage.config.serialize"]
+    return []
+
+
+def measure_subprocesses(cov: Coverage) -> Callable[[], None]:
+    """What ``Coverage.start`` does for ``patch = subprocess``: the configuration, as it is
+    now, for every process started from here on. Returns what undoes it (the variable as it
+    was before)."""
+    before = os.environ.get(PROCESS_CONFIG)
+    os.environ[PROCESS_CONFIG] = cov.config.serialize()
+
+    def undo() -> None:
+        if before is None:
+            os.environ.pop(PROCESS_CONFIG, None)
+        else:
+            os.environ[PROCESS_CONFIG] = before
+
+    return undo
