@@ -177,3 +177,40 @@ def test_add_contexts_falls_back_where_the_tables_differ() -> None:
     assert added == [{}, {"/p/f.py": {1, 2}}]
     assert _contents(data, False) == (["/p/f.py"], {"t.py::a|run": {"/p/f.py": [1, 2]}})
     data.close(force=True)
+
+
+def test_a_write_that_fails_half_way_leaves_nothing_for_the_fallback_to_double() -> None:
+    """An insert that fails after others wrote rows (the in-memory batch has no journal, so
+    nothing is rolled back): the fallback writes into a fresh batch, and the data file gets
+    what add_lines context by context gives, no stray context or file."""
+    from pytest_distcov.covapi import schema
+
+    calls = {"n": 0}
+    real = schema.nums_to_numbits
+
+    def fail_second(nums: Any) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise sqlite3.OperationalError("injected")
+        return real(nums)
+
+    by_context = {"c1": {"/a.py": [1, 2]}, "c2": {"/b.py": [3]}, None: {"/c.py": [4]}}
+    got = CoverageData(no_disk=True)
+    with mock.patch.object(schema, "nums_to_numbits", fail_second):
+        add_contexts(got, by_context, arcs=False)
+    assert calls["n"] >= 2  # the fast write did fail half-way
+    want = CoverageData(no_disk=True)
+    for context, files in by_context.items():
+        want.set_context(context)
+        want.add_lines(files)
+    assert _contents(got, False) == _contents(want, False)
+    got.close(force=True)
+    want.close(force=True)
+
+
+def test_arcs_given_as_lists_in_two_labels_of_one_context_are_merged() -> None:
+    """None and "" are one context; arcs given as lists (which add_arcs takes) merge there."""
+    data = CoverageData(no_disk=True)
+    add_contexts(data, {None: {"/a.py": [[1, 2]]}, "": {"/a.py": [[2, 3]]}}, arcs=True)
+    assert sorted(data.arcs("/a.py") or []) == [(1, 2), (2, 3)]
+    data.close(force=True)

@@ -101,16 +101,17 @@ def fill_batch(
     """Write ``by_context`` into the empty in-memory ``batch`` (its tables made, nothing else
     in them) as ``add_lines``/``add_arcs`` would, context by context: a row for each context
     with a file (a label of None is coverage.py's ""), for each file, and for each context's
-    file its line numbers as one numbits (a row per arc). False, with nothing written, where
-    the batch is not the shared in-memory database or its tables are not the ones this writes
-    (``batch`` is then still empty)."""
+    file its line numbers as one numbits (a row per arc). False where the batch is not the
+    shared in-memory database, its tables are not the ones this writes, or a write failed:
+    then ``batch`` may hold part of it (coverage.py turns the in-memory database's journal
+    off, so a rollback undoes nothing), and the caller must not use it."""
     contexts: dict[str, dict[str, Collection[Any]]] = {}
     for context, files in by_context.items():
         if files:
             into = contexts.setdefault(context or "", {})
             for name, items in files.items():
                 if name in into:  # (None and "" are one context, as in coverage.py)
-                    into[name] = {*into[name], *items}
+                    into[name] = [*into[name], *items]  # (items may be lists: unhashable)
                 else:
                     into[name] = items
     if not contexts:
@@ -128,7 +129,7 @@ def fill_batch(
     try:
         if _differences(con):
             return False
-        with con:  # one transaction: all of it, or (an error) nothing
+        with con:  # one transaction (in memory without a journal: an error leaves part)
             con.executemany(
                 "INSERT INTO context (id, context) VALUES (?, ?)",
                 ((i, c) for i, c in enumerate(contexts, 1)),

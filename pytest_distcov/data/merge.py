@@ -54,6 +54,8 @@ def add_contexts(
     try:
         (batch.add_arcs if arcs else batch.add_lines)({})  # its tables, and what it records
         if not fill_batch(batch, by_context, arcs=arcs):
+            batch.close(force=True)  # (it may hold part of it: the fallback starts afresh)
+            batch = CoverageData(no_disk=True)
             for context, files in by_context.items():
                 batch.set_context(context or None)
                 if arcs:
