@@ -471,6 +471,17 @@ def _as_sets(report: dict[str, object]) -> Measured:
     }
 
 
+def _comparable_run(src: Path, suite: Suite, workers: int) -> tuple[list[str], list[str]]:
+    """The pytest arguments that make two runs of ``suite`` compare: ``-n workers`` (0:
+    without xdist), and where it uses hypothesis the same examples in both (a fixed seed, and
+    no database of earlier runs' ones, which this removes)."""
+    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
+    if HYPOTHESIS not in suite.deps:
+        return xdist, []
+    shutil.rmtree(src / ".hypothesis", ignore_errors=True)
+    return xdist, ["--hypothesis-seed=0"]
+
+
 def exact_run(
     py: Path, src: Path, suite: Suite, engine: str, workers: int, *, extra: list[str]
 ) -> ExactRun:
@@ -478,12 +489,7 @@ def exact_run(
     tag = f"{py.parent.parent.name}-{engine}-n{workers}"  # venv-3.13-default-n2
     out = src / f".exact-{tag}.json"
     out.unlink(missing_ok=True)
-    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
-    hypothesis: list[str] = []
-    if HYPOTHESIS in suite.deps:
-        # the same examples in both runs: a fixed seed, and no database of earlier runs' ones
-        shutil.rmtree(src / ".hypothesis", ignore_errors=True)
-        hypothesis = ["--hypothesis-seed=0"]
+    xdist, hypothesis = _comparable_run(src, suite, workers)
     cmd = [
         str(py),
         "-m",
@@ -562,11 +568,7 @@ def context_run(py: Path, src: Path, suite: Suite, tool: str, workers: int) -> B
     and arc each context recorded, read from the data file."""
     data = src / ".coverage"
     data.unlink(missing_ok=True)
-    xdist = ["-n", str(workers)] if workers else ["-p", "no:xdist"]
-    hypothesis: list[str] = []
-    if HYPOTHESIS in suite.deps:
-        shutil.rmtree(src / ".hypothesis", ignore_errors=True)
-        hypothesis = ["--hypothesis-seed=0"]
+    xdist, hypothesis = _comparable_run(src, suite, workers)
     if tool == "distcov":
         how = ["--distcov", f"--distcov-source={suite.package}", "--distcov-context=test"]
         how += ["--distcov-branch", "--distcov-report="]

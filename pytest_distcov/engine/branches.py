@@ -38,6 +38,7 @@ does (``PY_RESUME``).
 
 from __future__ import annotations
 
+import abc
 import ast
 import contextlib
 import functools
@@ -406,9 +407,9 @@ class MarkedModules(ImportedCode):
             for func, twin in twins:
                 self.adopt(func, self.bound(twin))
 
+    @abc.abstractmethod
     def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:
-        """``func`` runs ``twin``, its marked code, from now on."""
-        raise NotImplementedError
+        """``func`` runs ``twin``, its marked code, from now on (each engine its way)."""
 
     def _twins(
         self, filename: str, funcs: list[types.FunctionType]
