@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import subprocess
 import sys
 import types
@@ -471,6 +472,8 @@ def test_the_branch_markers_share_the_parsers_ast() -> None:
     assert ast.dump(tree) == ast.dump(ast.parse(source))  # the arc analysis left it as it was
     assert exits[2] == {3, 4}
     assert counts[2] == 2
+    assert exits_of(source, "m.py")[3] is not tree  # a tree of its own each time: marking
+    # changes it, and must never change one coverage.py keeps
     marked = plan(source, "m.py")
     assert marked.branches == {2: frozenset({3, 4})}
     assert len(marked.arcs) == 2  # a marker for each way of line 2, in the shared tree
@@ -499,3 +502,22 @@ def test_patch_subprocess_hands_on_what_coverage_start_does(tmp_path: Path) -> N
     this test (and its subprocesses would not be measured under our engines)."""
     (tmp_path / ".coveragerc").write_text("[run]\npatch = subprocess\nbranch = true\n")
     assert run_python("-c", SUBPROCESS_PATCH, str(tmp_path)).strip() == "True"
+
+
+def test_undoing_the_subprocess_patch_leaves_a_value_set_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The engine's undo restores the variable only where it still holds the engine's value:
+    one a test (or coverage.py) set meanwhile stays."""
+    from pytest_distcov.covapi.subprocesses import PROCESS_CONFIG, measure_subprocesses
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv(PROCESS_CONFIG, "before")
+    undo = measure_subprocesses(Coverage(data_file=None))
+    assert os.environ[PROCESS_CONFIG] not in ("before", "")
+    undo()
+    assert os.environ[PROCESS_CONFIG] == "before"
+    undo = measure_subprocesses(Coverage(data_file=None))
+    os.environ[PROCESS_CONFIG] = "theirs"
+    undo()
+    assert os.environ[PROCESS_CONFIG] == "theirs"

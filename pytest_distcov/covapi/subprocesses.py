@@ -41,9 +41,11 @@ def measure_subprocesses(cov: Coverage) -> Callable[[], None]:
     now, for every process started from here on. Returns what undoes it (the variable as it
     was before)."""
     before = os.environ.get(PROCESS_CONFIG)
-    os.environ[PROCESS_CONFIG] = cov.config.serialize()
+    ours = os.environ[PROCESS_CONFIG] = cov.config.serialize()
 
     def undo() -> None:
+        if os.environ.get(PROCESS_CONFIG) != ours:
+            return  # (set again since, by a test or coverage.py: theirs stays)
         if before is None:
             os.environ.pop(PROCESS_CONFIG, None)
         else:

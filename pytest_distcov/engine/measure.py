@@ -619,7 +619,14 @@ class Engine:
         """``patch = subprocess`` under an engine of ours: what ``Coverage.start`` would do
         (the engine's choice made sure it can be done; see ``tracer_setting``)."""
         if "subprocess" in self._list_option("run:patch"):
-            self._unpatch = measure_subprocesses(self.cov)
+            try:
+                self._unpatch = measure_subprocesses(self.cov)
+            except Exception as exc:  # (a setting its serializer cannot write): the run goes on
+                self.notes.append(
+                    f"[run] patch = subprocess: coverage.py's configuration cannot be handed to"
+                    f" subprocesses ({type(exc).__name__}: {exc}), so they are not measured;"
+                    " --distcov-engine=coverage measures them"
+                )
 
     def _make_probes(self) -> Probes:
         if not self.branch:
