@@ -19,7 +19,7 @@ import warnings
 import pytest
 
 from . import test_branches
-from .helpers import assert_same_report, report_view, run_pytest, serial_reference
+from .helpers import assert_same_report, report_view, run_pytest
 
 # The branch engine's own tests, run here with probes observing the markers (their HEADER is
 # this engine's here: see _probe_header).
@@ -28,8 +28,10 @@ from .test_branches import (  # noqa: F401 - collected by pytest from this modul
     test_code_that_is_not_its_source_is_left_to_coverage_py,
     test_coverage_engine_and_a_core_keep_the_tracer,
     test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them,
+    test_exceptions_on_branch_lines_count_as_the_tracer_counts_them,
     test_functions_imported_before_measuring_run_marked_code,
     test_marked_modules_are_kept_for_the_next_run,
+    test_throwing_into_a_generator_at_a_yield_in_a_branch_condition,
     test_tricky_code_reports_as_coverage_run_does,
 )
 
@@ -42,189 +44,10 @@ AUTO = ("--distcov", "--distcov-branch", "--distcov-engine=auto")
 HEADER = "distcov: measuring lines and branches*SlipCover's probes with branch markers*"
 
 
-def _report_equals_the_tracers(pytester: pytest.Pytester) -> None:
-    """The project's report measured by this engine (without xdist) equals a serial
-    ``coverage run --branch``'s, file by file."""
-    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    reference = serial_reference(pytester, branch=True)
-    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
-    assert result.ret == 0, result.stdout.str()
-    result.stdout.fnmatch_lines([HEADER])
-    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
-
-
 @pytest.fixture(autouse=True)
 def _probe_header(monkeypatch: pytest.MonkeyPatch) -> None:
     """The header the branch engine's tests expect is this engine's, in this module."""
     monkeypatch.setattr(test_branches, "HEADER", HEADER)
-
-
-#: An exception raised on a branch line, in each place where coverage.py's tracer counts a
-#: branch for it (the code's exit, a ``with`` left or caught later, a ``finally``) and some
-#: where it does not (an ``except`` that does not match, a generator closed at a ``yield``).
-RAISING = """\
-class Boom:
-    @property
-    def v(self):
-        raise KeyError("boom")
-
-    def __iter__(self):
-        raise KeyError("it")
-
-
-def direct(x):
-    if x.v:
-        return 1
-
-
-def no_match(x):
-    try:
-        if x.v:
-            return 1
-    except ValueError:
-        pass
-
-
-def in_finally_try(x):
-    try:
-        y = 1
-        if x.v:
-            y = 2
-    finally:
-        y = 3
-    return y
-
-
-def both(x):
-    try:
-        y = 1
-        if x.v:
-            y = 2
-    except ValueError:
-        y = 4
-    finally:
-        y = 3
-    return y
-
-
-def in_with(x, cm):
-    with cm:
-        if x.v:
-            return 1
-
-
-def with_caught(x, cm):
-    try:
-        with cm:
-            y = 1
-            if x.v:
-                y = 2
-        z = 5
-    except KeyError:
-        pass
-
-
-def in_handler(x):
-    try:
-        raise ValueError
-    except ValueError as e:
-        if x.v:
-            return 1
-
-
-def in_finally(x):
-    try:
-        pass
-    finally:
-        if x.v:
-            return 1
-
-
-def loop(x):
-    for i in x:
-        pass
-
-
-def spread(x):
-    if (x
-            .v):
-        return 1
-
-
-def gen(x):
-    if (yield):
-        return 1
-
-
-def match(x):
-    match x:
-        case 1:
-            return 1
-        case {"k": v} if v.v:
-            return 2
-"""
-
-RAISING_TESTS = """\
-import contextlib
-
-import pytest
-
-import raising as r
-
-
-def test_raising():
-    b = r.Boom()
-    for f in (r.direct, r.no_match, r.in_finally_try, r.both, r.in_handler, r.in_finally,
-              r.loop, r.spread):
-        with pytest.raises(KeyError):
-            f(b)
-    with pytest.raises(KeyError):
-        r.in_with(b, contextlib.nullcontext())
-    r.with_caught(b, contextlib.nullcontext())
-    with pytest.raises(KeyError):
-        r.match({"k": b})
-    g = r.gen(b)
-    next(g)
-    g.close()
-    g = r.gen(b)
-    next(g)
-    with pytest.raises(KeyError):
-        g.throw(KeyError)
-
-
-def test_late():
-    with pytest.raises(KeyError):
-        import late
-    with pytest.raises(KeyError):
-        import toplevel
-"""
-
-#: a class body and a module left by an exception raised on their last branch line
-LATE = "from raising import Boom\n\n\nclass Late:\n    if Boom().v:\n        pass\n"
-TOPLEVEL = "from raising import Boom\n\nif Boom().v:\n    pass\n"
-
-
-def test_exceptions_on_branch_lines_count_as_the_tracer_counts_them(
-    pytester: pytest.Pytester,
-) -> None:
-    """The branches an exception takes for coverage.py's tracer are the ones reported, and
-    no others: each of these is taken only by an exception."""
-    pytester.makepyfile(raising=RAISING, late=LATE, toplevel=TOPLEVEL, test_raising=RAISING_TESTS)
-    _report_equals_the_tracers(pytester)
-    executed = report_view(pytester.path / ".coverage", pytester.path)
-    raising = next(v for k, v in executed.items() if k.endswith("raising.py"))
-    taken = {tuple(b) for b in raising["executed_branches"]}
-    # the code's exit, a finally, a with left and one caught in the same code, an except
-    # body and a finally body, a loop, a condition over two lines, a case's guard
-    exits = {(11, -10), (26, 29), (47, -45), (55, 57), (66, -62), (74, -70), (79, -78)}
-    assert exits | {(84, -83), (98, -94)} <= taken
-    # an except that does not match, a generator closed at its yield
-    assert not {(17, -15), (90, -89)} & taken
-    for name, branch in (("late", [5, -4]), ("toplevel", [3, -1])):  # a class, a module
-        assert (
-            branch
-            in next(v for k, v in executed.items() if k.endswith(f"{name}.py"))["executed_branches"]
-        )
 
 
 def test_a_paused_test_records_nothing_of_its_branches(pytester: pytest.Pytester) -> None:
@@ -344,27 +167,3 @@ def test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_han
     result = pytester.runpytest_subprocess(*AUTO, "-p", "no:xdist", timeout=120)
     result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
     assert result.ret == 0, result.stdout.str()
-
-
-def test_throwing_into_a_generator_at_a_yield_in_a_branch_condition(
-    pytester: pytest.Pytester,
-) -> None:
-    """``throw()`` and ``close()`` at a ``yield`` that is a loop's condition, caught by a
-    ``with`` or run through a ``finally``: no branch of that line is taken (on 3.11 the
-    tracer sees no line there at all)."""
-    pytester.makepyfile(
-        g=(
-            "class S:\n    def __enter__(self):\n        return self\n\n"
-            "    def __exit__(self, *a):\n        return True\n\n\n"
-            "def gen_with(cm):\n    with cm:\n        while (yield):\n            pass\n"
-            "    yield 5\n\n\n"
-            "def closer(log):\n    try:\n        while (yield):\n            pass\n"
-            "    finally:\n        log.append(1)\n"
-        ),
-        test_g=(
-            "import g\n\n\ndef test_g():\n    it = g.gen_with(g.S())\n    next(it)\n"
-            "    assert it.throw(KeyError) == 5\n    log = []\n    c = g.closer(log)\n"
-            "    next(c)\n    c.close()\n    assert log == [1]\n"
-        ),
-    )
-    _report_equals_the_tracers(pytester)

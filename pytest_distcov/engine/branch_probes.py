@@ -23,16 +23,13 @@ The reports then give what coverage.py's C tracer gives (tests/test_branch_probe
 
 from __future__ import annotations
 
-import collections
-import sys
 import types
-from collections.abc import Callable
 from typing import Any
 
 from coverage import Coverage
 
-from .branches import Arc, MarkCache, MarkedModules
-from .catchers import Table, add_catchers, at_yield, bind
+from .branches import MarkCache, MarkedModules
+from .catchers import ExceptionArcs, add_catchers, bind
 from .imports import rewriter_missing
 from .marks import MarkPlan
 from .probes import Probes
@@ -61,13 +58,8 @@ class BranchProbes(MarkedModules, Probes):
     def __init__(self, cov: Coverage, cache: MarkCache | None = None) -> None:
         super().__init__(cov)
         self._init_marking(cov, cache)
-        #: (file name, arc) an exception took (see .catchers), not yet taken: a deque, which
-        #: the hook appends to and :meth:`add_more` takes from without a lock (a signal
-        #: handler or a finalizer may run the hook in the middle of either)
-        self._raised: collections.deque[tuple[str, Arc]] = collections.deque()
-        #: what the hook has appended (without contexts, an arc counts once for the run)
-        self._seen: set[tuple[str, Arc]] = set()
-        self._hook = _exception_hook(self._raised, self._seen, self._recording)
+        #: the arcs exceptions took (see .catchers), not yet taken into a phase
+        self._caught = ExceptionArcs(self._recording)
 
     def _recording(self) -> bool:
         return self._started and not self._paused
@@ -76,7 +68,7 @@ class BranchProbes(MarkedModules, Probes):
         add_catchers(marks)
 
     def bound(self, code: types.CodeType) -> types.CodeType:
-        return bind(code, self._hook)
+        return bind(code, self._caught.hook)
 
     def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:
         func.__code__ = self._probed(twin)
@@ -87,60 +79,5 @@ class BranchProbes(MarkedModules, Probes):
         return set() if arcs is None else set(arcs)
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
-        raised = self._raised
-        while True:
-            try:
-                filename, arc = raised.popleft()
-            except IndexError:
-                break
-            name = self.side.name_for(filename)
-            if name is not None:
-                named.setdefault(name, set()).add(arc)
+        self._caught.take(named, self.side.name_for)
         super().add_more(named)
-
-
-#: On 3.11 a generator thrown into (``throw()``, ``close()``) at a ``yield`` shows the
-#: tracer no line there, whatever handler the exception reaches (3.10: only where it leaves).
-_THROWN_NO_ARC = sys.version_info >= (3, 11)
-
-
-def _exception_hook(
-    raised: collections.deque[tuple[str, Arc]],
-    seen: set[tuple[str, Arc]],
-    recording: Callable[[], bool],
-) -> Callable[[Table, bool], None]:
-    """The hook a catcher's handler calls (see :mod:`.catchers`): if the exception being
-    handled was raised in the calling frame on a line of ``table``, that line's arc into
-    ``raised`` (once: ``seen``). It never raises, and takes no lock: it runs in the user's
-    code, on the way of their exception, perhaps in a signal handler that interrupted it."""
-    getframe = sys._getframe
-    exc_info = sys.exc_info
-    thrown_no_arc = _THROWN_NO_ARC
-
-    def on_exception(table: Table, exit: bool) -> None:
-        try:
-            if not recording():
-                return
-            frame = getframe(1)
-            tb = exc_info()[2]
-            while tb is not None and tb.tb_frame is not frame:
-                tb = tb.tb_next
-            if tb is None:
-                return
-            line = tb.tb_lineno
-            for raised_on, start, end in table:
-                if raised_on != line:
-                    continue
-                found = (frame.f_code.co_filename, (start, end))
-                if found in seen:
-                    continue
-                if (thrown_no_arc or (exit and end < 0)) and at_yield(
-                    frame.f_code.co_code, tb.tb_lasti
-                ):
-                    continue  # (the tracer sees no line there: no arc)
-                seen.add(found)
-                raised.append(found)
-        except Exception:  # never in the way of the user's exception
-            pass
-
-    return on_exception

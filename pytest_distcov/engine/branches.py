@@ -30,10 +30,12 @@ is measured by coverage.py's own tracer, for that file alone
 (:class:`~pytest_distcov.covapi.collector.OwnTracer`), with one ``distcov:`` note for the
 run saying how many files and why the first. So is code that is not what its source compiles
 to (from a loader other than Python's own, or a function pytest rewrote), which marking would
-replace. An exception leaving measured code is recorded as the C tracer records it: an arc
-from the line it left on to the code's exit (``PY_UNWIND``); with per-test contexts, a
-generator resumed in a later phase counts its line as run there, as the tracer's next arc
-does (``PY_RESUME``).
+replace. Where an exception raised on a branch line takes one of that line's branches for
+the C tracer (it leaves the code there, or a ``with`` or ``finally`` around it runs next),
+handlers in the marked code record that arc (:mod:`.catchers`, as on 3.10/3.11): nothing runs
+for an exception elsewhere. With per-test contexts the line an exception leaves a frame on
+counts as run in the phase, whatever the line (``PY_UNWIND``), and a generator resumed in a
+later phase counts its line as run there, as the tracer's next arc does (``PY_RESUME``).
 """
 
 from __future__ import annotations
@@ -61,6 +63,7 @@ from coverage import Coverage
 from pytest_distcov.covapi.collector import OwnTracer, missing_own_tracer
 from pytest_distcov.covapi.parser import exits_of
 
+from .catchers import ExceptionArcs, add_catchers, bind
 from .imports import ImportedCode, plain_source, rewriter_missing, tracer_setting
 from .marks import MarkPlan, Unmarkable, plan
 from .monitor import LineMonitor, monitor_available
@@ -115,15 +118,13 @@ def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
 
 
 #: Bump when what the mark cache stores changes meaning.
-_CACHE_FORMAT = 2
+_CACHE_FORMAT = 3
 #: The ending of a cache file being written.
 _TMP = ".tmp"
 #: Marked modules the cache keeps (pruned to this when it holds twice as many).
 _CACHE_KEEP = 5000
-#: The first line of each code object of a module -> its branch lines with a way out of the code.
-Exits = dict[int, frozenset[int]]
-#: A cached marked module: (first marker line, each marker's arcs, its exits, the marked code)
-Marked = tuple[int, list[tuple[Arc, ...]], Exits, types.CodeType]
+#: A cached marked module: (first marker line, each marker's arcs, the marked code)
+Marked = tuple[int, list[tuple[Arc, ...]], types.CodeType]
 
 
 class MarkCache:
@@ -166,34 +167,29 @@ class MarkCache:
             found = marshal.loads(path.read_bytes())
         except Exception:  # whatever a damaged file makes marshal raise (MemoryError too):
             return None  # a miss, so the module is marked again and its entry replaced
-        if not (isinstance(found, tuple) and len(found) == 5 and found[0] == _CACHE_FORMAT):
+        if not (isinstance(found, tuple) and len(found) == 4 and found[0] == _CACHE_FORMAT):
             return None
-        _, base, arcs, exits, code = found
+        _, base, arcs, code = found
         if not (
             type(base) is int
             and isinstance(arcs, tuple)
             and all(isinstance(a, tuple) and all(_is_arc(x) for x in a) for a in arcs)
-            and isinstance(exits, dict)
-            and all(
-                type(k) is int and type(v) is frozenset and all(type(x) is int for x in v)
-                for k, v in exits.items()
-            )
             and type(code) is types.CodeType
             and code.co_filename == filename
         ):
             return None
         with contextlib.suppress(OSError):  # used now: pruned last
             os.utime(path)
-        return base, [tuple(a) for a in arcs], exits, code
+        return base, [tuple(a) for a in arcs], code
 
     def store(self, key: str, marked: Marked) -> None:
-        base, arcs, exits, code = marked
+        base, arcs, code = marked
         target = self.directory / f"{key}.marks"
         # (as ParseCache.save writes: a name of this process's and thread's own, renamed)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}{_TMP}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), exits, code)))
+            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code)))
             os.replace(tmp, target)
         except (OSError, ValueError):  # a cache only: the next run marks the module again
             with contextlib.suppress(OSError):
@@ -260,8 +256,6 @@ class MarkedModules(ImportedCode):
             raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
         #: a code object's file name -> (first marker line, the arcs of each marker)
         self._marks: dict[str, tuple[int, list[tuple[Arc, ...]]]] = {}
-        #: (file name, first line of a code) -> its branch lines with a way out of the code
-        self._exits: dict[tuple[str, int], frozenset[int]] = {}
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
@@ -330,6 +324,11 @@ class MarkedModules(ImportedCode):
     def extend(self, marks: MarkPlan, source: str, filename: str) -> None:
         """What this engine adds to a marked module's tree before it is compiled (nothing)."""
 
+    def mark_variant(self) -> str:
+        """What the mark cache's key says of the marked code this engine compiles (the
+        engine's name; one that adds to the tree says so: :meth:`extend`)."""
+        return type(self).__name__
+
     def _check_plain(self, code: types.CodeType, *, rewritten: bool) -> None:
         """Raise :class:`Unmarkable` unless ``code`` is what its source compiles to (as pytest
         rewrites it, for ``rewritten``)."""
@@ -346,36 +345,32 @@ class MarkedModules(ImportedCode):
     def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
-        marked, base, arcs, exits = self._marked_unregistered(code, rewritten=rewritten)
-        self._register(code.co_filename, base, arcs, exits)
+        marked, base, arcs = self._marked_unregistered(code, rewritten=rewritten)
+        self._register(code.co_filename, base, arcs)
         return marked
 
-    def _register(
-        self, filename: str, base: int, arcs: list[tuple[Arc, ...]], exits: Exits
-    ) -> None:
+    def _register(self, filename: str, base: int, arcs: list[tuple[Arc, ...]]) -> None:
         """``filename``'s marks are those its code runs with, from now on."""
-        self._exits.update(((filename, first), lines) for first, lines in exits.items())
         self._marks[filename] = (base, arcs)
 
     def _marked_unregistered(
         self, code: types.CodeType, *, rewritten: bool
-    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]], Exits]:
+    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]]]:
         """:meth:`_marked`, with the markers' first line and arcs, not yet recorded as the
         file's (another thread's import may mark another file meanwhile)."""
         filename = code.co_filename
         source = _read(filename)
         cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
-        key = cache.key(filename, source, type(self).__name__) if cache is not None else ""
+        key = cache.key(filename, source, self.mark_variant()) if cache is not None else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
-            base, arcs, exits, marked = found
+            base, arcs, marked = found
         else:
             with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
                 text = importlib.util.decode_source(source)
                 marks = plan(text, filename)
                 self.extend(marks, text, filename)
                 base, arcs = marks.base, marks.arcs
-                exits = _exits_of(marks.branches, marks.continued)
                 if rewritten:
                     marked = self.pytest_rewritten(marks.tree, source, filename)
                 else:
@@ -386,8 +381,8 @@ class MarkedModules(ImportedCode):
         if known is not None and known != (base, arcs):
             raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
-            cache.store(key, (base, arcs, exits, marked))
-        return marked, base, arcs, exits
+            cache.store(key, (base, arcs, marked))
+        return marked, base, arcs
 
     def adopt_loaded(self) -> None:
         """The functions of measured modules imported before the engine started run their
@@ -421,7 +416,7 @@ class MarkedModules(ImportedCode):
             module = compile(_read(filename), filename, "exec", dont_inherit=True)
         # (registered only once every function has its twin: else coverage.py's tracer
         # measures the file, and must never see a marker)
-        marked, base, arcs, exits = self._marked_unregistered(module, rewritten=False)
+        marked, base, arcs = self._marked_unregistered(module, rewritten=False)
         plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
@@ -433,7 +428,7 @@ class MarkedModules(ImportedCode):
             if found != code:
                 raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
-        self._register(filename, base, arcs, exits)
+        self._register(filename, base, arcs)
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -525,55 +520,64 @@ class BranchMonitor(MarkedModules, LineMonitor):
     ) -> None:
         super().__init__(cov, journal)
         self._init_marking(cov, cache)
-        #: a measured code object's id -> its lines in ``_exits`` (met by the unwind callback)
-        self._candidates: dict[int, frozenset[int]] = {}
-        self._on_unwind = _unwind_callback(
-            self._codes, self._exits, self._candidates, self._current
-        )
-        self._on_resume: Callable[[types.CodeType, int], Any] | None = None
-        self._on_throw: Callable[[types.CodeType, int, BaseException], None] | None = None
+        #: Without contexts, an exception raised on a branch line is recorded by handlers in
+        #: the marked code (catchers, as on 3.10/3.11: :mod:`.catchers`), not by a global
+        #: PY_UNWIND callback that every exception leaving any frame would call.
+        self._caught = None if contexts else ExceptionArcs(self._recording)
+        #: this engine's own callbacks, by event (with contexts only)
+        self._extra: dict[int, Callable[..., Any]] = {}
         if contexts:
+            events = sys.monitoring.events  # type: ignore[attr-defined]
             # Per phase, the line an exception leaves a frame on counts as run in that phase
-            # (the C tracer's arc starts there), branch line or not: every line is recorded.
-            self._on_unwind = _frame_line_callback(
+            # (the C tracer's arc to the code's exit starts there, and where that line is a
+            # branch line whose other way leaves the code too, the reports count that way as
+            # taken): every line is recorded. PY_UNWIND can only be a global event: its
+            # callback looks at measured code only.
+            self._extra[events.PY_UNWIND] = _frame_line_callback(
                 self._codes, self._marks, self._current, exit_arc=True
             )
             # A generator resumed in a later phase (a fixture's teardown), or thrown into
             # (``throw()``, ``close()``): the C tracer's next arc starts at the line it was
             # suspended on, which so counts as run in that phase.
-            self._events |= sys.monitoring.events.PY_RESUME  # type: ignore[attr-defined]
-            self._on_resume = _resume_callback(self._marks, self._current)
-            self._on_throw = _frame_line_callback(
+            self._events |= events.PY_RESUME
+            self._extra[events.PY_RESUME] = _resume_callback(self._marks, self._current)
+            self._extra[events.PY_THROW] = _frame_line_callback(
                 self._codes, self._marks, self._current, exit_arc=False
             )
 
     # -- what a phase records --------------------------------------------------------------
 
+    def _recording(self) -> bool:
+        return self._started and not self._paused
+
+    def extend(self, marks: MarkPlan, source: str, filename: str) -> None:
+        if self._caught is not None:
+            add_catchers(marks)
+
+    def mark_variant(self) -> str:
+        return type(self).__name__ + ("" if self._caught is None else "+catchers")
+
+    def bound(self, code: types.CodeType) -> types.CodeType:
+        return code if self._caught is None else bind(code, self._caught.hook)
+
+    def add_more(self, named: dict[str, set[Any]]) -> None:
+        if self._caught is not None:
+            self._caught.take(named, self.side.name_for)
+        super().add_more(named)
+
     def start(self) -> None:
         super().start()
-        if self._started:
-            # An exception leaving measured code: the C tracer records an arc from the line it
-            # left on to the code's exit, and where that line is a branch line whose other way
-            # leaves the code too, the reports count that way as taken. PY_UNWIND can only be
-            # a global event: its callback looks at measured code only.
+        if self._started and self._extra:
             monitoring = sys.monitoring  # type: ignore[attr-defined]
             events = monitoring.events
             self._callbacks(live=True)
-            throw = events.PY_THROW if self._on_throw is not None else 0
-            monitoring.set_events(self.tool, events.PY_UNWIND | throw)
+            monitoring.set_events(self.tool, events.PY_UNWIND | events.PY_THROW)
 
     def _callbacks(self, *, live: bool) -> None:
         """This engine's own callbacks (besides the line monitor's) registered, or not."""
-        monitoring = sys.monitoring  # type: ignore[attr-defined]
-        events = monitoring.events
-        monitoring.register_callback(self.tool, events.PY_UNWIND, self._on_unwind if live else None)
-        if self._on_resume is not None:
-            monitoring.register_callback(
-                self.tool, events.PY_RESUME, self._on_resume if live else None
-            )
-        if self._on_throw is not None:
-            monitoring.register_callback(
-                self.tool, events.PY_THROW, self._on_throw if live else None
+        for event, callback in self._extra.items():
+            sys.monitoring.register_callback(  # type: ignore[attr-defined]
+                self.tool, event, callback if live else None
             )
 
     def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
@@ -581,7 +585,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
         if arcs is None:  # pragma: no cover - only marked code has events
             return set()
         for line in lines:
-            if line < 0:  # left by an exception (see start)
+            if line < 0:  # left by an exception (with contexts: see __init__)
                 arcs.add((-line, -code.co_firstlineno))
         return arcs
 
@@ -607,66 +611,8 @@ class BranchMonitor(MarkedModules, LineMonitor):
                 monitoring = sys.monitoring  # type: ignore[attr-defined]
                 monitoring.set_events(self.tool, 0)
                 self._callbacks(live=False)
-            self._candidates.clear()
         finally:
             super().stop()
-
-
-def _unwind_callback(
-    codes: dict[int, types.CodeType],
-    exits: dict[tuple[str, int], frozenset[int]],
-    candidates: dict[int, frozenset[int]],
-    current: dict[int, set[int]],
-) -> Callable[[types.CodeType, int, BaseException], None]:
-    """The PY_UNWIND callback: an exception leaving measured code is recorded as the C tracer
-    records it, an arc from the last line the frame ran to the code's exit (kept as that
-    line, negated, among the phase's lines: see :meth:`BranchMonitor.recorded`). It is called
-    for every frame an exception leaves, measured or not: as little as can be.
-
-    Only the arcs the reports can count are recorded: those from a branch line one of whose
-    ways leaves the code (``exits``, by the code's file and first line). Code with none
-    returns after two dictionary lookups (``candidates`` remembers each measured code's; the
-    engine empties it when it stops, with ``codes``, which keeps those ids from being reused).
-
-    The tracer's "last line" is the last line the frame ran: through a handler (a
-    generator's, a finally, a with, a bare raise) the unwinding instruction has no line of its
-    own, and the frame's current line is that last line."""
-    getframe = sys._getframe
-    nothing: frozenset[int] = frozenset()
-
-    def on_unwind(code: types.CodeType, offset: int, exception: BaseException) -> None:
-        lines = candidates.get(id(code))
-        if lines is None:
-            if id(code) not in codes:
-                return
-            lines = exits.get((code.co_filename, code.co_firstlineno), nothing)
-            candidates[id(code)] = lines
-        if not lines:
-            return
-        frame = getframe(1)
-        if frame.f_code is not code:
-            return
-        line = frame.f_lineno
-        if line in lines:
-            try:
-                current[id(code)].add(-line)
-            except KeyError:
-                current[id(code)] = {-line}
-
-    return on_unwind
-
-
-def _exits_of(branches: dict[int, frozenset[int]], continued: dict[int, tuple[int, ...]]) -> Exits:
-    """Each code's branch lines with a way out of the code (coverage.py's parser numbers the
-    exit of the code starting on line F as -F), with every line of a branch statement written
-    over several (the report counts the tracer's arc from any of them as from the first):
-    where an exception leaves the code on such a line, that way counts as taken."""
-    exits: dict[int, set[int]] = {}
-    for line, destinations in branches.items():
-        for to in destinations:
-            if to < 0:
-                exits.setdefault(-to, set()).update((line, *continued.get(line, ())))
-    return {first: frozenset(lines) for first, lines in exits.items()}
 
 
 def _frame_line_callback(

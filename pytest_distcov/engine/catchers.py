@@ -1,4 +1,4 @@
-"""Exception arcs of marked code without ``sys.monitoring`` (Python 3.10 and 3.11).
+"""Exception arcs of marked code: handlers in the code, not a callback for every exception.
 
 coverage.py's C tracer records an arc from the last line a frame ran to the next line event
 it sees. When an exception is raised on a branch line ``R`` (its condition, a loop's
@@ -17,8 +17,10 @@ innermost handler around ``R`` that has lines of its own, or the code's exit:
 Where that arc is one of ``R``'s branches (coverage.py's parser lists the way out of ``R``
 that goes there too), the report counts that branch as taken; the markers never see it
 (:mod:`.marks`: a marker fires when a way out starts, and the exception takes none). Before
-Python 3.12 nothing tells an engine without a trace function where an exception went, so
-each such handler's protected body is wrapped, in the marked tree, in a ``try`` with a bare
+Python 3.12 nothing tells an engine without a trace function where an exception went; from
+3.12 ``PY_UNWIND`` does, but only as a global event, whose callback every exception leaving
+any frame calls (millions of times in a suite that parses with exceptions). So each such
+handler's protected body is wrapped, in the marked tree, in a ``try`` with a bare
 ``except`` that calls a hook and raises again (on lines of their own past the file's end,
 as the markers' are):
 
@@ -39,23 +41,25 @@ no arc): its first line then starts a line, where probes are, in the copy an exc
 too, and no marker is the last statement of that copy (see :func:`add_catchers`).
 
 A wrapper is added only where a table is not empty; it costs nothing while no exception
-passes (Python 3.11 has zero-cost ``try``; 3.10 one instruction at the start and end of the
-body) and a call of the hook for each exception that does.
+passes (Python 3.11+ has zero-cost ``try``; 3.10 one instruction at the start and end of the
+body) and a call of the hook for each exception that does. Both marker engines use them: the
+probes' (3.10, 3.11) and, without per-test contexts, the line events' (3.12+).
 """
 
 from __future__ import annotations
 
 import ast
+import collections
 import dis
 import sys
 import types
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, TypeVar
 
 from .marks import MarkPlan, Unmarkable
 
-__all__ = ["HOOK", "SWALLOW", "Table", "add_catchers", "at_yield", "bind"]
+__all__ = ["HOOK", "SWALLOW", "ExceptionArcs", "Table", "add_catchers", "at_yield", "bind"]
 
 Arc = tuple[int, int]
 #: (line an exception may be raised on, the branch line it belongs to, the arc's end)
@@ -293,7 +297,92 @@ def at_yield(code: bytes, lasti: int) -> bool:
     if lasti < 0 or lasti >= len(code):
         return False
     if sys.version_info >= (3, 11):
+        if code[lasti] == _RESUME:  # (3.13+: the instruction after the yield)
+            return lasti >= 2 and code[lasti - 2] == _YIELD_VALUE
         return len(code) != lasti + 2 and code[lasti + 2] == _RESUME
     if code[lasti] == _YIELD_VALUE:
         return True
     return len(code) > lasti + 2 and code[lasti + 2] == _YIELD_FROM
+
+
+#: Where an exception thrown into a generator (``throw()``, ``close()``) at a ``yield`` shows
+#: coverage.py's tracer no line there, so that no arc is recorded for it: on 3.11 whatever
+#: handler the exception reaches ("all"); on 3.10, 3.12 and 3.13 only where it leaves the
+#: code ("exit"); from 3.14 never ("none"), the tracer records that arc as any other.
+AT_YIELD = (
+    "exit"
+    if sys.version_info < (3, 11)
+    else "all"
+    if sys.version_info < (3, 12)
+    else "exit"
+    if sys.version_info < (3, 14)
+    else "none"
+)
+
+
+class ExceptionArcs:
+    """The arcs the catchers' hook found an exception took (see the module's docstring),
+    kept for the engine's next phase: a deque the hook appends to and :meth:`take` takes
+    from, without a lock (a signal handler or a finalizer may run the hook in the middle of
+    either). Without contexts an arc counts once for the run (``seen``)."""
+
+    def __init__(self, recording: Callable[[], bool], at_yield_rule: str = AT_YIELD) -> None:
+        self._raised: collections.deque[tuple[str, Arc]] = collections.deque()
+        self._seen: set[tuple[str, Arc]] = set()
+        self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule)
+
+    def take(self, named: dict[str, set[Any]], name_for: Callable[[str], str | None]) -> None:
+        """Add the arcs found since the last call to ``named``, by measured file name."""
+        raised = self._raised
+        while True:
+            try:
+                filename, arc = raised.popleft()
+            except IndexError:
+                break
+            name = name_for(filename)
+            if name is not None:
+                named.setdefault(name, set()).add(arc)
+
+
+def _exception_hook(
+    raised: collections.deque[tuple[str, Arc]],
+    seen: set[tuple[str, Arc]],
+    recording: Callable[[], bool],
+    at_yield_rule: str,
+) -> Callable[[Table, bool], None]:
+    """The hook a catcher's handler calls: if the exception being handled was raised in the
+    calling frame on a line of ``table``, that line's arc into ``raised`` (once: ``seen``).
+    It never raises, and takes no lock: it runs in the user's code, on the way of their
+    exception, perhaps in a signal handler that interrupted it."""
+    getframe = sys._getframe
+    exc_info = sys.exc_info
+    every_yield = at_yield_rule == "all"
+    exit_yield = at_yield_rule == "exit"
+
+    def on_exception(table: Table, exit: bool) -> None:
+        try:
+            if not recording():
+                return
+            frame = getframe(1)
+            tb = exc_info()[2]
+            while tb is not None and tb.tb_frame is not frame:
+                tb = tb.tb_next
+            if tb is None:
+                return
+            line = tb.tb_lineno
+            for raised_on, start, end in table:
+                if raised_on != line:
+                    continue
+                found = (frame.f_code.co_filename, (start, end))
+                if found in seen:
+                    continue
+                if (every_yield or (exit_yield and exit and end < 0)) and at_yield(
+                    frame.f_code.co_code, tb.tb_lasti
+                ):
+                    continue  # (the tracer sees no line there: no arc)
+                seen.add(found)
+                raised.append(found)
+        except Exception:  # never in the way of the user's exception
+            pass
+
+    return on_exception
