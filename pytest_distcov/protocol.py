@@ -26,6 +26,7 @@ merged.
 
 from __future__ import annotations
 
+import reprlib
 import sys
 from array import array
 from collections.abc import Callable
@@ -167,14 +168,41 @@ _QUOTE = 60
 _QUOTE_NAME = 300
 
 
+class _Short(reprlib.Repr):
+    """``repr`` bounded everywhere: at most ``limit`` characters of a string or bytes, a few
+    items of a list, a few levels of lists in lists, no huge integer written out. Control
+    characters are escaped (each piece is the builtin ``repr`` of a short slice)."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__()
+        self.maxlevel = 4
+        self.maxlist = self.maxtuple = self.maxset = self.maxfrozenset = 8
+        self.maxdict = 4
+        self.maxstring = self.maxother = limit
+
+    def repr_bytes(self, value: bytes, level: int) -> str:
+        more = "..." if len(value) > self.maxstring else ""
+        return repr(value[: self.maxstring]) + more
+
+    repr_bytearray = repr_bytes
+
+    def repr_int(self, value: int, level: int) -> str:
+        if value.bit_length() > 128:
+            return f"<an integer of {value.bit_length()} bits>"
+        return repr(value)
+
+
+_SHORT = {_QUOTE: _Short(_QUOTE), _QUOTE_NAME: _Short(_QUOTE_NAME)}
+
+
 def _quote(value: Any, limit: int = _QUOTE) -> str:
-    """A value as a refusal names it: its ``repr`` (which escapes control characters), cut."""
-    cut = type(value) in (bytes, bytearray, str, list, tuple) and len(value) > limit
+    """A value as a refusal names it: a bounded ``repr`` (:class:`_Short`), cut to ``limit``.
+    It never builds the ``repr`` of a whole large value, nested or not."""
     try:
-        text = repr(value[:limit] if cut else value)  # (never the repr of a huge value)
-    except RecursionError:  # lists in lists, thousands deep
-        return f"a {type(value).__name__} nested too deep to show"
-    return text if len(text) <= limit and not cut else text[: limit - 3] + "..."
+        text = _SHORT.get(limit, _SHORT[_QUOTE]).repr(value)
+    except Exception:  # (whatever a value of a type not foreseen here does)
+        return f"a {type(value).__name__} that cannot be shown"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _name(value: Any) -> str:

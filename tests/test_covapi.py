@@ -521,3 +521,23 @@ def test_undoing_the_subprocess_patch_leaves_a_value_set_since(
     os.environ[PROCESS_CONFIG] = "theirs"
     undo()
     assert os.environ[PROCESS_CONFIG] == "theirs"
+
+
+def test_a_process_start_up_that_reads_another_variable_is_a_missing_capability(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The variable's name is checked in coverage.py's own start-up code: a coverage.py that
+    reads its configuration from another variable makes the start check name it (such a run
+    keeps coverage.py's tracer, which patches by itself)."""
+    import coverage.control
+
+    from pytest_distcov.covapi.subprocesses import PROCESS_CONFIG, missing
+
+    cov = Coverage(data_file=None)
+    assert missing(cov) == []
+
+    def process_startup() -> None:
+        os.getenv("COVERAGE_PROCESS_SETTINGS")
+
+    monkeypatch.setattr(coverage.control, "process_startup", process_startup)
+    assert missing(cov) == [PROCESS_CONFIG]

@@ -257,8 +257,14 @@ def test_a_refusal_quotes_a_value_short_and_escaped() -> None:
     deep: list[Any] = []
     for _ in range(100_000):
         deep = [deep]
-    with pytest.raises(ProtocolError, match="nested too deep to show"):
+    with pytest.raises(ProtocolError, match=r"\[\[\[\[\.\.\.\]\]\]\]"):
         decode(_with(lines={"/a.py": deep}))
+    # lists of large lists, bytes and integers: quoted short, never written out whole
+    wide = [[*range(10**5)]] * 50  # (one list, 50 times)
+    for value in (wide, [b"\x00" * 10**7] * 3, [10 ** (10**5)], {"k": wide}):
+        with pytest.raises(ProtocolError) as info:
+            decode(_with(lines={"/a.py": value}))
+        assert len(str(info.value)) < 200, str(info.value)
 
 
 # -- printable: one line of text, whatever a name holds -----------------------------------------

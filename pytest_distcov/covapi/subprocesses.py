@@ -15,8 +15,10 @@ is not there, such a run is measured by coverage.py's tracer, which patches by i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+import types
+from collections.abc import Callable, Iterator
 
+import coverage.control
 from coverage import Coverage
 
 __all__ = ["PROCESS_CONFIG", "SUBPROCESS_NEEDS", "measure_subprocesses", "missing"]
@@ -28,12 +30,25 @@ SUBPROCESS_NEEDS = ("Coverage.config.serialize", PROCESS_CONFIG)
 
 
 def missing(cov: Coverage) -> list[str]:
-    """What of :data:`SUBPROCESS_NEEDS` this Coverage lacks."""
+    """What of :data:`SUBPROCESS_NEEDS` this Coverage lacks: ``serialize``, and the variable's
+    name among the strings of coverage.py's process start-up (``process_startup``)."""
+    gone = []
     config = getattr(cov, "config", None)
     serialize = getattr(config, "serialize", None)
     if not callable(serialize):
-        return ["Coverage.config.serialize"]
-    return []
+        gone.append("Coverage.config.serialize")
+    startup = getattr(getattr(coverage.control, "process_startup", None), "__code__", None)
+    if not isinstance(startup, types.CodeType) or PROCESS_CONFIG not in set(_strings(startup)):
+        gone.append(PROCESS_CONFIG)
+    return gone
+
+
+def _strings(code: types.CodeType) -> Iterator[str]:
+    for const in code.co_consts:
+        if isinstance(const, types.CodeType):
+            yield from _strings(const)
+        elif isinstance(const, str):
+            yield const
 
 
 def measure_subprocesses(cov: Coverage) -> Callable[[], None]:
