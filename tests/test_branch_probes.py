@@ -25,12 +25,14 @@ from .helpers import assert_same_report, report_view, run_pytest
 # this engine's here: see _probe_header).
 from .test_branches import (  # noqa: F401 - collected by pytest from this module too
     test_a_file_that_cannot_be_marked_is_measured_by_coverage_py,
+    test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_hang,
     test_code_that_is_not_its_source_is_left_to_coverage_py,
     test_coverage_engine_and_a_core_keep_the_tracer,
     test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them,
     test_exceptions_on_branch_lines_count_as_the_tracer_counts_them,
     test_functions_imported_before_measuring_run_marked_code,
     test_marked_modules_are_kept_for_the_next_run,
+    test_the_recursion_limit_reached_in_marked_code_raises_the_users_error_alone,
     test_throwing_into_a_generator_at_a_yield_in_a_branch_condition,
     test_tricky_code_reports_as_coverage_run_does,
 )
@@ -115,55 +117,3 @@ def test_marking_a_module_shows_no_deprecation_warning(pytester: pytest.Pytester
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])
-
-
-def test_the_recursion_limit_reached_in_marked_code_raises_the_users_error_alone(
-    pytester: pytest.Pytester,
-) -> None:
-    """At the recursion limit the catcher's call of its hook fails too: that error is
-    swallowed, and the user's RecursionError goes on unchained, its traceback's lines all in
-    the file (not a catcher's, past its end)."""
-    pytester.makepyfile(
-        rec="def rec(n):\n    if n > 0:\n        return rec(n + 1)\n",
-        test_rec=(
-            "import traceback\n\nimport rec\n\n\ndef test_rec():\n"
-            "    try:\n        rec.rec(1)\n    except RecursionError as e:\n"
-            "        error = e\n"
-            "    assert error.__context__ is None\n"
-            "    lines = {f.lineno for f in traceback.extract_tb(error.__traceback__)"
-            " if f.filename.endswith('/rec.py')}\n"
-            "    assert lines and max(lines) <= 3, lines\n"
-        ),
-    )
-    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
-    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
-    assert result.ret == 0, result.stdout.str()
-
-
-def test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_hang(
-    pytester: pytest.Pytester,
-) -> None:
-    """A signal handler that runs marked code which raises through a catcher, while the
-    hook is already running in the same thread: the hook takes no lock, so this ends."""
-    pytester.makepyfile(
-        m=(
-            "class B:\n    @property\n    def v(self):\n        raise KeyError\n\n\n"
-            "def f(x):\n    if x.v:\n        return 1\n\n\n"
-            "def handler(signum, frame):\n    try:\n        f(B())\n    except KeyError:\n"
-            "        pass\n"
-        ),
-        test_d=(
-            "import signal, time\n\nimport m\n\n\ndef test_d():\n"
-            "    signal.signal(signal.SIGALRM, m.handler)\n"
-            "    signal.setitimer(signal.ITIMER_REAL, 2e-4, 2e-4)\n"
-            "    try:\n        end = time.time() + 2\n        b = m.B()\n"
-            "        while time.time() < end:\n            try:\n                m.f(b)\n"
-            "            except KeyError:\n                pass\n"
-            "    finally:\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
-        ),
-    )
-    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
-    result = pytester.runpytest_subprocess(*AUTO, "-p", "no:xdist", timeout=120)
-    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
-    assert result.ret == 0, result.stdout.str()

@@ -521,7 +521,7 @@ def test_exceptions_leaving_branch_lines_count_as_the_tracer_counts_them(
 ) -> None:
     """coverage.py's C tracer records an arc from the line an exception leaves a function on
     to the function's exit; where that line's other way leaves the function too, its report
-    counts that way as taken. The markers do the same (PY_UNWIND)."""
+    counts that way as taken. The markers do the same (catchers; with contexts, PY_UNWIND)."""
     pytester.makepyfile(
         mod=(
             "def check(x):\n    if x.value > 0:\n        return True\n\n\n"
@@ -836,3 +836,62 @@ def test_throwing_into_a_generator_at_a_yield_in_a_branch_condition(
         ),
     )
     _report_equals_the_tracers(pytester)
+
+
+def test_the_recursion_limit_reached_in_marked_code_raises_the_users_error_alone(
+    pytester: pytest.Pytester,
+) -> None:
+    """At the recursion limit the catcher's call of its hook fails too: that error is
+    swallowed, and the user's RecursionError goes on, its traceback's lines all in the file
+    (not a catcher's, past its end). Before 3.12 unchained. On 3.12+ the first time that
+    error is swallowed is a line event, whose callback cannot be called at the limit (as for
+    any line first run there, under any sys.monitoring tool: README): the user's error comes
+    back as the context of that one."""
+    pytester.makepyfile(
+        rec="def rec(n):\n    if n > 0:\n        return rec(n + 1)\n",
+        test_rec=(
+            "import sys\nimport traceback\n\nimport rec\n\n\ndef test_rec():\n"
+            "    try:\n        rec.rec(None)\n    except TypeError:\n        pass\n"
+            "    try:\n        rec.rec(1)\n    except RecursionError as e:\n"
+            "        error = e\n"
+            "    if sys.version_info >= (3, 12) and error.__context__ is not None:\n"
+            "        assert type(error.__context__) is RecursionError\n"
+            "        error = error.__context__\n"
+            "    assert error.__context__ is None\n"
+            "    lines = {f.lineno for f in traceback.extract_tb(error.__traceback__)"
+            " if f.filename.endswith('/rec.py')}\n"
+            "    assert lines and max(lines) <= 3, lines\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    result = run_pytest(pytester, *AUTO, "-p", "no:xdist")
+    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
+    assert result.ret == 0, result.stdout.str()
+
+
+def test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_hang(
+    pytester: pytest.Pytester,
+) -> None:
+    """A signal handler that runs marked code which raises through a catcher, while the
+    hook is already running in the same thread: the hook takes no lock, so this ends."""
+    pytester.makepyfile(
+        m=(
+            "class B:\n    @property\n    def v(self):\n        raise KeyError\n\n\n"
+            "def f(x):\n    if x.v:\n        return 1\n\n\n"
+            "def handler(signum, frame):\n    try:\n        f(B())\n    except KeyError:\n"
+            "        pass\n"
+        ),
+        test_d=(
+            "import signal, time\n\nimport m\n\n\ndef test_d():\n"
+            "    signal.signal(signal.SIGALRM, m.handler)\n"
+            "    signal.setitimer(signal.ITIMER_REAL, 2e-4, 2e-4)\n"
+            "    try:\n        end = time.time() + 2\n        b = m.B()\n"
+            "        while time.time() < end:\n            try:\n                m.f(b)\n"
+            "            except KeyError:\n                pass\n"
+            "    finally:\n        signal.setitimer(signal.ITIMER_REAL, 0)\n"
+        ),
+    )
+    pytester.makeini("[pytest]\naddopts = -p no:randomly -p no:cacheprovider\n")
+    result = pytester.runpytest_subprocess(*AUTO, "-p", "no:xdist", timeout=120)
+    result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
+    assert result.ret == 0, result.stdout.str()

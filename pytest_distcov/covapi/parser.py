@@ -157,16 +157,15 @@ def parse_file(
     return parser
 
 
-#: What :func:`exits_of` finds: each line's exits, each line's exit count, each multi-line
-#: statement's other lines by its first line, and the source's AST (or None).
-Exits = tuple[dict[int, set[int]], dict[int, int], dict[int, list[int]], ast.Module | None]
+#: What :func:`exits_of` finds: each line's exits, each line's exit count, and the source's
+#: AST (or None).
+Exits = tuple[dict[int, set[int]], dict[int, int], ast.Module | None]
 
 
 def exits_of(text: str, filename: str) -> Exits:
     """The exits coverage.py's parser finds for each line of the Python source ``text``
     (the destinations of its possible arcs, by the line they leave; lines as the report
-    numbers them), its exit counts (a line with more than one is a branch line), the lines
-    of each statement written over several (the report numbers them by the first), and the
+    numbers them), its exit counts (a line with more than one is a branch line), and the
     AST the parser made of ``text``, which the caller may change once this returns (None if
     the parser keeps it no more where it did: ``PythonParser._ast_root``, read before the arc
     analysis, which only reads it, drops it)."""
@@ -177,12 +176,7 @@ def exits_of(text: str, filename: str) -> Exits:
     for first, second in parser.arcs():
         if first > 0:
             exits.setdefault(first, set()).add(second)
-    continued: dict[int, list[int]] = {}
-    for line in range(1, text.count("\n") + 2):
-        first = parser.first_line(line)
-        if first != line:
-            continued.setdefault(first, []).append(line)
-    return exits, parser.exit_counts(), continued, tree if type(tree) is ast.Module else None
+    return exits, parser.exit_counts(), tree if type(tree) is ast.Module else None
 
 
 class ParseKeeper(Protocol):

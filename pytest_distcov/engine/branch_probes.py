@@ -61,9 +61,6 @@ class BranchProbes(MarkedModules, Probes):
         #: the arcs exceptions took (see .catchers), not yet taken into a phase
         self._caught = ExceptionArcs(self._recording)
 
-    def _recording(self) -> bool:
-        return self._started and not self._paused
-
     def extend(self, marks: MarkPlan, source: str, filename: str) -> None:
         add_catchers(marks)
 

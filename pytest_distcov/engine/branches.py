@@ -151,7 +151,7 @@ class MarkCache:
             _marking_code(),
             coverage.__version__,
             sys.version,
-            engine,  # (the probe engine's marked code has catchers: see .branch_probes)
+            engine,  # (the marked code of an engine with catchers differs: see .catchers)
             filename,
         )
         for part in parts:
@@ -223,7 +223,7 @@ def _marking_code() -> str:
     door): a change to it, released or not, is never served an older one's marks from the
     cache."""
     h = hashlib.sha256()
-    catchers = Path(__file__).with_name("catchers.py")  # (the probe engine's additions)
+    catchers = Path(__file__).with_name("catchers.py")  # (what engines add: .catchers)
     parser = exits_of.__code__.co_filename
     for module in (__file__, plan.__code__.co_filename, parser, str(catchers)):
         try:
@@ -260,6 +260,10 @@ class MarkedModules(ImportedCode):
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
         self._tap: TracerTap | None = None
+
+    def _recording(self) -> bool:
+        """Whether an exception's arc counts now (the catchers' hook asks)."""
+        return self._started and not self._paused
 
     def arcs_of(self, filename: str, lines: Collection[int]) -> set[Arc] | None:
         """The arcs ``lines`` of marked ``filename`` stand for: a line ``L`` as ``(-1, L)``
@@ -546,9 +550,6 @@ class BranchMonitor(MarkedModules, LineMonitor):
             )
 
     # -- what a phase records --------------------------------------------------------------
-
-    def _recording(self) -> bool:
-        return self._started and not self._paused
 
     def extend(self, marks: MarkPlan, source: str, filename: str) -> None:
         if self._caught is not None:

@@ -66,10 +66,13 @@ Arc = tuple[int, int]
 Table = tuple[tuple[int, int, int], ...]
 #: The constant the marked tree calls, replaced by the engine's hook after compiling.
 HOOK = "\x00pytest-distcov: exception arcs\x00"
-#: The constant a handler catches around its call of the hook, replaced by ``Exception``: at
-#: the recursion limit (or out of memory) the call itself raises, and the user's exception
+#: The constant a handler catches around its call of the hook, replaced by :data:`HOOK_ERRORS`:
+#: at the recursion limit (or out of memory) the call itself raises, and the user's exception
 #: must go on unchanged, not chained to that one.
 SWALLOW = "\x00pytest-distcov: the hook's own error\x00"
+#: What calling the hook can raise by itself. Nothing else is caught: an exception a signal
+#: handler (a timeout) raises while the hook runs goes on as it would in unmarked code.
+HOOK_ERRORS = (RecursionError, MemoryError)
 
 _N = TypeVar("_N", bound=ast.AST)
 
@@ -256,16 +259,30 @@ def _wrap(marks: MarkPlan, catch: _Catch) -> None:
             keywords=[],
         )
     )
-    ignored = at(ast.Constant(SWALLOW))
-    swallow = at(ast.ExceptHandler(type=ignored, name=None, body=[at(ast.Pass())]))
+    # On 3.12+ the handler that swallows the hook's own error has no line: line events start
+    # at an exception handler, and that one runs only where calling the hook failed, at the
+    # recursion limit, where a line event's callback cannot be called either (its error would
+    # go on, the user's as its context). (The ``raise`` after it has the catcher's line: the
+    # compiler gives that way a copy of its own, whose line event is then the first; see the
+    # README on the recursion limit.)
+    hidden = at if sys.version_info < (3, 12) else _nowhere
+    ignored = hidden(ast.Constant(SWALLOW))
+    swallow = hidden(ast.ExceptHandler(type=ignored, name=None, body=[hidden(ast.Pass())]))
     guarded = at(ast.Try(body=[at(ast.Expr(call))], handlers=[swallow], orelse=[], finalbody=[]))
     again = [guarded, at(ast.Raise())]
     handler = at(ast.ExceptHandler(type=None, name=None, body=again))
     catch.body[catch.keep :] = [at(ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[]))]
 
 
+def _nowhere(node: _N) -> _N:
+    """``node`` with no location: its code has no line number (3.12+)."""
+    node.lineno = node.end_lineno = -1  # type: ignore[attr-defined]
+    node.col_offset = node.end_col_offset = -1  # type: ignore[attr-defined]
+    return node
+
+
 def bind(code: types.CodeType, hook: Callable[[Table, bool], None]) -> types.CodeType:
-    """``code`` with :data:`HOOK` replaced by ``hook`` (and :data:`SWALLOW` by ``Exception``)
+    """``code`` with :data:`HOOK` replaced by ``hook`` (and :data:`SWALLOW` by :data:`HOOK_ERRORS`)
     in it and all the code nested in it."""
     consts = code.co_consts
     new: list[object] | None = None
@@ -275,7 +292,7 @@ def bind(code: types.CodeType, hook: Callable[[Table, bool], None]) -> types.Cod
         elif type(const) is str and const == HOOK:
             replaced = hook
         elif type(const) is str and const == SWALLOW:
-            replaced = Exception
+            replaced = HOOK_ERRORS
         else:
             continue
         if replaced is not const:
@@ -352,8 +369,11 @@ def _exception_hook(
 ) -> Callable[[Table, bool], None]:
     """The hook a catcher's handler calls: if the exception being handled was raised in the
     calling frame on a line of ``table``, that line's arc into ``raised`` (once: ``seen``).
-    It never raises, and takes no lock: it runs in the user's code, on the way of their
-    exception, perhaps in a signal handler that interrupted it."""
+    It raises nothing of its own (:data:`HOOK_ERRORS` at most) and takes no lock: it runs in
+    the user's code, on the way of their exception, perhaps in a signal handler that
+    interrupted it. What a signal handler raises while it runs goes on (a timeout must not be
+    lost); an arc is appended before it counts as seen, so that such an interruption loses
+    none (at worst one is appended twice)."""
     getframe = sys._getframe
     exc_info = sys.exc_info
     every_yield = at_yield_rule == "all"
@@ -380,9 +400,9 @@ def _exception_hook(
                     frame.f_code.co_code, tb.tb_lasti
                 ):
                     continue  # (the tracer sees no line there: no arc)
-                seen.add(found)
                 raised.append(found)
-        except Exception:  # never in the way of the user's exception
+                seen.add(found)
+        except HOOK_ERRORS:  # never in the way of the user's exception
             pass
 
     return on_exception

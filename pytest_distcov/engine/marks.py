@@ -44,8 +44,6 @@ class MarkPlan:
     arcs: list[tuple[Arc, ...]] = field(default_factory=list)
     #: every branch line of the file -> its possible destinations (coverage.py's parser)
     branches: dict[int, frozenset[int]] = field(default_factory=dict)
-    #: a branch line whose statement goes on over more lines -> those lines
-    continued: dict[int, tuple[int, ...]] = field(default_factory=dict)
 
     def add(self, arcs: Iterable[Arc]) -> ast.Pass:
         line = self.base + len(self.arcs)
@@ -132,16 +130,11 @@ def _through_with(arc: Arc, withs: tuple[ast.With | ast.AsyncWith, ...]) -> Arc:
 
 def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, one state
     """Mark ``source``'s branches, or raise :class:`Unmarkable` saying why."""
-    exits, counts, continued, parsed = _exits(source, filename)
+    exits, counts, parsed = _exits(source, filename)
     branches = {line: frozenset(exits.get(line, ())) for line, n in counts.items() if n > 1}
     tree = parsed if parsed is not None else ast.parse(source, filename)  # (one parse, not two)
     nlines = source.count("\n") + 1
-    marks = MarkPlan(
-        tree,
-        base=nlines + 1,
-        branches=branches,
-        continued={line: tuple(continued[line]) for line in branches if line in continued},
-    )
+    marks = MarkPlan(tree, base=nlines + 1, branches=branches)
     marked: set[int] = set()
     stacks, statements = _with_stacks(tree)
 
@@ -259,7 +252,7 @@ def _false_ways(source: str, filename: str, blank: dict[int, tuple[int, int]]) -
     for line, (start, end) in blank.items():
         text = lines[line - 1].encode()
         lines[line - 1] = (text[:start] + b"pass" + text[end:]).decode()
-    exits, _, _, _ = _exits("".join(lines), filename)
+    exits, _, _ = _exits("".join(lines), filename)
     return {line: next(iter(exits[line])) for line in blank if len(exits.get(line, ())) == 1}
 
 
