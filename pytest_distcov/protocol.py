@@ -30,7 +30,7 @@ import reprlib
 import sys
 from array import array
 from collections.abc import Callable
-from itertools import chain
+from itertools import chain, islice
 from typing import Any, Literal, TypedDict, cast
 
 from .errors import ProtocolError
@@ -185,6 +185,35 @@ class _Short(reprlib.Repr):
         return repr(value[: self.maxstring]) + more
 
     repr_bytearray = repr_bytes
+
+    # (reprlib sorts a dict's keys or a set's items before it takes the first few: in message
+    # order instead, never a sort of all of them)
+    def repr_dict(self, value: dict[Any, Any], level: int) -> str:
+        if not value:
+            return "{}"
+        if level <= 0:
+            return "{...}"
+        pieces = [
+            f"{self.repr1(key, level - 1)}: {self.repr1(item, level - 1)}"
+            for key, item in islice(value.items(), self.maxdict)
+        ]
+        if len(value) > self.maxdict:
+            pieces.append("...")
+        return "{" + ", ".join(pieces) + "}"
+
+    def repr_set(self, value: set[Any], level: int) -> str:
+        return self._items(value, level, "{", "}") if value else "set()"
+
+    def repr_frozenset(self, value: frozenset[Any], level: int) -> str:
+        return self._items(value, level, "frozenset({", "})") if value else "frozenset()"
+
+    def _items(self, value: set[Any] | frozenset[Any], level: int, left: str, right: str) -> str:
+        if level <= 0:
+            return f"{left}...{right}"
+        pieces = [self.repr1(item, level - 1) for item in islice(value, self.maxset)]
+        if len(value) > self.maxset:
+            pieces.append("...")
+        return left + ", ".join(pieces) + right
 
     def repr_int(self, value: int, level: int) -> str:
         if value.bit_length() > 128:

@@ -842,21 +842,18 @@ def test_the_recursion_limit_reached_in_marked_code_raises_the_users_error_alone
     pytester: pytest.Pytester,
 ) -> None:
     """At the recursion limit the catcher's call of its hook fails too: that error is
-    swallowed, and the user's RecursionError goes on, its traceback's lines all in the file
-    (not a catcher's, past its end). Before 3.12 unchained. On 3.12+ the first time that
-    error is swallowed is a line event, whose callback cannot be called at the limit (as for
-    any line first run there, under any sys.monitoring tool: README): the user's error comes
-    back as the context of that one."""
+    swallowed, and the user's RecursionError goes on unchained, its traceback's lines all in
+    the file (not a catcher's, past its end). (An exception first goes through the catcher at
+    a shallow depth: on 3.12+ the first one to reach it fires its line event, whose callback
+    cannot be called at the limit, as for any line first run there: README. The way that
+    swallows the hook's error has no line, so no event of its own.)"""
     pytester.makepyfile(
         rec="def rec(n):\n    if n > 0:\n        return rec(n + 1)\n",
         test_rec=(
-            "import sys\nimport traceback\n\nimport rec\n\n\ndef test_rec():\n"
+            "import traceback\n\nimport rec\n\n\ndef test_rec():\n"
             "    try:\n        rec.rec(None)\n    except TypeError:\n        pass\n"
             "    try:\n        rec.rec(1)\n    except RecursionError as e:\n"
             "        error = e\n"
-            "    if sys.version_info >= (3, 12) and error.__context__ is not None:\n"
-            "        assert type(error.__context__) is RecursionError\n"
-            "        error = error.__context__\n"
             "    assert error.__context__ is None\n"
             "    lines = {f.lineno for f in traceback.extract_tb(error.__traceback__)"
             " if f.filename.endswith('/rec.py')}\n"
@@ -895,3 +892,32 @@ def test_a_signal_handler_raising_through_a_catcher_inside_the_hook_does_not_han
     result = pytester.runpytest_subprocess(*AUTO, "-p", "no:xdist", timeout=120)
     result.stdout.fnmatch_lines([HEADER, "*1 passed*"])
     assert result.ret == 0, result.stdout.str()
+
+
+def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
+    """What a phase records of a marked file: its markers' arcs, and ``(-1, L)`` for each
+    line no arc starts or ends on. The lines coverage.py counts as run (both ends of every
+    arc, above 0) are exactly the lines the phase ran and its arcs' ends; a file that ran no
+    marker records every line."""
+    from coverage import Coverage
+
+    from pytest_distcov.engine.branches import BranchMonitor
+
+    source = "def f(x):\n    if x:\n        y = 1\n    return 2\n"
+    engine = BranchMonitor(Coverage(data_file=None, branch=True))
+    base, table = 10, [((2, 3),), ((2, 4),)]
+    engine._marks["/m.py"] = (base, table)
+    assert source.count("\n") < base
+    for lines, want in (
+        ({1, 2, 3, 4, base}, {(2, 3), (-1, 1), (-1, 4)}),
+        ({1, 2, 4, base + 1}, {(2, 4), (-1, 1)}),
+        ({1, 2}, {(-1, 1), (-1, 2)}),
+        ({1, 2, 3, 4, base, base + 1}, {(2, 3), (2, 4), (-1, 1)}),
+    ):
+        arcs = engine.arcs_of("/m.py", lines)
+        assert arcs == want, lines
+        ran = {line for arc in arcs for line in arc if line > 0}
+        assert ran == {line for line in lines if line < base} | {
+            n for i in lines if i >= base for arc in table[i - base] for n in arc if n > 0
+        }
+    assert engine.arcs_of("/other.py", {1}) is None

@@ -261,7 +261,8 @@ def test_a_refusal_quotes_a_value_short_and_escaped() -> None:
         decode(_with(lines={"/a.py": deep}))
     # lists of large lists, bytes and integers: quoted short, never written out whole
     wide = [[*range(10**5)]] * 50  # (one list, 50 times)
-    for value in (wide, [b"\x00" * 10**7] * 3, [10 ** (10**5)], {"k": wide}):
+    many = {f"k{i}": i for i in range(10**5)}
+    for value in (wide, [b"\x00" * 10**7] * 3, [10 ** (10**5)], {"k": wide}, many, [set(many)]):
         with pytest.raises(ProtocolError) as info:
             decode(_with(lines={"/a.py": value}))
         assert len(str(info.value)) < 200, str(info.value)

@@ -11,7 +11,8 @@ line the process runs. This engine measures them as the branch engine of 3.12 an
   :class:`~pytest_distcov.engine.branches.MarkedModules`), and SlipCover puts a probe at the
   start of each of its lines, markers included, as it does for any code;
 * what the probes saw is recorded as the branch engine records what its line events saw: a
-  line ``L`` as the arc ``(-1, L)``, a marker as its arcs;
+  marker as its arcs, a line ``L`` as the arc ``(-1, L)`` where no such arc starts or ends on
+  it;
 * where an exception raised on a branch line makes coverage.py's tracer record one of that
   line's branches (it left the code there, or a ``with`` or ``finally`` around it ran next),
   the marked code has a handler that records that arc (:mod:`.catchers`): there is no

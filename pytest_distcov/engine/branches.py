@@ -16,8 +16,9 @@ line coverage, with the C tracer's answers:
   disabled after it fires (:class:`~pytest_distcov.engine.monitor.LineMonitor`): a line
   costs one callback per process (per test phase with per-test contexts), however often it
   runs;
-* what a phase ran is recorded as arcs: a real line ``L`` as ``(-1, L)`` (coverage.py's
-  reports take the executed lines from the arcs' ends), a marker as its arcs. The reports
+* what a phase ran is recorded as arcs: a marker as its arcs, a real line ``L`` as
+  ``(-1, L)`` where none of those starts or ends on it (coverage.py's reports take the
+  executed lines from both ends of the arcs: :meth:`MarkedModules.arcs_of`). The reports
   then give what coverage.py's C tracer gives: the same executed and missing lines, the same
   executed and missing branches (tests/test_branches.py compares the JSON reports).
 

@@ -259,17 +259,18 @@ def _wrap(marks: MarkPlan, catch: _Catch) -> None:
             keywords=[],
         )
     )
-    # On 3.12+ the handler that swallows the hook's own error has no line: line events start
-    # at an exception handler, and that one runs only where calling the hook failed, at the
-    # recursion limit, where a line event's callback cannot be called either (its error would
-    # go on, the user's as its context). (The ``raise`` after it has the catcher's line: the
-    # compiler gives that way a copy of its own, whose line event is then the first; see the
-    # README on the recursion limit.)
+    # On 3.12+ the handler that swallows the hook's own error has no line, nor has the
+    # ``raise`` after it: line events start at an exception handler and after it, and that
+    # way is taken only where calling the hook failed, at the recursion limit, where a line
+    # event's callback cannot be called either (its error would go on, the user's as its
+    # context). The compiler gives the ``raise`` on the usual way the catcher's line (that of
+    # the instruction before it), so a frame left that way reports that line; one left the
+    # other way reports none (``f_lineno`` None).
     hidden = at if sys.version_info < (3, 12) else _nowhere
     ignored = hidden(ast.Constant(SWALLOW))
     swallow = hidden(ast.ExceptHandler(type=ignored, name=None, body=[hidden(ast.Pass())]))
     guarded = at(ast.Try(body=[at(ast.Expr(call))], handlers=[swallow], orelse=[], finalbody=[]))
-    again = [guarded, at(ast.Raise())]
+    again = [guarded, hidden(ast.Raise())]
     handler = at(ast.ExceptHandler(type=None, name=None, body=again))
     catch.body[catch.keep :] = [at(ast.Try(body=body, handlers=[handler], orelse=[], finalbody=[]))]
 
