@@ -29,7 +29,7 @@ from __future__ import annotations
 import reprlib
 import sys
 from array import array
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from itertools import chain, islice
 from typing import Any, Literal, TypedDict, cast
 
@@ -189,31 +189,38 @@ class _Short(reprlib.Repr):
     # (reprlib sorts a dict's keys or a set's items before it takes the first few: in message
     # order instead, never a sort of all of them)
     def repr_dict(self, value: dict[Any, Any], level: int) -> str:
+        pieces = (
+            f"{self.repr1(key, level - 1)}: {self.repr1(item, level - 1)}"
+            for key, item in value.items()
+        )
         if not value:
             return "{}"
-        if level <= 0:
-            return "{...}"
-        pieces = [
-            f"{self.repr1(key, level - 1)}: {self.repr1(item, level - 1)}"
-            for key, item in islice(value.items(), self.maxdict)
-        ]
-        if len(value) > self.maxdict:
-            pieces.append("...")
-        return "{" + ", ".join(pieces) + "}"
+        return self._first(pieces, len(value), self.maxdict, level, around=("{", "}"))
 
     def repr_set(self, value: set[Any], level: int) -> str:
-        return self._items(value, level, "{", "}") if value else "set()"
+        pieces = (self.repr1(item, level - 1) for item in value)
+        if not value:
+            return "set()"
+        return self._first(pieces, len(value), self.maxset, level, around=("{", "}"))
 
     def repr_frozenset(self, value: frozenset[Any], level: int) -> str:
-        return self._items(value, level, "frozenset({", "})") if value else "frozenset()"
+        pieces = (self.repr1(item, level - 1) for item in value)
+        shown = self._first(pieces, len(value), self.maxset, level, around=("frozenset({", "})"))
+        return shown if value else "frozenset()"
 
-    def _items(self, value: set[Any] | frozenset[Any], level: int, left: str, right: str) -> str:
+    @staticmethod
+    def _first(
+        pieces: Iterator[str], count: int, most: int, level: int, *, around: tuple[str, str]
+    ) -> str:
+        """The first ``most`` of ``count`` pieces (made only as taken) between the two of
+        ``around``; ``...`` for the rest, or for all of them at the last level."""
+        left, right = around
         if level <= 0:
             return f"{left}...{right}"
-        pieces = [self.repr1(item, level - 1) for item in islice(value, self.maxset)]
-        if len(value) > self.maxset:
-            pieces.append("...")
-        return left + ", ".join(pieces) + right
+        shown = list(islice(pieces, most))
+        if count > most:
+            shown.append("...")
+        return left + ", ".join(shown) + right
 
     def repr_int(self, value: int, level: int) -> str:
         if value.bit_length() > 128:

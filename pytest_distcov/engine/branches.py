@@ -285,11 +285,8 @@ class MarkedModules(ImportedCode):
                     arcs.update(table[line - base])
             elif line > 0:
                 plain.append(line)
-        if arcs:
-            ends = {n for arc in arcs for n in arc}
-            arcs.update((-1, line) for line in plain if line not in ends)
-        else:
-            arcs.update((-1, line) for line in plain)
+        ends = {n for arc in arcs for n in arc}
+        arcs.update((-1, line) for line in plain if line not in ends)
         return arcs
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
