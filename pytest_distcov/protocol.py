@@ -26,6 +26,7 @@ merged.
 
 from __future__ import annotations
 
+import functools
 import reprlib
 import sys
 from array import array
@@ -228,14 +229,16 @@ class _Short(reprlib.Repr):
         return repr(value)
 
 
-_SHORT = {_QUOTE: _Short(_QUOTE), _QUOTE_NAME: _Short(_QUOTE_NAME)}
+@functools.cache
+def _short(limit: int) -> _Short:
+    return _Short(limit)
 
 
 def _quote(value: Any, limit: int = _QUOTE) -> str:
     """A value as a refusal names it: a bounded ``repr`` (:class:`_Short`), cut to ``limit``.
     It never builds the ``repr`` of a whole large value, nested or not."""
     try:
-        text = _SHORT.get(limit, _SHORT[_QUOTE]).repr(value)
+        text = _short(limit).repr(value)
     except Exception:  # (whatever a value of a type not foreseen here does)
         return f"a {type(value).__name__} that cannot be shown"
     return text if len(text) <= limit else text[: limit - 3] + "..."

@@ -592,9 +592,10 @@ class BranchMonitor(MarkedModules, LineMonitor):
         arcs: set[Any] | None = self.arcs_of(code.co_filename, lines)
         if arcs is None:  # pragma: no cover - only marked code has events
             return set()
-        for line in lines:
-            if line < 0:  # left by an exception (with contexts: see __init__)
-                arcs.add((-line, -code.co_firstlineno))
+        if self._extra:  # (only the contexts' unwind callback records a line left, negated)
+            for line in lines:
+                if line < 0:
+                    arcs.add((-line, -code.co_firstlineno))
         return arcs
 
     def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:

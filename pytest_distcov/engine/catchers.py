@@ -70,9 +70,10 @@ HOOK = "\x00pytest-distcov: exception arcs\x00"
 #: at the recursion limit (or out of memory) the call itself raises, and the user's exception
 #: must go on unchanged, not chained to that one.
 SWALLOW = "\x00pytest-distcov: the hook's own error\x00"
-#: What calling the hook can raise by itself. Nothing else is caught: an exception a signal
-#: handler (a timeout) raises while the hook runs goes on as it would in unmarked code.
-HOOK_ERRORS = (RecursionError, MemoryError)
+#: What calling the hook can raise by itself: the recursion limit, memory, and a bug of its own
+#: (which must not replace the user's exception either). Nothing else is caught: a timeout a
+#: signal handler raises while the hook runs goes on as it would in unmarked code.
+HOOK_ERRORS = (RecursionError, MemoryError, AttributeError, LookupError, TypeError, ValueError)
 
 _N = TypeVar("_N", bound=ast.AST)
 

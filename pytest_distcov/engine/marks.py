@@ -66,8 +66,7 @@ def _irrefutable(case: ast.match_case) -> bool:
 
 
 def _exits(source: str, filename: str) -> Exits:
-    """coverage.py's parser's possible exits of each line, its exit counts, and the other
-    lines of each multi-line statement."""
+    """coverage.py's parser's possible exits of each line, its exit counts, and its AST."""
     from pytest_distcov.covapi.parser import exits_of
 
     return exits_of(source, filename)
