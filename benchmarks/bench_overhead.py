@@ -486,13 +486,23 @@ def _comparable_run(src: Path, suite: Suite, workers: int) -> tuple[list[str], l
 
 
 def exact_run(
-    py: Path, src: Path, suite: Suite, engine: str, workers: int, *, extra: list[str]
+    py: Path,
+    src: Path,
+    suite: Suite,
+    engine: str,
+    workers: int,
+    *,
+    extra: list[str],
+    tag: str = "",
 ) -> ExactRun:
-    """``suite`` measured for branches with ``engine`` (``-n workers``; 0: without xdist)."""
-    tag = f"{py.parent.parent.name}-{engine}-n{workers}"  # venv-3.13-default-n2
+    """``suite`` measured for branches with ``engine`` (``-n workers``; 0: without xdist;
+    -1: neither, where ``extra`` says where the tests run, as ``--distcov-remote``)."""
+    tag = tag or f"{py.parent.parent.name}-{engine}-n{workers}"  # venv-3.13-default-n2
     out = src / f".exact-{tag}.json"
     out.unlink(missing_ok=True)
-    xdist, hypothesis = _comparable_run(src, suite, workers)
+    xdist, hypothesis = _comparable_run(src, suite, max(workers, 0))
+    if workers < 0:
+        xdist = []
     cmd = [
         str(py),
         "-m",

@@ -18,12 +18,17 @@ Measured, for each suite:
 
 The lab's hosts share this machine's cores with the controller, so the ratio shows what the ssh
 transport, the relay and the setup cost, not what more machines would gain.
+
+With ``--exactness`` it times nothing: it measures each suite's branches on the two hosts
+(``--distcov-remote=ha,hb``, the default engine, remote paths mapped home) and compares
+coverage.py's JSON report of every file with a serial run on coverage.py's C tracer here,
+the way ``bench_overhead.py --exactness`` does for local runs; exit 1 if any file differs
+from both that run and the C tracer's own run on the same two hosts.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import statistics
 import subprocess
@@ -33,13 +38,21 @@ import time
 from pathlib import Path
 
 from _common import clean_env
-from bench_overhead import SUITES, Suite, find_python, prepare
+from bench_overhead import (
+    SHOWN_FILES,
+    SUITES,
+    Suite,
+    differences,
+    exact_run,
+    find_python,
+    prepare,
+)
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.sshlab import build_lab, lab_unavailable  # noqa: E402
+from tests.sshlab import SshLab, build_lab, host_python, lab_unavailable  # noqa: E402
 
 #: A pytest plugin shipped with the suite: the first test a worker starts writes the time into
 #: the host's /tmp, which the lab keeps under its own directory.
@@ -52,22 +65,6 @@ def pytest_runtest_setup(item):
         with open(path, "w") as fh:
             fh.write(repr(time.time()))
 """
-
-
-def host_python(py: Path) -> str:
-    version = subprocess.check_output(
-        [str(py), "-c", "import sys; print(*sys.version_info[:2])"], text=True
-    ).split()
-    debian = subprocess.run(
-        ["/usr/bin/python3", "-c", "import sys; print(*sys.version_info[:2])"],
-        capture_output=True,
-        text=True,
-        check=False,
-    ).stdout.split()
-    if debian == version:
-        return "/usr/bin/python3"
-    base = subprocess.check_output([str(py), "-c", "import sys; print(sys.base_prefix)"], text=True)
-    return os.path.join(base.strip(), "bin", "python3")
 
 
 def run_suite(
@@ -111,57 +108,113 @@ def first_test(lab_root: Path, host: str, start: float) -> float:
     return seconds
 
 
+def remote_exactness(py: Path, src: Path, suite: Suite, remote: list[str]) -> bool:
+    """Branch reports of ``suite`` on hosts ha and hb against a serial C-tracer run here.
+
+    Where a file differs, the C tracer runs on the same hosts too: a file whose report equals
+    that run's depends on which host ran which test (a cache one test fills for the next on
+    the same worker), not on the engine, and is shown but not counted as a difference."""
+    hosts = ["--distcov-remote", "ha,hb", *remote]
+    ours = exact_run(py, src, suite, "default", -1, extra=hosts, tag="remote-default")
+    reference = exact_run(py, src, suite, "ctrace", 0, extra=[], tag="remote-ctrace")
+    print(f"{suite.name}, 2 hosts:")
+    for line in ours.distcov_lines:
+        print(f"  {line}")
+    diffs = differences(ours.files, reference.files)
+    print(f"  files: {len(ours.files.keys() | reference.files.keys())}, differing: {len(diffs)}")
+    for name, lines in list(diffs.items())[:SHOWN_FILES]:
+        print(f"  {name}:")
+        for line in lines:
+            print(f"    {line}")
+    if diffs:
+        tracer = exact_run(py, src, suite, "ctrace", -1, extra=hosts, tag="remote-ctrace-hosts")
+        same = differences(ours.files, tracer.files)
+        worker_dependent = sorted(name for name in diffs if name not in same)
+        print(
+            f"  of those, equal to the C tracer's own run on the same hosts: "
+            f"{len(worker_dependent)} ({', '.join(Path(n).name for n in worker_dependent)})"
+        )
+        diffs = {name: lines for name, lines in diffs.items() if name in same}
+    sys.stdout.flush()
+    return not diffs
+
+
+def time_suite(
+    py: Path, src: Path, suite: Suite, lab: SshLab, remote: list[str], *, rounds: int
+) -> str:
+    """The table row of ``suite``: first test on a fresh and a warm host, 2 hosts / -n 2."""
+    (src / "bench_first.py").write_text(FIRST)
+    fresh, warm, local, two = [], [], [], []
+    for r in range(rounds):
+        host = f"{suite.name}-fresh{r}"
+        lab.add_host(host)
+        start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
+        fresh.append(first_test(lab.root, host, start))
+        start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
+        warm.append(first_test(lab.root, host, start))
+    for h in ("ha", "hb"):
+        lab.add_host(h)
+    run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])  # warm both hosts
+    for r in range(rounds):
+        for mode in ("local", "remote") if r % 2 == 0 else ("remote", "local"):
+            t0 = time.perf_counter()
+            if mode == "local":
+                run_suite(py, src, suite, ["-n", "2"])
+                local.append(time.perf_counter() - t0)
+            else:
+                run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])
+                two.append(time.perf_counter() - t0)
+        for h in ("ha", "hb"):
+            (lab.root / "hostfs" / h / "tmp" / "bench-first-test").unlink(missing_ok=True)
+    return (
+        f"| {suite.name} | {statistics.median(fresh):.2f} | {statistics.median(warm):.2f}"
+        f" | {statistics.median(local):.2f} | {statistics.median(two):.2f}"
+        f" | {statistics.median(two) / statistics.median(local):.2f}x |"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", default="3.11")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--suite", action="append", choices=sorted(SUITES))
+    parser.add_argument(
+        "--coverage", metavar="VERSION", help="this coverage.py release instead of the pinned one"
+    )
+    parser.add_argument(
+        "--exactness",
+        action="store_true",
+        help="time nothing: compare the branch reports of a 2-host run with a serial run on"
+        " coverage.py's C tracer, file by file; exit 1 if any file differs",
+    )
     args = parser.parse_args()
     why = lab_unavailable()
     if why:
         sys.exit(f"bench: no ssh lab here: {why}")
     suites = [SUITES[n] for n in (args.suite or ["more-itertools", "pyparsing"])]
-    py, sources = prepare(find_python(args.python), suites)
+    py, sources = prepare(find_python(args.python), suites, args.coverage)
     venv = Path(py).parent.parent
     lab = build_lab(Path(tempfile.mkdtemp(prefix="bench-lab-")), hide=[str(ROOT), str(venv)])
-    hpy = host_python(py)
+    hpy = host_python(str(py))
     remote = ["--distcov-ssh-config", str(lab.ssh_config), "--distcov-remote-python", hpy]
     rows = []
     work = Path(tempfile.mkdtemp(prefix="bench-remote-"))
+    exact = True
     for suite in suites:
         # A copy outside this checkout: here, pytest would take the checkout as the rootdir,
         # whose .gitignore leaves the benchmark cache (and so the suite) out of the shipping.
         src = work / suite.name
         shutil.copytree(sources[suite.name], src)
-        (src / "bench_first.py").write_text(FIRST)
-        fresh, warm, local, two = [], [], [], []
-        for r in range(args.rounds):
-            host = f"{suite.name}-fresh{r}"
-            lab.add_host(host)
-            start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
-            fresh.append(first_test(lab.root, host, start))
-            start, _ = run_suite(py, src, suite, ["--distcov-remote", host, *remote])
-            warm.append(first_test(lab.root, host, start))
-        for h in ("ha", "hb"):
-            lab.add_host(h)
-        run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])  # warm both hosts
-        for r in range(args.rounds):
-            for mode in ("local", "remote") if r % 2 == 0 else ("remote", "local"):
-                t0 = time.perf_counter()
-                if mode == "local":
-                    run_suite(py, src, suite, ["-n", "2"])
-                    local.append(time.perf_counter() - t0)
-                else:
-                    run_suite(py, src, suite, ["--distcov-remote", "ha,hb", *remote])
-                    two.append(time.perf_counter() - t0)
+        if args.exactness:
             for h in ("ha", "hb"):
-                (lab.root / "hostfs" / h / "tmp" / "bench-first-test").unlink(missing_ok=True)
-        rows.append(
-            f"| {suite.name} | {statistics.median(fresh):.2f} | {statistics.median(warm):.2f}"
-            f" | {statistics.median(local):.2f} | {statistics.median(two):.2f}"
-            f" | {statistics.median(two) / statistics.median(local):.2f}x |"
-        )
+                lab.add_host(h)
+            exact &= remote_exactness(py, src, suite, remote)
+            shutil.rmtree(src)
+            continue
+        rows.append(time_suite(py, src, suite, lab, remote, rounds=args.rounds))
         shutil.rmtree(src)
+    if args.exactness:
+        sys.exit(0 if exact else 1)
     version = subprocess.check_output([str(py), "--version"], text=True).split()[1]
     print(f"\nPython {version}, hosts run {hpy}, {args.rounds} rounds (medians, seconds)\n")
     print(

@@ -58,21 +58,32 @@ def _minor(python: str) -> tuple[int, ...] | None:
         return None
 
 
-def host_python() -> str:
-    """A bare Python on the hosts with this Python's minor version: Debian's own where it
-    matches, else the versioned interpreter of the system or of the base installation this test
-    environment was made from (no packages). A machine may have no ``python3`` of this minor
-    (a root with only python3.14 and python3.15, or pyenv's 3.13 beside Debian's 3.11), so the
-    versioned names are asked for too."""
-    minor = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+def host_python(python: str | None = None) -> str:
+    """A bare Python on the hosts with the minor version of ``python`` (default: this one):
+    Debian's own where it matches, else the versioned interpreter of the system or of the base
+    installation ``python``'s environment was made from (no packages). A machine may have no
+    ``python3`` of this minor (a root with only python3.14 and python3.15, or pyenv's 3.13
+    beside Debian's 3.11), so the versioned names are asked for too."""
+    version: tuple[int, ...]
+    if python is None:
+        version, base = sys.version_info[:2], sys.base_prefix
+    else:
+        found = _minor(python)
+        if found is None:
+            raise RuntimeError(f"{python} cannot be run")
+        version = found
+        base = subprocess.check_output(
+            [python, "-c", "import sys; print(sys.base_prefix)"], text=True
+        ).strip()
+    minor = f"python{version[0]}.{version[1]}"
     candidates = [
         DEBIAN_PYTHON,
         f"/usr/bin/{minor}",
-        os.path.join(sys.base_prefix, "bin", minor),
-        os.path.join(sys.base_prefix, "bin", "python3"),
+        os.path.join(base, "bin", minor),
+        os.path.join(base, "bin", "python3"),
     ]
     for cand in candidates:
-        if _minor(cand) == sys.version_info[:2]:
+        if _minor(cand) == version:
             return cand
     raise RuntimeError(f"no {minor} outside this environment among {candidates}")
 
