@@ -150,7 +150,7 @@ TESTS = "import work\n\n" + "\n\n".join(
 )
 
 KILL_WORKER = """
-import os, signal, time
+import os, platform, signal, time
 import pytest
 
 #: The controller writes this file (in the host's /tmp, which it sees as CONTROLLER_SIDE) when it
@@ -169,10 +169,15 @@ def pytest_runtest_logreport(report):
 @pytest.fixture(autouse=True)
 def _kill_once(request):
     yield
-    if request.node.name == "test_05" and not os.path.exists("killed-once"):
+    if platform.node() != "h1" or request.node.name != "test_05":
+        return  # (the serial reference run, here)
+    if not os.path.exists("killed-once"):
         open("killed-once", "w").close()
-        deadline = time.monotonic() + 120
-        while not os.path.exists(os.path.join("/tmp", SEEN)) and time.monotonic() < deadline:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(os.path.join("/tmp", SEEN)):
+            if time.monotonic() > deadline:  # (the test driving the run fails on this file)
+                open(os.path.join("/tmp", "gave-up-" + SEEN), "w").close()
+                return
             time.sleep(0.02)
         os.kill(os.getpid(), signal.SIGKILL)
 """
@@ -224,6 +229,9 @@ def test_worker_killed_on_a_host_keeps_its_finished_tests(
         "--distcov-stream-interval=3600",
     )
     out = result.stdout.str()
+    seen = host / "tmp" / f"controller-saw-test_05-{pytester.path.name}"
+    assert not seen.with_name(f"gave-up-{seen.name}").exists(), "no setup report in 60 s"
+    seen.unlink()
     assert result.ret == 1, out
     assert "Traceback" not in out
     result.stdout.fnmatch_lines(
@@ -305,6 +313,36 @@ def test_c_tracer_that_cannot_load_falls_back_with_one_line(
         env.setenv("COVERAGE_CORE", "pytrace")
         reference = serial_reference(pytester, branch=True)
     assert_same_data(shapes / ".coverage", reference, arcs=True)
+
+
+#: Each worker writes the coverage.py core it measures with (the running Coverage's own
+#: ``sys_info``) into its host's /tmp.
+CORE_SEEN = """
+import coverage, pytest
+
+@pytest.fixture(autouse=True, scope="session")
+def _core_seen():
+    cov = coverage.Coverage.current()
+    if cov is not None:
+        with open("/tmp/core-seen-{token}", "w") as fh:
+            fh.write(str(dict(cov.sys_info()).get("core")))
+    yield
+"""
+
+
+def test_a_core_chosen_by_the_environment_is_the_hosts_core_too(
+    pytester: pytest.Pytester, lab: SshLab, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``COVERAGE_CORE`` chooses the core the header names; ssh carries no environment, so the
+    controller passes it on: the hosts measure with that core too."""
+    _work_project(pytester, CORE_SEEN.replace("{token}", pytester.path.name))
+    monkeypatch.setenv("COVERAGE_CORE", "pytrace")
+    result = run_pytest(pytester, *_remote_args(lab, "h1"), "--distcov-source=work")
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["distcov: measuring lines of work with the pytrace core *"])
+    seen = lab.root / "hostfs" / "h1" / "tmp" / f"core-seen-{pytester.path.name}"
+    assert seen.read_text() == "PyTracer"
+    seen.unlink()
 
 
 #: The second test tells the test driving the run that it started (in the host's /tmp), then

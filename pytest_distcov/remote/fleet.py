@@ -410,6 +410,9 @@ class Fleet:
             "tmp_parent": host.info["run_dir"],
             # as resolved here, so that a choice made by the environment holds there too
             "engine": self.engine,
+            # a core chosen by the environment here (ssh carries no environment): the header
+            # names it, so the hosts measure with it too ('' for none)
+            "coverage_core": os.environ.get(remote_worker.COVERAGE_CORE_ENV, ""),
         }
 
     def path_mapper(self, host: HostSession) -> Callable[[str], str]:

@@ -29,6 +29,8 @@ OMIT_ENV = "PYTEST_DISTCOV_OMIT"
 ENGINE_ENV = "DISTCOV_ENGINE"
 #: Where the worker makes its data directory (tempdirs.PARENT_ENV; a copy, as above).
 PARENT_ENV = "PYTEST_DISTCOV_TMP_PARENT"
+#: coverage.py's core as the controller's environment chose it (fleet.worker_input).
+COVERAGE_CORE_ENV = "COVERAGE_CORE"
 
 #: xdist's first message to the module a worker runs, field by field, as pytest-xdist 3.5 to
 #: 3.8 send it (``WorkerController.setup``): a tuple of the worker's input (a dict), pytest's
@@ -117,6 +119,8 @@ def main(channel: Any) -> None:
         os.environ[ENGINE_ENV] = remote.get("engine", "auto")
         if remote.get("tmp_parent"):
             os.environ[PARENT_ENV] = remote["tmp_parent"]
+        if remote.get("coverage_core"):
+            os.environ[COVERAGE_CORE_ENV] = remote["coverage_core"]
         change_sys_path = host_sys_path(remote["sys_path"])
         args = [map_arg(a, remote["args_map"]) for a in args]
         option_dict = dict(option_dict)
