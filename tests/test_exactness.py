@@ -11,6 +11,7 @@ import pytest
 
 from .helpers import (
     assert_same_data,
+    assert_same_report,
     measured,
     per_worker_reference,
     report_view,
@@ -76,6 +77,25 @@ def test_example_branches_with_ctrace_equal_serial_run(
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(["distcov: measuring lines and branches * the ctrace core*"])
     assert_same_data(shapes / ".coverage", reference, arcs=True)
+
+
+@pytest.mark.parametrize("mode", ["no-xdist", "n2"])
+def test_example_with_branch_markers_reports_as_the_c_tracer(
+    pytester: pytest.Pytester, shapes: Path, mode: str
+) -> None:
+    """The engine ``auto`` picks for branches (branch markers: sys.monitoring line events on
+    3.12+, SlipCover's probes on 3.10/3.11): every file of the example, its conftest and test
+    modules included, reports as a serial ``coverage run --branch`` on the C tracer does."""
+    if sys.version_info < (3, 12):
+        pytest.importorskip("slipcover", reason="branch markers on 3.10/3.11 need the fast extra")
+    _measure_everything(shapes)
+    reference = serial_reference(pytester, branch=True, core="ctrace")
+    args = ["--distcov", "--distcov-branch", "--distcov-engine=auto", *MODES[mode]]
+    result = run_pytest(pytester, *args)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(["distcov: measuring lines and branches * with branch markers *"])
+    assert "coverage.py's tracer instead" not in result.stdout.str()
+    assert_same_report(shapes / ".coverage", reference, shapes)
 
 
 #: Numbered as the assertions below read it: mix is lines 4-9, make lines 12-15.
