@@ -29,6 +29,17 @@ finally:
 """
 
 
+#: Not passed on to the runs: ``PYTHONDONTWRITEBYTECODE`` (a developer's shell or a CI image may
+#: set it) makes pytest rewrite the asserts of every pytest plugin's modules again in every
+#: process of every run (it keeps no ``.pyc``), which costs each plugin in proportion to its
+#: size: the runs measure a checkout whose bytecode caches work.
+DROPPED = ("PYTHONDONTWRITEBYTECODE",)
+
+
 def clean_env() -> dict[str, str]:
-    """The environment without coverage's or pytest's own variables."""
-    return {k: v for k, v in os.environ.items() if not k.startswith(("COVERAGE_", "PYTEST_"))}
+    """The environment without coverage's or pytest's own variables (nor :data:`DROPPED`)."""
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith(("COVERAGE_", "PYTEST_")) and k not in DROPPED
+    }
