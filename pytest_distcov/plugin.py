@@ -95,7 +95,6 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
             "distcov: --cov (pytest-cov) and --distcov both measure coverage; use one of them"
         )
     from .engine.measure import Engine, MeasureSpec
-    from .roles.controller import OutputPlan
     from .tempdirs import HeldDir
 
     spec = MeasureSpec(
@@ -105,6 +104,10 @@ def pytest_load_initial_conftests(early_config: pytest.Config) -> None:
     dist = worker_id is None and _expects_xdist_controller(early_config, settings)
     try:
         if worker_id is None:
+            # (only here: a worker imports none of the controller's modules, which pytest's
+            # assertion rewriter would otherwise go through in every worker)
+            from .roles.controller import OutputPlan
+
             # Validate where the data goes (and --distcov-append) before anything runs.
             early_config.stash[PLAN_KEY] = OutputPlan.make(settings, spec)
         # held while this process lives, so that no other run takes it for a killed run's
