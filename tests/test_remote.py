@@ -231,6 +231,7 @@ def test_worker_killed_on_a_host_keeps_its_finished_tests(
     out = result.stdout.str()
     seen = host / "tmp" / f"controller-saw-test_05-{pytester.path.name}"
     assert not seen.with_name(f"gave-up-{seen.name}").exists(), "no setup report in 60 s"
+    assert seen.exists(), out  # the controller took test_05's setup report
     seen.unlink()
     assert result.ret == 1, out
     assert "Traceback" not in out

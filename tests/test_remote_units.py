@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_distcov.errors import SettingsError
-from pytest_distcov.remote.launch import host_sys_path, map_arg
+from pytest_distcov.remote.launch import host_sys_path, map_arg, set_environment
 from pytest_distcov.remote.shipping import Bundle, PathEntry, Tree, build_bundle, project_files
 from pytest_distcov.settings.hosts import SSH_OPTIONS, parse_hosts
 
@@ -156,6 +156,23 @@ def test_path_map_of_the_extras_tree(tmp_path: Path) -> None:
         ("/h/extras/pkg", "/src/pkg"),
         ("/h/extras/mod.py", "/lib/mod.py"),
     ]
+
+
+@pytest.mark.parametrize("controller_core", ["", "pytrace"])
+def test_a_worker_on_a_host_takes_the_controllers_core_never_the_hosts_own(
+    monkeypatch: pytest.MonkeyPatch, controller_core: str
+) -> None:
+    """The host's ssh environment set COVERAGE_CORE=sysmon: the worker there measures with
+    the controller's choice, or with what the run's settings choose (no variable)."""
+    for name in ("PYTEST_DISTCOV_OMIT", "DISTCOV_ENGINE", "PYTEST_DISTCOV_TMP_PARENT"):
+        monkeypatch.delenv(name, raising=False)  # (restored after the test)
+    monkeypatch.setenv("COVERAGE_CORE", "sysmon")
+    remote = {"engine": "auto", "tmp_parent": "/run/d", "coverage_core": controller_core}
+    set_environment(remote, "/ctl/launch.py")
+    assert os.environ.get("COVERAGE_CORE") == (controller_core or None)
+    assert os.environ["DISTCOV_ENGINE"] == "auto"
+    assert os.environ["PYTEST_DISTCOV_TMP_PARENT"] == "/run/d"
+    assert os.environ["PYTEST_DISTCOV_OMIT"] == "/ctl/launch.py"
 
 
 def test_worker_arguments_and_path_on_the_host() -> None:

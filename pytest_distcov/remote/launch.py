@@ -115,12 +115,7 @@ def main(channel: Any) -> None:
     if remote is not None:
         # execnet compiled this module under the controller's file name; the worker's engine
         # leaves that file out, as it leaves out the rest of pytest-distcov.
-        os.environ[OMIT_ENV] = main.__code__.co_filename
-        os.environ[ENGINE_ENV] = remote.get("engine", "auto")
-        if remote.get("tmp_parent"):
-            os.environ[PARENT_ENV] = remote["tmp_parent"]
-        if remote.get("coverage_core"):
-            os.environ[COVERAGE_CORE_ENV] = remote["coverage_core"]
+        set_environment(remote, main.__code__.co_filename)
         change_sys_path = host_sys_path(remote["sys_path"])
         args = [map_arg(a, remote["args_map"]) for a in args]
         option_dict = dict(option_dict)
@@ -129,6 +124,22 @@ def main(channel: Any) -> None:
             name = os.path.basename(str(option_dict["basetemp"]))
             option_dict["basetemp"] = os.path.join(remote["basetemp"], name)
     _run_xdist_worker(channel, (workerinput, args, option_dict, change_sys_path))
+
+
+def set_environment(remote: dict[str, Any], launcher: str) -> None:
+    """The variables a worker on a host reads, as the controller resolved them: the engine,
+    where the data directory goes, the file to leave out (``launcher``), and coverage.py's
+    core where the controller's environment chose one. A core the host's own environment
+    chose (its ssh environment) is dropped: it would override the run's settings, unnamed by
+    the header."""
+    os.environ[OMIT_ENV] = launcher
+    os.environ[ENGINE_ENV] = remote.get("engine", "auto")
+    if remote.get("tmp_parent"):
+        os.environ[PARENT_ENV] = remote["tmp_parent"]
+    if remote.get("coverage_core"):
+        os.environ[COVERAGE_CORE_ENV] = remote["coverage_core"]
+    else:
+        os.environ.pop(COVERAGE_CORE_ENV, None)
 
 
 def _run_xdist_worker(channel: Any, first: object) -> None:
