@@ -780,15 +780,32 @@ def check_exactness(args: argparse.Namespace, suites: list[Suite]) -> None:
     sys.exit(0 if exact else 1)
 
 
+def add_coverage_option(parser: argparse.ArgumentParser) -> None:
+    """``--coverage VERSION``, as every benchmark that builds its venv with :func:`prepare`
+    takes it."""
+    parser.add_argument(
+        "--coverage", metavar="VERSION", help="this coverage.py release instead of the pinned one"
+    )
+
+
+def _threshold(text: str) -> int:
+    """A garbage collector threshold for --gc-threshold: a whole number from 1 on."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 on")
+    return value
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--python", action="append", help="3.11, 3.13, ... or a path")
     parser.add_argument("--suite", action="append", choices=sorted(SUITES))
     parser.add_argument("--mode", action="append", choices=sorted(MODES), help="only these")
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--coverage", metavar="VERSION", help="this coverage.py release instead of the pinned one"
-    )
+    add_coverage_option(parser)
     parser.add_argument(
         "--newest",
         action="store_true",
@@ -813,7 +830,7 @@ def main() -> None:
     )
     parser.add_argument(
         "--gc-threshold",
-        type=int,
+        type=_threshold,
         default=0,
         metavar="N",
         help="with --exactness-contexts: also compare pytest-cov's serial run with its own run"

@@ -44,6 +44,7 @@ from bench_overhead import (
     SHOWN_FILES,
     SUITES,
     Suite,
+    add_coverage_option,
     differences,
     exact_run,
     find_python,
@@ -189,9 +190,7 @@ def main() -> None:
     parser.add_argument("--python", default="3.11")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--suite", action="append", choices=sorted(SUITES))
-    parser.add_argument(
-        "--coverage", metavar="VERSION", help="this coverage.py release instead of the pinned one"
-    )
+    add_coverage_option(parser)
     parser.add_argument(
         "--exactness",
         action="store_true",
