@@ -607,7 +607,7 @@ def context_run(
         site = CACHE / f"gc-threshold-{gc_threshold}"
         site.mkdir(exist_ok=True)
         (site / "sitecustomize.py").write_text(f"import gc\ngc.set_threshold({gc_threshold})\n")
-        env["PYTHONPATH"] = str(site)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), env.get("PYTHONPATH")]))
     proc = subprocess.run(
         [*cmd, *suite.tests], cwd=src, env=env, capture_output=True, text=True, check=False
     )
@@ -788,14 +788,20 @@ def add_coverage_option(parser: argparse.ArgumentParser) -> None:
     )
 
 
+#: The largest threshold ``gc.set_threshold`` takes (a C int).
+GC_THRESHOLD_MAX = 2**31 - 1
+
+
 def _threshold(text: str) -> int:
     """A garbage collector threshold for --gc-threshold: a whole number from 1 on."""
     try:
         value = int(text)
     except ValueError:
         value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number from 1 on")
+    if not 1 <= value <= GC_THRESHOLD_MAX:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a whole number from 1 to {GC_THRESHOLD_MAX}"
+        )
     return value
 
 
@@ -843,6 +849,8 @@ def main() -> None:
         help="with --exactness: only under -n WORKERS, not also without xdist",
     )
     args = parser.parse_args()
+    if args.gc_threshold and not args.exactness_contexts:
+        parser.error("--gc-threshold is a setting of --exactness-contexts: give both")
     suites = [SUITES[n] for n in (args.suite or sorted(SUITES))]
     if args.exactness or args.exactness_contexts:
         check_exactness(args, suites)

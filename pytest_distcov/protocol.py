@@ -206,8 +206,10 @@ class _Short(reprlib.Repr):
 
     def repr_frozenset(self, value: frozenset[Any], level: int) -> str:
         pieces = (self.repr1(item, level - 1) for item in value)
-        shown = self._first(pieces, len(value), self.maxset, level, around=("frozenset({", "})"))
-        return shown if value else "frozenset()"
+        if not value:
+            return "frozenset()"
+        most = self.maxfrozenset
+        return self._first(pieces, len(value), most, level, around=("frozenset({", "})"))
 
     @staticmethod
     def _first(

@@ -136,6 +136,8 @@ def set_environment(remote: dict[str, Any], launcher: str) -> None:
     os.environ[ENGINE_ENV] = remote.get("engine", "auto")
     if remote.get("tmp_parent"):
         os.environ[PARENT_ENV] = remote["tmp_parent"]
+    else:
+        os.environ.pop(PARENT_ENV, None)
     if remote.get("coverage_core"):
         os.environ[COVERAGE_CORE_ENV] = remote["coverage_core"]
     else:
