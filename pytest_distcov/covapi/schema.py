@@ -16,6 +16,10 @@ promise:
 :func:`missing` checks both on a fresh batch (the start check's ``context batch``), and
 :func:`fill_batch` checks them again on the batch it is given before it writes anything.
 Fallback: ``add_lines`` (``add_arcs``) context by context into the batch, as before.
+
+:func:`lines_union` reads a data file's line numbers of every context together, as
+``CoverageData.lines`` gives them without a context query, from the same tables; where they
+are not these, the caller reads them with ``CoverageData.lines``.
 """
 
 from __future__ import annotations
@@ -25,9 +29,17 @@ from collections.abc import Collection, Mapping
 from typing import Any
 
 from coverage import Coverage, CoverageData
-from coverage.numbits import nums_to_numbits
+from coverage.numbits import numbits_to_nums, nums_to_numbits
 
-__all__ = ["BATCH_NEEDS", "SCHEMA_VERSION", "TABLES", "fill_batch", "missing"]
+__all__ = [
+    "BATCH_NEEDS",
+    "SCHEMA_VERSION",
+    "TABLES",
+    "fill_batch",
+    "fill_file",
+    "lines_union",
+    "missing",
+]
 
 #: The schema version whose tables :func:`fill_batch` writes (``coverage_schema.version``).
 SCHEMA_VERSION = 7
@@ -92,6 +104,73 @@ def missing(cov: Coverage | None = None) -> list[str]:
         batch.close(force=True)
 
 
+def _grouped(
+    by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
+    *,
+    arcs: bool,
+    known: Mapping[str, int] | None = None,
+) -> tuple[dict[str, dict[str, Collection[Any]]], dict[str, int]]:
+    """The contexts with a file (a label of None is coverage.py's ""), and each file's id:
+    that of ``known`` (the files a table holds already), or a new one past them all."""
+    known = known or {}
+    top = max(known.values(), default=0) - len(known)
+    contexts: dict[str, dict[str, Collection[Any]]] = {}
+    for context, files in by_context.items():
+        if files:
+            into = contexts.setdefault(context or "", {})
+            for name, items in files.items():
+                if name in into:  # (None and "" are one context, as in coverage.py)
+                    into[name] = [*into[name], *items]  # (items may be lists: unhashable)
+                else:
+                    into[name] = items
+    file_ids: dict[str, int] = dict(known)
+    for files in contexts.values():
+        for name, items in files.items():
+            # (add_arcs skips a file without arcs; add_lines records it, with no lines)
+            if name not in file_ids and (items or not arcs):
+                file_ids[name] = len(file_ids) + 1 + top
+    return contexts, file_ids
+
+
+def _insert(
+    con: sqlite3.Connection,
+    contexts: dict[str, dict[str, Collection[Any]]],
+    file_ids: dict[str, int],
+    *,
+    arcs: bool,
+    known: Collection[str] = (),
+) -> None:
+    """The rows of ``contexts`` into tables without contexts, as add_lines/add_arcs would
+    write them (the files of ``known`` have their row already)."""
+    con.executemany(
+        "INSERT INTO context (id, context) VALUES (?, ?)",
+        ((i, c) for i, c in enumerate(contexts, 1)),
+    )
+    con.executemany(
+        "INSERT INTO file (id, path) VALUES (?, ?)",
+        ((i, name) for name, i in file_ids.items() if name not in known),
+    )
+    if arcs:
+        con.executemany(
+            "INSERT OR IGNORE INTO arc (file_id, context_id, fromno, tono) VALUES (?, ?, ?, ?)",
+            (
+                (file_ids[name], i, fromno, tono)
+                for i, files in enumerate(contexts.values(), 1)
+                for name, items in files.items()
+                for fromno, tono in items
+            ),
+        )
+    else:
+        con.executemany(
+            "INSERT INTO line_bits (file_id, context_id, numbits) VALUES (?, ?, ?)",
+            (
+                (file_ids[name], i, nums_to_numbits(items))
+                for i, files in enumerate(contexts.values(), 1)
+                for name, items in files.items()
+            ),
+        )
+
+
 def fill_batch(
     batch: CoverageData,
     by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
@@ -105,23 +184,9 @@ def fill_batch(
     shared in-memory database, its tables are not the ones this writes, or a write failed:
     then ``batch`` may hold part of it (coverage.py turns the in-memory database's journal
     off, so a rollback undoes nothing), and the caller must not use it."""
-    contexts: dict[str, dict[str, Collection[Any]]] = {}
-    for context, files in by_context.items():
-        if files:
-            into = contexts.setdefault(context or "", {})
-            for name, items in files.items():
-                if name in into:  # (None and "" are one context, as in coverage.py)
-                    into[name] = [*into[name], *items]  # (items may be lists: unhashable)
-                else:
-                    into[name] = items
+    contexts, file_ids = _grouped(by_context, arcs=arcs)
     if not contexts:
         return True
-    file_ids: dict[str, int] = {}
-    for files in contexts.values():
-        for name, items in files.items():
-            # (add_arcs skips a file without arcs; add_lines records it, with no lines)
-            if name not in file_ids and (items or not arcs):
-                file_ids[name] = len(file_ids) + 1
     try:
         con = _connect(batch)
     except sqlite3.Error:
@@ -130,36 +195,96 @@ def fill_batch(
         if _differences(con):
             return False
         with con:  # one transaction (in memory without a journal: an error leaves part)
-            con.executemany(
-                "INSERT INTO context (id, context) VALUES (?, ?)",
-                ((i, c) for i, c in enumerate(contexts, 1)),
-            )
-            con.executemany(
-                "INSERT INTO file (id, path) VALUES (?, ?)",
-                ((i, name) for name, i in file_ids.items()),
-            )
-            if arcs:
-                con.executemany(
-                    "INSERT OR IGNORE INTO arc (file_id, context_id, fromno, tono)"
-                    " VALUES (?, ?, ?, ?)",
-                    (
-                        (file_ids[name], i, fromno, tono)
-                        for i, files in enumerate(contexts.values(), 1)
-                        for name, items in files.items()
-                        for fromno, tono in items
-                    ),
-                )
-            else:
-                con.executemany(
-                    "INSERT INTO line_bits (file_id, context_id, numbits) VALUES (?, ?, ?)",
-                    (
-                        (file_ids[name], i, nums_to_numbits(items))
-                        for i, files in enumerate(contexts.values(), 1)
-                        for name, items in files.items()
-                    ),
-                )
+            _insert(con, contexts, file_ids, arcs=arcs)
     except sqlite3.Error:
         return False
     finally:
         con.close()
     return True
+
+
+def fill_file(
+    data: CoverageData,
+    by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
+    *,
+    arcs: bool,
+) -> bool:
+    """Write ``by_context`` straight into the on-disk ``data`` that holds no line, arc or
+    context yet (its tables made: ``add_lines({})`` or ``add_arcs({})``; files measured with
+    nothing recorded keep their rows), as :func:`fill_batch` writes a
+    batch: no in-memory copy first, and no ``CoverageData.update`` to copy it (for a run's
+    hundreds of thousands of arcs under per-test contexts, a third of the write).
+
+    ``data`` is closed first (its next use opens the file again and reads the files written
+    here). One transaction, its journal in memory: a failure rolls it back whole, and False
+    is returned, as where ``data`` is not empty or not this schema; the caller then writes it
+    another way. The file is not synced here (``write_data_file`` syncs it whole).
+    """
+    name = data.data_filename()
+    if name.startswith("file:"):  # (in memory: a URI, that a plain connect would make a file)
+        return False
+    if not any(by_context.values()):
+        return True
+    data.close(force=True)
+    try:
+        con = sqlite3.connect(name, isolation_level=None)
+    except sqlite3.Error:
+        return False
+    try:
+        if _differences(con) or any(
+            con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in _EMPTY
+        ):
+            return False
+        known = dict(con.execute("SELECT path, id FROM file"))
+        contexts, file_ids = _grouped(by_context, arcs=arcs, known=known)
+        con.execute("PRAGMA journal_mode = MEMORY")
+        con.execute("PRAGMA synchronous = OFF")
+        con.execute("BEGIN IMMEDIATE")
+        try:
+            _insert(con, contexts, file_ids, arcs=arcs, known=known)
+        except BaseException:
+            con.execute("ROLLBACK")
+            raise
+        con.execute("COMMIT")
+    except sqlite3.Error:
+        return False
+    finally:
+        con.close()
+    return True
+
+
+#: The tables :func:`fill_file` requires to be empty (the ``file`` table may hold files
+#: measured with nothing recorded: coverage.py's never-imported files of ``[run] source``).
+_EMPTY = ("context", "line_bits", "arc")
+
+
+def lines_union(data: CoverageData) -> dict[str, list[int]] | None:
+    """Each measured file of the on-disk line data ``data`` with its line numbers, every
+    context's together, as ``CoverageData.lines`` gives them with no context query: that one
+    turns each context's numbits into a list and adds them to a set, in Python (most of a
+    report's time with thousands of per-test contexts); here each file's numbits are OR-ed as
+    integers, and made numbers once. A file without lines has an empty list. None where the
+    file is not the schema this knows or cannot be read: the caller then asks coverage.py."""
+    name = data.data_filename()
+    try:
+        con = sqlite3.connect(name)
+    except sqlite3.Error:
+        return None
+    try:
+        if _differences(con):
+            return None
+        union: dict[str, int] = {path: 0 for (path,) in con.execute("SELECT path FROM file")}
+        rows = con.execute(
+            "SELECT file.path, line_bits.numbits FROM line_bits"
+            " JOIN file ON file.id = line_bits.file_id"
+        )
+        for path, numbits in rows:
+            union[path] |= int.from_bytes(numbits, "little")
+    except (sqlite3.Error, KeyError, TypeError):
+        return None
+    finally:
+        con.close()
+    return {
+        path: numbits_to_nums(bits.to_bytes((bits.bit_length() + 7) // 8, "little"))
+        for path, bits in union.items()
+    }

@@ -6,7 +6,9 @@ Everything here speaks coverage.py's public data API (``CoverageData``) and neve
   and file. Its size grows with the number of covered lines, never with the number of tests,
   chunks or workers, because a union stores each line once.
 * :func:`write_data_file` saves a data file atomically;
-* :func:`add_contexts` adds the data of many contexts to a data file in one transaction.
+* :func:`add_contexts` adds the data of many contexts to a data file in one transaction;
+* :func:`without_contexts` copies a data file's data, every context together, for the reports
+  that show no contexts.
 
 What reads data files and journals (the worker's deltas, recovery) is in :mod:`.readers`.
 """
@@ -21,13 +23,13 @@ from typing import Any
 
 from coverage import CoverageData
 
-from pytest_distcov.covapi.schema import fill_batch
+from pytest_distcov.covapi.schema import fill_batch, fill_file, lines_union
 from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import Payload
 
 from .readers import Measured, PathMapper, identity, shown
 
-__all__ = ["Accumulator", "add_contexts", "write_data_file"]
+__all__ = ["Accumulator", "add_contexts", "without_contexts", "write_data_file"]
 
 
 def add_contexts(
@@ -47,8 +49,13 @@ def add_contexts(
     ``add_lines`` (a few SQL statements and a lookup of the context for each context and file:
     with per-test contexts, most of the controller's time at the end); where the tables are
     not the ones it knows (the start check's ``context batch`` fallback), with ``add_lines``.
+    Where ``data`` is a file with no lines, arcs or contexts yet (the xdist controller's data
+    file: the workers measured everything), the rows go straight into it instead
+    (:func:`~pytest_distcov.covapi.schema.fill_file`).
     """
     if not by_context:
+        return
+    if fill_file(data, by_context, arcs=arcs):
         return
     batch = CoverageData(no_disk=True)
     try:
@@ -65,6 +72,37 @@ def add_contexts(
         data.update(batch)
     finally:
         batch.close(force=True)
+
+
+def without_contexts(full: CoverageData, into: CoverageData) -> None:
+    """Fill the empty ``into`` with what ``full`` measured, every context together: each
+    file's lines (or arcs), its file tracer, and the files measured with nothing recorded.
+
+    A report that shows no contexts (the terminal's, XML, JSON without contexts, LCOV, the
+    total, the upload) reads exactly this from ``full`` too: ``CoverageData.lines`` and
+    ``arcs`` give the union of the contexts. But with thousands of per-test contexts,
+    ``lines`` unpacks every context's numbits in Python, for every file and every report;
+    this reads them once, OR-ed (:func:`~pytest_distcov.covapi.schema.lines_union`).
+    """
+    files = sorted(full.measured_files())
+    if full.has_arcs():
+        arcs = {f: full.arcs(f) or [] for f in files}
+        into.add_arcs({f: a for f, a in arcs.items() if a})
+        empty = [f for f, a in arcs.items() if not a]
+    else:
+        lines = lines_union(full)
+        if lines is None:
+            lines = {f: full.lines(f) or [] for f in files}
+        into.add_lines({f: n for f, n in lines.items() if n})
+        empty = [f for f in files if not lines.get(f)]
+    tracers = {f: t for f in files if (t := full.file_tracer(f))}
+    by_tracer: dict[str, list[str]] = {}
+    for f in empty:
+        by_tracer.setdefault(tracers.get(f, ""), []).append(f)
+    for plugin, names in sorted(by_tracer.items()):
+        into.touch_files(names, plugin or None)
+    if tracers:
+        into.add_file_tracers({f: t for f, t in tracers.items() if f not in empty})
 
 
 class Accumulator:

@@ -77,6 +77,9 @@ __all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "MarkedModules", "bra
 BRANCH_PYTHONS = ((3, 12), (3, 13), (3, 14), (3, 15))
 
 Arc = tuple[int, int]
+#: Ways through a code object whose arcs :meth:`BranchMonitor.recorded` keeps (all forgotten
+#: when there are this many: a bound on its memory, a few megabytes).
+RECORDED_KEPT = 20_000
 
 
 def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> str:
@@ -297,7 +300,7 @@ class MarkedModules(ImportedCode):
         fresh: dict[str, Collection[Hashable]] = tap.take()
         for name, arcs in fresh.items():
             if name in named:
-                named[name] |= set(arcs)
+                named[name] = named[name] | set(arcs)  # (a new set: see LineMonitor.add_more)
             else:
                 named[name] = set(arcs)
 
@@ -531,6 +534,8 @@ class BranchMonitor(MarkedModules, LineMonitor):
     ) -> None:
         super().__init__(cov, journal)
         self._init_marking(cov, cache)
+        #: (code id, lines run) -> the arcs they stand for (see :meth:`recorded`)
+        self._recorded: dict[tuple[int, frozenset[int]], frozenset[Any]] = {}
         #: Without contexts, an exception raised on a branch line is recorded by handlers in
         #: the marked code (catchers, as on 3.10/3.11: :mod:`.catchers`), not by a global
         #: PY_UNWIND callback that every exception leaving any frame would call.
@@ -588,15 +593,26 @@ class BranchMonitor(MarkedModules, LineMonitor):
                 self.tool, event, callback if live else None
             )
 
-    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
+    def recorded(self, code: types.CodeType, lines: frozenset[int]) -> frozenset[Any]:
+        """The arcs ``lines`` of ``code`` stand for. Kept for the next phase that runs the
+        same lines of it (with per-test contexts, most tests of a suite run one of a few
+        ways through each function): a lookup then, not a computation."""
+        cache = self._recorded
+        key = (id(code), lines)
+        found = cache.get(key)
+        if found is not None:
+            return found
         arcs: set[Any] | None = self.arcs_of(code.co_filename, lines)
         if arcs is None:  # pragma: no cover - only marked code has events
-            return set()
+            return frozenset()
         if self._extra:  # (only the contexts' unwind callback records a line left, negated)
             for line in lines:
                 if line < 0:
                     arcs.add((-line, -code.co_firstlineno))
-        return arcs
+        if len(cache) >= RECORDED_KEPT:
+            cache.clear()
+        found = cache[key] = frozenset(arcs)
+        return found
 
     def adopt(self, func: types.FunctionType, twin: types.CodeType) -> None:
         func.__code__ = twin
@@ -621,6 +637,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
                 monitoring.set_events(self.tool, 0)
                 self._callbacks(live=False)
         finally:
+            self._recorded.clear()
             super().stop()
 
 

@@ -350,9 +350,11 @@ class ExceptionArcs:
         self._seen: set[tuple[str, Arc]] = set()
         self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule)
 
-    def take(self, named: dict[str, set[Any]], name_for: Callable[[str], str | None]) -> None:
-        """Add the arcs found since the last call to ``named``, by measured file name."""
+    def take(self, named: dict[str, Any], name_for: Callable[[str], str | None]) -> None:
+        """Add the arcs found since the last call to ``named``, by measured file name (a
+        file's items joined into a new set: the engine's are not changed in place)."""
         raised = self._raised
+        found: dict[str, set[Arc]] = {}
         while True:
             try:
                 filename, arc = raised.popleft()
@@ -360,7 +362,9 @@ class ExceptionArcs:
                 break
             name = name_for(filename)
             if name is not None:
-                named.setdefault(name, set()).add(arc)
+                found.setdefault(name, set()).add(arc)
+        for name, arcs in found.items():
+            named[name] = named[name] | arcs if name in named else arcs
 
 
 def _exception_hook(

@@ -80,7 +80,9 @@ TOOL_NAME = "pytest-distcov"
 BATCH = 500
 
 #: (context label, coverage.py's file name -> lines): what one test phase ran
-Phase = tuple[str | None, dict[str, set[Any]]]
+Phase = tuple[str | None, dict[str, Any]]
+#: A code object whose file name is not looked up yet.
+_UNNAMED: Any = object()
 
 
 def _monitoring() -> Any:
@@ -161,6 +163,8 @@ class LineMonitor(ImportedCode):
         self._events = events.LINE | (events.PY_START if sys.version_info >= (3, 13) else 0)
         #: every code object with line events on, by id (they are kept alive here)
         self._codes: dict[int, types.CodeType] = {}
+        #: the file name coverage.py records each of them under (None: not measured)
+        self._names: dict[int, str | None] = {}
         self._started = False
         self._paused = False
         self._journal = journal
@@ -250,7 +254,11 @@ class LineMonitor(ImportedCode):
                 set_local_events(tool, code, events)
 
     def _end_phase(self) -> None:
-        """What ran since the phase began (or the last flush), under the current label."""
+        """What ran since the phase began (or the last flush), under the current label.
+
+        Each code object's lines are taken as a frozenset, and what a phase records of a file
+        is never changed in place (a file's items are joined into a new set): the engine may
+        hand out the same set for many phases (:meth:`recorded`)."""
         current = self._current
         taken = dict(current)
         if taken:
@@ -262,23 +270,26 @@ class LineMonitor(ImportedCode):
         for code_id, found in taken.items():
             read[code_id] = (found, frozenset(found))  # (a copy in one step)
         late, self._read = self._read, read
-        ran = {code_id: set(seen) for code_id, (_, seen) in read.items()}
+        ran = {code_id: seen for code_id, (_, seen) in read.items()}
         for code_id, (found, seen) in late.items():
             if len(found) != len(seen):  # added to after it was read: kept now
-                ran.setdefault(code_id, set()).update(found.difference(seen))
+                ran[code_id] = ran.get(code_id, frozenset()) | found.difference(seen)
                 self._fired.add(code_id)  # (its event was disabled after it was re-armed)
         codes = self._codes
-        named: dict[str, set[Any]] = {}
+        names = self._names
+        named: dict[str, Any] = {}
         for code_id, lines in ran.items():
-            code = codes.get(code_id)
-            if code is None:  # pragma: no cover - only measured code has events
-                continue
-            name = self.side.name_for(code.co_filename)
+            name = names.get(code_id, _UNNAMED)
+            if name is _UNNAMED:
+                code = codes.get(code_id)
+                if code is None:  # pragma: no cover - only measured code has events
+                    continue
+                name = names[code_id] = self.side.name_for(code.co_filename)
             if name is None:  # pragma: no cover - only measured code has events
                 continue
-            items = self.recorded(code, lines)
+            items = self.recorded(codes[code_id], lines)
             if name in named:
-                named[name] |= items
+                named[name] = named[name] | items
             else:
                 named[name] = items
         self.add_more(named)
@@ -298,12 +309,14 @@ class LineMonitor(ImportedCode):
             if len(self._unwritten) >= BATCH:
                 self.consolidate()
 
-    def recorded(self, code: types.CodeType, lines: set[int]) -> set[Any]:
-        """What a phase records of ``code`` having run ``lines``: the lines themselves."""
+    def recorded(self, code: types.CodeType, lines: frozenset[int]) -> frozenset[Any]:
+        """What a phase records of ``code`` having run ``lines``: the lines themselves (not
+        to be changed by the caller)."""
         return lines
 
-    def add_more(self, named: dict[str, set[Any]]) -> None:
-        """Add to a phase's items by file what was measured besides the line events."""
+    def add_more(self, named: dict[str, Any]) -> None:
+        """Add to a phase's items by file what was measured besides the line events (a
+        file's items joined into a new set, never changed in place)."""
 
     def flush(self) -> None:
         """Make what ran so far durable (after each test): the phases not yet in the journal
@@ -411,6 +424,7 @@ class LineMonitor(ImportedCode):
             for code in self._codes.values():
                 monitoring.set_local_events(self.tool, code, 0)
         self._codes.clear()
+        self._names.clear()
         monitoring.free_tool_id(self.tool)
 
 

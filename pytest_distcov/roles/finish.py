@@ -25,7 +25,7 @@ from pathlib import Path
 import coverage
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.data.merge import write_data_file
+from pytest_distcov.data.merge import without_contexts, write_data_file
 from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import DataFileError, DistCovError, printable
@@ -147,13 +147,27 @@ class Finisher:
             own.close(force=True)
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
-        return Finished(Combined(self.data_file, self._load), errors=errors)
+        return Finished(Combined(self.data_file, self._load, self._without_contexts), errors=errors)
 
     def _load(self) -> coverage.Coverage:
         """The written data file in a ``Coverage`` with the run's configuration."""
         cov = open_coverage(self.spec, data_file=str(self.data_file))
         cov.load()
         return cov
+
+    def _without_contexts(self, full: coverage.Coverage) -> coverage.Coverage:
+        """``full``'s data with every context together, in memory, with the run's
+        configuration (``full`` itself where it has no contexts, or the copy fails)."""
+        data = full.get_data()
+        if not set(data.measured_contexts()) - {""}:
+            return full
+        merged = open_coverage(self.spec, data_file=None)
+        try:
+            without_contexts(data, merged.get_data())
+        except (CoverageException, sqlite3.Error, OSError):
+            merged.get_data().close(force=True)
+            return full
+        return merged
 
     def rescue(self, exc: Exception, fill_run: Fill) -> str:
         """The data file could not be written: save this run's combined data elsewhere.

@@ -43,17 +43,42 @@ class Combined:
 
     ``load`` makes that ``Coverage`` (with the run's configuration) on first use only, and
     every sink gets the same one: the upload reuses the parses the reports made.
+    ``without_contexts`` makes, from it, one that reads the same data with every context
+    together (or returns it as it is, where it has no contexts): what a report that shows no
+    contexts reads (see :func:`pytest_distcov.data.merge.without_contexts`).
     """
 
-    def __init__(self, data_file: Path, load: Callable[[], Coverage]) -> None:
+    def __init__(
+        self,
+        data_file: Path,
+        load: Callable[[], Coverage],
+        without_contexts: Callable[[Coverage], Coverage] | None = None,
+    ) -> None:
         self.data_file = data_file
         self._load = load
+        self._without = without_contexts
         self._coverage: Coverage | None = None
+        self._merged: Coverage | None = None
 
     def coverage(self) -> Coverage:
+        """The data file's data, every context apart."""
         if self._coverage is None:
             self._coverage = self._load()
         return self._coverage
+
+    def close(self) -> None:
+        """Close the in-memory copy's database (it keeps its connection on a plain close,
+        and on 3.13+ its ResourceWarning, once collected, would fail the user's run)."""
+        merged, self._merged = self._merged, None
+        if merged is not None and merged is not self._coverage:
+            merged.get_data().close(force=True)
+
+    def merged(self) -> Coverage:
+        """The same data, every context together: for a report that shows no contexts."""
+        if self._merged is None:
+            full = self.coverage()
+            self._merged = full if self._without is None else self._without(full)
+        return self._merged
 
 
 @dataclass
@@ -94,8 +119,11 @@ class Sink(Protocol):
 def run_sinks(sinks: Iterable[Sink], combined: Combined) -> Outcome:
     """Run ``sinks`` in order until one says stop; their outcomes, one after the other."""
     outcome = Outcome()
-    for sink in sinks:
-        outcome = outcome.then(sink.run(combined, outcome))
-        if outcome.stop:
-            break
+    try:
+        for sink in sinks:
+            outcome = outcome.then(sink.run(combined, outcome))
+            if outcome.stop:
+                break
+    finally:
+        combined.close()
     return outcome

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TextIO
@@ -27,7 +28,7 @@ from pytest_distcov.settings.reportspec import (
     parse_report_spec,
 )
 
-from .parses import ParseCache, share_parses
+from .parses import ParseCache, SharedParses, share_parses
 
 __all__ = [
     "REPORT_KINDS",
@@ -164,6 +165,16 @@ def _one_report(cov: Coverage, spec: ReportSpec, term: TextIO, outcome: ReportOu
     return total
 
 
+def shows_contexts(cov: Coverage, spec: ReportSpec) -> bool:
+    """Whether the report ``spec`` shows (or selects by) contexts: it then reads the data
+    file's contexts; any other reads the same data with every context together."""
+    if cov.get_option("report:contexts"):
+        return True  # (only the contexts it names are reported)
+    if spec.kind == "html":
+        return True  # (shown whenever there are any: see _one_report)
+    return spec.kind == "json" and bool(cov.get_option("json:show_contexts"))
+
+
 def produce_reports(
     cov: Coverage,
     specs: tuple[ReportSpec, ...] | list[ReportSpec],
@@ -171,20 +182,34 @@ def produce_reports(
     *,
     need_total: bool,
     parse_cache: ParseCache | None = None,
+    merged: Callable[[], Coverage] | None = None,
 ) -> ReportOutcome:
     """Write every report in ``specs`` from the data ``cov`` has loaded.
 
     The terminal ones go to ``term``. The total is computed even without a report when
     ``need_total`` (for fail-under). Each file is parsed once for all the reports, or not at
-    all when ``parse_cache`` has its parse. Raises :class:`ReportError` naming the failed
-    report.
+    all when ``parse_cache`` has its parse. A report that shows no contexts reads ``merged()``
+    instead, where given: the same data with every context together (see
+    :func:`shows_contexts`). Raises :class:`ReportError` naming the failed report.
     """
-    parses = share_parses(cov, parse_cache)
+    cache = parse_cache if parse_cache is not None else ParseCache(None)
+    shared: dict[int, SharedParses] = {}
+
+    def reading(spec: ReportSpec | None) -> Coverage:
+        if spec is not None:
+            contexts = shows_contexts(cov, spec)
+        else:  # (the total alone)
+            contexts = bool(cov.get_option("report:contexts"))
+        chosen = cov if merged is None or contexts else merged()
+        if id(chosen) not in shared:
+            shared[id(chosen)] = share_parses(chosen, cache)
+        return chosen
+
     outcome = ReportOutcome()
     with capture_coverage_warnings(outcome.notes):
         for spec in specs:
             try:
-                outcome.total = _one_report(cov, spec, term, outcome)
+                outcome.total = _one_report(reading(spec), spec, term, outcome)
             except NoDataError:
                 raise NothingToReport(
                     "no data to report: nothing measured matched the source/include settings"
@@ -193,10 +218,11 @@ def produce_reports(
                 raise ReportError(f"could not produce the {spec} report: {exc}") from None
         if outcome.total is None and need_total:
             try:
-                outcome.total = cov.report(file=io.StringIO(), output_format="total")
+                outcome.total = reading(None).report(file=io.StringIO(), output_format="total")
             except NoDataError:
                 raise NothingToReport("no data to report: nothing measured matched") from None
             except CoverageException as exc:
                 raise ReportError(f"could not compute the total coverage: {exc}") from None
-    parses.save()
+    for parses in shared.values():
+        parses.save()
     return outcome

@@ -49,6 +49,7 @@ class ReportSink:
                 buf,
                 need_total=self.fail_under is not None,
                 parse_cache=self.parse_cache,
+                merged=combined.merged,
             )
         except NothingToReport as exc:
             if self.fail_under is None:
