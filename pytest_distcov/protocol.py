@@ -332,16 +332,19 @@ def _unpacked(kind: str, blob: bytes) -> list[Any] | str:
     return numbers
 
 
-def _check_measured(label: str, kind: str, found: Any) -> None:
+def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
     """One context's lines or arcs: file name -> line numbers (or arcs), packed ones unpacked
     in place (a list is accepted too: a worker sends one where a number does not pack)."""
-    _require(type(found) is dict, f"context {_name(label)}: {kind} is not a dict")
+    if type(found) is not dict:
+        raise _Malformed(f"context {_name(label)}: {kind} is not a dict")
     ok = _arcs_ok if kind == "arcs" else _lines_ok
     what = "pairs of line numbers" if kind == "arcs" else "line numbers"
     for path, items in found.items():
         # The messages are made only for a refusal: accepted chunks must not pay for a repr.
-        if not _is_path(path):
-            raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
+        if path not in named:  # (``named``: the file names found good in this payload)
+            if not _is_path(path):
+                raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
+            named.add(path)
         if type(items) is bytes:
             unpacked = _unpacked(kind, items)
             if type(unpacked) is list:
@@ -366,16 +369,23 @@ def _check_payload(data: Any) -> Payload:
         raise _Malformed(f"the payload is not a dict: {_quote(data)}")
     for key in ("contexts", "tracers", "touched"):
         _require(type(data.get(key)) is dict, f"the payload's {key!r} is not a dict")
+    named: set[str] = set()
     for label, ctx in data["contexts"].items():
-        _require(_is_name(label), f"a context label {_name(label)}")
-        _require(type(ctx) is dict, f"context {_name(label)} is not a dict")
-        _check_measured(label, "lines", ctx.get("lines"))
-        _check_measured(label, "arcs", ctx.get("arcs"))
+        # (no _require: its message would be made for every one of thousands of labels)
+        if not _is_name(label):
+            raise _Malformed(f"a context label {_name(label)}")
+        if type(ctx) is not dict:
+            raise _Malformed(f"context {_name(label)} is not a dict")
+        _check_measured(label, "lines", ctx.get("lines"), named)
+        _check_measured(label, "arcs", ctx.get("arcs"), named)
     for path, plugin in data["tracers"].items():
-        _require(_is_path(path), f"a tracer for a file named {_name(path)}")
-        _require(_is_name(plugin) and bool(plugin), f"the tracer of {_name(path)}: {_name(plugin)}")
+        if not _is_path(path):
+            raise _Malformed(f"a tracer for a file named {_name(path)}")
+        if not (_is_name(plugin) and bool(plugin)):
+            raise _Malformed(f"the tracer of {_name(path)}: {_name(plugin)}")
     for plugin, paths in data["touched"].items():
-        _require(_is_name(plugin), f"files touched by a plugin named {_name(plugin)}")
+        if not _is_name(plugin):
+            raise _Malformed(f"files touched by a plugin named {_name(plugin)}")
         if not (type(paths) in (list, tuple) and all(_is_path(p) for p in paths)):
             raise _Malformed(
                 f"the files touched by {_quote(plugin)} are not file names: {_quote(paths)}"

@@ -392,8 +392,32 @@ def test_marked_modules_are_kept_for_the_next_run(pytester: pytest.Pytester) -> 
         result.stdout.fnmatch_lines([HEADER])
         assert_same_report(pytester.path / ".coverage", reference, pytester.path)
         stamps[run] = {p.name: p.stat().st_mtime_ns for p in marks.glob("*.marks")}
-    assert len(stamps["first"]) >= 1  # tricky.py (test modules are rewritten by pytest)
+    # tricky.py marked; the test module marked and rewritten, and as pytest compiles it
+    assert len(stamps["first"]) >= 3, stamps["first"]
     assert stamps["second"].keys() == stamps["first"].keys()  # loaded, not marked again
+
+
+def test_a_test_module_is_marked_again_when_the_assertion_pass_hook_changes(
+    pytester: pytest.Pytester,
+) -> None:
+    """pytest rewrites asserts differently with ``enable_assertion_pass_hook``: the marked
+    test modules the cache keeps are kept apart for each setting, and each run reports what
+    coverage.py does."""
+    _project(pytester)
+    marks = pytester.path / ".pytest_cache" / "d" / "distcov" / "marks"
+    reference = serial_reference(pytester, branch=True, core=TRACER)
+    seen: list[set[str]] = []
+    for hook in ("false", "true", "false"):
+        pytester.makeini(
+            f"[pytest]\naddopts = -p no:randomly\nenable_assertion_pass_hook = {hook}\n"
+        )
+        result = run_pytest(pytester, *AUTO)
+        assert result.ret == 0, result.stdout.str()
+        result.stdout.fnmatch_lines([HEADER])
+        assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+        seen.append({p.name for p in marks.glob("*.marks")})
+    assert seen[1] > seen[0]  # the test module's entries for the other setting
+    assert seen[2] == seen[1]  # and the first setting's, loaded again
 
 
 def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +12,7 @@ from coverage import CoverageData
 
 from pytest_distcov.data.journal import (
     JOURNAL_SUFFIX,
+    RecordEncoder,
     decode_entry,
     decode_record,
     encode_record,
@@ -225,3 +227,26 @@ def test_a_path_that_is_not_utf8_is_a_named_error(
     with pytest.raises(DataFileError, match=r"cannot combine journal .*gw0\.journal"):
         update_from_file(target, journal)
     assert _lines(target) == {"/kept.py": [1]}
+
+
+@pytest.mark.parametrize("kind", ["lines", "arcs"])
+def test_the_record_encoder_writes_what_encode_record_writes(kind: str) -> None:
+    """Each record the encoder makes decodes to what ``encode_record`` gives: the same files
+    and items, in any order it kept them, and its context; after it forgot what it kept too."""
+    one: frozenset[object] = frozenset({3, 1, 2} if kind == "lines" else {(1, 2), (-1, 1)})
+    two: frozenset[object] = frozenset({7} if kind == "lines" else {(7, -5)})
+    records = [
+        ({"/a.py": one, "/b é.py": two}, "t.py::test_a|run"),
+        ({"/a.py": one}, None),
+        ({"/a.py": set(two), "/c.py": one}, ""),
+        ({"/b é.py": two, "/a.py": one}, 't.py::test_"q"|setup'),
+    ]
+    encoder = RecordEncoder(kind, keep=2)
+    for items, context in [*records, *records]:
+        made = encoder.encode(items, context)
+        assert made.endswith(b"\n")
+        assert made.count(b"\n") == 1
+        assert json.loads(made) == json.loads(encode_record(kind, items, context))
+        assert decode_entry(made.decode()) == decode_entry(
+            encode_record(kind, items, context).decode()
+        )

@@ -35,6 +35,7 @@ __all__ = [
     "KINDS",
     "Entry",
     "Record",
+    "RecordEncoder",
     "decode_entry",
     "decode_record",
     "encode_record",
@@ -77,6 +78,35 @@ def encode_record(
     record = {name: sorted(found) for name, found in items.items()}
     entry: list[Any] = [kind, record] if context is None else [kind, record, context]
     return (_ENCODER.encode(entry) + "\n").encode()
+
+
+class RecordEncoder:
+    """:func:`encode_record` for many records of one kind, each file's items encoded once
+    for all the records that hold the very same ones (a frozenset: most tests of a suite run
+    one of a few ways through each file, and the engine hands the same set again). Up to
+    ``keep`` of them are kept; then all are forgotten."""
+
+    def __init__(self, kind: str, keep: int = 20_000) -> None:
+        self._head = _ENCODER.encode(kind)
+        self._keep = keep
+        self._encoded: dict[tuple[str, frozenset[Any]], str] = {}
+
+    def encode(self, items: Mapping[str, Collection[Any]], context: str | None = None) -> bytes:
+        """What ``encode_record(kind, items, context)`` encodes (the same JSON value)."""
+        encoded = self._encoded
+        parts = []
+        for name, found in items.items():
+            key = (name, found) if type(found) is frozenset else None
+            part = encoded.get(key) if key is not None else None
+            if part is None:
+                part = f"{_ENCODER.encode(name)}:{_ENCODER.encode(sorted(found))}"
+                if key is not None:
+                    if len(encoded) >= self._keep:
+                        encoded.clear()
+                    encoded[key] = part
+            parts.append(part)
+        tail = "" if context is None else "," + _ENCODER.encode(context)
+        return f"[{self._head},{{{','.join(parts)}}}{tail}]\n".encode()
 
 
 def decode_record(text: str) -> Record | None:

@@ -228,8 +228,9 @@ def _marking_code() -> str:
     cache."""
     h = hashlib.sha256()
     catchers = Path(__file__).with_name("catchers.py")  # (what engines add: .catchers)
+    imports = Path(__file__).with_name("imports.py")  # (how pytest's rewriter is run)
     parser = exits_of.__code__.co_filename
-    for module in (__file__, plan.__code__.co_filename, parser, str(catchers)):
+    for module in (__file__, plan.__code__.co_filename, parser, str(catchers), str(imports)):
         try:
             h.update(Path(module).read_bytes())
         except OSError:
@@ -348,13 +349,31 @@ class MarkedModules(ImportedCode):
         rewrites it, for ``rewritten``)."""
         filename = code.co_filename
         source = _read(filename)
-        with _quiet():
-            if rewritten:
-                plain = self.pytest_rewritten(ast.parse(source, filename), source, filename)
-            else:
-                plain = compile(source, filename, "exec", dont_inherit=True)
+        cache = self.cache
+        key = self._cache_key(filename, source, "plain", rewritten=rewritten) if cache else ""
+        found = cache.load(key, filename) if cache is not None else None
+        if found is not None:
+            plain = found[2]
+        else:
+            with _quiet():
+                if rewritten:
+                    plain = self.pytest_rewritten(ast.parse(source, filename), source, filename)
+                else:
+                    plain = compile(source, filename, "exec", dont_inherit=True)
+            if cache is not None:
+                cache.store(key, (0, [], plain))
         if plain != code:
             raise Unmarkable("its code is not what its source compiles to (an import hook?)")
+
+    def _cache_key(self, filename: str, source: bytes, what: str, *, rewritten: bool) -> str:
+        """The mark cache's key of ``what`` is made of ``source`` (its marked code, or the
+        code it compiles to unmarked): by this engine, and for a module pytest's assertion
+        rewriter runs, as it rewrites it (:meth:`rewriter_settings`)."""
+        assert self.cache is not None
+        variant = f"{self.mark_variant()}, {what}"
+        if rewritten:
+            variant += f", rewritten by {self.rewriter_settings()}"
+        return self.cache.key(filename, source, variant)
 
     def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
@@ -374,8 +393,8 @@ class MarkedModules(ImportedCode):
         file's (another thread's import may mark another file meanwhile)."""
         filename = code.co_filename
         source = _read(filename)
-        cache = None if rewritten else self.cache  # (pytest's rewriting has settings of its own)
-        key = cache.key(filename, source, self.mark_variant()) if cache is not None else ""
+        cache = self.cache
+        key = self._cache_key(filename, source, "marked", rewritten=rewritten) if cache else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
             base, arcs, marked = found

@@ -184,12 +184,23 @@ class ImportedCode(abc.ABC):
             raise RuntimeError(f"pytest's assertion rewriter lacks {', '.join(gone)}")
         from _pytest.assertion import rewrite
 
-        hook = next(
-            (f for f in sys.meta_path if isinstance(f, rewrite.AssertionRewritingHook)), None
-        )
-        config = getattr(hook, "config", None)
-        rewrite.rewrite_asserts(tree, source, filename, config)
+        rewrite.rewrite_asserts(tree, source, filename, _rewriter_config())
         return compile(tree, filename, "exec", dont_inherit=True)
+
+    @staticmethod
+    def rewriter_settings() -> str:
+        """What the code :meth:`pytest_rewritten` makes depends on besides the module's text
+        and name, for a cache's key: pytest's version and its one setting that changes what
+        the rewriter writes (``enable_assertion_pass_hook``; pytest's own cache of rewritten
+        modules is keyed on its version alone)."""
+        import pytest
+
+        config = _rewriter_config()
+        try:
+            hook = bool(config.getini("enable_assertion_pass_hook")) if config else False
+        except (ValueError, AttributeError):
+            hook = False
+        return f"pytest {pytest.__version__}, assertion pass hook {hook}"
 
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
         if isinstance(code, types.CodeType) and self.decides(code.co_filename, module_globals):
@@ -205,6 +216,14 @@ class ImportedCode(abc.ABC):
             code = obj.__code__
             if type(code) is types.CodeType and self.decides(code.co_filename, obj.__globals__):
                 yield obj
+
+
+def _rewriter_config() -> Any:
+    """The configuration of pytest's assertion rewriter in ``sys.meta_path`` (or None)."""
+    from _pytest.assertion import rewrite
+
+    hook = next((f for f in sys.meta_path if isinstance(f, rewrite.AssertionRewritingHook)), None)
+    return getattr(hook, "config", None)
 
 
 def plain_source(module_globals: dict[str, Any]) -> bool:

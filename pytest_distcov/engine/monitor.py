@@ -55,7 +55,7 @@ from typing import Any
 from coverage import Coverage, CoverageData
 
 from pytest_distcov.covapi.probes import missing as missing_internals
-from pytest_distcov.data.journal import encode_record
+from pytest_distcov.data.journal import RecordEncoder
 from pytest_distcov.data.merge import add_contexts
 
 from .imports import ImportedCode, tracer_setting
@@ -168,6 +168,7 @@ class LineMonitor(ImportedCode):
         self._started = False
         self._paused = False
         self._journal = journal
+        self._encoder = RecordEncoder(self.kind)
         self._fd: int | None = None
         #: phases not yet in the journal, and not yet in the data file
         self._unjournaled: list[Phase] = []
@@ -334,7 +335,8 @@ class LineMonitor(ImportedCode):
         phases, self._unjournaled = self._unjournaled, []
         if self._fd is None:
             self._fd = os.open(self._journal, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o600)
-        os.write(self._fd, b"".join(encode_record(self.kind, n, c) for c, n in phases))
+        encode = self._encoder.encode
+        os.write(self._fd, b"".join(encode(n, c) for c, n in phases))
 
     def consolidate(self) -> None:
         """Write the phases kept in memory to the data file, one transaction in all, and empty
