@@ -149,19 +149,35 @@ def _unpack(blob: bytes) -> list[int]:
     return numbers.tolist()
 
 
-def packed(payload: Payload) -> Payload:
+def packed(payload: Payload, kept: dict[frozenset[Any], Any] | None = None) -> Payload:
     """``payload`` as it goes on the wire: every file's line numbers, and every file's arcs
     (flattened, two numbers an arc), as one ``bytes`` each (see :func:`_pack`). The payload
-    itself is left as it is."""
+    itself is left as it is. With ``kept``, a file's items given as a frozenset are packed
+    once for every payload that holds the very same set (the monitor engine hands the same
+    one for every test phase that ran the same way through a file); up to :data:`KEPT`."""
+
+    def pack(items: Any, arcs: bool) -> Any:
+        if kept is None or type(items) is not frozenset:
+            return _pack(list(chain.from_iterable(items)) if arcs else list(items))
+        found = kept.get(items)
+        if found is None:
+            found = _pack(list(chain.from_iterable(items)) if arcs else list(items))
+            if len(kept) >= KEPT:
+                kept.clear()
+            kept[items] = found
+        return found
+
     contexts: dict[str, Any] = {}
     for label, ctx in payload["contexts"].items():
         contexts[label] = {
-            "lines": {path: _pack(items) for path, items in ctx["lines"].items()},
-            "arcs": {
-                path: _pack(list(chain.from_iterable(items))) for path, items in ctx["arcs"].items()
-            },
+            "lines": {path: pack(items, False) for path, items in ctx["lines"].items()},
+            "arcs": {path: pack(items, True) for path, items in ctx["arcs"].items()},
         }
     return {**payload, "contexts": contexts}
+
+
+#: Packed items :func:`packed` keeps (all forgotten when there are this many).
+KEPT = 20_000
 
 
 #: How much of a value a refusal quotes (a file name is quoted whole, up to its own bound).

@@ -14,6 +14,7 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 from coverage import CoverageData
@@ -378,3 +379,55 @@ def test_users_core_with_contexts(pytester: pytest.Pytester, suite: Path, core: 
     data = CoverageData(str(suite / ".coverage"))
     data.read()
     assert len(data.measured_contexts()) > 20
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
+def test_reports_without_contexts_read_as_coverage_reads_the_data_file(
+    pytester: pytest.Pytester, suite: Path, branch: bool
+) -> None:
+    """The reports that show no contexts read a copy with every context together: each says
+    what coverage.py's own report of the data file says; JSON with ``[json] show_contexts``
+    and HTML show each line's contexts, as coverage.py's do."""
+    (suite / ".coveragerc").write_text("[json]\nshow_contexts = False\n")
+    extra = ["--distcov-branch"] if branch else []
+    reports = ["--distcov-report=term-missing", "--distcov-report=json:plain.json"]
+    result = run_pytest(pytester, *_ours(), *extra, "-n", "2", *reports)
+    assert result.ret == 0, result.stdout.str()
+    coverage_json = [sys.executable, "-m", "coverage", "json", "--data-file=.coverage"]
+    ref = pytester.run(*coverage_json, "-o", "ref.json", timeout=RUN_TIMEOUT)
+    assert ref.ret == 0, ref.stderr.str()
+    ours, theirs = (json.loads((suite / n).read_text()) for n in ("plain.json", "ref.json"))
+    assert ours["files"] == theirs["files"]
+    assert ours["totals"] == theirs["totals"]
+    assert ours["totals"]["covered_lines"] > 0
+    assert "TOTAL" in result.stdout.str()
+    # with contexts asked for: the data file's contexts, each line's as coverage.py gives them
+    (suite / ".coveragerc").write_text("[json]\nshow_contexts = True\n")
+    reports = ["--distcov-report=json:ctx.json", "--distcov-report=html:cov_html"]
+    result = run_pytest(pytester, *_ours(), *extra, "-n", "2", *reports)
+    assert result.ret == 0, result.stdout.str()
+    ref = pytester.run(*coverage_json, "--show-contexts", "-o", "ref.json", timeout=RUN_TIMEOUT)
+    assert ref.ret == 0, ref.stderr.str()
+    ours, theirs = (
+        _contexts_sorted(json.loads((suite / n).read_text())) for n in ("ctx.json", "ref.json")
+    )
+    assert ours["files"] == theirs["files"]
+    contexts = {c for f in ours["files"].values() for cs in f["contexts"].values() for c in cs}
+    assert "tests/test_more.py::test_tracked|teardown" in contexts
+    page = next((suite / "cov_html").glob("*geometry_py.html")).read_text()
+    assert "test_rectangle_rejects_bad_sides[bad0]|run" in page
+
+
+def _contexts_sorted(doc: Any) -> Any:
+    """A JSON report with each line's contexts sorted (coverage.py lists them in a set's
+    order, which differs from process to process)."""
+    if isinstance(doc, dict):
+        return {
+            k: {line: sorted(cs) for line, cs in v.items()}
+            if k == "contexts" and isinstance(v, dict)
+            else _contexts_sorted(v)
+            for k, v in doc.items()
+        }
+    if isinstance(doc, list):
+        return [_contexts_sorted(v) for v in doc]
+    return doc

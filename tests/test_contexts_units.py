@@ -214,3 +214,140 @@ def test_arcs_given_as_lists_in_two_labels_of_one_context_are_merged() -> None:
     add_contexts(data, {None: {"/a.py": [[1, 2]]}, "": {"/a.py": [[2, 3]]}}, arcs=True)
     assert sorted(data.arcs("/a.py") or []) == [(1, 2), (2, 3)]
     data.close(force=True)
+
+
+# -- add_contexts straight into a data file, and the reports' copy without contexts --------------
+
+
+def _on_disk(path: Path, arcs: bool) -> CoverageData:
+    """A data file as the controller's is before the workers' data goes in: its tables made,
+    and files measured with nothing recorded (never-imported files of [run] source)."""
+    data = CoverageData(str(path))
+    (data.add_arcs if arcs else data.add_lines)({})
+    data.touch_files(["/p/never.py", "/p/f.py"])
+    return data
+
+
+@pytest.mark.parametrize("arcs", [False, True], ids=["lines", "arcs"])
+def test_add_contexts_into_a_file_writes_what_add_lines_writes(tmp_path: Path, arcs: bool) -> None:
+    """Straight into a file that holds files but no context yet (no in-memory batch, no
+    ``CoverageData.update``): coverage.py reads back what add_lines context by context gives,
+    and the same CoverageData object goes on working (its next files get their own rows)."""
+    results = []
+    for fast in (True, False):
+        data = _on_disk(tmp_path / f"{fast}.coverage", arcs)
+        if fast:
+            with mock.patch.object(CoverageData, "update", side_effect=AssertionError):
+                add_contexts(data, _by_context(arcs), arcs=arcs)
+        else:
+            with mock.patch("pytest_distcov.data.merge.fill_file", return_value=False):
+                add_contexts(data, _by_context(arcs), arcs=arcs)
+        data.set_context(None)
+        data.touch_files(["/p/later.py"])
+        (data.add_arcs if arcs else data.add_lines)(
+            {"/p/g.py": {(9, 10)} if arcs else {9}, "/p/new.py": {(1, -1)} if arcs else {1}}
+        )
+        data.close(force=True)
+        again = CoverageData(str(tmp_path / f"{fast}.coverage"))
+        again.read()
+        results.append(_contents(again, arcs))
+        again.close(force=True)
+    assert results[0] == results[1]
+    files, by_context = results[0]
+    assert {"/p/never.py", "/p/later.py", "/p/new.py", "/p/g.py"} <= set(files)
+    wanted = sorted(_by_context(arcs)["t.py::a|run"]["/p/f.py"])
+    assert by_context["t.py::a|run"]["/p/f.py"] == wanted
+
+
+def test_add_contexts_into_a_file_with_contexts_goes_through_a_batch(tmp_path: Path) -> None:
+    """A file that holds a context already (the controller measured too) is not written
+    straight: the batch and ``CoverageData.update`` merge into it, as before."""
+    from pytest_distcov.covapi import schema
+
+    data = _on_disk(tmp_path / "d.coverage", arcs=False)
+    data.set_context("mine|run")
+    data.add_lines({"/p/f.py": {7}})
+    assert not schema.fill_file(data, {"t|run": {"/p/f.py": {1}}}, arcs=False)
+    add_contexts(data, {"t|run": {"/p/f.py": {1}}, "mine|run": {"/p/f.py": {2}}}, arcs=False)
+    assert _contents(data, False)[1] == {"mine|run": {"/p/f.py": [2, 7]}, "t|run": {"/p/f.py": [1]}}
+    data.close(force=True)
+
+
+def test_a_straight_write_that_fails_half_way_is_rolled_back(tmp_path: Path) -> None:
+    """A failure in the middle of the straight write leaves no row of it (one transaction):
+    the batch then writes it all, once."""
+    from pytest_distcov.covapi import schema
+
+    calls = {"n": 0}
+    real = schema.nums_to_numbits
+
+    def fail_second(nums: Any) -> bytes:
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise sqlite3.OperationalError("injected")
+        return real(nums)
+
+    by_context = {"c1": {"/a.py": [1, 2]}, "c2": {"/b.py": [3]}, None: {"/c.py": [4]}}
+    got = _on_disk(tmp_path / "d.coverage", arcs=False)
+    with mock.patch.object(schema, "nums_to_numbits", fail_second):
+        assert not schema.fill_file(got, by_context, arcs=False)
+    assert _contents(got, False) == (["/p/f.py", "/p/never.py"], {})
+    add_contexts(got, by_context, arcs=False)
+    want = _on_disk(tmp_path / "w.coverage", arcs=False)
+    for context, files in by_context.items():
+        want.set_context(context)
+        want.add_lines(files)
+    assert _contents(got, False) == _contents(want, False)
+    got.close(force=True)
+    want.close(force=True)
+
+
+@pytest.mark.parametrize("arcs", [False, True], ids=["lines", "arcs"])
+def test_the_copy_without_contexts_reads_as_the_data_file(tmp_path: Path, arcs: bool) -> None:
+    """Every file's lines (arcs), file tracer and measured files, as coverage.py reads them
+    from the data file with no context query: the same in the copy, which has one context."""
+    from pytest_distcov.data.merge import without_contexts
+
+    full = _on_disk(tmp_path / "d.coverage", arcs)
+    add_contexts(full, _by_context(arcs), arcs=arcs)
+    full.touch_files(["/p/plugin.html"], "some_plugin.Tracer")
+    full.set_context("t.py::d|run")
+    (full.add_arcs if arcs else full.add_lines)({"/p/tpl.html": {(-1, 3)} if arcs else {3}})
+    full.add_file_tracers({"/p/tpl.html": "some_plugin.Tracer"})
+    full.close(force=True)
+    full = CoverageData(str(tmp_path / "d.coverage"))
+    full.read()
+    into = CoverageData(no_disk=True)
+    without_contexts(full, into)
+    assert into.measured_contexts() == {""}
+    assert into.measured_files() == full.measured_files()
+    for name in full.measured_files():
+        if arcs:
+            assert sorted(into.arcs(name) or []) == sorted(full.arcs(name) or []), name
+        assert sorted(into.lines(name) or []) == sorted(full.lines(name) or []), name
+        assert into.file_tracer(name) == full.file_tracer(name), name
+    assert into.file_tracer("/p/plugin.html") == "some_plugin.Tracer"
+    full.close(force=True)
+    into.close(force=True)
+
+
+@pytest.mark.parametrize("count", [1, 63, 64, 65, 1000])
+def test_arcs_many_a_statement_are_every_arc(tmp_path: Path, count: int) -> None:
+    """Arcs go in many a statement, the last ones one a statement: every arc of every context
+    is read back, whatever their number (straight into the file, and through the batch)."""
+    by_context: dict[str | None, dict[str, set[Any]]] = {}
+    for n in range(count):
+        files = by_context.setdefault(f"t.py::t{n % 7}|run", {})
+        files.setdefault(f"/p/f{n % 3}.py", set()).add((n, n + 1))
+    want = {c: {f: sorted(a) for f, a in sorted(fs.items())} for c, fs in by_context.items()}
+    for straight in (True, False):
+        data = _on_disk(tmp_path / f"{straight}.coverage", arcs=True)
+        if straight:
+            add_contexts(data, by_context, arcs=True)
+        else:
+            with mock.patch("pytest_distcov.data.merge.fill_file", return_value=False):
+                add_contexts(data, by_context, arcs=True)
+        _, found = _contents(data, True)
+        data.close(force=True)
+        assert found == want
+        assert sum(len(a) for files in found.values() for a in files.values()) == count

@@ -174,6 +174,37 @@ def test_packed_lines_and_arcs_decode_to_what_was_packed() -> None:
     assert data["contexts"]["t|run"]["lines"]["/a.py"] == [0, 1, 7, MAX_LINE]  # (unchanged)
 
 
+def test_a_set_given_again_is_packed_once_and_decodes_as_given() -> None:
+    """With a store of packed sets, each frozenset is packed once for every context and
+    chunk that holds it again; every copy decodes to its items (in any order), and items given
+    otherwise (a list, a set) are packed each time."""
+    arcs: frozenset[tuple[int, int]] = frozenset({(-1, 1), (1, 2), (2, -1)})
+    lines: frozenset[int] = frozenset({3, 1, 2})
+    kept: dict[frozenset[object], object] = {}
+
+    def payload(label: str) -> dict[str, object]:
+        return {
+            "contexts": {
+                f"{label}|run": {"lines": {}, "arcs": {"/a.py": arcs, "/b.py": arcs}},
+                f"{label}|setup": {"lines": {"/a.py": lines, "/c.py": [5, 4]}, "arcs": {}},
+            },
+            "tracers": {},
+            "touched": {},
+        }
+
+    first = packed(payload("t1"), kept)  # type: ignore[arg-type]
+    second = packed(payload("t2"), kept)  # type: ignore[arg-type]
+    assert set(kept) == {arcs, lines}
+    blob = first["contexts"]["t1|run"]["arcs"]["/a.py"]
+    assert second["contexts"]["t2|run"]["arcs"]["/b.py"] is blob
+    for wire, label in ((first, "t1"), (second, "t2")):
+        got = decode(_chunk(data=wire))["data"]["contexts"]
+        assert set(got[f"{label}|run"]["arcs"]["/a.py"]) == arcs
+        assert set(got[f"{label}|run"]["arcs"]["/b.py"]) == arcs
+        assert sorted(got[f"{label}|setup"]["lines"]["/a.py"]) == [1, 2, 3]
+        assert got[f"{label}|setup"]["lines"]["/c.py"] == [5, 4]
+
+
 def _blob(*numbers: int) -> bytes:
     return b"".join(n.to_bytes(4, "little", signed=True) for n in numbers)
 

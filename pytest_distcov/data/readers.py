@@ -575,7 +575,9 @@ class MemoryContextDelta:
         payload = empty_payload()
         touched = self._touched
         for label in sorted(by_context):
-            lines = {path: sorted(items) for path, items in sorted(by_context[label].items())}
+            # (each file's items as the engine gave them: packed for the wire, see
+            # protocol.packed, where a frozenset the engine gave again is packed once)
+            lines: dict[str, Any] = dict(sorted(by_context[label].items()))
             if not lines:
                 continue
             if self.branch:

@@ -731,7 +731,7 @@ class Engine:
             return None  # not expected: the data file decides
         return context, fresh
 
-    def take_fresh_contexts(self) -> dict[str, dict[str, set[Any]]] | None:
+    def take_fresh_contexts(self) -> dict[str, dict[str, Any]] | None:
         """label -> file -> lines: the test phases measured since the last call (the monitor
         engine, streaming from memory), or None where the data file holds them."""
         monitor = self._monitor

@@ -176,8 +176,8 @@ class LineMonitor(ImportedCode):
         #: True while a worker streams from memory (:meth:`take_unsent`): the data file is then
         #: not written, and the journal keeps everything
         self.tracking = False
-        #: label -> file -> lines, since the last take_unsent
-        self._unsent: dict[str, dict[str, set[Any]]] = {}
+        #: label -> file -> lines, since the last take_unsent (sets not to be changed)
+        self._unsent: dict[str, dict[str, Any]] = {}
 
     def start(self) -> None:
         if self._started:
@@ -301,10 +301,8 @@ class LineMonitor(ImportedCode):
         if self.tracking:
             unsent = self._unsent.setdefault(self._context or "", {})
             for name, lines in named.items():
-                if name in unsent:
-                    unsent[name] |= lines
-                else:
-                    unsent[name] = set(lines)
+                # (the phase's own set, never changed: a new one where a label comes again)
+                unsent[name] = unsent[name] | lines if name in unsent else lines
         else:
             self._unwritten.append(phase)
             if len(self._unwritten) >= BATCH:
@@ -362,7 +360,7 @@ class LineMonitor(ImportedCode):
         self.consolidate()
         self.tracking = True
 
-    def take_unsent(self) -> dict[str, dict[str, set[Any]]]:
+    def take_unsent(self) -> dict[str, dict[str, Any]]:
         """label ('' for none) -> file -> lines: what ran since the last call (while
         :attr:`tracking`), each test phase once."""
         self._end_phase()

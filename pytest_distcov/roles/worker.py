@@ -102,6 +102,8 @@ class WorkerRole:
         )
         #: per-test contexts an engine keeps in memory (the monitor engine's)
         self.memory = MemoryContextDelta(branch=engine.branch)
+        #: each file's items packed for the wire, for the next chunk holding the same set
+        self._packs: dict[frozenset[Any], Any] = {}
         self.seq = 0
         self.tests = 0
         self.notes_sent = len(engine.notes)  # (the hello carries these)
@@ -131,7 +133,7 @@ class WorkerRole:
             "worker": self.worker_id,
             "seq": self.seq,
             "tests": self.tests,
-            "data": packed(payload),
+            "data": packed(payload, self._packs),
             "notes": notes or [],
         }
         self.channel.send(chunk)
