@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import sqlite3
 import types
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 from unittest import mock
@@ -179,10 +180,16 @@ def test_add_contexts_falls_back_where_the_tables_differ() -> None:
     data.close(force=True)
 
 
-def test_a_write_that_fails_half_way_leaves_nothing_for_the_fallback_to_double() -> None:
-    """An insert that fails after others wrote rows (the in-memory batch has no journal, so
-    nothing is rolled back): the fallback writes into a fresh batch, and the data file gets
-    what add_lines context by context gives, no stray context or file."""
+#: Three contexts, one file each (a label of None is coverage.py's "").
+_THREE: dict[str | None, dict[str, list[int]]] = {
+    "c1": {"/a.py": [1, 2]},
+    "c2": {"/b.py": [3]},
+    None: {"/c.py": [4]},
+}
+
+
+def _failing_second() -> tuple[dict[str, int], Callable[[Any], bytes]]:
+    """``nums_to_numbits`` that fails at its second call (counted in the dict returned)."""
     from pytest_distcov.covapi import schema
 
     calls = {"n": 0}
@@ -194,7 +201,17 @@ def test_a_write_that_fails_half_way_leaves_nothing_for_the_fallback_to_double()
             raise sqlite3.OperationalError("injected")
         return real(nums)
 
-    by_context = {"c1": {"/a.py": [1, 2]}, "c2": {"/b.py": [3]}, None: {"/c.py": [4]}}
+    return calls, fail_second
+
+
+def test_a_write_that_fails_half_way_leaves_nothing_for_the_fallback_to_double() -> None:
+    """An insert that fails after others wrote rows (the in-memory batch has no journal, so
+    nothing is rolled back): the fallback writes into a fresh batch, and the data file gets
+    what add_lines context by context gives, no stray context or file."""
+    from pytest_distcov.covapi import schema
+
+    calls, fail_second = _failing_second()
+    by_context = _THREE
     got = CoverageData(no_disk=True)
     with mock.patch.object(schema, "nums_to_numbits", fail_second):
         add_contexts(got, by_context, arcs=False)
@@ -278,19 +295,12 @@ def test_a_straight_write_that_fails_half_way_is_rolled_back(tmp_path: Path) -> 
     the batch then writes it all, once."""
     from pytest_distcov.covapi import schema
 
-    calls = {"n": 0}
-    real = schema.nums_to_numbits
-
-    def fail_second(nums: Any) -> bytes:
-        calls["n"] += 1
-        if calls["n"] == 2:
-            raise sqlite3.OperationalError("injected")
-        return real(nums)
-
-    by_context = {"c1": {"/a.py": [1, 2]}, "c2": {"/b.py": [3]}, None: {"/c.py": [4]}}
+    calls, fail_second = _failing_second()
+    by_context = _THREE
     got = _on_disk(tmp_path / "d.coverage", arcs=False)
     with mock.patch.object(schema, "nums_to_numbits", fail_second):
         assert not schema.fill_file(got, by_context, arcs=False)
+    assert calls["n"] == 2  # (it failed half-way, after a row was made)
     assert _contents(got, False) == (["/p/f.py", "/p/never.py"], {})
     add_contexts(got, by_context, arcs=False)
     want = _on_disk(tmp_path / "w.coverage", arcs=False)
