@@ -361,3 +361,46 @@ def test_arcs_many_a_statement_are_every_arc(tmp_path: Path, count: int) -> None
         data.close(force=True)
         assert found == want
         assert sum(len(a) for files in found.values() for a in files.values()) == count
+
+
+def test_the_straight_write_refuses_data_of_the_other_kind(tmp_path: Path) -> None:
+    """Arcs into a file of lines (or lines into one of arcs) are not written straight:
+    coverage.py's own update refuses to mix them."""
+    from pytest_distcov.covapi import schema
+
+    for kind, other in ((False, True), (True, False)):
+        data = _on_disk(tmp_path / f"{kind}.coverage", arcs=kind)
+        items: set[Any] = {(1, 2)} if other else {1}
+        assert not schema.fill_file(data, {"t|run": {"/p/f.py": items}}, arcs=other)
+        data.close(force=True)
+
+
+def test_reports_selecting_contexts_and_the_upload_read_the_data_file(tmp_path: Path) -> None:
+    """Under ``[report] contexts`` every report and the upload select contexts: the copy
+    without contexts is not made (it would hold none of them)."""
+    from coverage import Coverage
+
+    from pytest_distcov.engine.measure import MeasureSpec
+    from pytest_distcov.roles.finish import Finisher
+
+    path = tmp_path / "d.coverage"
+    data = _on_disk(path, arcs=False)
+    add_contexts(
+        data, {"t.py::a|run": {"/p/f.py": {1}}, "t.py::b|run": {"/p/f.py": {2}}}, arcs=False
+    )
+    data.close(force=True)
+    for selecting in (False, True):
+        rc = tmp_path / f"{selecting}.rc"
+        rc.write_text("[report]\ncontexts = t.py::a\n" if selecting else "[report]\n")
+        spec = MeasureSpec(source=None, branch=False, config_file=str(rc), context="test")
+        full = Coverage(data_file=str(path), config_file=str(rc))
+        full.load()
+        finisher = types.SimpleNamespace(spec=spec)
+        merged = Finisher._without_contexts(finisher, full)  # type: ignore[arg-type]
+        assert (merged is full) == selecting
+        assert sorted(merged.get_data().lines("/p/f.py") or []) == [1, 2]
+        assert merged.get_data().measured_contexts() == (
+            {"t.py::a|run", "t.py::b|run"} if selecting else {""}
+        )
+        for cov in {id(c): c for c in (full, merged)}.values():
+            cov.get_data().close(force=True)

@@ -14,6 +14,7 @@ import sys
 import warnings
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import pytest
 from coverage.exceptions import CoverageWarning
@@ -661,6 +662,24 @@ def test_a_file_tracer_is_taken_only_from_this_runs_plugins_and_never_against_an
     assert acc.covered_lines() == {"/a.tmpl": {1}, "/ok.py": {3}}
 
 
+def _written_with(own: Any, acc: Accumulator, target: Path) -> list[str]:
+    """The data file written as the controller writes it, its own data first (``own``, closed
+    after: in memory, a plain close() keeps its connection, and 3.13 warns); the clashes."""
+    from pytest_distcov.data.merge import write_data_file
+
+    clashes: list[list[str]] = []
+
+    def fill(data: Any) -> None:
+        data.update(own)
+        clashes.append(acc.write_into(data))
+
+    try:
+        write_data_file(target, fill)
+    finally:
+        own.close(force=True)
+    return clashes[0]
+
+
 def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_write(
     tmp_path: Path,
 ) -> None:
@@ -668,8 +687,6 @@ def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_
     where the controller measured it as Python (or the other way) keeps the controller's data
     alone and is named, where coverage.py's own update would fail the whole data file."""
     from coverage import CoverageData
-
-    from pytest_distcov.data.merge import write_data_file
 
     own = CoverageData(no_disk=True)
     own.add_lines({"/a.py": [1], "/t.tmpl": [2]})
@@ -680,17 +697,7 @@ def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_
     payload["tracers"] = {"/a.py": "plug.Templates"}  # Python here
     payload["touched"] = {"plug.Templates": ["/never.tmpl"]}
     assert acc.add_payload(payload) == {}
-    clashes: list[list[str]] = []
-
-    def fill(data: CoverageData) -> None:
-        data.update(own)
-        clashes.append(acc.write_into(data))
-
-    try:
-        write_data_file(tmp_path / "out", fill)
-    finally:
-        own.close(force=True)  # in memory: a plain close() keeps its connection (3.13 warns)
-    assert clashes == [["/a.py", "/t.tmpl"]]
+    assert _written_with(own, acc, tmp_path / "out") == ["/a.py", "/t.tmpl"]
     written = read_data_file(tmp_path / "out")
     assert sorted(written.measured_files()) == ["/a.py", "/b.py", "/never.tmpl", "/t.tmpl"]
     assert (written.lines("/a.py"), written.file_tracer("/a.py")) == ([1], "")
@@ -838,3 +845,56 @@ def test_a_file_two_plugins_claim_in_one_payload_is_left_out_with_its_lines() ->
         "/a.tmpl": "it names /a.tmpl as found by p.B, where p.A measured it"
     }
     assert acc.covered_lines() == {"/ok.py": {2}}
+
+
+def test_arcs_given_as_tuples_or_lists_merge_alike() -> None:
+    """Arcs decoded from the wire are tuples (added in one step); arcs given as lists, or
+    both mixed, are made tuples: the union is the same."""
+    got = []
+    for arcs in ([(1, 2), (2, -1)], [[1, 2], [2, -1]], [(1, 2), [2, -1]]):
+        acc = Accumulator(branch=True)
+        payload = empty_payload()
+        payload["contexts"]["t|run"] = {"lines": {}, "arcs": {"/a.py": arcs}}  # type: ignore[dict-item]
+        assert acc.add_payload(payload) == {}
+        got.append(acc.covered_lines())
+        assert acc._data == {"t|run": {"/a.py": {(1, 2), (2, -1)}}}
+    assert got == [{"/a.py": {1, 2}}] * 3
+
+
+@pytest.mark.parametrize(
+    ("own_lines", "batch"),
+    [(False, True), (True, True), (True, False)],
+    ids=["straight", "batch", "add_lines"],
+)
+def test_a_plugin_file_the_controller_found_and_the_workers_measured_keeps_its_tracer(
+    tmp_path: Path, own_lines: bool, batch: bool
+) -> None:
+    """The controller's own data names a file a plugin found (no lines: one of ``[run]
+    source``'s never-run files), and a worker measured it with the same plugin, under a
+    per-test context: written straight into the data file (the controller recorded no
+    context) or through the batch (it did; or add_lines context by context, where the batch
+    cannot be filled), the file has the worker's lines and its tracer, and nothing is
+    refused."""
+    from coverage import CoverageData
+
+    own = CoverageData(no_disk=True)
+    own.add_lines({})
+    own.touch_files(["/t.tmpl"], "plug.Templates")
+    if own_lines:
+        own.set_context("conftest")
+        own.add_lines({"/a.py": [1]})
+    acc = Accumulator(branch=False, plugins=["plug"])
+    payload = empty_payload()
+    payload["contexts"]["t|run"] = {"lines": {"/t.tmpl": [8], "/b.py": [9]}, "arcs": {}}
+    payload["tracers"] = {"/t.tmpl": "plug.Templates"}
+    assert acc.add_payload(payload) == {}
+    if batch:
+        assert _written_with(own, acc, tmp_path / "out") == []
+    else:
+        with mock.patch("pytest_distcov.data.merge.fill_batch", return_value=False):
+            assert _written_with(own, acc, tmp_path / "out") == []
+    written = read_data_file(tmp_path / "out")
+    assert (written.lines("/t.tmpl"), written.file_tracer("/t.tmpl")) == ([8], "plug.Templates")
+    assert written.lines("/b.py") == [9]
+    assert sorted(written.measured_contexts()) == ["conftest", "t|run"][not own_lines :]
+    written.close()

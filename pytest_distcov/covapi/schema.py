@@ -24,7 +24,9 @@ are not these, the caller reads them with ``CoverageData.lines``.
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
+import urllib.parse
 from collections.abc import Collection, Iterator, Mapping
 from itertools import chain, islice
 from typing import Any
@@ -51,6 +53,7 @@ TABLES: dict[str, tuple[str, ...]] = {
     "file": ("id", "path"),
     "line_bits": ("file_id", "context_id", "numbits"),
     "arc": ("file_id", "context_id", "fromno", "tono"),
+    "tracer": ("file_id", "tracer"),
 }
 
 #: What the context batch relies on, as the start check names it (see :func:`missing`).
@@ -202,11 +205,13 @@ def fill_batch(
     by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
     *,
     arcs: bool,
+    tracers: Mapping[str, str] | None = None,
 ) -> bool:
     """Write ``by_context`` into the empty in-memory ``batch`` (its tables made, nothing else
     in them) as ``add_lines``/``add_arcs`` would, context by context: a row for each context
     with a file (a label of None is coverage.py's ""), for each file, and for each context's
-    file its line numbers as one numbits (a row per arc). False where the batch is not the
+    file its line numbers as one numbits (a row per arc), and each of its files that
+    ``tracers`` names a tracer for, that tracer. False where the batch is not the
     shared in-memory database, its tables are not the ones this writes, or a write failed:
     then ``batch`` may hold part of it (coverage.py turns the in-memory database's journal
     off, so a rollback undoes nothing), and the caller must not use it."""
@@ -222,6 +227,10 @@ def fill_batch(
             return False
         with con:  # one transaction (in memory without a journal: an error leaves part)
             _insert(con, contexts, file_ids, arcs=arcs)
+            con.executemany(
+                "INSERT INTO tracer (file_id, tracer) VALUES (?, ?)",
+                ((file_ids[f], t) for f, t in (tracers or {}).items() if t and f in file_ids),
+            )
     except sqlite3.Error:
         return False
     finally:
@@ -241,10 +250,11 @@ def fill_file(
     batch: no in-memory copy first, and no ``CoverageData.update`` to copy it (for a run's
     hundreds of thousands of arcs under per-test contexts, a third of the write).
 
-    ``data`` is closed first (its next use opens the file again and reads the files written
-    here). One transaction, its journal in memory: a failure rolls it back whole, and False
-    is returned, as where ``data`` is not empty or not this schema; the caller then writes it
-    another way. The file is not synced here (``write_data_file`` syncs it whole).
+    ``data`` is closed first, and read again after (its files as they are now). One
+    transaction, its journal in memory: a failure rolls it back whole, and False is returned,
+    as where ``data`` holds contexts, is of the other kind (lines, arcs) or not this schema;
+    the caller then writes it another way. Nothing is synced here, as coverage.py syncs
+    nothing of its own writes (``write_data_file`` syncs the combined file whole).
     """
     name = data.data_filename()
     if name.startswith("file:"):  # (in memory: a URI, that a plain connect would make a file)
@@ -257,8 +267,11 @@ def fill_file(
     except sqlite3.Error:
         return False
     try:
-        if _differences(con) or any(
-            con.execute(f"SELECT 1 FROM {table} LIMIT 1").fetchone() for table in _EMPTY
+        kind = con.execute("SELECT value FROM meta WHERE key = 'has_arcs'").fetchone()
+        if (
+            _differences(con)
+            or kind != (str(int(arcs)),)  # (data of the other kind, or of no kind yet)
+            or any(con.execute(f"SELECT 1 FROM {t} LIMIT 1").fetchone() for t in _EMPTY)
         ):
             return False
         known = dict(con.execute("SELECT path, id FROM file"))
@@ -269,19 +282,30 @@ def fill_file(
         try:
             _insert(con, contexts, file_ids, arcs=arcs, known=known)
         except BaseException:
-            con.execute("ROLLBACK")
+            if con.in_transaction:  # (SQLite rolls some errors back itself)
+                with contextlib.suppress(sqlite3.Error):
+                    con.execute("ROLLBACK")
             raise
         con.execute("COMMIT")
     except sqlite3.Error:
         return False
     finally:
         con.close()
+    data.read()  # (its files again, as they are now: measured_files() does not look)
     return True
 
 
 #: The tables :func:`fill_file` requires to be empty (the ``file`` table may hold files
 #: measured with nothing recorded: coverage.py's never-imported files of ``[run] source``).
 _EMPTY = ("context", "line_bits", "arc")
+
+
+def _reading(name: str) -> sqlite3.Connection:
+    """A connection that reads the data file ``name`` (an in-memory one's URI as it is), and
+    makes no file where there is none."""
+    if name.startswith("file:"):
+        return sqlite3.connect(name, uri=True)
+    return sqlite3.connect(f"file:{urllib.parse.quote(name)}?mode=ro", uri=True)
 
 
 def lines_union(data: CoverageData) -> dict[str, list[int]] | None:
@@ -291,9 +315,8 @@ def lines_union(data: CoverageData) -> dict[str, list[int]] | None:
     report's time with thousands of per-test contexts); here each file's numbits are OR-ed as
     integers, and made numbers once. A file without lines has an empty list. None where the
     file is not the schema this knows or cannot be read: the caller then asks coverage.py."""
-    name = data.data_filename()
     try:
-        con = sqlite3.connect(name)
+        con = _reading(data.data_filename())
     except sqlite3.Error:
         return None
     try:

@@ -37,8 +37,12 @@ def add_contexts(
     by_context: Mapping[str | None, Mapping[str, Collection[Any]]],
     *,
     arcs: bool,
+    tracers: Mapping[str, str] | None = None,
 ) -> None:
     """Add lines (or arcs) of many contexts (label -> file -> items) to ``data``.
+
+    ``tracers`` names the file tracer of files ``data`` holds measured by a coverage plugin:
+    the batch says so too, or ``CoverageData.update`` would refuse it as another tracer's.
 
     ``CoverageData.add_lines`` writes one context at a time, and opens, writes and closes its
     SQLite file for each: with thousands of per-test contexts that is most of a second for every
@@ -60,7 +64,7 @@ def add_contexts(
     batch = CoverageData(no_disk=True)
     try:
         (batch.add_arcs if arcs else batch.add_lines)({})  # its tables, and what it records
-        if not fill_batch(batch, by_context, arcs=arcs):
+        if not fill_batch(batch, by_context, arcs=arcs, tracers=tracers):
             batch.close(force=True)  # (it may hold part of it: the fallback starts afresh)
             batch = CoverageData(no_disk=True)
             for context, files in by_context.items():
@@ -69,6 +73,10 @@ def add_contexts(
                     batch.add_arcs(files)
                 else:
                     batch.add_lines(files)
+            named = batch.measured_files()
+            plugged = {f: t for f, t in (tracers or {}).items() if t and f in named}
+            if plugged:
+                batch.add_file_tracers(plugged)
         data.update(batch)
     finally:
         batch.close(force=True)
@@ -101,8 +109,9 @@ def without_contexts(full: CoverageData, into: CoverageData) -> None:
         by_tracer.setdefault(tracers.get(f, ""), []).append(f)
     for plugin, names in sorted(by_tracer.items()):
         into.touch_files(names, plugin or None)
+    unrecorded = set(empty)
     if tracers:
-        into.add_file_tracers({f: t for f, t in tracers.items() if f not in empty})
+        into.add_file_tracers({f: t for f, t in tracers.items() if f not in unrecorded})
 
 
 class Accumulator:
@@ -187,10 +196,13 @@ class Accumulator:
                 if name is None:
                     continue
                 bucket = self._bucket(context, name)
-                if self.branch:  # arcs travel as lists: made tuples again
-                    bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
-                else:
+                if not self.branch:
                     bucket.update(items)
+                    continue
+                try:  # (arcs decoded from the wire are tuples: added in one step)
+                    bucket.update(items)
+                except TypeError:  # arcs given as lists (unhashable): made tuples
+                    bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
         for plugin, paths in payload["touched"].items():
             names = (local(p) for p in paths)
             self._touched.setdefault(plugin, set()).update(n for n in names if n is not None)
@@ -231,7 +243,7 @@ class Accumulator:
             context: {f: items for f, items in files.items() if f not in clash}
             for context, files in sorted(self._data.items())
         }
-        add_contexts(data, kept, arcs=self.branch)
+        add_contexts(data, kept, arcs=self.branch, tracers=before)
         data.set_context(None)
         measured = {f for files in kept.values() for f in files}
         tracers = {f: t for f, t in ours.items() if f in measured and f not in before}

@@ -25,13 +25,16 @@ from __future__ import annotations
 import abc
 import ast
 import contextlib
+import functools
 import gc
+import hashlib
 import importlib.machinery
 import inspect
 import sys
 import threading
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 from coverage import Coverage, CoverageData
@@ -200,7 +203,7 @@ class ImportedCode(abc.ABC):
             hook = bool(config.getini("enable_assertion_pass_hook")) if config else False
         except (ValueError, AttributeError):
             hook = False
-        return f"pytest {pytest.__version__}, assertion pass hook {hook}"
+        return f"pytest {pytest.__version__} ({_rewriter_digest()}), assertion pass hook {hook}"
 
     def _exec_rewritten(self, code: Any, module_globals: dict[str, Any]) -> None:
         if isinstance(code, types.CodeType) and self.decides(code.co_filename, module_globals):
@@ -216,6 +219,18 @@ class ImportedCode(abc.ABC):
             code = obj.__code__
             if type(code) is types.CodeType and self.decides(code.co_filename, obj.__globals__):
                 yield obj
+
+
+@functools.cache
+def _rewriter_digest() -> str:
+    """A digest of pytest's assertion rewriter's module: a pytest changed in place (an
+    editable checkout) keeps its version."""
+    from _pytest.assertion import rewrite
+
+    try:
+        return hashlib.sha256(Path(rewrite.__file__).read_bytes()).hexdigest()[:16]
+    except (OSError, TypeError):
+        return "unread"
 
 
 def _rewriter_config() -> Any:

@@ -25,6 +25,7 @@ from pathlib import Path
 import coverage
 from coverage.exceptions import CoverageException
 
+from pytest_distcov.covapi.data import close_all
 from pytest_distcov.data.merge import without_contexts, write_data_file
 from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
@@ -158,15 +159,19 @@ class Finisher:
     def _without_contexts(self, full: coverage.Coverage) -> coverage.Coverage:
         """``full``'s data with every context together, in memory, with the run's
         configuration (``full`` itself where it has no contexts, or the copy fails)."""
+        if full.get_option("report:contexts"):
+            return full  # (every report, and the upload's, selects contexts then)
         data = full.get_data()
         if not set(data.measured_contexts()) - {""}:
             return full
         merged = open_coverage(self.spec, data_file=None)
         try:
             without_contexts(data, merged.get_data())
-        except (CoverageException, sqlite3.Error, OSError):
-            merged.get_data().close(force=True)
-            return full
+        except BaseException as exc:
+            close_all(merged)
+            if isinstance(exc, (CoverageException, sqlite3.Error, OSError)):
+                return full
+            raise
         return merged
 
     def rescue(self, exc: Exception, fill_run: Fill) -> str:

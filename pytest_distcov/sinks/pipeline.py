@@ -25,6 +25,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
 
+from pytest_distcov.covapi.data import close_all
+
 if TYPE_CHECKING:
     from coverage import Coverage
 
@@ -42,10 +44,11 @@ class Combined:
     """The combined data file, written, and the ``Coverage`` that reads it for the reports.
 
     ``load`` makes that ``Coverage`` (with the run's configuration) on first use only, and
-    every sink gets the same one: the upload reuses the parses the reports made.
-    ``without_contexts`` makes, from it, one that reads the same data with every context
-    together (or returns it as it is, where it has no contexts): what a report that shows no
-    contexts reads (see :func:`pytest_distcov.data.merge.without_contexts`).
+    every sink gets the same one. ``without_contexts`` makes, from it, one that reads the same
+    data with every context together (or returns it as it is, where it has no contexts, or
+    where ``[report] contexts`` selects some): what a report that shows no contexts reads, and
+    the upload (see :func:`pytest_distcov.data.merge.without_contexts`); the upload reuses the
+    parses the reports made of that one.
     """
 
     def __init__(
@@ -67,11 +70,12 @@ class Combined:
         return self._coverage
 
     def close(self) -> None:
-        """Close the in-memory copy's database (it keeps its connection on a plain close,
-        and on 3.13+ its ResourceWarning, once collected, would fail the user's run)."""
+        """Close the data objects the reports read (in-memory ones keep their connection on
+        a plain close: see :func:`pytest_distcov.covapi.data.close_all`)."""
         merged, self._merged = self._merged, None
-        if merged is not None and merged is not self._coverage:
-            merged.get_data().close(force=True)
+        full, self._coverage = self._coverage, None
+        for cov in {id(c): c for c in (merged, full) if c is not None}.values():
+            close_all(cov)
 
     def merged(self) -> Coverage:
         """The same data, every context together: for a report that shows no contexts."""
