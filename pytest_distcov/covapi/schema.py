@@ -27,7 +27,7 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import urllib.parse
-from collections.abc import Collection, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from itertools import chain, islice
 from typing import Any
 
@@ -180,10 +180,11 @@ _ARC_ROW = "(?, ?, ?, ?)"
 _INSERT_ARCS = "INSERT OR IGNORE INTO arc (file_id, context_id, fromno, tono) VALUES "
 
 
-def _insert_arcs(con: sqlite3.Connection, values: Iterator[Any]) -> None:
+def _insert_arcs(con: sqlite3.Connection, values: Iterable[Any]) -> None:
     """The arc rows whose columns ``values`` gives one after the other, many a statement: a
     run's hundreds of thousands of per-test arcs take half the time they take one a
     statement (binding a statement's parameters costs less than running it again)."""
+    values = iter(values)  # (islice of a list would start again at each call)
     size = 4 * _ARCS_A_STATEMENT
     many = _INSERT_ARCS + ", ".join([_ARC_ROW] * _ARCS_A_STATEMENT)
     rest: list[Any] = []

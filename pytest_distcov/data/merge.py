@@ -199,7 +199,8 @@ class Accumulator:
                 if not self.branch:
                     bucket.update(items)
                     continue
-                try:  # (arcs decoded from the wire are tuples: added in one step)
+                try:  # (arcs decoded from the wire are tuples: added in one step; items
+                    # are lists, read again whole below where this stops half-way)
                     bucket.update(items)
                 except TypeError:  # arcs given as lists (unhashable): made tuples
                     bucket.update(tuple(i) if isinstance(i, list) else i for i in items)
