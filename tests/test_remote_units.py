@@ -513,7 +513,9 @@ def _ship_to(
     **msg: Any,
 ) -> Any:
     """What the controller does with an agent: setup, manifests, blobs, build; the build's
-    answer."""
+    answer. Stored contents the build finds damaged are sent again once, and the build asked
+    again, as the controller does (``Fleet``): another run's agent sharing the cache may be
+    storing or pruning the same contents meanwhile."""
     from pytest_distcov.remote.shipping import digest_bytes
 
     by_digest = {digest_bytes(c): c for c in contents.values()}
@@ -528,7 +530,12 @@ def _ship_to(
     if todo:
         missing = host.manifests({"trees": todo})
         host.blobs({"items": [(d, by_digest[d]) for d in missing]})
-    return info, host.build({"overrides": [], "resend": True, "site_tree": site_tree})
+    request = {"overrides": [], "resend": True, "site_tree": site_tree}
+    paths = host.build(request)
+    if isinstance(paths, dict) and "damaged" in paths:
+        host.blobs({"items": [(d, by_digest[d]) for d in paths["damaged"]]})
+        paths = host.build(request)
+    return info, paths
 
 
 def _cache_of(tmp_path: Path) -> Path:
