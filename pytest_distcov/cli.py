@@ -110,12 +110,15 @@ def _size(text: str) -> int:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _coverage(args: argparse.Namespace) -> Coverage:
-    """A Coverage object with the user's configuration and ``--data-file`` (not loaded)."""
+def _coverage(args: argparse.Namespace, **kwargs: object) -> Coverage:
+    """A Coverage object with the user's configuration and ``--data-file`` (not loaded);
+    ``data_file=None``: in memory."""
     from .engine.measure import MeasureSpec, open_coverage
 
     spec = MeasureSpec(source=None, branch=None, config_file=args.rcfile or True)
-    return open_coverage(spec, data_file=args.data_file) if args.data_file else open_coverage(spec)
+    if "data_file" not in kwargs and args.data_file:
+        kwargs["data_file"] = args.data_file
+    return open_coverage(spec, **kwargs)
 
 
 def _data_file(args: argparse.Namespace) -> Path:
@@ -263,6 +266,8 @@ def _coveralls(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from .covapi.data import close_all
+    from .data.merge import copy_without_contexts
     from .sinks.report import (
         configured_fail_under,
         judge_fail_under,
@@ -279,7 +284,21 @@ def _report(args: argparse.Namespace) -> int:
         if args.fail_under is not None
         else configured_fail_under(cov)
     )
-    outcome = produce_reports(cov, specs, sys.stdout, need_total=fail_under is not None)
+    merged: list[Coverage] = []
+
+    def without_contexts() -> Coverage:
+        """The data with every context together, for the reports that show none."""
+        if not merged:
+            merged.append(copy_without_contexts(cov, lambda: _coverage(args, data_file=None)))
+        return merged[0]
+
+    try:
+        outcome = produce_reports(
+            cov, specs, sys.stdout, need_total=fail_under is not None, merged=without_contexts
+        )
+    finally:
+        for opened in {id(c): c for c in (cov, *merged)}.values():
+            close_all(opened)
     for note in outcome.notes:
         print(f"pytest-distcov: {note}", file=sys.stderr)
     for path in outcome.written:

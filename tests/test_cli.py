@@ -58,3 +58,41 @@ def test_command_line_loads_coverage_only_when_needed(pytester: pytest.Pytester)
     )
     result = pytester.run(sys.executable, "-c", code)
     assert result.ret == 0, result.stderr.str()
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
+def test_report_of_per_test_contexts_says_what_coverage_says(
+    pytester: pytest.Pytester, shapes: Path, branch: bool
+) -> None:
+    """A data file with per-test contexts: the reports that show none (they read the data
+    with every context together) say what coverage.py's own reports of the file say, and the
+    HTML report shows the contexts; under ``[report] contexts`` only those are reported."""
+    import json
+
+    extra = ["--distcov-branch"] if branch else []
+    run = run_pytest(pytester, "--distcov", "--distcov-context=test", *extra, "-n", "2")
+    assert run.ret == 0, run.stdout.str()
+    ours = pytester.run(
+        sys.executable, "-m", "pytest_distcov", "report", "--format", "json:ours.json",
+        "--format", "html:cov_html", "--format", "term-missing",
+    )  # fmt: skip
+    assert ours.ret == 0, ours.stderr.str()
+    theirs = pytester.run(sys.executable, "-m", "coverage", "json", "-o", "theirs.json")
+    assert theirs.ret == 0, theirs.stderr.str()
+    got, want = (json.loads((shapes / n).read_text()) for n in ("ours.json", "theirs.json"))
+    assert got["files"] == want["files"]
+    assert got["totals"] == want["totals"]
+    page = next((shapes / "cov_html").glob("*geometry_py.html")).read_text()
+    assert "|run" in page  # (contexts shown)
+    (shapes / ".coveragerc").write_text("[report]\ncontexts = test_circle\n")
+    selected = pytester.run(sys.executable, "-m", "pytest_distcov", "report", "--format", "json")
+    assert selected.ret == 0, selected.stderr.str()
+    theirs = pytester.run(sys.executable, "-m", "coverage", "json", "-o", "theirs.json")
+    assert theirs.ret == 0, theirs.stderr.str()
+    got, want = (json.loads((shapes / n).read_text()) for n in ("coverage.json", "theirs.json"))
+    assert got["totals"] == want["totals"]
+    assert (
+        0
+        < got["totals"]["covered_lines"]
+        < json.loads((shapes / "ours.json").read_text())["totals"]["covered_lines"]
+    )  # (what test_circle ran: some of the lines, not none)

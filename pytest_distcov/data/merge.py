@@ -17,19 +17,28 @@ from __future__ import annotations
 
 import errno
 import os
+import sqlite3
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from coverage import CoverageData
+from coverage import Coverage, CoverageData
+from coverage.exceptions import CoverageException
 
+from pytest_distcov.covapi.data import close_all
 from pytest_distcov.covapi.schema import fill_batch, fill_file, lines_union
 from pytest_distcov.errors import DataFileError, UntrustedPath
 from pytest_distcov.protocol import Payload
 
 from .readers import Measured, PathMapper, identity, shown
 
-__all__ = ["Accumulator", "add_contexts", "without_contexts", "write_data_file"]
+__all__ = [
+    "Accumulator",
+    "add_contexts",
+    "copy_without_contexts",
+    "without_contexts",
+    "write_data_file",
+]
 
 
 def add_contexts(
@@ -112,6 +121,28 @@ def without_contexts(full: CoverageData, into: CoverageData) -> None:
     unrecorded = set(empty)
     if tracers:
         into.add_file_tracers({f: t for f, t in tracers.items() if f not in unrecorded})
+
+
+def copy_without_contexts(full: Coverage, fresh: Callable[[], Coverage]) -> Coverage:
+    """A ``Coverage`` (``fresh()``: in memory, with ``full``'s configuration) reading
+    ``full``'s data with every context together (:func:`without_contexts`), for the reports
+    that show no contexts; ``full`` itself where its data has no contexts, where ``[report]
+    contexts`` selects some (every report and the upload select them then), or where the
+    copy fails."""
+    if full.get_option("report:contexts"):
+        return full
+    data = full.get_data()
+    if not set(data.measured_contexts()) - {""}:
+        return full
+    merged = fresh()
+    try:
+        without_contexts(data, merged.get_data())
+    except BaseException as exc:
+        close_all(merged)
+        if isinstance(exc, (CoverageException, sqlite3.Error, OSError)):
+            return full
+        raise
+    return merged
 
 
 class Accumulator:

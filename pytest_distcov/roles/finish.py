@@ -25,8 +25,7 @@ from pathlib import Path
 import coverage
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.covapi.data import close_all
-from pytest_distcov.data.merge import without_contexts, write_data_file
+from pytest_distcov.data.merge import copy_without_contexts, write_data_file
 from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import DataFileError, DistCovError, printable
@@ -158,21 +157,8 @@ class Finisher:
 
     def _without_contexts(self, full: coverage.Coverage) -> coverage.Coverage:
         """``full``'s data with every context together, in memory, with the run's
-        configuration (``full`` itself where it has no contexts, or the copy fails)."""
-        if full.get_option("report:contexts"):
-            return full  # (every report, and the upload's, selects contexts then)
-        data = full.get_data()
-        if not set(data.measured_contexts()) - {""}:
-            return full
-        merged = open_coverage(self.spec, data_file=None)
-        try:
-            without_contexts(data, merged.get_data())
-        except BaseException as exc:
-            close_all(merged)
-            if isinstance(exc, (CoverageException, sqlite3.Error, OSError)):
-                return full
-            raise
-        return merged
+        configuration (see :func:`~pytest_distcov.data.merge.copy_without_contexts`)."""
+        return copy_without_contexts(full, lambda: open_coverage(self.spec, data_file=None))
 
     def rescue(self, exc: Exception, fill_run: Fill) -> str:
         """The data file could not be written: save this run's combined data elsewhere.
