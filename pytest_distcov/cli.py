@@ -266,8 +266,8 @@ def _coveralls(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from .covapi.data import close_all
     from .data.merge import copy_without_contexts
+    from .sinks.pipeline import Combined
     from .sinks.report import (
         configured_fail_under,
         judge_fail_under,
@@ -284,21 +284,18 @@ def _report(args: argparse.Namespace) -> int:
         if args.fail_under is not None
         else configured_fail_under(cov)
     )
-    merged: list[Coverage] = []
-
-    def without_contexts() -> Coverage:
-        """The data with every context together, for the reports that show none."""
-        if not merged:
-            merged.append(copy_without_contexts(cov, lambda: _coverage(args, data_file=None)))
-        return merged[0]
-
+    # (the reports that show no contexts read the data with every context together)
+    combined = Combined(
+        Path(str(cov.get_option("run:data_file"))),
+        lambda: cov,
+        lambda full: copy_without_contexts(full, lambda: _coverage(args, data_file=None)),
+    )
     try:
         outcome = produce_reports(
-            cov, specs, sys.stdout, need_total=fail_under is not None, merged=without_contexts
+            cov, specs, sys.stdout, need_total=fail_under is not None, merged=combined.merged
         )
     finally:
-        for opened in {id(c): c for c in (cov, *merged)}.values():
-            close_all(opened)
+        combined.close()
     for note in outcome.notes:
         print(f"pytest-distcov: {note}", file=sys.stderr)
     for path in outcome.written:
