@@ -945,3 +945,31 @@ def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
             n for i in lines if i >= base for arc in table[i - base] for n in arc if n > 0
         }
     assert engine.arcs_of("/other.py", {1}) is None
+
+
+def test_the_cache_keeps_every_entry_a_run_used_beyond_its_bound(tmp_path: Path) -> None:
+    """More entries than the bound, all used by this process: none is pruned (the next run
+    would mark those modules again); entries nobody used go down to what was used."""
+    import os
+    import time
+
+    from pytest_distcov.engine.branches import MarkCache
+
+    directory = tmp_path / "marks"
+    cache = MarkCache(directory)
+    code = compile("x = 1\n", "/p/m.py", "exec")
+    for n in range(12):
+        cache.store(f"k{n}", (1, [], code))
+    cache.prune(keep=5)
+    assert len(list(directory.glob("*.marks"))) == 12  # all 12 used by this process
+    old = time.time() - 60
+    for n in range(12, 30):  # 18 more, stored by another run long ago
+        path = directory / f"k{n}.marks"
+        path.write_bytes((directory / "k0.marks").read_bytes())
+        os.utime(path, (old, old))
+    fresh = MarkCache(directory)
+    assert fresh.load("k3", "/p/m.py") is not None
+    fresh.prune(keep=5)
+    kept = {p.name for p in directory.glob("*.marks")}
+    assert len(kept) == 5
+    assert "k3.marks" in kept

@@ -125,6 +125,17 @@ def _contents(data: CoverageData, arcs: bool) -> tuple[list[str], dict[str, dict
     return sorted(data.measured_files()), out
 
 
+def _add_one_way(data: CoverageData, arcs: bool, fast: bool, *, never: str, fallback: str) -> None:
+    """add_contexts of :func:`_by_context`: the fast way (``CoverageData.<never>`` must not be
+    called), or the way taken where ``merge.<fallback>`` cannot write."""
+    if fast:
+        with mock.patch.object(CoverageData, never, side_effect=AssertionError):
+            add_contexts(data, _by_context(arcs), arcs=arcs)
+    else:
+        with mock.patch(f"pytest_distcov.data.merge.{fallback}", return_value=False):
+            add_contexts(data, _by_context(arcs), arcs=arcs)
+
+
 @pytest.mark.parametrize("arcs", [False, True], ids=["lines", "arcs"])
 def test_add_contexts_writes_what_add_lines_context_by_context_writes(arcs: bool) -> None:
     """The batch filled with three inserts (no add_lines per context) gives coverage.py's data
@@ -138,12 +149,7 @@ def test_add_contexts_writes_what_add_lines_context_by_context_writes(arcs: bool
             data.add_arcs({"/p/f.py": {(7, 8)}})
         else:
             data.add_lines({"/p/f.py": {7}})
-        if fast:
-            with mock.patch.object(CoverageData, "set_context", side_effect=AssertionError):
-                add_contexts(data, _by_context(arcs), arcs=arcs)
-        else:
-            with mock.patch("pytest_distcov.data.merge.fill_batch", return_value=False):
-                add_contexts(data, _by_context(arcs), arcs=arcs)
+        _add_one_way(data, arcs, fast, never="set_context", fallback="fill_batch")
         results.append(_contents(data, arcs))
         data.close(force=True)
     assert results[0] == results[1]
@@ -253,12 +259,7 @@ def test_add_contexts_into_a_file_writes_what_add_lines_writes(tmp_path: Path, a
     results = []
     for fast in (True, False):
         data = _on_disk(tmp_path / f"{fast}.coverage", arcs)
-        if fast:
-            with mock.patch.object(CoverageData, "update", side_effect=AssertionError):
-                add_contexts(data, _by_context(arcs), arcs=arcs)
-        else:
-            with mock.patch("pytest_distcov.data.merge.fill_file", return_value=False):
-                add_contexts(data, _by_context(arcs), arcs=arcs)
+        _add_one_way(data, arcs, fast, never="update", fallback="fill_file")
         data.set_context(None)
         data.touch_files(["/p/later.py"])
         (data.add_arcs if arcs else data.add_lines)(

@@ -146,6 +146,8 @@ class MarkCache:
 
     def __init__(self, directory: Path) -> None:
         self.directory = directory
+        #: entries this process loaded or stored: :meth:`prune` never keeps fewer
+        self.used = 0
 
     @staticmethod
     def key(filename: str, source: bytes, engine: str = "") -> str:
@@ -184,6 +186,7 @@ class MarkCache:
             return None
         with contextlib.suppress(OSError):  # used now: pruned last
             os.utime(path)
+        self.used += 1
         return base, [tuple(a) for a in arcs], code
 
     def store(self, key: str, marked: Marked) -> None:
@@ -195,14 +198,18 @@ class MarkCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code)))
             os.replace(tmp, target)
+            self.used += 1
         except (OSError, ValueError):  # a cache only: the next run marks the module again
             with contextlib.suppress(OSError):
                 tmp.unlink(missing_ok=True)
 
     def prune(self, keep: int = _CACHE_KEEP) -> None:
         """Keep the ``keep`` files used last (a module marked again for every edit of its
-        source leaves one file per edit); a temporary file a killed run left is removed once
-        it is an hour old."""
+        source leaves one file per edit), and never fewer than this process used: a code
+        base of more modules (each test module takes two entries) would otherwise mark part
+        of itself again at every run. A temporary file a killed run left is removed once it
+        is an hour old."""
+        keep = max(keep, self.used)
         try:
             found = list(os.scandir(self.directory))
             stale = time.time() - 3600

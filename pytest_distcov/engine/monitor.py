@@ -81,8 +81,6 @@ BATCH = 500
 
 #: (context label, coverage.py's file name -> lines): what one test phase ran
 Phase = tuple[str | None, dict[str, Any]]
-#: A code object whose file name is not looked up yet.
-_UNNAMED: Any = object()
 
 
 def _monitoring() -> Any:
@@ -163,8 +161,6 @@ class LineMonitor(ImportedCode):
         self._events = events.LINE | (events.PY_START if sys.version_info >= (3, 13) else 0)
         #: every code object with line events on, by id (they are kept alive here)
         self._codes: dict[int, types.CodeType] = {}
-        #: the file name coverage.py records each of them under (None: not measured)
-        self._names: dict[int, str | None] = {}
         self._started = False
         self._paused = False
         self._journal = journal
@@ -277,18 +273,16 @@ class LineMonitor(ImportedCode):
                 ran[code_id] = ran.get(code_id, frozenset()) | found.difference(seen)
                 self._fired.add(code_id)  # (its event was disabled after it was re-armed)
         codes = self._codes
-        names = self._names
+        name_for = self.side.name_for  # (a lookup in its own table, once a file is known)
         named: dict[str, Any] = {}
         for code_id, lines in ran.items():
-            name = names.get(code_id, _UNNAMED)
-            if name is _UNNAMED:
-                code = codes.get(code_id)
-                if code is None:  # pragma: no cover - only measured code has events
-                    continue
-                name = names[code_id] = self.side.name_for(code.co_filename)
+            code = codes.get(code_id)
+            if code is None:  # pragma: no cover - only measured code has events
+                continue
+            name = name_for(code.co_filename)
             if name is None:  # pragma: no cover - only measured code has events
                 continue
-            items = self.recorded(codes[code_id], lines)
+            items = self.recorded(code, lines)
             if name in named:
                 named[name] = named[name] | items
             else:
@@ -424,7 +418,6 @@ class LineMonitor(ImportedCode):
             for code in self._codes.values():
                 monitoring.set_local_events(self.tool, code, 0)
         self._codes.clear()
-        self._names.clear()
         monitoring.free_tool_id(self.tool)
 
 
