@@ -177,7 +177,7 @@ def packed(payload: Payload, kept: dict[frozenset[Any], Any] | None = None) -> P
 
 
 #: Packed items :func:`packed` keeps (all forgotten when there are this many).
-KEPT = 20_000
+KEPT = 4096
 
 
 #: How much of a value a refusal quotes (a file name is quoted whole, up to its own bound).

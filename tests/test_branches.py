@@ -956,16 +956,20 @@ def test_the_cache_keeps_every_entry_a_run_used_beyond_its_bound(tmp_path: Path)
     from pytest_distcov.engine.branches import MarkCache
 
     directory = tmp_path / "marks"
+    controller = MarkCache(directory)  # (xdist's controller prunes too, having used none)
     cache = MarkCache(directory)
     code = compile("x = 1\n", "/p/m.py", "exec")
     for n in range(12):
         cache.store(f"k{n}", (1, [], code))
     cache.prune(keep=5)
     assert len(list(directory.glob("*.marks"))) == 12  # all 12 used by this process
+    controller.prune(keep=5)
+    assert len(list(directory.glob("*.marks"))) == 12  # used by the run since it started
     old = time.time() - 60
-    for n in range(12, 30):  # 18 more, stored by another run long ago
+    for n in range(30):  # 18 more, and all of them, used by another run long ago
         path = directory / f"k{n}.marks"
-        path.write_bytes((directory / "k0.marks").read_bytes())
+        if n >= 12:
+            path.write_bytes((directory / "k0.marks").read_bytes())
         os.utime(path, (old, old))
     fresh = MarkCache(directory)
     assert fresh.load("k3", "/p/m.py") is not None

@@ -86,7 +86,7 @@ class RecordEncoder:
     one of a few ways through each file, and the engine hands the same set again). Up to
     ``keep`` of them are kept; then all are forgotten."""
 
-    def __init__(self, kind: str, keep: int = 20_000) -> None:
+    def __init__(self, kind: str, keep: int = 4096) -> None:
         self._head = _ENCODER.encode(kind)
         self._keep = keep
         self._encoded: dict[tuple[str, frozenset[Any]], str] = {}

@@ -78,8 +78,8 @@ BRANCH_PYTHONS = ((3, 12), (3, 13), (3, 14), (3, 15))
 
 Arc = tuple[int, int]
 #: Ways through a code object whose arcs :meth:`BranchMonitor.recorded` keeps (all forgotten
-#: when there are this many: a bound on its memory, a few megabytes).
-RECORDED_KEPT = 20_000
+#: when there are this many: a bound on its memory, some megabytes with large functions).
+RECORDED_KEPT = 4096
 
 
 def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info[:2]) -> str:
@@ -148,6 +148,9 @@ class MarkCache:
         self.directory = directory
         #: entries this process loaded or stored: :meth:`prune` never keeps fewer
         self.used = 0
+        #: when this process began using the cache: an entry used since (by it or by another
+        #: process of the run, whose workers start after the controller) is never pruned
+        self.started = time.time()
 
     @staticmethod
     def key(filename: str, source: bytes, engine: str = "") -> str:
@@ -205,11 +208,11 @@ class MarkCache:
 
     def prune(self, keep: int = _CACHE_KEEP) -> None:
         """Keep the ``keep`` files used last (a module marked again for every edit of its
-        source leaves one file per edit), and never fewer than this process used: a code
+        source leaves one file per edit), and never fewer than this run used (this process,
+        or another that used them since it started: the xdist controller prunes too): a code
         base of more modules (each test module takes two entries) would otherwise mark part
         of itself again at every run. A temporary file a killed run left is removed once it
         is an hour old."""
-        keep = max(keep, self.used)
         try:
             found = list(os.scandir(self.directory))
             stale = time.time() - 3600
@@ -218,6 +221,8 @@ class MarkCache:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             entries = [e for e in found if e.name.endswith(".marks")]
+            recent = sum(1 for e in entries if e.stat().st_mtime >= self.started - 1)
+            keep = max(keep, self.used, recent)
             if len(entries) <= 2 * keep:
                 return
             entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)

@@ -274,7 +274,7 @@ class LineMonitor(ImportedCode):
                 self._fired.add(code_id)  # (its event was disabled after it was re-armed)
         codes = self._codes
         name_for = self.side.name_for  # (a lookup in its own table, once a file is known)
-        named: dict[str, Any] = {}
+        parts: dict[str, list[frozenset[Any]]] = {}
         for code_id, lines in ran.items():
             code = codes.get(code_id)
             if code is None:  # pragma: no cover - only measured code has events
@@ -282,11 +282,12 @@ class LineMonitor(ImportedCode):
             name = name_for(code.co_filename)
             if name is None:  # pragma: no cover - only measured code has events
                 continue
-            items = self.recorded(code, lines)
-            if name in named:
-                named[name] = named[name] | items
-            else:
-                named[name] = items
+            parts.setdefault(name, []).append(self.recorded(code, lines))
+        # (one code object's set as it is, the shared one; several joined in one step)
+        named: dict[str, Any] = {
+            name: found[0] if len(found) == 1 else frozenset().union(*found)
+            for name, found in parts.items()
+        }
         self.add_more(named)
         if not named:
             return
