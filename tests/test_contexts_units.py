@@ -364,6 +364,38 @@ def test_arcs_many_a_statement_are_every_arc(tmp_path: Path, count: int) -> None
         assert sum(len(a) for files in found.values() for a in files.values()) == count
 
 
+def test_arcs_go_in_the_order_of_the_tables_index(tmp_path: Path) -> None:
+    """The rows go in by (file, context, arc), the order of the arc table's unique index
+    (SQLite adds each next to the last); pairs that cannot be compared (a tuple and a list
+    of one file) go in as they are, every one of them."""
+    import sqlite3
+
+    by_context: dict[str | None, dict[str, Any]] = {
+        "t.py::b|run": {"/p/z.py": {(5, 6), (-1, 2), (2, 5)}, "/p/a.py": {(3, 4), (1, 3)}},
+        "t.py::a|run": {"/p/a.py": [(9, 10), [1, 9]], "/p/z.py": {(7, -1)}},
+    }
+    data = _on_disk(tmp_path / "order.coverage", arcs=True)
+    add_contexts(data, by_context, arcs=True)
+    _, found = _contents(data, True)
+    data.close(force=True)
+    assert found["t.py::b|run"] == {
+        "/p/a.py": [(1, 3), (3, 4)],
+        "/p/z.py": [(-1, 2), (2, 5), (5, 6)],
+    }
+    assert found["t.py::a|run"] == {"/p/a.py": [(1, 9), (9, 10)], "/p/z.py": [(7, -1)]}
+    con = sqlite3.connect(tmp_path / "order.coverage")
+    try:
+        ids = con.execute(
+            "SELECT file_id, context_id, fromno, tono FROM arc ORDER BY rowid"
+        ).fetchall()
+    finally:
+        con.close()
+    assert len(ids) == 8
+    comparable = [r for r in ids if (r[2], r[3]) not in {(9, 10), (1, 9)}]
+    assert comparable == sorted(comparable)
+    assert [r[:2] for r in ids] == sorted(r[:2] for r in ids)
+
+
 def test_the_straight_write_refuses_data_of_the_other_kind(tmp_path: Path) -> None:
     """Arcs into a file of lines (or lines into one of arcs) are not written straight:
     coverage.py's own update refuses to mix them."""
