@@ -381,6 +381,28 @@ def test_users_core_with_contexts(pytester: pytest.Pytester, suite: Path, core: 
     assert len(data.measured_contexts()) > 20
 
 
+def test_a_worker_that_measures_another_way_is_named(
+    pytester: pytest.Pytester, suite: Path
+) -> None:
+    """The summary's title says how the controller measures; a worker whose own environment
+    chooses another core (here ``COVERAGE_CORE``; another Python on a remote host does the
+    same) is named in a line of its own, and its data is merged all the same."""
+    tx = ["--tx", "popen//id=gw0", "--tx", "popen//id=gw1//env:COVERAGE_CORE=pytrace"]
+    result = run_pytest(pytester, *_ours(), "-d", *tx)
+    assert result.ret == 0, result.stdout.str()
+    out = result.stdout.str()
+    assert re.search(
+        r"^distcov: \[gw1\] measured with the pytrace core \(Python \d+\.\d+\.\d+\S*\), not"
+        r" with .+ as the controller$",
+        out,
+        re.MULTILINE,
+    ), out
+    assert "[gw0] measured with" not in out
+    data = CoverageData(str(suite / ".coverage"))
+    data.read()
+    assert len(data.measured_contexts()) > 20
+
+
 @pytest.mark.parametrize("branch", [False, True], ids=["lines", "branches"])
 def test_reports_without_contexts_read_as_coverage_reads_the_data_file(
     pytester: pytest.Pytester, suite: Path, branch: bool

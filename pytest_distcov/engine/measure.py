@@ -63,12 +63,24 @@ __all__ = [
     "MeasureSpec",
     "NewOnly",
     "choose_core",
+    "describe_core",
     "free_threading_note",
     "open_coverage",
 ]
 
 #: coverage's tracer class names (``Coverage.sys_info()["core"]``) to its ``[run] core`` names.
 CORE_NAMES = {"CTracer": "ctrace", "PyTracer": "pytrace", "SysMonitor": "sysmon"}
+
+
+def describe_core(core: str, *, branch: bool) -> str:
+    """How an engine measures that took ``core`` (:attr:`Engine.core`), in words."""
+    if core == "probes":
+        return "SlipCover's probes with branch markers" if branch else "SlipCover's probes"
+    if core == "monitor":
+        return "sys.monitoring line events"
+    if core == "markers":
+        return "sys.monitoring line events with branch markers"
+    return f"the {core} core"
 
 
 @dataclass(frozen=True)
@@ -559,13 +571,7 @@ class Engine:
     @property
     def description(self) -> str:
         """How this engine measures, for the header and the summary."""
-        if self.core == "probes":
-            return "SlipCover's probes with branch markers" if self.branch else "SlipCover's probes"
-        if self.core == "monitor":
-            return "sys.monitoring line events"
-        if self.core == "markers":
-            return "sys.monitoring line events with branch markers"
-        return f"the {self.core} core"
+        return describe_core(self.core, branch=self.branch)
 
     def start(self) -> None:
         if self.use_probes:

@@ -28,7 +28,13 @@ from typing import Any
 import pytest
 
 from pytest_distcov.data.readers import read_data_file
-from pytest_distcov.engine.measure import Engine, MeasureSpec, free_threading_note, open_coverage
+from pytest_distcov.engine.measure import (
+    Engine,
+    MeasureSpec,
+    describe_core,
+    free_threading_note,
+    open_coverage,
+)
 from pytest_distcov.errors import SettingsError, printable
 from pytest_distcov.remote.fleet import RemoteHooks
 from pytest_distcov.remote.recovery import RemoteRecovery
@@ -362,9 +368,24 @@ class ControllerRole:
         for state in self.receiver.workers.values():
             host = self.receiver.host_of(state.id)
             who = f"{state.id} on host {host.spec.label}" if host is not None else state.id
+            other = self._other_core(state)
+            if other:
+                notes.append(f"[{who}] {other}")
             notes.extend(f"[{who}] {n}" for n in state.notes)
         # a worker's notes, and a host's name, are what another process said: one line each
         return [printable(n) for n in notes]
+
+    def _other_core(self, state: WorkerState) -> str:
+        """A line for a worker that measured another way than the title says (another Python
+        on a remote host, ``COVERAGE_CORE`` in its environment): '' for one that did not."""
+        hello = state.hello
+        if hello is None or hello["core"] == self.engine.core:
+            return ""
+        core, python = _short(hello["core"]), _short(hello["python"])
+        return (
+            f"measured with {describe_core(core, branch=self.engine.branch)} (Python {python}),"
+            f" not with {self.engine.description} as the controller"
+        )
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
@@ -379,6 +400,11 @@ class ControllerRole:
             notes=self._notes(),
             errors=[*self.receiver.errors, *self.errors],
         ).run(terminalreporter)
+
+
+def _short(text: str) -> str:
+    """What a worker said of itself, at most 40 characters of it."""
+    return text if len(text) <= 40 else text[:40] + "..."
 
 
 def _count(value: object) -> int:
