@@ -947,6 +947,25 @@ def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
     assert engine.arcs_of("/other.py", {1}) is None
 
 
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the monitor engines need 3.12+")
+def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
+    """Where the catchers' hook failed, the next phase's data puts one note in the engine's
+    notes (which the worker sends with its data): the run says arcs may be missing."""
+    from coverage import Coverage
+
+    from pytest_distcov.engine.branches import BranchMonitor
+
+    engine = BranchMonitor(Coverage(data_file=None, branch=True))
+    caught = engine._caught
+    assert caught is not None
+    engine.add_more({})
+    assert not any("exception went" in n for n in engine.notes)
+    caught.failed.append("TypeError: a bug")
+    engine.add_more({})
+    engine.add_more({})
+    assert [n for n in engine.notes if "exception went" in n] == [caught.failure_note()]
+
+
 def test_the_cache_keeps_every_entry_a_run_used_beyond_its_bound(tmp_path: Path) -> None:
     """More entries than the bound, all used by this process: none is pruned (the next run
     would mark those modules again); entries nobody used go down to what was used."""

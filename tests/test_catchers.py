@@ -60,6 +60,37 @@ def test_an_error_of_the_hook_itself_is_swallowed() -> None:
     assert info.value.__context__ is None
 
 
+def test_a_bug_of_the_hook_is_swallowed_and_noted() -> None:
+    """A bug of the hook's own (here: ``recording`` raising ValueError) never reaches the
+    user's exception, but its first one is kept for the run's notes; the recursion limit
+    (the call itself failing, not a bug) leaves no note."""
+    calls = 0
+
+    def buggy() -> bool:
+        nonlocal calls
+        calls += 1
+        raise ValueError(f"bug number {calls}")
+
+    arcs = ExceptionArcs(buggy)
+    assert arcs.failure_note() == ""
+    for _ in range(2):
+        with pytest.raises(KeyError, match="boom") as info:
+            _marked(arcs.hook)(_Boom())
+        assert info.value.__context__ is None
+    assert calls == 2
+    assert arcs.failed == ["ValueError: bug number 1"]
+    assert "(ValueError: bug number 1)" in arcs.failure_note()
+    assert "may be missing" in arcs.failure_note()
+
+    def at_the_limit() -> bool:
+        raise RecursionError
+
+    limited = ExceptionArcs(at_the_limit)
+    with pytest.raises(KeyError, match="boom"):
+        _marked(limited.hook)(_Boom())
+    assert limited.failed == []
+
+
 def test_what_a_signal_handler_raises_while_the_hook_runs_goes_on() -> None:
     """A timeout a signal handler raises in the middle of the hook (here: from the hook's
     first call) is not swallowed, by the hook or by the catcher: it goes on, the user's

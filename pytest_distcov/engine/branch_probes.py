@@ -77,5 +77,8 @@ class BranchProbes(MarkedModules, Probes):
         return set() if arcs is None else set(arcs)
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
-        self._caught.take(named, self.side.name_for)
+        caught = self._caught
+        caught.take(named, self.side.name_for)
+        if caught.failed and caught.failure_note() not in self.notes:
+            self.notes.append(caught.failure_note())
         super().add_more(named)

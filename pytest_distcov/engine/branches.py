@@ -605,8 +605,11 @@ class BranchMonitor(MarkedModules, LineMonitor):
         return code if self._caught is None else bind(code, self._caught.hook)
 
     def add_more(self, named: dict[str, set[Any]]) -> None:
-        if self._caught is not None:
-            self._caught.take(named, self.side.name_for)
+        caught = self._caught
+        if caught is not None:
+            caught.take(named, self.side.name_for)
+            if caught.failed and caught.failure_note() not in self.notes:
+                self.notes.append(caught.failure_note())
         super().add_more(named)
 
     def start(self) -> None:

@@ -348,7 +348,20 @@ class ExceptionArcs:
     def __init__(self, recording: Callable[[], bool], at_yield_rule: str = AT_YIELD) -> None:
         self._raised: collections.deque[tuple[str, Arc]] = collections.deque()
         self._seen: set[tuple[str, Arc]] = set()
-        self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule)
+        #: the hook's first error of its own (a bug, not the recursion limit or memory): the
+        #: exception it was handling, and perhaps later ones, went unrecorded
+        self.failed: list[str] = []
+        self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule, self.failed)
+
+    def failure_note(self) -> str:
+        """A note for the run where the hook failed ('' where it never did)."""
+        if not self.failed:
+            return ""
+        return (
+            f"recording where an exception went failed ({self.failed[0]}): arcs that"
+            " exceptions took may be missing from the data; please report this as a bug of"
+            " pytest-distcov"
+        )
 
     def take(self, named: dict[str, Any], name_for: Callable[[str], str | None]) -> None:
         """Add the arcs found since the last call to ``named``, by measured file name (a
@@ -372,6 +385,7 @@ def _exception_hook(
     seen: set[tuple[str, Arc]],
     recording: Callable[[], bool],
     at_yield_rule: str,
+    failed: list[str],
 ) -> Callable[[Table, bool], None]:
     """The hook a catcher's handler calls: if the exception being handled was raised in the
     calling frame on a line of ``table``, that line's arc into ``raised`` (once: ``seen``).
@@ -379,7 +393,8 @@ def _exception_hook(
     the user's code, on the way of their exception, perhaps in a signal handler that
     interrupted it. What a signal handler raises while it runs goes on (a timeout must not be
     lost); an arc is appended before it counts as seen, so that such an interruption loses
-    none (at worst one is appended twice)."""
+    none (at worst one is appended twice). A bug of its own is swallowed too, but its first
+    one is kept in ``failed`` for the run's notes."""
     getframe = sys._getframe
     exc_info = sys.exc_info
     every_yield = at_yield_rule == "all"
@@ -408,7 +423,14 @@ def _exception_hook(
                     continue  # (the tracer sees no line there: no arc)
                 raised.append(found)
                 seen.add(found)
-        except HOOK_ERRORS:  # never in the way of the user's exception
+        except (RecursionError, MemoryError):  # never in the way of the user's exception
             pass
+        except HOOK_ERRORS as exc:  # a bug of ours: noted, never in the user's way either
+            if not failed:
+                # (not contextlib.suppress: entering it is a call, which can fail by itself)
+                try:  # noqa: SIM105
+                    failed.append(f"{type(exc).__name__}: {exc}"[:200])
+                except HOOK_ERRORS:
+                    pass
 
     return on_exception
