@@ -416,7 +416,7 @@ def table(
         ("distcov", "slipcover"),
     ]
     compare = [(a, b) for a, b in pairs if a in modes and b in modes]
-    head += " | " + " | ".join(f"{a} / {b}" for a, b in compare) + " |"
+    head += "".join(f" | {a} / {b}" for a, b in compare) + " |"
     lines = [head, "|---" * (2 * len(modes) + len(compare)) + "|"]
     for name, by_mode in results.items():
         med = {m: statistics.median(s.cpu if cpu else s.seconds) for m, s in by_mode.items()}
