@@ -30,7 +30,7 @@ import functools
 import reprlib
 import sys
 from array import array
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from itertools import chain, islice
 from typing import Any, Literal, TypedDict, cast
 
@@ -63,8 +63,8 @@ Arc = tuple[int, int]
 class ContextData(TypedDict):
     """Lines or arcs measured under one coverage context, by file name."""
 
-    lines: dict[str, list[int]]
-    arcs: dict[str, list[Arc]]
+    lines: dict[str, Collection[int]]
+    arcs: dict[str, Collection[Arc]]
 
 
 class Payload(TypedDict):
@@ -326,10 +326,45 @@ def _arcs_ok(items: Any) -> bool:
     )
 
 
-def _unpacked(kind: str, blob: bytes) -> list[Any] | str:
-    """A file's packed lines (or arcs) as a list (arcs: of pairs), every number checked; or,
-    where the blob is not that, what it is instead (for the refusal: never its bytes, which
-    may be many)."""
+class _Decoded:
+    """Blobs decoded lately, by kind and content. A worker sends the same set of a file for
+    many test phases (jsonschema's 48,000 per-phase records of a run hold 2,900 different
+    sets): each is checked and decoded once, and every payload that holds it gets the same
+    frozenset, which nothing changes. Bounded by the bytes of the blobs it keeps (a hostile
+    worker sending ever new blobs only empties it); a blob larger than :data:`BLOB` is not
+    kept."""
+
+    #: the bytes of blobs kept before all are forgotten
+    BUDGET = 1 << 22
+    #: the largest blob kept
+    BLOB = 1 << 14
+
+    def __init__(self) -> None:
+        self.found: dict[tuple[str, bytes], frozenset[Any]] = {}
+        self.size = 0
+
+    def __call__(self, kind: str, blob: bytes) -> frozenset[Any] | str:
+        key = (kind, blob)
+        found = self.found.get(key)
+        if found is not None:
+            return found
+        unpacked = _unpacked(kind, blob)
+        if type(unpacked) is frozenset and len(blob) <= self.BLOB:
+            if self.size + len(blob) > self.BUDGET:
+                self.found.clear()
+                self.size = 0
+            self.found[key] = unpacked
+            self.size += len(blob)
+        return unpacked
+
+
+_decoded = _Decoded()
+
+
+def _unpacked(kind: str, blob: bytes) -> frozenset[Any] | str:
+    """A file's packed lines (or arcs) as a frozenset (arcs: of pairs), every number checked;
+    or, where the blob is not that, what it is instead (for the refusal: never its bytes,
+    which may be many)."""
     arcs = kind == "arcs"
     size = 8 if arcs else 4
     if len(blob) % size:
@@ -344,8 +379,8 @@ def _unpacked(kind: str, blob: bytes) -> list[Any] | str:
             return f"a packed blob of {count}, {bad} among them"
     if arcs:
         pairs = iter(numbers)
-        return list(zip(pairs, pairs, strict=True))  # (an even count)
-    return numbers
+        return frozenset(zip(pairs, pairs, strict=True))  # (an even count)
+    return frozenset(numbers)
 
 
 def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
@@ -362,8 +397,8 @@ def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
                 raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
             named.add(path)
         if type(items) is bytes:
-            unpacked = _unpacked(kind, items)
-            if type(unpacked) is list:
+            unpacked = _decoded(kind, items)
+            if type(unpacked) is frozenset:
                 found[path] = unpacked  # (a value replaced: no new key)
                 continue
             shown = unpacked

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import sys
 import warnings
 from pathlib import Path
@@ -169,10 +170,61 @@ def test_packed_lines_and_arcs_decode_to_what_was_packed() -> None:
     )
     assert wire["contexts"][""]["arcs"]["/a.py"][:8] == b"\xff\xff\xff\xff\x01\x00\x00\x00"
     got = decode(_chunk(data=wire))["data"]
-    assert got["contexts"]["t|run"]["lines"] == lines
-    assert got["contexts"][""]["arcs"] == arcs
+    assert got["contexts"]["t|run"]["lines"] == {f: frozenset(n) for f, n in lines.items()}
+    assert got["contexts"][""]["arcs"] == {f: frozenset(a) for f, a in arcs.items()}
     assert (got["tracers"], got["touched"]) == (data["tracers"], data["touched"])
     assert data["contexts"]["t|run"]["lines"]["/a.py"] == [0, 1, 7, MAX_LINE]  # (unchanged)
+
+
+def test_a_blob_that_comes_again_is_decoded_once_and_shared() -> None:
+    """The same blob in two messages decodes to the very same frozenset (checked and
+    decoded once); a blob of other bytes is decoded anew, and a bad blob is refused each
+    time it comes, never kept."""
+    from pytest_distcov import protocol
+
+    blob = packed(
+        {"contexts": {"": {"lines": {"/a.py": [5, 6]}, "arcs": {}}}, "tracers": {}, "touched": {}}
+    )["contexts"][""]["lines"]["/a.py"]  # type: ignore[arg-type]
+
+    def message(item: bytes) -> dict[str, Any]:
+        return _chunk(
+            data={
+                "contexts": {"t|run": {"lines": {"/a.py": item}, "arcs": {}}},
+                "tracers": {},
+                "touched": {},
+            }
+        )
+
+    first = decode(message(bytes(blob)))["data"]["contexts"]["t|run"]["lines"]["/a.py"]
+    again = decode(message(bytes(blob)))["data"]["contexts"]["t|run"]["lines"]["/a.py"]
+    assert first == frozenset({5, 6})
+    assert again is first
+    other = decode(message(blob + b"\x07\x00\x00\x00"))["data"]["contexts"]["t|run"]
+    assert other["lines"]["/a.py"] == frozenset({5, 6, 7})
+    bad = b"\xff\xff\xff\xff"  # -1: no line number
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="-1 among them"):
+            decode(message(bad))
+    assert ("lines", bad) not in protocol._decoded.found
+
+
+def test_the_kept_blobs_stay_within_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Blobs beyond the budget empty the store (a worker sending ever new blobs cannot make
+    the controller keep them all); a blob larger than the largest kept is never kept."""
+    from pytest_distcov import protocol
+
+    store = protocol._Decoded()
+    monkeypatch.setattr(store, "BUDGET", 64)
+    monkeypatch.setattr(store, "BLOB", 16)
+    blobs = [n.to_bytes(4, "little") * 4 for n in range(1, 10)]  # 16 bytes each
+    for blob in blobs:
+        assert store("lines", blob) == frozenset({int.from_bytes(blob[:4], "little")})
+        assert store.size <= 64
+    assert len(store.found) <= 4
+    assert store("lines", blobs[-1]) is store("lines", blobs[-1])
+    big = (1).to_bytes(4, "little") * 5  # 20 bytes
+    assert store("lines", big) == frozenset({1})
+    assert ("lines", big) not in store.found
 
 
 def test_a_set_given_again_is_packed_once_and_decodes_as_given() -> None:
@@ -203,7 +255,7 @@ def test_a_set_given_again_is_packed_once_and_decodes_as_given() -> None:
         assert set(got[f"{label}|run"]["arcs"]["/a.py"]) == arcs
         assert set(got[f"{label}|run"]["arcs"]["/b.py"]) == arcs
         assert sorted(got[f"{label}|setup"]["lines"]["/a.py"]) == [1, 2, 3]
-        assert got[f"{label}|setup"]["lines"]["/c.py"] == [5, 4]
+        assert got[f"{label}|setup"]["lines"]["/c.py"] == frozenset({5, 4})
 
 
 def _blob(*numbers: int) -> bytes:
@@ -254,7 +306,7 @@ def test_a_huge_blob_is_refused_in_a_short_line_and_a_large_one_decodes() -> Non
     arcs = list(itertools.pairwise(many))
     wire = packed(_with(lines={"/a.py": many}, arcs={"/b.py": arcs})["data"])
     got = decode(_chunk(data=wire))["data"]["contexts"][""]
-    assert got["lines"]["/a.py"] == many
+    assert got["lines"]["/a.py"] == frozenset(many)
     assert len(got["arcs"]["/b.py"]) == 999_999
 
 
@@ -715,6 +767,34 @@ def test_a_payload_of_the_other_kind_merges_nothing() -> None:
     with pytest.raises(DataFileError, match=r"branch \(arc\) data into a run measuring lines only"):
         acc.add_payload(payload)
     assert not acc
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "arcs"])
+def test_a_shared_set_from_the_wire_is_kept_as_it_is_and_never_changed(branch: bool) -> None:
+    """A frozenset decoded from the wire (shared by every payload that held the same blob)
+    is kept as it came for a context and file new to the union; where the same context and
+    file come again, the union is a set of its own, and the shared one is unchanged."""
+    from coverage import CoverageData
+
+    items: frozenset[Any] = frozenset({(1, 2), (2, -1)} if branch else {1, 2})
+    more: frozenset[Any] = frozenset({(5, 6)} if branch else {5})
+    kind = "arcs" if branch else "lines"
+    acc = Accumulator(branch=branch)
+    for label, found in (("a|run", items), ("b|run", items), ("a|run", more)):
+        payload = empty_payload()
+        payload["contexts"][label] = {"lines": {}, "arcs": {}}
+        payload["contexts"][label][kind] = {"/m.py": found}  # type: ignore[literal-required]
+        acc.add_payload(payload)
+    assert acc._data["b|run"]["/m.py"] is items
+    assert acc._data["a|run"]["/m.py"] == items | more
+    assert items == frozenset({(1, 2), (2, -1)} if branch else {1, 2})
+    data = CoverageData(no_disk=True)
+    acc.write_into(data)
+    for label, want in (("a|run", items | more), ("b|run", items)):
+        data.set_query_contexts([re.escape(label)])
+        got = data.arcs("/m.py") if branch else data.lines("/m.py")
+        assert set(got or ()) == set(want), label
+    data.close(force=True)
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="/dev/zero is POSIX's")

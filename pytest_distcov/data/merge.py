@@ -153,7 +153,8 @@ class Accumulator:
         #: the modules of ``[run] plugins``: a file tracer's name starts with one of them
         self.plugins = tuple(plugins)
         # context label -> file -> line numbers (or arcs when branch is on)
-        self._data: dict[str, dict[str, Measured]] = {}
+        #: context -> file -> its lines or arcs: a set, or a frozenset shared as it came
+        self._data: dict[str, dict[str, Measured | frozenset[Any]]] = {}
         self._tracers: dict[str, str] = {}
         self._touched: dict[str, set[str]] = {}
 
@@ -163,11 +164,15 @@ class Accumulator:
     # -- adding -----------------------------------------------------------------------------
 
     def _bucket(self, context: str, path: str) -> Measured:
+        """The set of ``path``'s items under ``context``, to add to: a frozenset kept as it
+        came (see :meth:`add_payload`) is made a set of its own first."""
         files = self._data.setdefault(context, {})
         bucket = files.get(path)
         if bucket is None:
             bucket = files[path] = set()
-        return bucket
+        elif type(bucket) is frozenset:
+            bucket = files[path] = set(bucket)
+        return bucket  # type: ignore[return-value]  # (a set now)
 
     def add_payload(self, payload: Payload, map_path: PathMapper | None = None) -> dict[str, str]:
         """Merge a worker's payload, each path through ``map_path``.
@@ -220,11 +225,18 @@ class Accumulator:
             if plugin:  # a file a plugin found is that plugin's: one plugin a file
                 for path in paths:
                     claim(path, plugin, "found")
+        data = self._data
         for context, ctx in payload["contexts"].items():
             lines, arcs = ctx["lines"], ctx["arcs"]
             for path, items in (arcs or lines).items():
                 name = local(path)
                 if name is None:
+                    continue
+                if type(items) is frozenset and name not in data.get(context, ()):
+                    # Kept as it is: decoded from the wire, the same frozenset may stand for
+                    # many phases (protocol's decoding keeps them), and nothing changes it;
+                    # where the same context and file come again, a set of its own is made.
+                    data.setdefault(context, {})[name] = items
                     continue
                 bucket = self._bucket(context, name)
                 if not self.branch:
@@ -271,7 +283,7 @@ class Accumulator:
             data.add_arcs({})
         else:
             data.add_lines({})
-        kept: dict[str | None, dict[str, Measured]] = {
+        kept: dict[str | None, dict[str, Measured | frozenset[Any]]] = {
             context: {f: items for f, items in files.items() if f not in clash}
             for context, files in sorted(self._data.items())
         }

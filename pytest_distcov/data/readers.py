@@ -537,9 +537,13 @@ class ContextDeltaReader:
                 "SELECT rowid, file_id, context_id, fromno, tono FROM arc WHERE rowid > ?",
                 (self._arc_mark,),
             ).fetchall()
+            grouped: dict[tuple[str, str], list[tuple[int, int]]] = {}
             for _, fid, cid, fromno, tono in rows:
-                ctx = by_context.setdefault(self._contexts[cid], {"lines": {}, "arcs": {}})
-                ctx["arcs"].setdefault(self._files[fid], []).append((fromno, tono))
+                key = (self._contexts[cid], self._files[fid])
+                grouped.setdefault(key, []).append((fromno, tono))
+            for (label, name), arcs in grouped.items():
+                ctx = by_context.setdefault(label, {"lines": {}, "arcs": {}})
+                ctx["arcs"][name] = arcs
             self._arc_mark = max((r[0] for r in rows), default=self._arc_mark)
         else:
             numbits_to_nums = numbits_decoder()
