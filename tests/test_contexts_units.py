@@ -364,6 +364,46 @@ def test_arcs_many_a_statement_are_every_arc(tmp_path: Path, count: int) -> None
         assert sum(len(a) for files in found.values() for a in files.values()) == count
 
 
+def test_arcs_many_contexts_share_are_written_once_and_read_back_whole(tmp_path: Path) -> None:
+    """Sets of arcs that many contexts share (as decoded from the wire) go in through
+    temporary tables, joined in SQLite: every context reads back its own arcs, those of a
+    set of its own too (straight into the file, and through the batch), and nothing else
+    is left in the file."""
+    import sqlite3
+
+    shared = [frozenset((n, n + k) for n in range(70 + k)) for k in range(3)]
+    by_context: dict[str | None, dict[str, Any]] = {}
+    for n in range(12):
+        files = by_context.setdefault(f"t.py::t{n}|run", {})
+        files["/p/a.py"] = shared[n % 3]
+        files["/p/b.py"] = shared[(n + 1) % 3]
+    by_context["t.py::t0|run"]["/p/c.py"] = {(1, 2), (2, -1)}
+    want = {c: {f: sorted(a) for f, a in sorted(fs.items())} for c, fs in by_context.items()}
+    from pytest_distcov.covapi import schema
+
+    for straight in (True, False):
+        path = tmp_path / f"{straight}.coverage"
+        data = _on_disk(path, arcs=True)
+        with mock.patch.object(schema, "_insert_rows", wraps=schema._insert_rows) as spy:
+            if straight:
+                add_contexts(data, by_context, arcs=True)
+            else:
+                with mock.patch("pytest_distcov.data.merge.fill_file", return_value=False):
+                    add_contexts(data, by_context, arcs=True)
+        assert any("distcov_arc_sets" in call.args[1] for call in spy.call_args_list)
+        _, found = _contents(data, True)
+        data.close(force=True)
+        assert found == want
+        con = sqlite3.connect(path)
+        try:
+            tables = {name for (name,) in con.execute("SELECT name FROM sqlite_master")}
+            rows = con.execute("SELECT count(*) FROM arc").fetchone()[0]
+        finally:
+            con.close()
+        assert not any(name.startswith("distcov") for name in tables)
+        assert rows == sum(len(a) for fs in want.values() for a in fs.values())
+
+
 def test_arcs_go_in_the_order_of_the_tables_index(tmp_path: Path) -> None:
     """The rows go in by (file, context, arc), the order of the arc table's unique index
     (SQLite adds each next to the last); pairs that cannot be compared (a tuple and a list
