@@ -39,6 +39,7 @@ from .errors import ProtocolError
 __all__ = [
     "MAX_LINE",
     "PROTOCOL_VERSION",
+    "Blobs",
     "Chunk",
     "Hello",
     "Message",
@@ -326,39 +327,52 @@ def _arcs_ok(items: Any) -> bool:
     )
 
 
-class _Decoded:
-    """Blobs decoded lately, by kind and content. A worker sends the same set of a file for
-    many test phases (jsonschema's 48,000 per-phase records of a run hold 2,900 different
-    sets): each is checked and decoded once, and every payload that holds it gets the same
-    frozenset, which nothing changes. Bounded by the bytes of the blobs it keeps (a hostile
-    worker sending ever new blobs only empties it); a blob larger than :data:`BLOB` is not
-    kept."""
+class Blobs:
+    """Blobs decoded lately, by kind and content: give one to :func:`decode` for the messages
+    of one run (the controller's receiver does; one thread only: it drains its inbox on the
+    main thread).
 
-    #: the bytes of blobs kept before all are forgotten
-    BUDGET = 1 << 22
+    A worker sends the same set of a file for many test phases (jsonschema's 48,000
+    per-phase records of a run hold 2,900 different sets): each blob is checked and decoded
+    once, and every payload that holds it gets the same frozenset, which nothing changes.
+
+    Bounded by what the kept sets cost in memory, estimated from their blobs (measured on
+    3.13: about 16 bytes of set for each byte of a blob of line numbers, 23 for arcs, and a
+    few hundred bytes for each entry), at most :attr:`BUDGET` in all; a worker sending ever
+    new blobs only empties it. A blob larger than :attr:`BLOB` is decoded but not kept."""
+
+    #: the estimated memory of the kept sets before all are forgotten
+    BUDGET = 32 << 20
     #: the largest blob kept
     BLOB = 1 << 14
+    #: the estimated cost of a kept blob: this much a byte of it, and :attr:`ENTRY` more
+    PER_BYTE = 24
+    ENTRY = 400
 
     def __init__(self) -> None:
         self.found: dict[tuple[str, bytes], frozenset[Any]] = {}
-        self.size = 0
+        self.cost = 0
+
+    def clear(self) -> None:
+        """Forget every blob (the run's messages are all in)."""
+        self.found.clear()
+        self.cost = 0
 
     def __call__(self, kind: str, blob: bytes) -> frozenset[Any] | str:
+        if len(blob) > self.BLOB:  # (never kept: no hash of it either)
+            return _unpacked(kind, blob)
         key = (kind, blob)
         found = self.found.get(key)
         if found is not None:
             return found
         unpacked = _unpacked(kind, blob)
-        if type(unpacked) is frozenset and len(blob) <= self.BLOB:
-            if self.size + len(blob) > self.BUDGET:
-                self.found.clear()
-                self.size = 0
+        if type(unpacked) is frozenset:
+            cost = self.PER_BYTE * len(blob) + self.ENTRY
+            if self.cost + cost > self.BUDGET:
+                self.clear()
             self.found[key] = unpacked
-            self.size += len(blob)
+            self.cost += cost
         return unpacked
-
-
-_decoded = _Decoded()
 
 
 def _unpacked(kind: str, blob: bytes) -> frozenset[Any] | str:
@@ -383,7 +397,9 @@ def _unpacked(kind: str, blob: bytes) -> frozenset[Any] | str:
     return frozenset(numbers)
 
 
-def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
+def _check_measured(
+    label: str, kind: str, found: Any, named: set[str], blobs: Blobs | None
+) -> None:
     """One context's lines or arcs: file name -> line numbers (or arcs), packed ones unpacked
     in place (a list is accepted too: a worker sends one where a number does not pack)."""
     if type(found) is not dict:
@@ -397,7 +413,7 @@ def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
                 raise _Malformed(f"context {_name(label)}: {kind} of a file named {_name(path)}")
             named.add(path)
         if type(items) is bytes:
-            unpacked = _decoded(kind, items)
+            unpacked = _unpacked(kind, items) if blobs is None else blobs(kind, items)
             if type(unpacked) is frozenset:
                 found[path] = unpacked  # (a value replaced: no new key)
                 continue
@@ -412,7 +428,7 @@ def _check_measured(label: str, kind: str, found: Any, named: set[str]) -> None:
         )
 
 
-def _check_payload(data: Any) -> Payload:
+def _check_payload(data: Any, blobs: Blobs | None = None) -> Payload:
     """Every field of a payload, down to each line number: what is accepted here merges into
     the controller's data and is written to the data file, where one bad value would stop the
     whole write at the end of the run."""
@@ -427,8 +443,8 @@ def _check_payload(data: Any) -> Payload:
             raise _Malformed(f"a context label {_name(label)}")
         if type(ctx) is not dict:
             raise _Malformed(f"context {_name(label)} is not a dict")
-        _check_measured(label, "lines", ctx.get("lines"), named)
-        _check_measured(label, "arcs", ctx.get("arcs"), named)
+        _check_measured(label, "lines", ctx.get("lines"), named, blobs)
+        _check_measured(label, "arcs", ctx.get("arcs"), named, blobs)
     for path, plugin in data["tracers"].items():
         if not _is_path(path):
             raise _Malformed(f"a tracer for a file named {_name(path)}")
@@ -454,21 +470,22 @@ def _check_notes(raw: dict[str, Any]) -> None:
 _KINDS = {"hello": "hello", "chunk": "chunk", "final": "final message"}
 
 
-def decode(raw: Any) -> Message:
-    """Validate one message received from a worker, every field of it, and return it typed.
+def decode(raw: Any, blobs: Blobs | None = None) -> Message:
+    """Validate one message received from a worker, every field of it, and return it typed
+    (``blobs``: the blobs of lines and arcs decoded lately, to decode each only once).
 
     Raises :class:`ProtocolError` saying what is wrong ("a malformed chunk: ...", the values
     it quotes escaped and cut short); the message is then to be left out whole.
     """
     kind = raw.get("kind") if type(raw) is dict else None
     try:
-        return _decode(raw)
+        return _decode(raw, blobs)
     except _Malformed as exc:
         what = _KINDS.get(kind, "message") if type(kind) is str else "message"
         raise ProtocolError(f"a malformed {what}: {exc}") from None
 
 
-def _decode(raw: Any) -> Message:
+def _decode(raw: Any, blobs: Blobs | None) -> Message:
     _require(type(raw) is dict, f"expected a dict, got {type(raw).__name__}")
     proto = raw.get("proto")
     if not _is_int(proto) or proto != PROTOCOL_VERSION:
@@ -492,6 +509,6 @@ def _decode(raw: Any) -> Message:
             value = raw.get(key)
             _require(_is_int(value) and value >= 0, f"its {key!r} is {_quote(value)}")
         _check_notes(raw)
-        _check_payload(raw.get("data"))
+        _check_payload(raw.get("data"), blobs)
         return cast(Chunk, raw)
     raise _Malformed(f"unknown kind {_quote(kind)}")

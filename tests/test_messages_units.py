@@ -177,14 +177,15 @@ def test_packed_lines_and_arcs_decode_to_what_was_packed() -> None:
 
 
 def test_a_blob_that_comes_again_is_decoded_once_and_shared() -> None:
-    """The same blob in two messages decodes to the very same frozenset (checked and
-    decoded once); a blob of other bytes is decoded anew, and a bad blob is refused each
-    time it comes, never kept."""
-    from pytest_distcov import protocol
+    """With a store of blobs (the receiver's), the same blob in two messages decodes to the
+    very same frozenset (checked and decoded once); a blob of other bytes is decoded anew,
+    and a bad blob is refused each time it comes, never kept. Without a store each message
+    decodes its own."""
+    from pytest_distcov.protocol import Blobs
 
     blob = packed(
-        {"contexts": {"": {"lines": {"/a.py": [5, 6]}, "arcs": {}}}, "tracers": {}, "touched": {}}
-    )["contexts"][""]["lines"]["/a.py"]  # type: ignore[arg-type]
+        {"contexts": {"": {"lines": {"/a.py": [5, 6]}, "arcs": {}}}, "tracers": {}, "touched": {}}  # type: ignore[typeddict-item]
+    )["contexts"][""]["lines"]["/a.py"]
 
     def message(item: bytes) -> dict[str, Any]:
         return _chunk(
@@ -195,36 +196,63 @@ def test_a_blob_that_comes_again_is_decoded_once_and_shared() -> None:
             }
         )
 
-    first = decode(message(bytes(blob)))["data"]["contexts"]["t|run"]["lines"]["/a.py"]
-    again = decode(message(bytes(blob)))["data"]["contexts"]["t|run"]["lines"]["/a.py"]
+    def lines(item: bytes, blobs: Blobs | None) -> Any:
+        return decode(message(item), blobs)["data"]["contexts"]["t|run"]["lines"]["/a.py"]
+
+    blobs = Blobs()
+    first = lines(bytes(blob), blobs)
     assert first == frozenset({5, 6})
-    assert again is first
-    other = decode(message(blob + b"\x07\x00\x00\x00"))["data"]["contexts"]["t|run"]
-    assert other["lines"]["/a.py"] == frozenset({5, 6, 7})
+    assert lines(bytes(blob), blobs) is first
+    assert lines(bytes(blob), None) is not first
+    assert lines(blob + b"\x07\x00\x00\x00", blobs) == frozenset({5, 6, 7})
     bad = b"\xff\xff\xff\xff"  # -1: no line number
     for _ in range(2):
         with pytest.raises(ProtocolError, match="-1 among them"):
-            decode(message(bad))
-    assert ("lines", bad) not in protocol._decoded.found
+            decode(message(bad), blobs)
+    assert ("lines", bad) not in blobs.found
+    blobs.clear()
+    assert (blobs.found, blobs.cost) == ({}, 0)
 
 
-def test_the_kept_blobs_stay_within_their_budget(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Blobs beyond the budget empty the store (a worker sending ever new blobs cannot make
-    the controller keep them all); a blob larger than the largest kept is never kept."""
-    from pytest_distcov import protocol
+def test_the_kept_blobs_stay_within_their_budget() -> None:
+    """What the kept sets cost is estimated from their blobs, and beyond the budget the
+    store is emptied (a worker sending ever new blobs cannot make the controller keep them
+    all; an empty blob costs its entry too); a blob larger than the largest kept is never
+    kept. The estimate covers what the sets really take."""
+    import tracemalloc
 
-    store = protocol._Decoded()
-    monkeypatch.setattr(store, "BUDGET", 64)
-    monkeypatch.setattr(store, "BLOB", 16)
+    from pytest_distcov.protocol import Blobs
+
+    store = Blobs()
+    store.BUDGET = 4 * (store.PER_BYTE * 16 + store.ENTRY)
+    store.BLOB = 16
     blobs = [n.to_bytes(4, "little") * 4 for n in range(1, 10)]  # 16 bytes each
     for blob in blobs:
         assert store("lines", blob) == frozenset({int.from_bytes(blob[:4], "little")})
-        assert store.size <= 64
-    assert len(store.found) <= 4
+        assert store.cost <= store.BUDGET
+    assert 0 < len(store.found) <= 4
     assert store("lines", blobs[-1]) is store("lines", blobs[-1])
     big = (1).to_bytes(4, "little") * 5  # 20 bytes
     assert store("lines", big) == frozenset({1})
     assert ("lines", big) not in store.found
+    store.clear()
+    for _ in range(3):
+        store("lines", b"")
+    assert store.cost == store.ENTRY  # (one entry: the same empty blob)
+
+    for kind, width in (("lines", 4), ("arcs", 8)):
+        real = Blobs()
+        tracemalloc.start()
+        try:
+            before = tracemalloc.get_traced_memory()[0]
+            for n in range(200):
+                numbers = range(1000 * n + 300, 1000 * n + 300 + 2 * 64)
+                blob = b"".join(i.to_bytes(4, "little") for i in numbers)[: width * 64]
+                real(kind, bytes(blob))
+            used = tracemalloc.get_traced_memory()[0] - before
+        finally:
+            tracemalloc.stop()
+        assert used <= real.cost, (kind, used, real.cost)
 
 
 def test_a_set_given_again_is_packed_once_and_decodes_as_given() -> None:

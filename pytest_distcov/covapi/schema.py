@@ -165,12 +165,21 @@ def _insert(
             ),
         )
     else:
-        numbits: dict[int, bytes] = {}  # (by the id of a set many contexts share)
+        seen: set[int] = set()
+        shared: dict[int, bytes | None] = {}  # the sets used again: None, then their numbits
+        for files in contexts.values():
+            for items in files.values():
+                if id(items) in seen:
+                    shared[id(items)] = None
+                seen.add(id(items))
 
         def numbits_of(items: Collection[int]) -> bytes:
-            found = numbits.get(id(items))
+            """The numbits of ``items``, made once for a set many contexts share."""
+            if id(items) not in shared:
+                return nums_to_numbits(items)
+            found = shared[id(items)]
             if found is None:
-                found = numbits[id(items)] = nums_to_numbits(items)
+                found = shared[id(items)] = nums_to_numbits(items)
             return found
 
         con.executemany(
@@ -211,12 +220,13 @@ def _insert_arcs(
 
     A run's hundreds of thousands of per-test arcs often hold few different sets (a worker
     sends the same set of a file for many test phases, and the controller keeps one object
-    for each: see the protocol's decoding). Where the different sets hold less than half of
-    the rows, each goes once into a temporary table, each (file, context) with its set's id
-    into another, and one ``INSERT … SELECT`` joins them into the arc table in SQLite's own
-    code: binding every row's four numbers from Python takes more time than SQLite's insert
-    (jsonschema's 875,000 rows from 2,900 sets: 0.49 to 0.52 s instead of 0.65 s). Otherwise the
-    rows go in straight, many a statement. The temporary tables are gone after."""
+    for each: see the protocol's decoding). Where the different sets hold less than 40% of
+    the rows (about where the two ways cost the same), each goes once into a temporary
+    table, each (file, context) with its set's id into another, and one ``INSERT … SELECT``
+    joins them into the arc table in SQLite's own code: binding every row's four numbers
+    from Python takes more time than SQLite's insert (jsonschema's 875,000 rows from 85,000
+    different ones: 0.49 to 0.52 s instead of 0.65 s). Otherwise the rows go in straight,
+    many a statement. The temporary tables are gone after."""
     uses = sorted(groups, key=lambda group: (group[0], group[1]))
     distinct: dict[int, Collection[Any]] = {}  # by the id of a set, alive in ``uses``
     shared: dict[int, Collection[Any] | None] = {}  # the sets used again: None, then sorted
@@ -227,7 +237,7 @@ def _insert_arcs(
             shared[id(items)] = None
         else:
             distinct[id(items)] = items
-    if 2 * sum(map(len, distinct.values())) >= rows:
+    if 5 * sum(map(len, distinct.values())) >= 2 * rows:
 
         def in_order(items: Collection[Any]) -> Collection[Any]:
             """Sorted in turn (no copy of them all), a set used again once."""
@@ -250,10 +260,10 @@ def _insert_arcs(
         )
         return
     set_ids = {key: n for n, key in enumerate(distinct, 1)}
-    con.execute("PRAGMA temp_store = MEMORY")
-    for create in _TEMP_TABLES:
-        con.execute(create)
     try:
+        con.execute("PRAGMA temp_store = MEMORY")
+        for create in _TEMP_TABLES:
+            con.execute(create)
         _insert_rows(
             con,
             "INSERT INTO temp.distcov_arc_sets VALUES ",

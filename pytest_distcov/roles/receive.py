@@ -34,7 +34,7 @@ from pytest_distcov.data.merge import Accumulator
 from pytest_distcov.data.readers import PathMapper, checked_mapper
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import DataFileError, ProtocolError, UntrustedPath, printable
-from pytest_distcov.protocol import Chunk, Hello, decode
+from pytest_distcov.protocol import Blobs, Chunk, Hello, decode
 from pytest_distcov.remote.fleet import HostSession, RemoteHooks
 from pytest_distcov.sinks.parses import ParseCache
 from pytest_distcov.sinks.preparse import PreParser
@@ -96,6 +96,8 @@ class Receiver:
         names = [str(p) for p in plugins] if isinstance(plugins, list) else []
         self.acc = Accumulator(branch=engine.branch, plugins=names)
         self.inbox: queue.SimpleQueue[tuple[str, Any]] = queue.SimpleQueue()
+        #: the blobs of lines and arcs decoded lately (see :class:`Blobs`): the main thread's
+        self.blobs = Blobs()
         self.workers: dict[str, WorkerState] = {}
         self.errors: list[str] = []
         #: the directories a worker's hello may name: this run's (see tempdirs.py)
@@ -153,7 +155,7 @@ class Receiver:
             if raw is CHANNEL_CLOSED:
                 continue
             try:
-                msg = decode(raw)
+                msg = decode(raw, self.blobs)
                 if msg["worker"] != worker_id:
                     raise ProtocolError(
                         f"a message signed by worker {msg['worker']!r:.40} on its own channel"
