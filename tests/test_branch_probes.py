@@ -117,3 +117,20 @@ def test_marking_a_module_shows_no_deprecation_warning(pytester: pytest.Pytester
     result = run_pytest(pytester, *AUTO)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines([HEADER])
+
+
+def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
+    """As the monitor engine does on 3.12+ (tests/test_branches.py): where the catchers'
+    hook failed, the next phase's data puts one note in the engine's notes."""
+    from coverage import Coverage
+
+    from pytest_distcov.engine.branch_probes import BranchProbes
+
+    engine = BranchProbes(Coverage(data_file=None, branch=True))
+    caught = engine._caught
+    engine.add_more({})
+    assert not any("exception went" in n for n in engine.notes)
+    caught.failed.append("TypeError")
+    engine.add_more({})
+    engine.add_more({})
+    assert [n for n in engine.notes if "exception went" in n] == [caught.failure_note()]

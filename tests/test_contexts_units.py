@@ -369,8 +369,6 @@ def test_arcs_many_contexts_share_are_written_once_and_read_back_whole(tmp_path:
     temporary tables, joined in SQLite: every context reads back its own arcs, those of a
     set of its own too (straight into the file, and through the batch), and nothing else
     is left in the file."""
-    import sqlite3
-
     shared = [frozenset((n, n + k) for n in range(70 + k)) for k in range(3)]
     by_context: dict[str | None, dict[str, Any]] = {}
     for n in range(12):
@@ -408,8 +406,6 @@ def test_arcs_go_in_the_order_of_the_tables_index(tmp_path: Path) -> None:
     """The rows go in by (file, context, arc), the order of the arc table's unique index
     (SQLite adds each next to the last); pairs that cannot be compared (a tuple and a list
     of one file) go in as they are, every one of them."""
-    import sqlite3
-
     by_context: dict[str | None, dict[str, Any]] = {
         "t.py::b|run": {"/p/z.py": {(5, 6), (-1, 2), (2, 5)}, "/p/a.py": {(3, 4), (1, 3)}},
         "t.py::a|run": {"/p/a.py": [(9, 10), [1, 9]], "/p/z.py": {(7, -1)}},

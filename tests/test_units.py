@@ -314,6 +314,33 @@ def test_engine_flushes_only_new_lines(tmp_path: Path, context: str, expected: s
     assert out.strip() == expected
 
 
+FLUSHED_NOTES_SCRIPT = """
+import sys
+from pathlib import Path
+from pytest_distcov.engine.measure import Engine, MeasureSpec
+spec = MeasureSpec(source=(sys.argv[1],), branch=True, config_file=False, engine="auto",
+                   context="test")
+engine = Engine(spec, Path(sys.argv[1]) / "data", "t", subprocesses=False, partial=True)
+engine.start()
+inner = engine._monitor
+inner.notes.append("a note of the monitor's")
+engine.flush()
+engine.flush()
+print(engine.notes.count("a note of the monitor's"))
+engine.finish()
+print(engine.notes.count("a note of the monitor's"))
+"""
+
+
+@pytest.mark.skipif(sys.version_info < (3, 12), reason="the monitor engine runs on 3.12+")
+def test_a_note_of_the_monitor_reaches_the_engine_at_the_next_flush(tmp_path: Path) -> None:
+    """A note the monitor engine makes while tests run (the catchers' hook failing, say) is
+    in the engine's notes after the next flush, once (a worker sends the engine's new notes
+    with its next chunk: one that dies later keeps them), and still once after finish."""
+    out = run_python("-c", FLUSHED_NOTES_SCRIPT, str(tmp_path))
+    assert out.split() == ["1", "1"]
+
+
 def test_new_only_journals_deferred_flushes_and_recovery_reads_them(tmp_path: Path) -> None:
     """After a test, what is new goes to the journal (no SQLite write); consolidate moves it
     into the data file and empties the journal; a dead worker's journal is recovered, a last

@@ -348,8 +348,9 @@ class ExceptionArcs:
     def __init__(self, recording: Callable[[], bool], at_yield_rule: str = AT_YIELD) -> None:
         self._raised: collections.deque[tuple[str, Arc]] = collections.deque()
         self._seen: set[tuple[str, Arc]] = set()
-        #: the hook's first error of its own (a bug, not the recursion limit or memory): the
-        #: exception it was handling, and perhaps later ones, went unrecorded
+        #: the type of the hook's first error of its own (a bug, or one a signal handler
+        #: raised while it ran; not the recursion limit or memory): the exception it was
+        #: handling, and perhaps later ones, went unrecorded
         self.failed: list[str] = []
         self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule, self.failed)
 
@@ -359,8 +360,8 @@ class ExceptionArcs:
             return ""
         return (
             f"recording where an exception went failed ({self.failed[0]}): arcs that"
-            " exceptions took may be missing from the data; please report this as a bug of"
-            " pytest-distcov"
+            " exceptions took may be missing from the data; unless a signal handler of the"
+            " suite raised it, please report this as a bug of pytest-distcov"
         )
 
     def take(self, named: dict[str, Any], name_for: Callable[[str], str | None]) -> None:
@@ -428,8 +429,9 @@ def _exception_hook(
         except HOOK_ERRORS as exc:  # a bug of ours: noted, never in the user's way either
             if not failed:
                 # (not contextlib.suppress: entering it is a call, which can fail by itself)
+                # (its type alone: the exception's own __str__ could raise anything)
                 try:  # noqa: SIM105
-                    failed.append(f"{type(exc).__name__}: {exc}"[:200])
+                    failed.append(type(exc).__name__)
                 except HOOK_ERRORS:
                     pass
 

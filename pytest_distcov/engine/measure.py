@@ -413,6 +413,8 @@ class Engine:
         self.data_dir = data_dir
         self.data_path = data_dir / f".coverage.{label}"
         self.notes: list[str] = []
+        #: how many of the probes' or the monitor's own notes :meth:`flush` took already
+        self._inner_notes = 0
         self.core_note = ""
         self.core = "?"
         self._running = False
@@ -715,6 +717,12 @@ class Engine:
         finally:
             if new_only is not None:
                 new_only.deferring = False
+        inner = self._probes or self._monitor
+        if inner is not None and len(inner.notes) > self._inner_notes:
+            # (a note of the probes or the monitor goes with the worker's next chunk: a
+            # worker that dies later keeps it)
+            self.notes.extend(n for n in inner.notes[self._inner_notes :] if n not in self.notes)
+            self._inner_notes = len(inner.notes)
 
     def stream_from_memory(self) -> bool:
         """Keep what each flush adds for :meth:`take_fresh` (per-test contexts of the monitor

@@ -366,27 +366,31 @@ class ControllerRole:
         notes = list(self.engine.notes)
         if self.remote is not None:
             notes.extend(self.remote.notes)
+        others: dict[tuple[str, str], list[str]] = {}
         for state in self.receiver.workers.values():
             host = self.receiver.host_of(state.id)
             who = f"{state.id} on host {host.spec.label}" if host is not None else state.id
-            other = self._other_core(state)
-            if other:
-                notes.append(f"[{who}] {other}")
+            hello = state.hello
+            if hello is not None and hello["core"] != self.engine.core:
+                others.setdefault((hello["core"], hello["python"]), []).append(who)
             notes.extend(f"[{who}] {n}" for n in state.notes)
+        notes.extend(self._other_cores(others))
         # a worker's notes, and a host's name, are what another process said: one line each
         return [printable(n) for n in notes]
 
-    def _other_core(self, state: WorkerState) -> str:
-        """A line for a worker that measured another way than the title says (another Python
-        on a remote host, ``COVERAGE_CORE`` in its environment): '' for one that did not."""
-        hello = state.hello
-        if hello is None or hello["core"] == self.engine.core:
-            return ""
-        core, python = _short(hello["core"]), _short(hello["python"])
-        return (
-            f"measured with {describe_core(core, branch=self.engine.branch)} (Python {python}),"
-            f" not with {self.engine.description} as the controller"
-        )
+    def _other_cores(self, others: dict[tuple[str, str], list[str]]) -> list[str]:
+        """A line for each (core, Python) of workers that measured another way than the title
+        says (another Python on a remote host, ``COVERAGE_CORE`` in their environment),
+        naming them (the first few of many)."""
+        lines = []
+        for (core, python), who in others.items():
+            named = ", ".join(who[:4]) + (f" and {len(who) - 4} more" if len(who) > 4 else "")
+            how = describe_core(_short(core), branch=self.engine.branch)
+            lines.append(
+                f"[{named}] measured with {how} (Python {_short(python)}), not with"
+                f" {self.engine.description} as the controller does"
+            )
+        return lines
 
     @pytest.hookimpl(trylast=True)
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
