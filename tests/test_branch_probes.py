@@ -126,11 +126,6 @@ def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
 
     from pytest_distcov.engine.branch_probes import BranchProbes
 
-    engine = BranchProbes(Coverage(data_file=None, branch=True))
-    caught = engine._caught
-    engine.add_more({})
-    assert not any("exception went" in n for n in engine.notes)
-    caught.failed.append("TypeError")
-    engine.add_more({})
-    engine.add_more({})
-    assert [n for n in engine.notes if "exception went" in n] == [caught.failure_note()]
+    test_branches.assert_a_failing_hook_is_noted_once(
+        BranchProbes(Coverage(data_file=None, branch=True))
+    )

@@ -16,6 +16,7 @@ import py_compile
 import sys
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -947,15 +948,9 @@ def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
     assert engine.arcs_of("/other.py", {1}) is None
 
 
-def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
-    """Where the catchers' hook failed, the next phase's data puts one note in the engine's
-    notes (the measuring engine takes them at its next flush, and a worker sends them with
-    its next chunk): the run says arcs may be missing."""
-    from coverage import Coverage
-
-    from pytest_distcov.engine.branches import BranchMonitor
-
-    engine = BranchMonitor(Coverage(data_file=None, branch=True))
+def assert_a_failing_hook_is_noted_once(engine: Any) -> None:
+    """Where ``engine``'s catchers' hook failed, the next phase's data puts one note in the
+    engine's notes (shared with the probe engine's test)."""
     caught = engine._caught
     assert caught is not None
     engine.add_more({})
@@ -964,6 +959,17 @@ def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
     engine.add_more({})
     engine.add_more({})
     assert [n for n in engine.notes if "exception went" in n] == [caught.failure_note()]
+
+
+def test_a_failing_exception_hook_is_noted_once_in_the_engines_notes() -> None:
+    """Where the catchers' hook failed, the next phase's data puts one note in the engine's
+    notes (the measuring engine takes them at its next flush, and a worker sends them with
+    its next chunk): the run says arcs may be missing."""
+    from coverage import Coverage
+
+    from pytest_distcov.engine.branches import BranchMonitor
+
+    assert_a_failing_hook_is_noted_once(BranchMonitor(Coverage(data_file=None, branch=True)))
 
 
 def test_the_cache_keeps_every_entry_a_run_used_beyond_its_bound(tmp_path: Path) -> None:
