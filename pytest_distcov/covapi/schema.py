@@ -27,9 +27,9 @@ from __future__ import annotations
 import contextlib
 import sqlite3
 import urllib.parse
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from itertools import chain, islice
-from typing import Any
+from typing import Any, TypeVar
 
 from coverage import Coverage, CoverageData
 from coverage.numbits import numbits_to_nums, nums_to_numbits
@@ -165,23 +165,9 @@ def _insert(
             ),
         )
     else:
-        seen: set[int] = set()
-        shared: dict[int, bytes | None] = {}  # the sets used again: None, then their numbits
-        for files in contexts.values():
-            for items in files.values():
-                if id(items) in seen:
-                    shared[id(items)] = None
-                seen.add(id(items))
-
-        def numbits_of(items: Collection[int]) -> bytes:
-            """The numbits of ``items``, made once for a set many contexts share."""
-            if id(items) not in shared:
-                return nums_to_numbits(items)
-            found = shared[id(items)]
-            if found is None:
-                found = shared[id(items)] = nums_to_numbits(items)
-            return found
-
+        numbits_of = _once_for_shared(
+            (items for files in contexts.values() for items in files.values()), nums_to_numbits
+        )
         con.executemany(
             "INSERT INTO line_bits (file_id, context_id, numbits) VALUES (?, ?, ?)",
             (
@@ -190,6 +176,33 @@ def _insert(
                 for name, items in files.items()
             ),
         )
+
+
+_T = TypeVar("_T")
+
+
+def _once_for_shared(
+    sets: Iterable[Collection[Any]], make: Callable[[Collection[Any]], _T]
+) -> Callable[[Collection[Any]], _T]:
+    """``make`` of a set, made in turn for a set ``sets`` holds once, and once only (then
+    kept) for a set it holds more than once: many contexts share one object (see the
+    protocol's decoding), and no result is kept that is not needed again. The sets must
+    stay alive while the function is used (they are known by their ids)."""
+    seen: set[int] = set()
+    again: set[int] = set()
+    for items in sets:
+        (again if id(items) in seen else seen).add(id(items))
+    kept: dict[int, _T] = {}
+
+    def made(items: Collection[Any]) -> _T:
+        key = id(items)
+        if key not in again:
+            return make(items)
+        if key not in kept:
+            kept[key] = make(items)
+        return kept[key]
+
+    return made
 
 
 def _in_order(items: Collection[Any]) -> Collection[Any]:
@@ -229,25 +242,12 @@ def _insert_arcs(
     many a statement. The temporary tables are gone after."""
     uses = sorted(groups, key=lambda group: (group[0], group[1]))
     distinct: dict[int, Collection[Any]] = {}  # by the id of a set, alive in ``uses``
-    shared: dict[int, Collection[Any] | None] = {}  # the sets used again: None, then sorted
     rows = 0
     for _, _, items in uses:
         rows += len(items)
-        if id(items) in distinct:
-            shared[id(items)] = None
-        else:
-            distinct[id(items)] = items
+        distinct.setdefault(id(items), items)
     if 5 * sum(map(len, distinct.values())) >= 2 * rows:
-
-        def in_order(items: Collection[Any]) -> Collection[Any]:
-            """Sorted in turn (no copy of them all), a set used again once."""
-            if id(items) not in shared:
-                return _in_order(items)
-            found = shared[id(items)]
-            if found is None:
-                found = shared[id(items)] = _in_order(items)
-            return found
-
+        in_order = _once_for_shared((items for _, _, items in uses), _in_order)
         _insert_rows(
             con,
             _INSERT_ARCS,
