@@ -79,6 +79,5 @@ class BranchProbes(MarkedModules, Probes):
     def add_more(self, named: dict[str, set[Any]]) -> None:
         caught = self._caught
         caught.take(named, self.side.name_for)
-        if caught.failed and caught.failure_note() not in self.notes:
-            self.notes.append(caught.failure_note())
+        caught.note_into(self.notes)
         super().add_more(named)

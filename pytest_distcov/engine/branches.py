@@ -221,8 +221,10 @@ class MarkCache:
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
             entries = [e for e in found if e.name.endswith(".marks")]
-            recent = sum(1 for e in entries if e.stat().st_mtime >= self.started - 1)
-            keep = max(keep, self.used, recent)
+            keep = max(keep, self.used)
+            if len(entries) <= 2 * keep:
+                return  # (before any stat of them: a code base's thousands of entries)
+            keep = max(keep, sum(1 for e in entries if e.stat().st_mtime >= self.started - 1))
             if len(entries) <= 2 * keep:
                 return
             entries.sort(key=lambda e: e.stat().st_mtime, reverse=True)
@@ -608,8 +610,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
         caught = self._caught
         if caught is not None:
             caught.take(named, self.side.name_for)
-            if caught.failed and caught.failure_note() not in self.notes:
-                self.notes.append(caught.failure_note())
+            caught.note_into(self.notes)
         super().add_more(named)
 
     def start(self) -> None:

@@ -354,6 +354,11 @@ class ExceptionArcs:
         self.failed: list[str] = []
         self.hook = _exception_hook(self._raised, self._seen, recording, at_yield_rule, self.failed)
 
+    def note_into(self, notes: list[str]) -> None:
+        """The failure's note into ``notes``, once (nothing where the hook never failed)."""
+        if self.failed and self.failure_note() not in notes:
+            notes.append(self.failure_note())
+
     def failure_note(self) -> str:
         """A note for the run where the hook failed ('' where it never did)."""
         if not self.failed:
