@@ -427,8 +427,8 @@ def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:
     cache = MarkCache(tmp_path / "marks")
     code = compile("x = 1\n", "/m.py", "exec")
     key = cache.key("/m.py", b"x = 1\n")
-    cache.store(key, (3, [((1, 2),)], code))
-    assert cache.load(key, "/m.py") == (3, [((1, 2),)], code)
+    cache.store(key, ({3: ((1, 2),)}, code))
+    assert cache.load(key, "/m.py") == ({3: ((1, 2),)}, code)
     assert cache.load(key, "/other.py") is None  # another file's code
     import marshal
 
@@ -437,11 +437,13 @@ def test_a_mark_cache_entry_that_is_not_one_is_ignored(tmp_path: Path) -> None:
     entry = tmp_path / "marks" / f"{key}.marks"
     for bad in (
         b"junk",
-        marshal.dumps((F, "3", (), code)),
-        marshal.dumps((F, 3, ((1,),), code)),
-        marshal.dumps((F, 3, ((1, "2"),), code)),
-        marshal.dumps((F, 3, (), "code")),
-        marshal.dumps((F - 1, 3, (), {}, code)),  # the format before (with exits)
+        marshal.dumps((F, {"3": ((1, 2),)}, code)),
+        marshal.dumps((F, {3: ((1,),)}, code)),
+        marshal.dumps((F, {3: ((1, "2"),)}, code)),
+        marshal.dumps((F, {3: [(1, 2)]}, code)),
+        marshal.dumps((F, [((1, 2),)], code)),
+        marshal.dumps((F, {}, "code")),
+        marshal.dumps((F - 1, 3, (((1, 2),),), code)),  # the format before (a first line)
     ):
         entry.write_bytes(bad)
         assert cache.load(key, "/m.py") is None
@@ -930,8 +932,8 @@ def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
 
     source = "def f(x):\n    if x:\n        y = 1\n    return 2\n"
     engine = BranchMonitor(Coverage(data_file=None, branch=True))
-    base, table = 10, [((2, 3),), ((2, 4),)]
-    engine._marks["/m.py"] = (base, table)
+    base = 10
+    table = engine._marks["/m.py"] = {base: ((2, 3),), base + 1: ((2, 4),)}
     assert source.count("\n") < base
     for lines, want in (
         ({1, 2, 3, 4, base}, {(2, 3), (-1, 1), (-1, 4)}),
@@ -943,7 +945,7 @@ def test_a_phases_arcs_name_every_line_it_ran_and_each_way_it_took() -> None:
         assert arcs == want, lines
         ran = {line for arc in arcs for line in arc if line > 0}
         assert ran == {line for line in lines if line < base} | {
-            n for i in lines if i >= base for arc in table[i - base] for n in arc if n > 0
+            n for i in lines if i >= base for arc in table[i] for n in arc if n > 0
         }
     assert engine.arcs_of("/other.py", {1}) is None
 
@@ -985,7 +987,7 @@ def test_the_cache_keeps_every_entry_a_run_used_beyond_its_bound(tmp_path: Path)
     cache = MarkCache(directory)
     code = compile("x = 1\n", "/p/m.py", "exec")
     for n in range(12):
-        cache.store(f"k{n}", (1, [], code))
+        cache.store(f"k{n}", ({}, code))
     cache.prune(keep=5)
     assert len(list(directory.glob("*.marks"))) == 12  # all 12 used by this process
     controller.prune(keep=5)

@@ -68,6 +68,7 @@ from .catchers import ExceptionArcs, add_catchers, bind
 from .imports import ImportedCode, plain_source, rewriter_missing, tracer_setting
 from .marks import MarkPlan, Unmarkable, plan
 from .monitor import LineMonitor, monitor_available
+from .nearlines import codes_of, relocate
 from .tap import TracerTap
 
 __all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "MarkedModules", "branches_obstacle"]
@@ -77,6 +78,8 @@ __all__ = ["BRANCH_PYTHONS", "BranchMonitor", "MarkCache", "MarkedModules", "bra
 BRANCH_PYTHONS = ((3, 12), (3, 13), (3, 14), (3, 15))
 
 Arc = tuple[int, int]
+#: A marked file's markers: each marker's line -> the arcs it stands for
+Table = dict[int, tuple[Arc, ...]]
 #: Ways through a code object whose arcs :meth:`BranchMonitor.recorded` keeps (all forgotten
 #: when there are this many: a bound on its memory, some megabytes with large functions).
 RECORDED_KEPT = 4096
@@ -100,35 +103,19 @@ def branches_obstacle(cov: Coverage, version: tuple[int, int] = sys.version_info
     return ""
 
 
-def _lines_of(code: types.CodeType, below: int | None = None) -> set[int]:
-    """Every line number ``code`` and the code nested in it can run (those under ``below``)."""
-    found: set[int] = set()
-    pending = [code]
-    while pending:
-        item = pending.pop()
-        found.update(line for _, _, line in item.co_lines() if line is not None)
-        pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
-    if below is not None:
-        found = {line for line in found if line < below}
-    return found
-
-
-def _codes_of(code: types.CodeType) -> Iterator[types.CodeType]:
-    pending = [code]
-    while pending:
-        item = pending.pop()
-        yield item
-        pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
+def _lines_of(code: types.CodeType) -> set[int]:
+    """Every line number ``code`` and the code nested in it can run."""
+    return {line for item in codes_of(code) for _, _, line in item.co_lines() if line is not None}
 
 
 #: Bump when what the mark cache stores changes meaning.
-_CACHE_FORMAT = 3
+_CACHE_FORMAT = 4
 #: The ending of a cache file being written.
 _TMP = ".tmp"
 #: Marked modules the cache keeps (pruned to this when it holds twice as many).
 _CACHE_KEEP = 5000
-#: A cached marked module: (first marker line, each marker's arcs, the marked code)
-Marked = tuple[int, list[tuple[Arc, ...]], types.CodeType]
+#: A cached marked module: (its markers, the marked code)
+Marked = tuple[Table, types.CodeType]
 
 
 class MarkCache:
@@ -176,13 +163,15 @@ class MarkCache:
             found = marshal.loads(path.read_bytes())
         except Exception:  # whatever a damaged file makes marshal raise (MemoryError too):
             return None  # a miss, so the module is marked again and its entry replaced
-        if not (isinstance(found, tuple) and len(found) == 4 and found[0] == _CACHE_FORMAT):
+        if not (isinstance(found, tuple) and len(found) == 3 and found[0] == _CACHE_FORMAT):
             return None
-        _, base, arcs, code = found
+        _, table, code = found
         if not (
-            type(base) is int
-            and isinstance(arcs, tuple)
-            and all(isinstance(a, tuple) and all(_is_arc(x) for x in a) for a in arcs)
+            type(table) is dict
+            and all(
+                type(line) is int and type(a) is tuple and all(_is_arc(x) for x in a)
+                for line, a in table.items()
+            )
             and type(code) is types.CodeType
             and code.co_filename == filename
         ):
@@ -190,16 +179,16 @@ class MarkCache:
         with contextlib.suppress(OSError):  # used now: pruned last
             os.utime(path)
         self.used += 1
-        return base, [tuple(a) for a in arcs], code
+        return table, code
 
     def store(self, key: str, marked: Marked) -> None:
-        base, arcs, code = marked
+        table, code = marked
         target = self.directory / f"{key}.marks"
         # (as ParseCache.save writes: a name of this process's and thread's own, renamed)
         tmp = target.with_name(f"{target.name}.{os.getpid()}.{threading.get_ident()}{_TMP}")
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, base, tuple(arcs), code)))
+            tmp.write_bytes(marshal.dumps((_CACHE_FORMAT, table, code)))
             os.replace(tmp, target)
             self.used += 1
         except (OSError, ValueError):  # a cache only: the next run marks the module again
@@ -241,10 +230,13 @@ def _marking_code() -> str:
     door): a change to it, released or not, is never served an older one's marks from the
     cache."""
     h = hashlib.sha256()
-    catchers = Path(__file__).with_name("catchers.py")  # (what engines add: .catchers)
-    imports = Path(__file__).with_name("imports.py")  # (how pytest's rewriter is run)
+    here = Path(__file__).parent
+    catchers = here / "catchers.py"  # (what engines add: .catchers)
+    imports = here / "imports.py"  # (how pytest's rewriter is run)
+    near = here / "nearlines.py"  # (where markers go on 3.12 and 3.13)
     parser = exits_of.__code__.co_filename
-    for module in (__file__, plan.__code__.co_filename, parser, str(catchers), str(imports)):
+    ours = (catchers, imports, near)
+    for module in (__file__, plan.__code__.co_filename, parser, *map(str, ours)):
         try:
             h.update(Path(module).read_bytes())
         except OSError:
@@ -273,8 +265,8 @@ class MarkedModules(ImportedCode):
         gone = missing_own_tracer(cov)  # once CoverageSide made the collector ready
         if gone:
             raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
-        #: a code object's file name -> (first marker line, the arcs of each marker)
-        self._marks: dict[str, tuple[int, list[tuple[Arc, ...]]]] = {}
+        #: a code object's file name -> its markers
+        self._marks: dict[str, Table] = {}
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
@@ -291,16 +283,15 @@ class MarkedModules(ImportedCode):
         ends of the arcs: that arc says it too, and a context's arcs are only ever added to,
         so it keeps saying it; about two arcs in five fewer rows for a data file with per-test
         contexts to write); None if the file is not marked."""
-        found = self._marks.get(filename)
-        if found is None:
+        table = self._marks.get(filename)
+        if table is None:
             return None
-        base, table = found
         arcs: set[Arc] = set()
         plain: list[int] = []
         for line in lines:
-            if line >= base:
-                if line - base < len(table):
-                    arcs.update(table[line - base])
+            marker = table.get(line)
+            if marker is not None:
+                arcs.update(marker)
             elif line > 0:
                 plain.append(line)
         ends = {n for arc in arcs for n in arc}
@@ -358,6 +349,11 @@ class MarkedModules(ImportedCode):
         engine's name; one that adds to the tree says so: :meth:`extend`)."""
         return type(self).__name__
 
+    def near_lines(self) -> bool:
+        """Whether markers go on lines near their code (:mod:`.nearlines`; the cache's key
+        holds the Python version, which decides it)."""
+        return False
+
     def _check_plain(self, code: types.CodeType, *, rewritten: bool) -> None:
         """Raise :class:`Unmarkable` unless ``code`` is what its source compiles to (as pytest
         rewrites it, for ``rewritten``)."""
@@ -367,7 +363,7 @@ class MarkedModules(ImportedCode):
         key = self._cache_key(filename, source, "plain", rewritten=rewritten) if cache else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
-            plain = found[2]
+            plain = found[1]
         else:
             with _quiet():
                 if rewritten:
@@ -375,7 +371,7 @@ class MarkedModules(ImportedCode):
                 else:
                     plain = compile(source, filename, "exec", dont_inherit=True)
             if cache is not None:
-                cache.store(key, (0, [], plain))
+                cache.store(key, ({}, plain))
         if plain != code:
             raise Unmarkable("its code is not what its source compiles to (an import hook?)")
 
@@ -392,44 +388,50 @@ class MarkedModules(ImportedCode):
     def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
-        marked, base, arcs = self._marked_unregistered(code, rewritten=rewritten)
-        self._register(code.co_filename, base, arcs)
+        marked, table = self._marked_unregistered(code, rewritten=rewritten)
+        self._register(code.co_filename, table)
         return marked
 
-    def _register(self, filename: str, base: int, arcs: list[tuple[Arc, ...]]) -> None:
+    def _register(self, filename: str, table: Table) -> None:
         """``filename``'s marks are those its code runs with, from now on."""
-        self._marks[filename] = (base, arcs)
+        self._marks[filename] = table
 
     def _marked_unregistered(
         self, code: types.CodeType, *, rewritten: bool
-    ) -> tuple[types.CodeType, int, list[tuple[Arc, ...]]]:
-        """:meth:`_marked`, with the markers' first line and arcs, not yet recorded as the
-        file's (another thread's import may mark another file meanwhile)."""
+    ) -> tuple[types.CodeType, Table]:
+        """:meth:`_marked`, with its markers, not yet recorded as the file's (another
+        thread's import may mark another file meanwhile)."""
         filename = code.co_filename
         source = _read(filename)
         cache = self.cache
         key = self._cache_key(filename, source, "marked", rewritten=rewritten) if cache else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
-            base, arcs, marked = found
+            table, marked = found
         else:
             with _quiet():  # a .pyc import shows no SyntaxWarning: neither does marking
                 text = importlib.util.decode_source(source)
                 marks = plan(text, filename)
                 self.extend(marks, text, filename)
-                base, arcs = marks.base, marks.arcs
                 if rewritten:
                     marked = self.pytest_rewritten(marks.tree, source, filename)
                 else:
                     marked = compile(marks.tree, filename, "exec", dont_inherit=True)
-        if _lines_of(marked, below=base) != _lines_of(code):
+                moves: dict[int, int] = {}
+                if self.near_lines():
+                    marked, moves = relocate(marks.tree, marked, marks.base, marks.arcs, filename)
+            table = {
+                moves.get(line, line): arcs
+                for line, arcs in enumerate(marks.arcs, start=marks.base)
+            }
+        if _lines_of(marked) - table.keys() != _lines_of(code):
             raise Unmarkable("its source does not match the code that runs")
         known = self._marks.get(filename)
-        if known is not None and known != (base, arcs):
+        if known is not None and known != table:
             raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
-            cache.store(key, (base, arcs, marked))
-        return marked, base, arcs
+            cache.store(key, (table, marked))
+        return marked, table
 
     def adopt_loaded(self) -> None:
         """The functions of measured modules imported before the engine started run their
@@ -463,7 +465,7 @@ class MarkedModules(ImportedCode):
             module = compile(_read(filename), filename, "exec", dont_inherit=True)
         # (registered only once every function has its twin: else coverage.py's tracer
         # measures the file, and must never see a marker)
-        marked, base, arcs = self._marked_unregistered(module, rewritten=False)
+        marked, table = self._marked_unregistered(module, rewritten=False)
         plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
@@ -475,7 +477,7 @@ class MarkedModules(ImportedCode):
             if found != code:
                 raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
-        self._register(filename, base, arcs)
+        self._register(filename, table)
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -603,6 +605,9 @@ class BranchMonitor(MarkedModules, LineMonitor):
     def mark_variant(self) -> str:
         return type(self).__name__ + ("" if self._caught is None else "+catchers")
 
+    def near_lines(self) -> bool:
+        return sys.version_info < (3, 14)  # (3.14 keeps every line's whole delta)
+
     def bound(self, code: types.CodeType) -> types.CodeType:
         return code if self._caught is None else bind(code, self._caught.hook)
 
@@ -678,7 +683,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
 
 def _frame_line_callback(
     codes: dict[int, types.CodeType],
-    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]],
+    marks: dict[str, Table],
     current: dict[int, set[int]],
     *,
     exit_arc: bool,
@@ -697,7 +702,7 @@ def _frame_line_callback(
         if line is None or line <= 0:
             return
         found = marks.get(code.co_filename)
-        if found is not None and line >= found[0]:
+        if found is not None and line in found:
             return  # a marker's line (never the tracer's)
         try:
             current[id(code)].add(sign * line)
@@ -708,7 +713,7 @@ def _frame_line_callback(
 
 
 def _resume_callback(
-    marks: dict[str, tuple[int, list[tuple[Arc, ...]]]], current: dict[int, set[int]]
+    marks: dict[str, Table], current: dict[int, set[int]]
 ) -> Callable[[types.CodeType, int], Any]:
     """The PY_RESUME callback (with per-test contexts): the line a generator or coroutine
     resumes on counts as run in this phase, as in the C tracer's arcs; once per phase."""
@@ -719,7 +724,7 @@ def _resume_callback(
         frame = getframe(1)
         line = frame.f_lineno if frame.f_code is code else None
         found = marks.get(code.co_filename)
-        if line is not None and line > 0 and (found is None or line < found[0]):
+        if line is not None and line > 0 and (found is None or line not in found):
             try:
                 current[id(code)].add(line)
             except KeyError:
@@ -733,7 +738,7 @@ def _index(module: types.CodeType) -> dict[tuple[str, int], types.CodeType | Non
     """Each code object of ``module`` by its name and first line (None where two share them:
     lambdas on one line)."""
     index: dict[tuple[str, int], types.CodeType | None] = {}
-    for code in _codes_of(module):
+    for code in codes_of(module):
         key = (_qualname(code), code.co_firstlineno)
         index[key] = None if key in index else code
     return index
