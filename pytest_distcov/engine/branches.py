@@ -9,7 +9,9 @@ answers differ from its C tracer's in places (a ``break`` out of an ``if`` count
 line coverage, with the C tracer's answers:
 
 * each measured module is compiled from its source with branch markers
-  (:mod:`.marks`): a ``pass`` with a line number of its own, past the file's end, at the
+  (:mod:`.marks`): a ``pass`` with a line number of its own (past the file's end, or with
+  per-test contexts on 3.12 and 3.13 a blank or comment line near its code:
+  :mod:`.nearlines`), at the
   start of each way out of every line coverage.py's parser gives more than one exit; the
   marker's line event means the arc coverage.py's parser names for that way was taken;
 * the marked code gets the monitor engine's local ``LINE`` (and ``PY_START``) events, each
@@ -267,6 +269,8 @@ class MarkedModules(ImportedCode):
             raise RuntimeError(f"branch markers need coverage.py internals ({', '.join(gone)})")
         #: a code object's file name -> its markers
         self._marks: dict[str, Table] = {}
+        #: a marked file's name -> the digest of the source it was marked from
+        self._digests: dict[str, bytes] = {}
         #: files measured by coverage.py's tracer -> why they are not marked
         self.unmarked: dict[str, str] = {}
         self._own: OwnTracer | None = None
@@ -388,19 +392,28 @@ class MarkedModules(ImportedCode):
     def _marked(self, code: types.CodeType, *, rewritten: bool) -> types.CodeType:
         """``code``'s module compiled from its source with branch markers, or raise saying
         why it cannot be (:class:`Unmarkable`, or whatever reading or compiling raised)."""
-        marked, table = self._marked_unregistered(code, rewritten=rewritten)
-        self._register(code.co_filename, table)
+        marked, table, digest = self._marked_unregistered(code, rewritten=rewritten)
+        self._register(code.co_filename, table, digest)
         return marked
 
-    def _register(self, filename: str, table: Table) -> None:
-        """``filename``'s marks are those its code runs with, from now on."""
+    def _register(self, filename: str, table: Table, digest: bytes) -> None:
+        """``filename``'s marks are those its code runs with, from now on (with those of its
+        code marked before, of the same source: see :meth:`_marked_unregistered`)."""
         self._marks[filename] = table
+        self._digests[filename] = digest
 
     def _marked_unregistered(
         self, code: types.CodeType, *, rewritten: bool
-    ) -> tuple[types.CodeType, Table]:
-        """:meth:`_marked`, with its markers, not yet recorded as the file's (another
-        thread's import may mark another file meanwhile)."""
+    ) -> tuple[types.CodeType, Table, bytes]:
+        """:meth:`_marked`, with its markers (joined to those of the file's code marked
+        before) and its source's digest, not yet recorded as the file's (another thread's
+        import may mark another file meanwhile).
+
+        A file marked again (imported under another name) must have the same source; its
+        markers may sit on other lines (on 3.12 and 3.13 they move near their code, which
+        differs where pytest's assertion rewriter ran it), never on a line where the first
+        marking's markers stand for other arcs: every line of either is the same line of
+        the same source, one table for both."""
         filename = code.co_filename
         source = _read(filename)
         cache = self.cache
@@ -419,19 +432,24 @@ class MarkedModules(ImportedCode):
                     marked = compile(marks.tree, filename, "exec", dont_inherit=True)
                 moves: dict[int, int] = {}
                 if self.near_lines():
-                    marked, moves = relocate(marks.tree, marked, marks.base, marks.arcs, filename)
+                    marked, moves = relocate(marks, marked, text, filename)
             table = {
                 moves.get(line, line): arcs
                 for line, arcs in enumerate(marks.arcs, start=marks.base)
             }
         if _lines_of(marked) - table.keys() != _lines_of(code):
             raise Unmarkable("its source does not match the code that runs")
-        known = self._marks.get(filename)
-        if known is not None and known != table:
-            raise Unmarkable("its source changed since it was first imported")
         if cache is not None and found is None:
             cache.store(key, (table, marked))
-        return marked, table
+        digest = hashlib.sha256(source).digest()
+        known = self._marks.get(filename)
+        if known is not None:
+            if self._digests.get(filename) != digest:
+                raise Unmarkable("its source changed since it was first imported")
+            if any(known.get(line, arcs) != arcs for line, arcs in table.items()):
+                raise Unmarkable("it was marked another way when it was first imported")
+            table = {**known, **table}
+        return marked, table, digest
 
     def adopt_loaded(self) -> None:
         """The functions of measured modules imported before the engine started run their
@@ -465,7 +483,7 @@ class MarkedModules(ImportedCode):
             module = compile(_read(filename), filename, "exec", dont_inherit=True)
         # (registered only once every function has its twin: else coverage.py's tracer
         # measures the file, and must never see a marker)
-        marked, table = self._marked_unregistered(module, rewritten=False)
+        marked, table, digest = self._marked_unregistered(module, rewritten=False)
         plain, twin_of = _index(module), _index(marked)
         twins = []
         for func in funcs:
@@ -477,7 +495,7 @@ class MarkedModules(ImportedCode):
             if found != code:
                 raise Unmarkable(f"{key[0]} is not what its source compiles to (rewritten?)")
             twins.append((func, twin))
-        self._register(filename, table)
+        self._register(filename, table, digest)
         return twins
 
     def _fall_back(self, filename: str, why: str) -> None:
@@ -606,7 +624,10 @@ class BranchMonitor(MarkedModules, LineMonitor):
         return type(self).__name__ + ("" if self._caught is None else "+catchers")
 
     def near_lines(self) -> bool:
-        return sys.version_info < (3, 14)  # (3.14 keeps every line's whole delta)
+        # With per-test contexts only (a marker fires once a run without them, and moving
+        # markers costs a second compile when a module is marked), before 3.14 (which keeps
+        # every line's whole delta).
+        return self._caught is None and sys.version_info < (3, 14)
 
     def bound(self, code: types.CodeType) -> types.CodeType:
         return code if self._caught is None else bind(code, self._caught.hook)

@@ -2,7 +2,8 @@
 
 coverage.py's branches are the arcs from the lines its parser gives more than one exit (an
 ``if``, a loop's header, a ``case``). For each such line this module inserts a marker statement
-(``pass``, with a line number of its own past the end of the file) at the start of each way out
+(``pass``, with a line number of its own past the end of the file, which
+:mod:`.nearlines` may move to a blank line near it) at the start of each way out
 of it: the body, and an ``else`` (added when missing) for the other way. A marker that fires
 means its arc was taken; which arc is coverage.py's parser's answer, never our own idea of "the
 next statement". A ``case`` body's marker also means that every earlier ``case`` failed (a
@@ -38,17 +39,26 @@ class MarkPlan:
     """A marked module: its tree to compile, and what each marker line means."""
 
     tree: ast.Module
-    #: marker lines start here (past the file's last line)
+    #: marker lines start here (past the file's last line; see :attr:`nodes`)
     base: int
     #: marker line - base -> the arcs it stands for
     arcs: list[tuple[Arc, ...]] = field(default_factory=list)
     #: every branch line of the file -> its possible destinations (coverage.py's parser)
     branches: dict[int, frozenset[int]] = field(default_factory=dict)
+    #: the nodes on the markers' lines (each marker's ``pass``, a catch-all case's pattern)
+    nodes: list[ast.Pass | ast.MatchAs] = field(default_factory=list)
 
     def add(self, arcs: Iterable[Arc]) -> ast.Pass:
         line = self.base + len(self.arcs)
         self.arcs.append(tuple(arcs))
-        return ast.Pass(lineno=line, col_offset=0, end_lineno=line, end_col_offset=4)
+        node = ast.Pass(lineno=line, col_offset=0, end_lineno=line, end_col_offset=4)
+        self.nodes.append(node)
+        return node
+
+    def on_marker_line(self, node: ast.MatchAs) -> ast.MatchAs:
+        """``node``, on the line of the marker added next: recorded with the markers'."""
+        self.nodes.append(node)
+        return node
 
 
 def _first_line(stmt: ast.stmt) -> int:
@@ -285,13 +295,15 @@ def _mark_match(
     if failed:  # no case matched: the arcs of every failed case
         line = marks.base + len(marks.arcs)
         default = ast.match_case(
-            pattern=ast.MatchAs(
-                pattern=None,
-                name=None,
-                lineno=line,
-                col_offset=0,
-                end_lineno=line,
-                end_col_offset=1,
+            pattern=marks.on_marker_line(
+                ast.MatchAs(
+                    pattern=None,
+                    name=None,
+                    lineno=line,
+                    col_offset=0,
+                    end_lineno=line,
+                    end_col_offset=1,
+                )
             ),
             guard=None,
             body=[marks.add(_through_with(a, withs) for a in failed)],

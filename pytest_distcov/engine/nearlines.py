@@ -6,23 +6,26 @@ line is outside ``-126..127`` of that has its line looked up in the code object'
 at every event, a walk from the table's start (``compute_line_delta`` in CPython's
 ``Python/instrumentation.c``). A branch marker's line past the end of the file
 (:mod:`.marks`) is outside that window in every code object but those at the file's end: on
-dateutil's modules, 1,484 of the 1,673 markers' instructions were, and with per-test
+dateutil's modules, 1,484 of the 1,673 code units on markers' lines were, and with per-test
 contexts each marker fires once per test phase. Python 3.14 keeps the whole delta.
 
 :func:`relocate` compiles a marked module again with each marker that stands for arcs on a
-line of the file that no instruction has and no statement or expression starts or ends on (a
-blank line, a comment, the inside of a docstring), inside the window of every instruction
-that has it, where there is one: each marker a line of its own. The second compile must give
-the same instructions, exception tables and line ranges (the markers' lines mapped) as the
-first, or the first is kept.
+line of the file whose text is blank or a comment (or a line of a string that looks so) and
+that no instruction has, inside the window of every instruction on the marker's line, where
+there is one: each marker a line of its own. The second compile must give the same
+instructions, exception tables and line ranges (the markers' lines mapped) as the first, or
+the first is kept. Instructions the compiler puts on a marker's line (a loop's jump back, a
+function's implicit return) move with it: a traceback or a debugger stopped there (a Ctrl-C
+at a loop's end) shows that blank or comment line, where it showed none before.
 """
 
 from __future__ import annotations
 
-import ast
 import bisect
 import types
 from collections.abc import Iterator, Sequence
+
+from .marks import MarkPlan
 
 __all__ = ["codes_of", "relocate", "same_but_lines"]
 
@@ -34,35 +37,36 @@ _BELOW, _ABOVE = 126, 127
 
 
 def relocate(
-    tree: ast.Module,
-    first: types.CodeType,
-    base: int,
-    arcs: Sequence[tuple[Arc, ...]],
-    filename: str,
+    marks: MarkPlan, first: types.CodeType, text: str, filename: str
 ) -> tuple[types.CodeType, dict[int, int]]:
-    """``first`` (``tree`` compiled, markers from line ``base`` on, ``arcs`` by marker)
-    compiled again with markers near their code, and each moved marker's old line -> new
-    line; ``first`` and no moves where none can move or the second compile differs."""
-    moves = _moves(tree, first, base, arcs)
+    """``first`` (``marks.tree`` compiled from ``text``) compiled again with markers near
+    their code, and each moved marker's old line -> new line; ``first`` and no moves where
+    none can move or the second compile differs."""
+    blank = [n for n, line in enumerate(text.split("\n"), 1) if _blank(line)]
+    moves = _moves(first, marks.base, marks.arcs, blank)
     if not moves:
         return first, {}
-    for node in ast.walk(tree):
-        line = getattr(node, "lineno", None)
-        if type(line) is int and line in moves:
-            node.lineno = moves[line]  # type: ignore[attr-defined]
-            if getattr(node, "end_lineno", None) == line:
-                node.end_lineno = moves[line]  # type: ignore[attr-defined]
-    second = compile(tree, filename, "exec", dont_inherit=True)
+    for node in marks.nodes:
+        new = moves.get(node.lineno)
+        if new is not None:
+            node.lineno = node.end_lineno = new
+    second = compile(marks.tree, filename, "exec", dont_inherit=True)
     if not same_but_lines(first, second, moves):
         return first, {}
     return second, moves
 
 
+def _blank(line: str) -> bool:
+    """A line of nothing but blanks or a comment (or a line of a string that looks so)."""
+    stripped = line.strip()
+    return not stripped or stripped.startswith("#")
+
+
 def _moves(
-    tree: ast.Module, first: types.CodeType, base: int, arcs: Sequence[tuple[Arc, ...]]
+    first: types.CodeType, base: int, arcs: Sequence[tuple[Arc, ...]], blank: list[int]
 ) -> dict[int, int]:
-    """Each marker's new line, for the markers that have one: the window every instruction
-    with its line allows, and a line no other instruction or node has."""
+    """Each marker's new line, for the markers that have one: a line of ``blank`` inside the
+    window every instruction with its line allows, that no instruction has."""
     taken: set[int] = set()
     windows: dict[int, tuple[int, int]] = {}
     for code in codes_of(first):
@@ -81,12 +85,7 @@ def _moves(
             if known is not None:
                 low, high = max(low, known[0]), min(high, known[1])
             windows[line] = (low, high)
-    for node in ast.walk(tree):
-        for name in ("lineno", "end_lineno"):
-            line = getattr(node, name, None)
-            if type(line) is int and line < base:
-                taken.add(line)
-    free = [line for line in range(1, base) if line not in taken]
+    free = [line for line in blank if line < base and line not in taken]
     moves: dict[int, int] = {}
     # Earliest end of window first, each the first free line of its window: as many markers
     # as can have a line do.
