@@ -18,7 +18,7 @@ import pytest
 from _pytest.assertion.rewrite import rewrite_asserts
 
 from pytest_distcov.engine.marks import MarkPlan, plan
-from pytest_distcov.engine.nearlines import relocate, same_but_lines
+from pytest_distcov.engine.nearlines import codes_of, relocate, same_but_lines
 
 from .helpers import RUN_TIMEOUT, run_pytest
 from .test_contexts import assert_same_labels, reported_contexts
@@ -54,20 +54,11 @@ def _marked(source: str) -> tuple[MarkPlan, types.CodeType]:
     return marks, compile(marks.tree, "m.py", "exec", dont_inherit=True)
 
 
-def _codes(code: types.CodeType) -> list[types.CodeType]:
-    found, pending = [], [code]
-    while pending:
-        item = pending.pop()
-        found.append(item)
-        pending.extend(c for c in item.co_consts if type(c) is types.CodeType)
-    return found
-
-
 def _deltas(code: types.CodeType, lines: set[int]) -> list[int]:
     """What CPython 3.12 and 3.13 compute for each instruction with one of ``lines``: its line
     less ``co_firstlineno + offset // 16`` (kept in a byte from -126 to 127)."""
     out = []
-    for item in _codes(code):
+    for item in codes_of(code):
         for start, end, line in item.co_lines():
             if line in lines:
                 out.extend(
@@ -91,7 +82,8 @@ def test_markers_move_to_free_lines_inside_their_window() -> None:
     assert len(new) == len(moves)  # a line of its own each
     text = NEAR_FREE.splitlines()
     assert all(text[n - 1].strip() in ("", "# which way") for n in new)  # blank or comment
-    real = {line for c in _codes(compile(NEAR_FREE, "m.py", "exec")) for _, _, line in c.co_lines()}
+    plain = compile(NEAR_FREE, "m.py", "exec")
+    real = {line for c in codes_of(plain) for _, _, line in c.co_lines()}
     assert not new & real
     deltas = _deltas(second, new)
     assert deltas
@@ -109,13 +101,13 @@ def test_a_marker_with_no_free_line_in_its_window_keeps_its_line() -> None:
     source = near + "\n" * 5 + FILLER + far + FILLER.rstrip("\n")
     marks, first = _marked(source)
     second, moves = relocate(marks, first, source, "m.py")
-    by_name = {c.co_name: c for c in _codes(first)}
+    by_name = {c.co_name: c for c in codes_of(first)}
     in_near, in_far = ({n for _, _, n in by_name[f].co_lines()} for f in ("near", "far"))
     markers = {marks.base + i for i, arcs in enumerate(marks.arcs) if arcs}
     assert len(markers & in_near) == len(markers & in_far) == 2
     assert set(moves) == markers & in_near
     assert all(5 <= n <= 9 for n in moves.values())  # the blank block
-    assert markers & in_far <= {line for c in _codes(second) for _, _, line in c.co_lines()}
+    assert markers & in_far <= {line for c in codes_of(second) for _, _, line in c.co_lines()}
     assert same_but_lines(first, second, moves)
 
 
@@ -222,7 +214,7 @@ def test_the_engine_marks_with_moved_markers_where_it_should(tmp_path: Path) -> 
     assert engine.near_lines() == (sys.version_info < (3, 14))
     assert not BranchMonitor(Coverage(data_file=None, branch=True)).near_lines()
     assert len(moved) == (4 if engine.near_lines() else 0)
-    lines = {line for c in _codes(marked) for _, _, line in c.co_lines() if line is not None}
+    lines = {line for c in codes_of(marked) for _, _, line in c.co_lines() if line is not None}
     assert set(moved) <= lines
 
 
@@ -235,32 +227,61 @@ BOTH_WAYS = (
 )
 
 
+#: helper-54's: marked plainly first, a marker moved to line 3; marked as pytest rewrites it,
+#: another marker would have moved there (the rewritten code is longer).
+COLLIDING = (
+    "def helper(x):\n    y = 0\n\n"
+    + "    assert x is not None, x\n" * 7
+    + "    y += 1\n" * 133
+    + "    if x:\n        y = 1\n    else:\n        y = 2\n\n    return y\n"
+    + "# c\n" * 150
+)
+
+
+@pytest.mark.parametrize(
+    ("source", "ways", "plain_first"),
+    [
+        (BOTH_WAYS, {(43, 44), (43, 46)}, False),
+        (BOTH_WAYS, {(43, 44), (43, 46)}, True),
+        (COLLIDING, {(144, 145), (144, 147)}, True),
+        (COLLIDING, {(144, 145), (144, 147)}, False),
+    ],
+)
 def test_a_file_marked_plainly_and_as_pytest_rewrites_it_keeps_both_ways(
-    tmp_path: Path,
+    tmp_path: Path, source: str, ways: set[tuple[int, int]], plain_first: bool
 ) -> None:
-    """The same source imported under two names, once through pytest's assertion rewriter:
-    the second marking's markers join the first's (each line stands for the same arcs in
-    both, or for nothing in one); a changed source is refused."""
+    """The same source imported under two names, once through pytest's assertion rewriter,
+    in either order: the second marking keeps its markers past the end of the file, where
+    they join the first's (a moved marker's line stands for nothing in the other); a changed
+    source is refused."""
     from coverage import Coverage
 
     from pytest_distcov.engine.branches import BranchMonitor, Unmarkable
 
     path = tmp_path / "test_both.py"
-    path.write_text(BOTH_WAYS)
+    path.write_text(source)
     engine = BranchMonitor(Coverage(data_file=None, branch=True), contexts=True)
-    tree = ast.parse(BOTH_WAYS)
-    rewrite_asserts(tree, BOTH_WAYS.encode(), str(path), None)
+    tree = ast.parse(source)
+    rewrite_asserts(tree, source.encode(), str(path), None)
     rewritten = compile(tree, str(path), "exec", dont_inherit=True)
-    first = engine._marked(rewritten, rewritten=True)
+    plain = compile(source, str(path), "exec")
+    order = [(plain, False), (rewritten, True)]
+    if not plain_first:
+        order.reverse()
+    first = engine._marked(order[0][0], rewritten=order[0][1])
     one = dict(engine._marks[str(path)])
-    second = engine._marked(compile(BOTH_WAYS, str(path), "exec"), rewritten=False)
+    second = engine._marked(order[1][0], rewritten=order[1][1])
     both = engine._marks[str(path)]
+    assert str(path) not in engine.unmarked
     assert one.items() <= both.items()
-    if engine.near_lines():
-        assert len(both) > len(one)  # (the markers moved to other lines)
+    moved = {line for line in one if line <= source.count("\n")}  # (inside the file)
+    if engine.near_lines() and source is COLLIDING and plain_first:
+        assert 3 in moved  # (the line the rewritten code's marker would have taken)
+    # the second's markers past the end of the file: those of the moved ones are new lines
+    assert len(both) == len(one) + len(moved)
     for code in (first, second):  # each code's markers read through the one table
-        lines = {n for c in _codes(code) for _, _, n in c.co_lines() if n is not None}
-        assert {(43, 44), (43, 46)} <= engine.arcs_of(str(path), lines)  # (the if)
-    path.write_text(BOTH_WAYS.replace("return 2", "return 3"))
+        lines = {n for c in codes_of(code) for _, _, n in c.co_lines() if n is not None}
+        assert ways <= engine.arcs_of(str(path), lines)  # (the if)
+    path.write_text(source.replace("return", "return 3 +"))
     with pytest.raises(Unmarkable, match="source changed"):
         engine._marked(compile(path.read_text(), str(path), "exec"), rewritten=False)

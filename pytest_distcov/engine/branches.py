@@ -354,8 +354,8 @@ class MarkedModules(ImportedCode):
         return type(self).__name__
 
     def near_lines(self) -> bool:
-        """Whether markers go on lines near their code (:mod:`.nearlines`; the cache's key
-        holds the Python version, which decides it)."""
+        """Whether markers go on lines near their code (:mod:`.nearlines`) in a file marked
+        for the first time (the cache's key says which way it was marked)."""
         return False
 
     def _check_plain(self, code: types.CodeType, *, rewritten: bool) -> None:
@@ -409,15 +409,16 @@ class MarkedModules(ImportedCode):
         before) and its source's digest, not yet recorded as the file's (another thread's
         import may mark another file meanwhile).
 
-        A file marked again (imported under another name) must have the same source; its
-        markers may sit on other lines (on 3.12 and 3.13 they move near their code, which
-        differs where pytest's assertion rewriter ran it), never on a line where the first
-        marking's markers stand for other arcs: every line of either is the same line of
-        the same source, one table for both."""
+        A file marked again (imported under another name) must have the same source. Its
+        markers stay past the end of the file (:meth:`near_lines`: where they move depends
+        on the code, which pytest's assertion rewriter changes), never on a line where the
+        first marking's stand for other arcs; one table, the two joined, serves both."""
         filename = code.co_filename
         source = _read(filename)
         cache = self.cache
-        key = self._cache_key(filename, source, "marked", rewritten=rewritten) if cache else ""
+        near = self.near_lines() and filename not in self._marks
+        what = "marked near" if near else "marked"
+        key = self._cache_key(filename, source, what, rewritten=rewritten) if cache else ""
         found = cache.load(key, filename) if cache is not None else None
         if found is not None:
             table, marked = found
@@ -431,7 +432,7 @@ class MarkedModules(ImportedCode):
                 else:
                     marked = compile(marks.tree, filename, "exec", dont_inherit=True)
                 moves: dict[int, int] = {}
-                if self.near_lines():
+                if near:
                     marked, moves = relocate(marks, marked, text, filename)
             table = {
                 moves.get(line, line): arcs
@@ -587,6 +588,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
     ) -> None:
         super().__init__(cov, journal)
         self._init_marking(cov, cache)
+        self._contexts = contexts
         #: (code id, lines run) -> the arcs they stand for (see :meth:`recorded`)
         self._recorded: dict[tuple[int, frozenset[int]], frozenset[Any]] = {}
         #: Without contexts, an exception raised on a branch line is recorded by handlers in
@@ -627,7 +629,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
         # With per-test contexts only (a marker fires once a run without them, and moving
         # markers costs a second compile when a module is marked), before 3.14 (which keeps
         # every line's whole delta).
-        return self._caught is None and sys.version_info < (3, 14)
+        return self._contexts and sys.version_info < (3, 14)
 
     def bound(self, code: types.CodeType) -> types.CodeType:
         return code if self._caught is None else bind(code, self._caught.hook)

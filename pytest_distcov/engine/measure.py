@@ -717,10 +717,15 @@ class Engine:
         finally:
             if new_only is not None:
                 new_only.deferring = False
+        # (a note of the probes or the monitor goes with the worker's next chunk: a worker
+        # that dies later keeps it)
+        self._take_inner_notes()
+
+    def _take_inner_notes(self) -> None:
+        """The notes the probes or the monitor made since the last call, into :attr:`notes`
+        (each once)."""
         inner = self._probes or self._monitor
         if inner is not None and len(inner.notes) > self._inner_notes:
-            # (a note of the probes or the monitor goes with the worker's next chunk: a
-            # worker that dies later keeps it)
             self.notes.extend(n for n in inner.notes[self._inner_notes :] if n not in self.notes)
             self._inner_notes = len(inner.notes)
 
@@ -847,7 +852,7 @@ class Engine:
             self._running = False
             with capture_coverage_warnings(self.notes):
                 data = self._probes.finish()
-            self.notes.extend(n for n in self._probes.notes if n not in self.notes)
+            self._take_inner_notes()
         elif self._monitor is not None and not self.disk_full:
             self._running = False
             with capture_coverage_warnings(self.notes):
@@ -856,7 +861,7 @@ class Engine:
                 except (CoverageException, sqlite3.Error, OSError) as exc:
                     self._refused(exc)
                     data = self._salvage()
-            self.notes.extend(n for n in self._monitor.notes if n not in self.notes)
+            self._take_inner_notes()
         elif self.disk_full:
             data = self._salvage()
         else:

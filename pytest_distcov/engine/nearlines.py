@@ -46,14 +46,19 @@ def relocate(
     moves = _moves(first, marks.base, marks.arcs, blank)
     if not moves:
         return first, {}
+    _move(marks, moves)
+    second = compile(marks.tree, filename, "exec", dont_inherit=True)
+    if not same_but_lines(first, second, moves):
+        _move(marks, {new: old for old, new in moves.items()})  # (the plan as it was)
+        return first, {}
+    return second, moves
+
+
+def _move(marks: MarkPlan, moves: dict[int, int]) -> None:
     for node in marks.nodes:
         new = moves.get(node.lineno)
         if new is not None:
             node.lineno = node.end_lineno = new
-    second = compile(marks.tree, filename, "exec", dont_inherit=True)
-    if not same_but_lines(first, second, moves):
-        return first, {}
-    return second, moves
 
 
 def _blank(line: str) -> bool:

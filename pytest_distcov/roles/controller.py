@@ -283,7 +283,7 @@ class ControllerRole:
     def _finish_run(self, session: pytest.Session | None) -> None:
         """Receive the rest, recover the dead, write the data file, then run the sinks."""
         self.drain()
-        self.receiver.blobs.clear()  # (what the union shares of them it keeps)
+        self.receiver.forget_blobs()
         for state in self.receiver.workers.values():
             if state.down_error is not None:
                 continue  # went down: recovered already

@@ -324,6 +324,11 @@ class Receiver:
                 f" in {len(self._statements)} files covered so far"
             )
 
+    def forget_blobs(self) -> None:
+        """The run's messages are all in: the decoded blobs go (what the union shares of
+        them it keeps)."""
+        self.blobs.clear()
+
     def stop(self) -> None:
         """No more parses for the report: the helper goes (idempotent)."""
         self.preparse = False
