@@ -61,6 +61,7 @@ def tryer(x):
     finally:
         if x == 0:
             pass
+        x = x  # (its false way stays in the finally: test_a_branch_leaving_a_finally...)
     while x > 0:
         x -= 2
         if x == 3:
@@ -285,6 +286,85 @@ def test_a_file_that_cannot_be_marked_is_measured_by_coverage_py(
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
         [HEADER, "*branch markers: 1 file measured with coverage.py's tracer instead*odd.py*"]
+    )
+    assert_same_report(pytester.path / ".coverage", reference, pytester.path)
+
+
+#: Branches at the end of a ``finally``, left by its end: the compiler copies the ``finally``
+#: into the ``return``'s and the exception's ways out too, each with its markers, where the C
+#: tracer records the way out of the function instead of the arc past the ``try``.
+FINALLY_ENDS = """\
+def tries(x):
+    try:
+        if x:
+            raise ValueError
+    except ValueError:
+        return 1
+    finally:
+        if x == 3:
+            x = 0
+    return x
+
+
+def g(x):
+    try:
+        raise ValueError
+    finally:
+        if x == 3:
+            x = 0
+    return x
+"""
+
+#: Branches inside a ``finally`` whose ways stay in it, or leave the function: markable.
+FINALLY_INSIDE = """\
+def inside(x):
+    try:
+        return x
+    finally:
+        if x:
+            x = 1
+        x = 2
+
+
+def last(x):
+    try:
+        return x
+    finally:
+        if x:
+            x = 1
+"""
+
+
+@pytest.mark.parametrize("mode", [["-p", "no:xdist"], ["-n", "2"]], ids=["in-process", "n2"])
+@pytest.mark.parametrize("contexts", [[], ["--distcov-context=test"]], ids=["lines", "contexts"])
+def test_a_branch_leaving_a_finally_by_its_end_is_left_to_coverage_py(
+    pytester: pytest.Pytester, mode: list[str], contexts: list[str]
+) -> None:
+    """helper-53's case: marked, ``return x`` (line 10) and the branch 8->10 counted as run
+    where the ``finally`` ran for the ``return 1``; the file is coverage.py's tracer's, and
+    the report equals a serial ``coverage run --branch``'s. A ``finally`` whose branches stay
+    in it or leave the function is marked."""
+    from pytest_distcov.engine.marks import Unmarkable, plan
+
+    with pytest.raises(Unmarkable, match="line 8: a branch leaving the finally of lines 8-9"):
+        plan(FINALLY_ENDS, "fin.py")
+    assert plan(FINALLY_INSIDE, "inside.py").arcs
+    _project(
+        pytester,
+        fin=FINALLY_ENDS,
+        inside=FINALLY_INSIDE,
+        test_fin=(
+            "import pytest\n\nimport fin\nimport inside\n\n\ndef test_fin():\n"
+            "    assert fin.tries(1) == 1\n"
+            "    with pytest.raises(ValueError):\n        fin.g(1)\n"
+            "    assert inside.inside(0) == 0 and inside.last(1) == 1\n"
+        ),
+    )
+    reference = serial_reference(pytester, branch=True, core=TRACER)
+    result = run_pytest(pytester, *AUTO, *mode, *contexts)
+    assert result.ret == 0, result.stdout.str()
+    result.stdout.fnmatch_lines(
+        [HEADER, "*branch markers: 1 file measured with coverage.py's tracer instead*fin.py*"]
     )
     assert_same_report(pytester.path / ".coverage", reference, pytester.path)
 

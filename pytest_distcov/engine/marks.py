@@ -241,7 +241,40 @@ def plan(source: str, filename: str) -> MarkPlan:  # noqa: PLR0915 - one pass, o
     left = set(branches) - marked
     if left:
         raise Unmarkable(f"branch lines {sorted(left)[:5]} are of no construct marked here")
+    _check_finally_ends(marks)
     return marks
+
+
+def _check_finally_ends(marks: MarkPlan) -> None:
+    """Raise :class:`Unmarkable` for a marker inside a ``finally`` whose arc leaves it by its
+    end (``finally:`` / ``if lock: lock.release()``). The compiler copies a ``finally`` into
+    each way out of its ``try`` (the end of it, a ``return``, a ``break``, an exception),
+    and the marker with it: only the copy at the end of the ``try`` goes where the arc says;
+    the C tracer records the others' ways out (a ``return``'s exit) instead."""
+    markers = {id(node): node.lineno for node in marks.nodes if isinstance(node, ast.Pass)}
+    pending: list[tuple[list[ast.stmt], tuple[int, int] | None]] = [(marks.tree.body, None)]
+    while pending:
+        stmts, span = pending.pop()
+        for stmt in stmts:
+            line = markers.get(id(stmt))
+            if line is not None and span is not None:
+                for start, dest in marks.arcs[line - marks.base]:
+                    if dest > 0 and not span[0] <= dest <= span[1]:
+                        raise Unmarkable(
+                            f"line {start}: a branch leaving the finally of lines"
+                            f" {span[0]}-{span[1]} by its end"
+                        )
+            inner = None if isinstance(stmt, _SCOPES) else span
+            for name in ("body", "orelse"):
+                value = getattr(stmt, name, None)
+                if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
+                    pending.append((value, inner))
+            final: list[ast.stmt] = getattr(stmt, "finalbody", None) or []
+            if final:
+                end = max(s.end_lineno or s.lineno for s in final)
+                pending.append((final, (_first_line(final[0]), end)))
+            for part in (*getattr(stmt, "handlers", ()), *getattr(stmt, "cases", ())):
+                pending.append((part.body, inner))
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
