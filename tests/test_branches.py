@@ -315,6 +315,33 @@ def g(x):
     return x
 """
 
+#: helper-55's: a way to the function's exit from a ``finally`` whose ``try`` is inside
+#: another ``try`` (its exception's copy goes to the ``except`` first); a one-line ``def``
+#: last in a ``finally`` (its marker follows it there).
+FINALLY_OUTER = """\
+def a(x):
+    try:
+        try:
+            if x:
+                raise ValueError
+        finally:
+            if x == 3:
+                x = 0
+    except ValueError:
+        return 1
+"""
+FINALLY_ONE_LINE_DEF = """\
+def g(x):
+    try:
+        if x:
+            raise ValueError
+    finally:
+        if x == 3:
+            x = 0
+        def h(): return 1
+    return x
+"""
+
 #: Branches inside a ``finally`` whose ways stay in it, or leave the function: markable.
 FINALLY_INSIDE = """\
 def inside(x):
@@ -348,23 +375,32 @@ def test_a_branch_leaving_a_finally_by_its_end_is_left_to_coverage_py(
 
     with pytest.raises(Unmarkable, match="line 8: a branch leaving the finally of lines 8-9"):
         plan(FINALLY_ENDS, "fin.py")
+    with pytest.raises(Unmarkable, match="line 7: a branch leaving the finally of lines 7-8"):
+        plan(FINALLY_OUTER, "outer.py")
+    with pytest.raises(Unmarkable, match="line 8: a branch leaving the finally of lines 6-8"):
+        plan(FINALLY_ONE_LINE_DEF, "onedef.py")
     assert plan(FINALLY_INSIDE, "inside.py").arcs
     _project(
         pytester,
         fin=FINALLY_ENDS,
+        outer=FINALLY_OUTER,
+        onedef=FINALLY_ONE_LINE_DEF,
         inside=FINALLY_INSIDE,
         test_fin=(
-            "import pytest\n\nimport fin\nimport inside\n\n\ndef test_fin():\n"
+            "import pytest\n\nimport fin\nimport inside\nimport onedef\nimport outer\n\n\n"
+            "def test_fin():\n"
             "    assert fin.tries(1) == 1\n"
             "    with pytest.raises(ValueError):\n        fin.g(1)\n"
             "    assert inside.inside(0) == 0 and inside.last(1) == 1\n"
+            "    assert outer.a(1) == 1\n"
+            "    with pytest.raises(ValueError):\n        onedef.g(1)\n"
         ),
     )
     reference = serial_reference(pytester, branch=True, core=TRACER)
     result = run_pytest(pytester, *AUTO, *mode, *contexts)
     assert result.ret == 0, result.stdout.str()
     result.stdout.fnmatch_lines(
-        [HEADER, "*branch markers: 1 file measured with coverage.py's tracer instead*fin.py*"]
+        [HEADER, "*branch markers: 3 files measured with coverage.py's tracer instead*"]
     )
     assert_same_report(pytester.path / ".coverage", reference, pytester.path)
 

@@ -94,6 +94,8 @@ def _same_line_body(node: ast.If, line: int) -> tuple[int, int] | None:
 
 _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 _WITHS = (ast.With, ast.AsyncWith)
+#: ``try`` with ``except*`` (3.11+)
+_TRY_STAR: tuple[type[ast.stmt], ...] = (ast.TryStar,) if hasattr(ast, "TryStar") else ()
 
 
 def _with_stacks(
@@ -250,31 +252,40 @@ def _check_finally_ends(marks: MarkPlan) -> None:
     end (``finally:`` / ``if lock: lock.release()``). The compiler copies a ``finally`` into
     each way out of its ``try`` (the end of it, a ``return``, a ``break``, an exception),
     and the marker with it: only the copy at the end of the ``try`` goes where the arc says;
-    the C tracer records the others' ways out (a ``return``'s exit) instead."""
+    the C tracer records the others' ways out (a ``return``'s exit) instead. An arc to the
+    code's exit is every copy's way out too, unless the ``try`` is inside another ``try`` or
+    a ``with`` of its scope (an exception the copy raises again goes there first)."""
     markers = {id(node): node.lineno for node in marks.nodes if isinstance(node, ast.Pass)}
-    pending: list[tuple[list[ast.stmt], tuple[int, int] | None]] = [(marks.tree.body, None)]
+    # (statements, the innermost finally's lines and whether its try is inside a try or a
+    # with of its scope, whether these statements are)
+    Walk = tuple[list[ast.stmt], tuple[int, int, bool] | None, bool]
+    pending: list[Walk] = [(marks.tree.body, None, False)]
     while pending:
-        stmts, span = pending.pop()
+        stmts, span, guarded = pending.pop()
         for stmt in stmts:
             line = markers.get(id(stmt))
             if line is not None and span is not None:
+                first, last, exits_guarded = span
                 for start, dest in marks.arcs[line - marks.base]:
-                    if dest > 0 and not span[0] <= dest <= span[1]:
+                    if (dest > 0 and not first <= dest <= last) or (dest <= 0 and exits_guarded):
                         raise Unmarkable(
                             f"line {start}: a branch leaving the finally of lines"
-                            f" {span[0]}-{span[1]} by its end"
+                            f" {first}-{last} by its end"
                         )
-            inner = None if isinstance(stmt, _SCOPES) else span
+            scope = isinstance(stmt, _SCOPES)
+            inner = None if scope else span
+            within = not scope and (guarded or isinstance(stmt, (ast.Try, *_TRY_STAR, *_WITHS)))
             for name in ("body", "orelse"):
                 value = getattr(stmt, name, None)
                 if isinstance(value, list) and value and isinstance(value[0], ast.stmt):
-                    pending.append((value, inner))
+                    pending.append((value, inner, within))
             final: list[ast.stmt] = getattr(stmt, "finalbody", None) or []
-            if final:
-                end = max(s.end_lineno or s.lineno for s in final)
-                pending.append((final, (_first_line(final[0]), end)))
+            real = [s for s in final if id(s) not in markers]
+            if real:  # (a one-line definition's marker may follow its last statement)
+                end = max(s.end_lineno or s.lineno for s in real)
+                pending.append((final, (_first_line(real[0]), end, guarded), within))
             for part in (*getattr(stmt, "handlers", ()), *getattr(stmt, "cases", ())):
-                pending.append((part.body, inner))
+                pending.append((part.body, inner, within))
 
 
 def _is_docstring(stmt: ast.stmt) -> bool:
