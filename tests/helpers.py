@@ -209,6 +209,21 @@ def measured(path: Path | str, *, arcs: bool) -> dict[str, set[object]]:
         data.close(force=True)
 
 
+def by_context(path: Path | str) -> set[tuple[str, str, object]]:
+    """Every (context, file, line or arc) of the data file at ``path``."""
+    data = load(path)
+    try:
+        rows: set[tuple[str, str, object]] = set()
+        for context in data.measured_contexts():
+            data.set_query_contexts([f"^{re.escape(context)}$"])
+            for name in data.measured_files():
+                items = (data.arcs(name) if data.has_arcs() else data.lines(name)) or ()
+                rows.update((context, name, item) for item in items)
+        return rows
+    finally:
+        data.close(force=True)
+
+
 def diff_data(left: Path | str, right: Path | str, *, arcs: bool = False) -> DataDiff:
     """File by file, line by line (arc by arc) difference of two data files."""
     a, b = measured(left, arcs=arcs), measured(right, arcs=arcs)

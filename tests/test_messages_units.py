@@ -29,6 +29,8 @@ from pytest_distcov.roles.recovery import LocalRecovery
 from pytest_distcov.sinks.summary import Summary
 from pytest_distcov.tempdirs import LOCK_NAME, HeldDir, RunDirs, run_tag
 
+from .helpers import by_context
+
 # -- decode: every field of every message -----------------------------------------------------
 
 
@@ -785,6 +787,150 @@ def test_workers_data_that_clashes_with_the_controllers_own_is_left_out_not_the_
     assert written.lines("/b.py") == [9]
     assert written.file_tracer("/never.tmpl") == "plug.Templates"
     written.close()
+
+
+def _union(branch: bool, *labelled: tuple[str, dict[str, Any]]) -> Accumulator:
+    """An accumulator of the given (context, file -> items) payloads."""
+    acc = Accumulator(branch=branch)
+    for label, files in labelled:
+        payload = empty_payload()
+        kind = "arcs" if branch else "lines"
+        payload["contexts"][label] = {"lines": {}, "arcs": {}}
+        payload["contexts"][label][kind] = files  # type: ignore[literal-required]
+        acc.add_payload(payload)
+    return acc
+
+
+@pytest.mark.parametrize("branch", [False, True], ids=["lines", "arcs"])
+def test_the_workers_data_written_while_the_run_ends_makes_the_same_data_file(
+    tmp_path: Path, branch: bool
+) -> None:
+    """The workers' data written first, in a thread (while xdist stops the workers), then the
+    controller's own added: the data file holds what the one write (the controller's own
+    first) makes, context by context; nothing else is left beside it."""
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import BackgroundWrite, write_data_file
+
+    shared = frozenset({(1, 2), (2, -1)} if branch else {1, 2})
+    acc = _union(
+        branch,
+        ("t.py::a|run", {"/m.py": shared, "/n.py": {(4, 5)} if branch else {4}}),
+        ("t.py::b|run", {"/m.py": shared}),
+    )
+
+    def own() -> Any:
+        data = CoverageData(no_disk=True)
+        if branch:
+            data.add_arcs({"/m.py": [(7, 8)], "/c.py": [(-1, 1)]})
+        else:
+            data.add_lines({"/m.py": [7], "/c.py": [1]})
+        return data
+
+    assert _written_with(own(), acc, tmp_path / "one") == []
+    early = BackgroundWrite(tmp_path / "two", acc)
+    early.start()
+    assert early.result() == early.tmp
+    mine = own()
+    try:
+        write_data_file(tmp_path / "two", lambda data: data.update(mine), begun=True)
+    finally:
+        mine.close(force=True)
+    want = by_context(tmp_path / "one")
+    assert by_context(tmp_path / "two") == want
+    assert ("", "/c.py", (-1, 1) if branch else 1) in want
+    assert ("t.py::b|run", "/m.py", (1, 2) if branch else 1) in want
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["one", "two"]
+
+
+def test_a_write_begun_is_dropped_when_the_union_changed_failed_or_was_abandoned(
+    tmp_path: Path,
+) -> None:
+    """The thread's file is used only for the union it wrote: a payload merged after it
+    began, a failed write (the data file's directory cannot be made), or an abandon (while
+    it writes: the thread removes its file when done; after: it is removed then) leaves no
+    file, and gives none to go on with; a file taken stays the caller's. A write told it
+    was begun, without its file, fails before it makes a data file."""
+    from pytest_distcov.data.merge import BackgroundWrite, write_data_file
+
+    acc = _union(False, ("a|run", {"/m.py": {1}}))
+    changed = BackgroundWrite(tmp_path / "changed", acc)
+    changed.start()
+    more = empty_payload()
+    more["contexts"]["b|run"] = {"lines": {"/m.py": [2]}, "arcs": {}}
+    acc.add_payload(more)
+    assert changed.result() is None
+    assert not changed.tmp.exists()
+
+    (tmp_path / "a-file").write_text("")
+    failed = BackgroundWrite(tmp_path / "a-file" / ".coverage", acc)
+    failed.start()
+    assert failed.result() is None
+
+    # A union big enough that the abandon mostly comes while the thread writes; either way
+    # (the thread done first, or not), nothing is left and nothing is given.
+    big = _union(
+        True, *((f"t{n}|run", {f"/m{n % 7}.py": {(n, i) for i in range(300)}}) for n in range(300))
+    )
+    while_writing = BackgroundWrite(tmp_path / "while-writing", big)
+    while_writing.start()
+    while_writing.abandon()
+    assert while_writing.result() is None
+    assert not while_writing.tmp.exists()
+
+    done = BackgroundWrite(tmp_path / "done", acc)
+    done.start()
+    done._thread.join()
+    assert done.tmp.exists()
+    done.abandon()
+    assert not done.tmp.exists()
+    assert done.result() is None
+
+    taken = BackgroundWrite(tmp_path / "taken", acc)
+    taken.start()
+    assert taken.result() == taken.tmp
+    taken.abandon()
+    assert taken.tmp.exists()  # (the caller's: write_data_file goes on from it)
+    taken.tmp.unlink()
+
+    never = BackgroundWrite(tmp_path / "never", acc)
+    never.abandon()
+    never.start()  # (abandoned: it never starts)
+    assert never.result() is None
+
+    with pytest.raises(FileNotFoundError, match="first part is gone"):
+        write_data_file(tmp_path / "gone", lambda data: None, begun=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+
+def test_the_controllers_own_data_clashes_only_where_a_file_tracer_differs() -> None:
+    """Where the controller's own data names a file of the union with another file tracer
+    (or found by another plugin), the union must be written after it (see finish): a clash.
+    Files only one side holds, or held alike, are none."""
+    from coverage import CoverageData
+
+    acc = Accumulator(branch=False, plugins=["plug"])
+    payload = empty_payload()
+    payload["contexts"][""] = {"lines": {"/a.py": [7], "/t.tmpl": [8]}, "arcs": {}}
+    payload["tracers"] = {"/t.tmpl": "plug.Templates"}
+    payload["touched"] = {"plug.Templates": ["/never.tmpl"]}
+    assert acc.add_payload(payload) == {}
+
+    def own(lines: dict[str, list[int]], tracers: dict[str, str]) -> bool:
+        data = CoverageData(no_disk=True)
+        try:
+            data.add_lines(lines)
+            data.add_file_tracers(tracers)
+            return acc.clashes(data)
+        finally:
+            data.close(force=True)
+
+    assert not own({}, {})
+    assert not own({"/a.py": [1], "/other.py": [2]}, {})
+    assert not own({"/t.tmpl": [2]}, {"/t.tmpl": "plug.Templates"})
+    assert own({"/t.tmpl": [2]}, {})
+    assert own({"/a.py": [1]}, {"/a.py": "plug.Templates"})
+    assert own({"/never.tmpl": [3]}, {})
 
 
 def test_a_payload_of_the_other_kind_merges_nothing() -> None:

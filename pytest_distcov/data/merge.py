@@ -15,9 +15,11 @@ What reads data files and journals (the worker's deltas, recovery) is in :mod:`.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import sqlite3
+import threading
 from collections.abc import Callable, Collection, Iterable, Mapping
 from pathlib import Path
 from typing import Any
@@ -34,6 +36,7 @@ from .readers import Measured, PathMapper, identity, shown
 
 __all__ = [
     "Accumulator",
+    "BackgroundWrite",
     "add_contexts",
     "copy_without_contexts",
     "without_contexts",
@@ -157,6 +160,8 @@ class Accumulator:
         self._data: dict[str, dict[str, Measured | frozenset[Any]]] = {}
         self._tracers: dict[str, str] = {}
         self._touched: dict[str, set[str]] = {}
+        #: how many payloads were added (:class:`BackgroundWrite` checks it did not change)
+        self.changes = 0
 
     def __bool__(self) -> bool:
         return bool(self._data or self._touched)
@@ -182,6 +187,7 @@ class Accumulator:
         run measuring branches, or arcs in one measuring lines) is a :class:`DataFileError`,
         and then nothing of it is merged.
         """
+        self.changes += 1
         map_path = map_path or identity
         for ctx in payload["contexts"].values():
             if (ctx["arcs"] and not self.branch) or (ctx["lines"] and self.branch):
@@ -266,6 +272,20 @@ class Accumulator:
                     lines.update(items)
         return out
 
+    def clashes(self, data: CoverageData) -> bool:
+        """True if a file ``data`` holds is one of these too, measured (or found) by another
+        file tracer: then :meth:`write_into` must come after ``data``'s own, whose stands."""
+        theirs = {f: data.file_tracer(f) or "" for f in data.measured_files()}
+        if not theirs:
+            return False
+        ours = dict(self._tracers)
+        files = {f for files in self._data.values() for f in files}
+        for plugin, paths in self._touched.items():
+            files.update(paths)
+            for path in paths:
+                ours.setdefault(path, plugin)
+        return any(f in files and ours.get(f, "") != t for f, t in theirs.items())
+
     def write_into(self, data: CoverageData) -> list[str]:
         """Add everything accumulated to ``data`` (which may hold data already, the trusted
         part: the controller's own). A file ``data`` holds measured by another file tracer
@@ -304,25 +324,126 @@ class Accumulator:
         return sorted(clash)
 
 
+def _temporary(target: Path) -> Path:
+    """The file a data file for ``target`` is written to before it is renamed over it."""
+    # Not ".coverage.*": coverage's own combine would pick that name up.
+    return target.with_name(f"{target.name}-distcov-{os.getpid()}.tmp")
+
+
+class BackgroundWrite:
+    """The first part of a data file, the workers' streamed data, written in a thread while
+    the run ends (xdist stopping its workers, when the controller only waits for them), into
+    the temporary file :func:`write_data_file` then goes on with.
+
+    ``accumulator`` must not change meanwhile: :meth:`result` checks it did not (its count
+    of payloads), and gives the file only if the write succeeded and it did not. The thread
+    works on its own file alone (no lock, pipe or process of another's). Nothing waits for it
+    but :meth:`result`: :meth:`abandon` leaves the file to the thread to remove when it ends,
+    and the thread is a daemon, so no exit waits for it either (an exit in the middle of the
+    write leaves the temporary file, as a kill in the middle of any write does).
+    """
+
+    def __init__(self, target: str | os.PathLike[str], accumulator: Accumulator) -> None:
+        self.target = Path(target)
+        self.tmp = _temporary(self.target)
+        self._accumulator = accumulator
+        self._changes = accumulator.changes
+        self._lock = threading.Lock()
+        #: "new", "writing", "written" (the thread is done, the file whole), "taken" (the
+        #: file is the caller's), "abandoned" (the thread removes it when done), "gone"
+        self._state = "new"
+        self._thread = threading.Thread(target=self._write, name="distcov-write", daemon=True)
+
+    def start(self) -> None:
+        with self._lock:
+            if self._state != "new":
+                return
+            self._state = "writing"
+        self._thread.start()
+
+    def _write(self) -> None:
+        data: CoverageData | None = None
+        written = False
+        try:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.unlink(missing_ok=True)
+            data = CoverageData(basename=str(self.tmp))
+            self._accumulator.write_into(data)  # (into an empty file: no clash can come)
+            data.close(force=True)
+            _fsync(self.tmp)  # (most of the file: the sync at the end has less to do)
+            written = True
+        except BaseException:  # the end of the run writes it all (or rescues it) again
+            with contextlib.suppress(Exception):
+                if data is not None:
+                    data.close(force=True)
+        finally:
+            with self._lock:
+                keep = written and self._state == "writing"
+                self._state = "written" if keep else "gone"
+            if not keep:
+                self._remove()
+
+    def result(self) -> Path | None:
+        """The temporary file holding the accumulator's data, the caller's from now on, once
+        the thread is done (it waits for it); None where it failed, the accumulator changed
+        since, or the file was taken or abandoned before (the file is not there then)."""
+        if self._thread.ident is not None:  # (started)
+            self._thread.join()
+        with self._lock:
+            if self._state != "written":
+                return None
+            fresh = self._accumulator.changes == self._changes
+            self._state = "taken" if fresh else "gone"
+        if not fresh:
+            self._remove()
+            return None
+        return self.tmp
+
+    def abandon(self) -> None:
+        """Nothing of it is used (and nothing waits for the thread): its file is removed now,
+        or by the thread when it ends. A file already taken is the caller's."""
+        with self._lock:
+            state = self._state
+            if state == "writing":
+                self._state = "abandoned"
+                return
+            if state in ("taken", "abandoned", "gone"):
+                return
+            self._state = "gone"
+        self._remove()
+
+    def _remove(self) -> None:
+        with contextlib.suppress(OSError):  # (the end of the run goes on: nothing is lost)
+            self.tmp.unlink(missing_ok=True)
+
+
 def write_data_file(
     target: str | os.PathLike[str],
     fill: Callable[[CoverageData], None],
+    *,
+    begun: bool = False,
 ) -> None:
     """Write a complete data file to ``target`` atomically.
 
-    ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target``; only when it
-    has finished, and the new file is on disk (``fsync``: coverage has SQLite skip its own syncs),
-    is it renamed over ``target``, and the directory synced so that the rename lasts too. A
-    failure never leaves a partial or damaged data file behind (and never touches an existing
-    one), nor can a crash of the machine right after the rename leave an empty file in its place.
+    ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target`` (with
+    ``begun``, to that file holding part of the data already: :meth:`BackgroundWrite.result`);
+    only when it has finished, and the new file is on disk (``fsync``: coverage has SQLite skip
+    its own syncs), is it renamed over ``target``, and the directory synced so that the rename
+    lasts too. A failure never leaves a partial or damaged data file behind (and never touches
+    an existing one), nor can a crash of the machine right after the rename leave an empty
+    file in its place.
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    # Not ".coverage.*": coverage's own combine would pick that name up.
-    tmp = target.with_name(f"{target.name}-distcov-{os.getpid()}.tmp")
-    tmp.unlink(missing_ok=True)
+    tmp = _temporary(target)
+    if not begun:
+        tmp.unlink(missing_ok=True)
+    elif not tmp.is_file():  # (without it, what it held would be missing: the caller rescues)
+        raise FileNotFoundError(errno.ENOENT, "the data file's first part is gone", str(tmp))
     data = CoverageData(basename=str(tmp))
     try:
+        if begun:
+            data.read()  # (else its first write would erase it: coverage.py starts afresh)
         fill(data)
         data.close(force=True)
         _fsync(tmp)

@@ -271,6 +271,16 @@ class ControllerRole:
             # data) here, and say what happened in a few plain lines.
             self.pytest_terminal_summary(reporter)
 
+    def begin_finish(self) -> None:
+        """Every worker finished, and sent all it measured: the workers' data is written into
+        the data file's temporary file now, in a thread (see :meth:`Finisher.begin`)."""
+        if self.finished:
+            return
+        self.receiver.drain()  # (not self.drain(): no interrupt is raised from here on)
+        states = self.receiver.workers.values()
+        if states and all(s.finished and not s.refused and s.down_error is None for s in states):
+            self.finisher.begin()
+
     def _finish(self, session: pytest.Session | None) -> None:
         if self.finished:
             return
@@ -340,9 +350,12 @@ class ControllerRole:
 
     def pytest_unconfigure(self) -> None:
         """A run that ends before its report (an interrupt, a usage error): no helper left."""
-        self.receiver.stop()
-        self.sigterm.uninstall()
-        self.receiver.release()
+        try:
+            self.receiver.stop()
+            self.sigterm.uninstall()
+            self.receiver.release()
+        finally:
+            self.finisher.abandon()  # (never waits: see BackgroundWrite)
 
     def _cleanup_note(self) -> str | None:
         """One line for the directories of killed runs removed at the start of this one."""
@@ -441,6 +454,12 @@ class XdistControllerHooks:
 
     def pytest_testnodedown(self, node: Any, error: object) -> None:
         self.role.node_down(node.gateway.id, error)
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_sessionfinish(self) -> None:
+        """Before xdist stops the workers (and waits for them), the data file's writing
+        begins, if every worker sent all it measured."""
+        self.role.begin_finish()
 
     @pytest.hookimpl(wrapper=True)
     def pytest_runtestloop(self, session: pytest.Session) -> Generator[None, object, object]:

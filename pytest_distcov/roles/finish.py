@@ -25,7 +25,7 @@ from pathlib import Path
 import coverage
 from coverage.exceptions import CoverageException
 
-from pytest_distcov.data.merge import copy_without_contexts, write_data_file
+from pytest_distcov.data.merge import BackgroundWrite, copy_without_contexts, write_data_file
 from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
 from pytest_distcov.errors import DataFileError, DistCovError, printable
@@ -97,6 +97,45 @@ class Finisher:
         self.receiver = receiver
         self.data_file = data_file
         self.append = append
+        #: the workers' data being written while the run ends (see :meth:`begin`)
+        self._early: BackgroundWrite | None = None
+
+    def begin(self) -> None:
+        """Every worker has finished and sent all it measured: write it now, in a thread,
+        while xdist stops the workers (the controller waits for them then), as the first
+        part of the data file. :meth:`finish` goes on from there; where the thread failed,
+        the receiver's data changed since, the controller's own data clashes with it, or
+        going on from it fails, the data file is written whole, as without it."""
+        if self._early is None and self.receiver.acc:
+            self._early = BackgroundWrite(self.data_file, self.receiver.acc)
+            self._early.start()
+
+    def abandon(self) -> None:
+        """The run ends without :meth:`finish`: nothing waits for :meth:`begin`'s thread, and
+        no file of its is left (the thread removes it when done)."""
+        if self._early is not None:
+            self._early.abandon()
+
+    def _begun(self, own: coverage.CoverageData) -> bool:
+        """True if the data file's temporary file holds the workers' data (see :meth:`begin`),
+        to go on with: the controller's own data clashes with none of it."""
+        early = self._early
+        if early is None:
+            return False
+        try:
+            try:
+                clash = self.receiver.acc.clashes(own)  # (its own must come first: fill_run)
+            except Exception:  # (coverage.py reading its own data: written whole instead)
+                clash = True
+            if clash:
+                early.abandon()
+                return False
+            return early.result() is not None
+        except BaseException:  # (an interrupt while it waits for the thread)
+            early.abandon()
+            raise
+        finally:
+            self._early = None
 
     def finish(self, recovered: list[Recovered]) -> Finished:
         """Write the data file; then remove the run's directories (or, failing, rescue)."""
@@ -104,11 +143,17 @@ class Finisher:
         subprocess_files = self.engine.subprocess_files()
         unreadable: list[str] = []
         errors: list[str] = []
+        try:
+            begun = self._begun(own)
+        except BaseException:
+            own.close(force=True)  # (see below)
+            raise
 
-        def fill_run(data: coverage.CoverageData) -> None:
-            """This run's data: the workers', recovered files, the controller's own."""
-            data.update(own)  # first: where a worker's data clashes with it, it stands
-            clashed = self.receiver.acc.write_into(data)
+        def fill_run(data: coverage.CoverageData, *, workers: bool = True) -> None:
+            """This run's data: the controller's own, the workers' (unless ``data`` holds
+            them already: then none of them clashes with the controller's), recovered files."""
+            data.update(own)  # before the workers': where their data clashes with it, it stands
+            clashed = self.receiver.acc.write_into(data) if workers else []
             if clashed:
                 error = printable(
                     f"the workers' data of {len(clashed)} file(s) is left out: each was measured"
@@ -128,7 +173,7 @@ class Finisher:
                         errors.append(error)
 
         def fill(data: coverage.CoverageData) -> None:
-            fill_run(data)
+            fill_run(data, workers=not begun)
             if self.append and self.data_file.exists():
                 try:
                     update_from_file(data, self.data_file)
@@ -136,7 +181,13 @@ class Finisher:
                     raise _AppendUnreadable(str(exc)) from None
 
         try:
-            write_data_file(self.data_file, fill)
+            try:
+                write_data_file(self.data_file, fill, begun=begun)
+            except Exception:
+                if not begun:
+                    raise
+                begun = False  # (whatever went wrong going on from it: the whole file, once)
+                write_data_file(self.data_file, fill)
         except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see rescue
             self._close_remote(keep_workers=True)
             errors.append(self.rescue(exc, fill_run))
