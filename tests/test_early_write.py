@@ -5,9 +5,11 @@ context, with nothing left beside it."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
-from .helpers import by_context, report_view, run_pytest, serial_reference
+from .helpers import REPORT_KEYS, by_context, report_view, run_pytest, serial_reference
 
 APP = """
 def classify(n):
@@ -17,6 +19,12 @@ def classify(n):
         if i == 3:
             break
     return "small" if n < 3 else "large"
+
+
+def summary_only(n):
+    if n:
+        return "shown"
+    return "hidden"
 """
 
 TESTS = """
@@ -61,6 +69,12 @@ FAULT = os.environ.get("DISTCOV_TEST_FAULT", "")
 def note(what):
     with Path(MARKS).open("a") as fh:
         fh.write(what + "\\n")
+
+
+def pytest_terminal_summary(terminalreporter):
+    import app
+
+    app.summary_only(1)  # (the controller's own measured code; the serial run's too)
 
 
 def pytest_configure(config):
@@ -112,7 +126,9 @@ def test_the_data_file_begun_early_or_not_holds_the_same_data(
 ) -> None:
     """-n 2, per-test contexts and branches: the early write is begun and gone on from; each
     way off it writes the data file whole instead, and every run's data file is the same,
-    context by context and arc by arc, and reports as the serial run does. No run
+    context by context and arc by arc, and reports as the serial run does, in coverage.py's
+    report of the data file and in the plugin's own (its copy of the data with every
+    context together, and the controller's own measured code in it). No run
     leaves a temporary file or says it could not write."""
     monkeypatch.setenv("DISTCOV_ENGINE", "auto")  # (what users get: markers, probes or sysmon)
     pytester.makepyfile(app=APP, test_app=TESTS, conftest=CONFTEST)
@@ -135,6 +151,7 @@ def test_the_data_file_begun_early_or_not_holds_the_same_data(
             "2",
             "-p",
             "no:randomly",
+            "--distcov-report=json:ours.json",
         )
         out = result.stdout.str()
         assert result.ret == 0, out + result.stderr.str()
@@ -143,6 +160,13 @@ def test_the_data_file_begun_early_or_not_holds_the_same_data(
         assert not list(pytester.path.glob("*.tmp")), fault
         got[fault] = by_context(data_file)
         assert report_view(data_file, pytester.path) == want, fault
+        # the plugin's own report, from its copy of the data with every context together
+        files = json.loads((pytester.path / "ours.json").read_text())["files"]
+        ours = {
+            str(pytester.path / name): {k: info[k] for k in REPORT_KEYS if k in info}
+            for name, info in files.items()
+        }
+        assert ours == want, fault
     first = got[""]
     assert {ctx for ctx, _, _ in first} >= {
         "test_app.py::test_negative|run",

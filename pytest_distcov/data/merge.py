@@ -94,9 +94,13 @@ def add_contexts(
         batch.close(force=True)
 
 
-def without_contexts(full: CoverageData, into: CoverageData) -> None:
+def without_contexts(
+    full: CoverageData, into: CoverageData, *, arcs: Mapping[str, Collection[Any]] | None = None
+) -> None:
     """Fill the empty ``into`` with what ``full`` measured, every context together: each
     file's lines (or arcs), its file tracer, and the files measured with nothing recorded.
+    ``arcs``: each file's arcs, every context's together, known already (those ``full`` holds
+    exactly: see :meth:`Finisher.finish`); else each is read from ``full``.
 
     A report that shows no contexts (the terminal's, XML, JSON without contexts, LCOV, the
     total, the upload) reads exactly this from ``full`` too: ``CoverageData.lines`` and
@@ -106,7 +110,10 @@ def without_contexts(full: CoverageData, into: CoverageData) -> None:
     """
     files = sorted(full.measured_files())
     if full.has_arcs():
-        arcs = {f: full.arcs(f) or [] for f in files}
+        if arcs is None:
+            arcs = {f: full.arcs(f) or [] for f in files}
+        else:  # (coverage.py reads them with a query a file, over every context's rows)
+            arcs = {f: arcs.get(f, ()) for f in files}
         into.add_arcs({f: a for f, a in arcs.items() if a})
         empty = [f for f, a in arcs.items() if not a]
     else:
@@ -126,12 +133,17 @@ def without_contexts(full: CoverageData, into: CoverageData) -> None:
         into.add_file_tracers({f: t for f, t in tracers.items() if f not in unrecorded})
 
 
-def copy_without_contexts(full: Coverage, fresh: Callable[[], Coverage]) -> Coverage:
+def copy_without_contexts(
+    full: Coverage,
+    fresh: Callable[[], Coverage],
+    *,
+    arcs: Mapping[str, Collection[Any]] | None = None,
+) -> Coverage:
     """A ``Coverage`` (``fresh()``: in memory, with ``full``'s configuration) reading
-    ``full``'s data with every context together (:func:`without_contexts`), for the reports
-    that show no contexts; ``full`` itself where its data has no contexts, where ``[report]
-    contexts`` selects some (every report and the upload select them then), or where the
-    copy fails."""
+    ``full``'s data with every context together (:func:`without_contexts`, ``arcs`` given
+    to it), for the reports that show no contexts; ``full`` itself where its data has no
+    contexts, where ``[report] contexts`` selects some (every report and the upload select
+    them then), or where the copy fails."""
     if full.get_option("report:contexts"):
         return full
     data = full.get_data()
@@ -139,7 +151,7 @@ def copy_without_contexts(full: Coverage, fresh: Callable[[], Coverage]) -> Cove
         return full
     merged = fresh()
     try:
-        without_contexts(data, merged.get_data())
+        without_contexts(data, merged.get_data(), arcs=arcs)
     except BaseException as exc:
         close_all(merged)
         if isinstance(exc, (CoverageException, sqlite3.Error, OSError)):
@@ -272,6 +284,15 @@ class Accumulator:
                     lines.update(items)
         return out
 
+    def union(self) -> dict[str, set[Any]]:
+        """Each file's lines (or arcs), every context's together (each set shared by many
+        contexts joined once)."""
+        by_file: dict[str, dict[int, Collection[Any]]] = {}
+        for files in self._data.values():
+            for path, items in files.items():
+                by_file.setdefault(path, {})[id(items)] = items
+        return {path: set().union(*found.values()) for path, found in by_file.items()}
+
     def clashes(self, data: CoverageData) -> bool:
         """True if a file ``data`` holds is one of these too, measured (or found) by another
         file tracer: then :meth:`write_into` must come after ``data``'s own, whose stands."""
@@ -349,6 +370,8 @@ class BackgroundWrite:
         self._accumulator = accumulator
         self._changes = accumulator.changes
         self._lock = threading.Lock()
+        #: each file's items, every context's together, once written (:meth:`Accumulator.union`)
+        self.union: dict[str, set[Any]] = {}
         #: "new", "writing", "written" (the thread is done, the file whole), "taken" (the
         #: file is the caller's), "abandoned" (the thread removes it when done), "gone"
         self._state = "new"
@@ -371,6 +394,7 @@ class BackgroundWrite:
             self._accumulator.write_into(data)  # (into an empty file: no clash can come)
             data.close(force=True)
             _fsync(self.tmp)  # (most of the file: the sync at the end has less to do)
+            self.union = self._accumulator.union()  # (for the reports: see Finisher.finish)
             written = True
         except BaseException:  # the end of the run writes it all (or rescues it) again
             with contextlib.suppress(Exception):

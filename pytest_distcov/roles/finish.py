@@ -14,13 +14,15 @@ error says where everything is.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import coverage
 from coverage.exceptions import CoverageException
@@ -37,6 +39,9 @@ from .recovery import Recovered
 __all__ = ["Finished", "Finisher", "rescue_dirs"]
 
 Fill = Callable[[coverage.CoverageData], None]
+
+#: ``CoverageData.update`` turns each of these in a file's name into the system's separator
+_SLASHES, _SEP = re.compile(r"[/\\]"), re.escape(os.sep)
 
 
 @dataclass(frozen=True)
@@ -99,6 +104,11 @@ class Finisher:
         self.append = append
         #: the workers' data being written while the run ends (see :meth:`begin`)
         self._early: BackgroundWrite | None = None
+        #: what it wrote, each file's items of every context together
+        self._union: dict[str, set[Any]] | None = None
+        #: each file's arcs of every context together, in the data file written, where known
+        #: without reading it (see :meth:`finish`)
+        self._arcs: dict[str, Collection[Any]] | None = None
 
     def begin(self) -> None:
         """Every worker has finished and sent all it measured: write it now, in a thread,
@@ -130,7 +140,10 @@ class Finisher:
             if clash:
                 early.abandon()
                 return False
-            return early.result() is not None
+            if early.result() is None:
+                return False
+            self._union = early.union
+            return True
         except BaseException:  # (an interrupt while it waits for the thread)
             early.abandon()
             raise
@@ -145,9 +158,11 @@ class Finisher:
         errors: list[str] = []
         try:
             begun = self._begun(own)
+            own_arcs = self._own_arcs(own) if begun else None  # (before it is closed)
         except BaseException:
             own.close(force=True)  # (see below)
             raise
+        appended: list[bool] = []
 
         def fill_run(data: coverage.CoverageData, *, workers: bool = True) -> None:
             """This run's data: the controller's own, the workers' (unless ``data`` holds
@@ -172,22 +187,20 @@ class Finisher:
                     if error not in errors:  # fill may run again (see rescue)
                         errors.append(error)
 
-        def fill(data: coverage.CoverageData) -> None:
-            fill_run(data, workers=not begun)
-            if self.append and self.data_file.exists():
-                try:
-                    update_from_file(data, self.data_file)
-                except DataFileError as exc:
-                    raise _AppendUnreadable(str(exc)) from None
+        def fill_for(workers: bool) -> Fill:
+            def fill(data: coverage.CoverageData) -> None:
+                fill_run(data, workers=workers)
+                if self.append and self.data_file.exists():
+                    appended.append(True)
+                    try:
+                        update_from_file(data, self.data_file)
+                    except DataFileError as exc:
+                        raise _AppendUnreadable(str(exc)) from None
+
+            return fill
 
         try:
-            try:
-                write_data_file(self.data_file, fill, begun=begun)
-            except Exception:
-                if not begun:
-                    raise
-                begun = False  # (whatever went wrong going on from it: the whole file, once)
-                write_data_file(self.data_file, fill)
+            begun = self._write(fill_for, begun=begun)
         except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see rescue
             self._close_remote(keep_workers=True)
             errors.append(self.rescue(exc, fill_run))
@@ -198,7 +211,47 @@ class Finisher:
             own.close(force=True)
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
+        if begun and not (recovered or subprocess_files or appended):
+            self._arcs = self._known_arcs(own_arcs)
         return Finished(Combined(self.data_file, self._load, self._without_contexts), errors=errors)
+
+    def _write(self, fill_for: Callable[[bool], Fill], *, begun: bool) -> bool:
+        """Write the data file, going on from :meth:`begin`'s file if ``begun`` (``fill_for``:
+        the fill, with the workers' data or without); where that fails, whatever went wrong,
+        the whole file, once. True if it went on from it."""
+        if begun:
+            try:
+                write_data_file(self.data_file, fill_for(False), begun=True)
+                return True
+            except Exception:
+                pass
+        write_data_file(self.data_file, fill_for(True))
+        return False
+
+    def _known_arcs(
+        self, own_arcs: dict[str, list[Any]] | None
+    ) -> dict[str, Collection[Any]] | None:
+        """Each file's arcs of every context together in a data file that holds the workers'
+        union (written by :meth:`begin`'s thread) and the controller's own data, nothing
+        else: the reports' copy takes them from both, not from the file (coverage.py reads
+        each file's with a query over every context's rows: most of the copy's time)."""
+        if own_arcs is None:
+            return None
+        known: dict[str, Collection[Any]] = dict(self._union or {})
+        for name, found in own_arcs.items():
+            known[name] = set(known.get(name, ())).union(found)
+        return known
+
+    def _own_arcs(self, own: coverage.CoverageData) -> dict[str, list[Any]] | None:
+        """Each file's arcs in the controller's own data; None where it is line data, or a
+        name of its is one ``CoverageData.update`` changes (it makes every slash, either way,
+        the system's): then only the data file says what it holds."""
+        if not self.receiver.acc.branch:
+            return None
+        names = own.measured_files()
+        if any(_SLASHES.sub(_SEP, name) != name for name in names):
+            return None
+        return {name: own.arcs(name) or [] for name in names}
 
     def _load(self) -> coverage.Coverage:
         """The written data file in a ``Coverage`` with the run's configuration."""
@@ -209,7 +262,9 @@ class Finisher:
     def _without_contexts(self, full: coverage.Coverage) -> coverage.Coverage:
         """``full``'s data with every context together, in memory, with the run's
         configuration (see :func:`~pytest_distcov.data.merge.copy_without_contexts`)."""
-        return copy_without_contexts(full, lambda: open_coverage(self.spec, data_file=None))
+        return copy_without_contexts(
+            full, lambda: open_coverage(self.spec, data_file=None), arcs=self._arcs
+        )
 
     def rescue(self, exc: Exception, fill_run: Fill) -> str:
         """The data file could not be written: save this run's combined data elsewhere.
