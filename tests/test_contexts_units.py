@@ -464,7 +464,7 @@ def test_reports_selecting_contexts_and_the_upload_read_the_data_file(tmp_path: 
         spec = MeasureSpec(source=None, branch=False, config_file=str(rc), context="test")
         full = Coverage(data_file=str(path), config_file=str(rc))
         full.load()
-        finisher = types.SimpleNamespace(spec=spec)
+        finisher = types.SimpleNamespace(spec=spec, _known=None)
         merged = Finisher._without_contexts(finisher, full)  # type: ignore[arg-type]
         assert (merged is full) == selecting
         assert sorted(merged.get_data().lines("/p/f.py") or []) == [1, 2]

@@ -121,18 +121,19 @@ EXPECTED_MARKS = {
 }
 
 
+@pytest.mark.parametrize("branch", [True, False], ids=["branches", "lines"])
 def test_the_data_file_begun_early_or_not_holds_the_same_data(
-    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch
+    pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch, branch: bool
 ) -> None:
-    """-n 2, per-test contexts and branches: the early write is begun and gone on from; each
-    way off it writes the data file whole instead, and every run's data file is the same,
-    context by context and arc by arc, and reports as the serial run does, in coverage.py's
-    report of the data file and in the plugin's own (its copy of the data with every
-    context together, and the controller's own measured code in it). No run
-    leaves a temporary file or says it could not write."""
+    """-n 2, per-test contexts (with branches, and without): the early write is begun and
+    gone on from; each way off it writes the data file whole instead, and every run's data
+    file is the same, context by context, item by item, and reports as the serial run does,
+    in coverage.py's report of the data file and in the plugin's own (its copy of the data
+    with every context together, the controller's own measured code in it). No run leaves
+    a temporary file or says it could not write."""
     monkeypatch.setenv("DISTCOV_ENGINE", "auto")  # (what users get: markers, probes or sysmon)
     pytester.makepyfile(app=APP, test_app=TESTS, conftest=CONFTEST)
-    reference = serial_reference(pytester, "-p", "no:randomly", branch=True, source="app")
+    reference = serial_reference(pytester, "-p", "no:randomly", branch=branch, source="app")
     want = report_view(reference, pytester.path)
     got: dict[str, set[tuple[str, str, object]]] = {}
     for fault, marks in EXPECTED_MARKS.items():
@@ -145,7 +146,7 @@ def test_the_data_file_begun_early_or_not_holds_the_same_data(
             pytester,
             "--distcov",
             "--distcov-source=app",
-            "--distcov-branch",
+            *(["--distcov-branch"] if branch else []),
             "--distcov-context=test",
             "-n",
             "2",

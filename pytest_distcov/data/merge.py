@@ -95,12 +95,12 @@ def add_contexts(
 
 
 def without_contexts(
-    full: CoverageData, into: CoverageData, *, arcs: Mapping[str, Collection[Any]] | None = None
+    full: CoverageData, into: CoverageData, *, known: Mapping[str, Collection[Any]] | None = None
 ) -> None:
     """Fill the empty ``into`` with what ``full`` measured, every context together: each
     file's lines (or arcs), its file tracer, and the files measured with nothing recorded.
-    ``arcs``: each file's arcs, every context's together, known already (those ``full`` holds
-    exactly: see :meth:`Finisher.finish`); else each is read from ``full``.
+    ``known``: each file's lines (or arcs), every context's together, known already (those
+    ``full`` holds exactly: see :meth:`Finisher.finish`); else they are read from ``full``.
 
     A report that shows no contexts (the terminal's, XML, JSON without contexts, LCOV, the
     total, the upload) reads exactly this from ``full`` too: ``CoverageData.lines`` and
@@ -110,14 +110,14 @@ def without_contexts(
     """
     files = sorted(full.measured_files())
     if full.has_arcs():
-        if arcs is None:
-            arcs = {f: full.arcs(f) or [] for f in files}
-        else:  # (coverage.py reads them with a query a file, over every context's rows)
-            arcs = {f: arcs.get(f, ()) for f in files}
+        if known is None:  # (coverage.py reads them with a query a file, every context's)
+            arcs: Mapping[str, Collection[Any]] = {f: full.arcs(f) or [] for f in files}
+        else:
+            arcs = {f: known.get(f, ()) for f in files}
         into.add_arcs({f: a for f, a in arcs.items() if a})
         empty = [f for f, a in arcs.items() if not a]
     else:
-        lines = lines_union(full)
+        lines = lines_union(full) if known is None else {f: known.get(f, ()) for f in files}
         if lines is None:
             lines = {f: full.lines(f) or [] for f in files}
         into.add_lines({f: n for f, n in lines.items() if n})
@@ -137,10 +137,10 @@ def copy_without_contexts(
     full: Coverage,
     fresh: Callable[[], Coverage],
     *,
-    arcs: Mapping[str, Collection[Any]] | None = None,
+    known: Mapping[str, Collection[Any]] | None = None,
 ) -> Coverage:
     """A ``Coverage`` (``fresh()``: in memory, with ``full``'s configuration) reading
-    ``full``'s data with every context together (:func:`without_contexts`, ``arcs`` given
+    ``full``'s data with every context together (:func:`without_contexts`, ``known`` given
     to it), for the reports that show no contexts; ``full`` itself where its data has no
     contexts, where ``[report] contexts`` selects some (every report and the upload select
     them then), or where the copy fails."""
@@ -151,7 +151,7 @@ def copy_without_contexts(
         return full
     merged = fresh()
     try:
-        without_contexts(data, merged.get_data(), arcs=arcs)
+        without_contexts(data, merged.get_data(), known=known)
     except BaseException as exc:
         close_all(merged)
         if isinstance(exc, (CoverageException, sqlite3.Error, OSError)):

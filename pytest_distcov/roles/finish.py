@@ -106,9 +106,9 @@ class Finisher:
         self._early: BackgroundWrite | None = None
         #: what it wrote, each file's items of every context together
         self._union: dict[str, set[Any]] | None = None
-        #: each file's arcs of every context together, in the data file written, where known
-        #: without reading it (see :meth:`finish`)
-        self._arcs: dict[str, Collection[Any]] | None = None
+        #: each file's lines (or arcs) of every context together, in the data file written,
+        #: where known without reading it (see :meth:`finish`)
+        self._known: dict[str, Collection[Any]] | None = None
 
     def begin(self) -> None:
         """Every worker has finished and sent all it measured: write it now, in a thread,
@@ -158,7 +158,7 @@ class Finisher:
         errors: list[str] = []
         try:
             begun = self._begun(own)
-            own_arcs = self._own_arcs(own) if begun else None  # (before it is closed)
+            own_items = self._own_items(own) if begun else None  # (before it is closed)
         except BaseException:
             own.close(force=True)  # (see below)
             raise
@@ -212,7 +212,7 @@ class Finisher:
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
         if begun and not (recovered or subprocess_files or appended):
-            self._arcs = self._known_arcs(own_arcs)
+            self._known = self._known_items(own_items)
         return Finished(Combined(self.data_file, self._load, self._without_contexts), errors=errors)
 
     def _write(self, fill_for: Callable[[bool], Fill], *, begun: bool) -> bool:
@@ -228,30 +228,30 @@ class Finisher:
         write_data_file(self.data_file, fill_for(True))
         return False
 
-    def _known_arcs(
-        self, own_arcs: dict[str, list[Any]] | None
+    def _known_items(
+        self, own_items: dict[str, list[Any]] | None
     ) -> dict[str, Collection[Any]] | None:
-        """Each file's arcs of every context together in a data file that holds the workers'
-        union (written by :meth:`begin`'s thread) and the controller's own data, nothing
-        else: the reports' copy takes them from both, not from the file (coverage.py reads
-        each file's with a query over every context's rows: most of the copy's time)."""
-        if own_arcs is None:
+        """Each file's lines (or arcs) of every context together in a data file that holds
+        the workers' union (written by :meth:`begin`'s thread) and the controller's own data,
+        nothing else: the reports' copy takes them from both, not from the file (coverage.py
+        reads each file's arcs with a query over every context's rows, and lines as every
+        context's numbits: most of the copy's time)."""
+        if own_items is None:
             return None
         known: dict[str, Collection[Any]] = dict(self._union or {})
-        for name, found in own_arcs.items():
+        for name, found in own_items.items():
             known[name] = set(known.get(name, ())).union(found)
         return known
 
-    def _own_arcs(self, own: coverage.CoverageData) -> dict[str, list[Any]] | None:
-        """Each file's arcs in the controller's own data; None where it is line data, or a
-        name of its is one ``CoverageData.update`` changes (it makes every slash, either way,
-        the system's): then only the data file says what it holds."""
-        if not self.receiver.acc.branch:
-            return None
+    def _own_items(self, own: coverage.CoverageData) -> dict[str, list[Any]] | None:
+        """Each file's lines (or arcs) in the controller's own data; None where a name of its
+        is one ``CoverageData.update`` changes (it makes every slash, either way, the
+        system's): then only the data file says what it holds."""
         names = own.measured_files()
         if any(_SLASHES.sub(_SEP, name) != name for name in names):
             return None
-        return {name: own.arcs(name) or [] for name in names}
+        items = own.arcs if self.receiver.acc.branch else own.lines
+        return {name: list(items(name) or []) for name in names}
 
     def _load(self) -> coverage.Coverage:
         """The written data file in a ``Coverage`` with the run's configuration."""
@@ -263,7 +263,7 @@ class Finisher:
         """``full``'s data with every context together, in memory, with the run's
         configuration (see :func:`~pytest_distcov.data.merge.copy_without_contexts`)."""
         return copy_without_contexts(
-            full, lambda: open_coverage(self.spec, data_file=None), arcs=self._arcs
+            full, lambda: open_coverage(self.spec, data_file=None), known=self._known
         )
 
     def rescue(self, exc: Exception, fill_run: Fill) -> str:
