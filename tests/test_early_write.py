@@ -98,8 +98,8 @@ def pytest_configure(config):
         note(f"result {'file' if got is not None else 'none'}")
         return got
 
-    def writing(target, fill, *, begun=False):
-        note(f"write begun={begun}")
+    def writing(target, fill, *, begun=None):
+        note(f"write begun={begun is not None}")
         if begun and FAULT == "begun-fails":
             raise OSError("injected: going on from the begun file fails")
         return write(target, fill, begun=begun)

@@ -833,7 +833,7 @@ def test_the_workers_data_written_while_the_run_ends_makes_the_same_data_file(
     assert early.result() == early.tmp
     mine = own()
     try:
-        write_data_file(tmp_path / "two", lambda data: data.update(mine), begun=True)
+        write_data_file(tmp_path / "two", lambda data: data.update(mine), begun=early.tmp)
     finally:
         mine.close(force=True)
     want = by_context(tmp_path / "one")
@@ -899,8 +899,50 @@ def test_a_write_begun_is_dropped_when_the_union_changed_failed_or_was_abandoned
     assert never.result() is None
 
     with pytest.raises(FileNotFoundError, match="first part is gone"):
-        write_data_file(tmp_path / "gone", lambda data: None, begun=True)
+        write_data_file(tmp_path / "gone", lambda data: None, begun=tmp_path / "gone.part")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file"]
+
+    # The whole write while an abandoned thread still writes: each has a file of its own.
+    racing = BackgroundWrite(tmp_path / "racing", big)
+    racing.start()
+    racing.abandon()
+    write_data_file(tmp_path / "racing", big.write_into)
+    racing._thread.join()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a-file", "racing"]
+    assert by_context(tmp_path / "racing") == by_context_of(big)
+
+
+def by_context_of(acc: Accumulator) -> set[tuple[str, str, object]]:
+    """What :func:`by_context` reads of a data file holding ``acc`` alone."""
+    return {
+        (context, name, item)
+        for context, files in acc._data.items()
+        for name, items in files.items()
+        for item in items
+    }
+
+
+def test_the_reports_copy_reads_the_data_file_where_the_known_items_name_other_files(
+    tmp_path: Path,
+) -> None:
+    """Items known for the reports' copy that name a file the data file does not hold (a
+    name coverage.py's update changed, say) are not used: the copy reads the data file."""
+    from coverage import CoverageData
+
+    from pytest_distcov.data.merge import without_contexts
+
+    full = CoverageData(basename=str(tmp_path / "full"))
+    full.set_context("t|run")
+    full.add_arcs({"/src/a/b.py": [(1, 2), (2, -1)]})
+    into = CoverageData(no_disk=True)
+    without_contexts(full, into, known={"/src/a\\b.py": {(1, 2), (2, -1)}})
+    assert sorted(into.arcs("/src/a/b.py") or ()) == [(1, 2), (2, -1)]
+    into.close(force=True)
+    into = CoverageData(no_disk=True)
+    without_contexts(full, into, known={"/src/a/b.py": {(1, 2)}})  # (what it is told)
+    assert sorted(into.arcs("/src/a/b.py") or ()) == [(1, 2)]
+    into.close(force=True)
+    full.close(force=True)
 
 
 def test_the_controllers_own_data_clashes_only_where_a_file_tracer_differs() -> None:

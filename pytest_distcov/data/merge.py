@@ -109,6 +109,8 @@ def without_contexts(
     this reads them once, OR-ed (:func:`~pytest_distcov.covapi.schema.lines_union`).
     """
     files = sorted(full.measured_files())
+    if known is not None and {f for f, found in known.items() if found} - set(files):
+        known = None  # (a name ``full`` holds otherwise: what it holds is read from it)
     if full.has_arcs():
         if known is None:  # (coverage.py reads them with a query a file, every context's)
             arcs: Mapping[str, Collection[Any]] = {f: full.arcs(f) or [] for f in files}
@@ -345,10 +347,11 @@ class Accumulator:
         return sorted(clash)
 
 
-def _temporary(target: Path) -> Path:
-    """The file a data file for ``target`` is written to before it is renamed over it."""
+def _temporary(target: Path, part: str = "") -> Path:
+    """The file a data file for ``target`` is written to before it is renamed over it (a
+    ``part`` of its, written apart: see :class:`BackgroundWrite`)."""
     # Not ".coverage.*": coverage's own combine would pick that name up.
-    return target.with_name(f"{target.name}-distcov-{os.getpid()}.tmp")
+    return target.with_name(f"{target.name}-distcov-{os.getpid()}{part}.tmp")
 
 
 class BackgroundWrite:
@@ -366,7 +369,9 @@ class BackgroundWrite:
 
     def __init__(self, target: str | os.PathLike[str], accumulator: Accumulator) -> None:
         self.target = Path(target)
-        self.tmp = _temporary(self.target)
+        # (its own name: a whole write of the data file, begun while an abandoned thread
+        # still writes, shares nothing with it)
+        self.tmp = _temporary(self.target, "-begun")
         self._accumulator = accumulator
         self._changes = accumulator.changes
         self._lock = threading.Lock()
@@ -445,12 +450,13 @@ def write_data_file(
     target: str | os.PathLike[str],
     fill: Callable[[CoverageData], None],
     *,
-    begun: bool = False,
+    begun: Path | None = None,
 ) -> None:
     """Write a complete data file to ``target`` atomically.
 
-    ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target`` (with
-    ``begun``, to that file holding part of the data already: :meth:`BackgroundWrite.result`);
+    ``fill`` adds the data to a fresh ``CoverageData`` written beside ``target`` (or to
+    ``begun``, a file beside it that holds part of the data already:
+    :meth:`BackgroundWrite.result`);
     only when it has finished, and the new file is on disk (``fsync``: coverage has SQLite skip
     its own syncs), is it renamed over ``target``, and the directory synced so that the rename
     lasts too. A failure never leaves a partial or damaged data file behind (and never touches
@@ -459,14 +465,17 @@ def write_data_file(
     """
     target = Path(target)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _temporary(target)
-    if not begun:
+    if begun is None:
+        tmp = _temporary(target)
         tmp.unlink(missing_ok=True)
-    elif not tmp.is_file():  # (without it, what it held would be missing: the caller rescues)
-        raise FileNotFoundError(errno.ENOENT, "the data file's first part is gone", str(tmp))
+    elif begun.parent != target.parent or not begun.is_file():
+        # (gone, the rest alone would be written: the caller writes it all, or rescues it)
+        raise FileNotFoundError(errno.ENOENT, "the data file's first part is gone", str(begun))
+    else:
+        tmp = begun
     data = CoverageData(basename=str(tmp))
     try:
-        if begun:
+        if begun is not None:
             data.read()  # (else its first write would erase it: coverage.py starts afresh)
         fill(data)
         data.close(force=True)

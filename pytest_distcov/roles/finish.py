@@ -126,26 +126,30 @@ class Finisher:
         if self._early is not None:
             self._early.abandon()
 
-    def _begun(self, own: coverage.CoverageData) -> bool:
-        """True if the data file's temporary file holds the workers' data (see :meth:`begin`),
-        to go on with: the controller's own data clashes with none of it."""
+    def _begun(self, own: coverage.CoverageData) -> tuple[Path | None, dict[str, list[Any]] | None]:
+        """The file of :meth:`begin`'s thread, holding the workers' data, to go on with (the
+        caller's from now on), and the controller's own data's items (:meth:`_own_items`);
+        (None, None) where there is none, or the controller's own data clashes with the
+        workers' (theirs must then come after it: see fill_run)."""
         early = self._early
         if early is None:
-            return False
+            return None, None
+        taken: Path | None = None
         try:
             try:
-                clash = self.receiver.acc.clashes(own)  # (its own must come first: fill_run)
+                clash = self.receiver.acc.clashes(own)
             except Exception:  # (coverage.py reading its own data: written whole instead)
                 clash = True
             if clash:
                 early.abandon()
-                return False
-            if early.result() is None:
-                return False
-            self._union = early.union
-            return True
+                return None, None
+            taken = early.result()
+            self._union = early.union if taken is not None else None
+            return taken, self._own_items(own) if taken is not None else None
         except BaseException:  # (an interrupt while it waits for the thread)
             early.abandon()
+            if taken is not None:
+                taken.unlink(missing_ok=True)
             raise
         finally:
             self._early = None
@@ -156,9 +160,9 @@ class Finisher:
         subprocess_files = self.engine.subprocess_files()
         unreadable: list[str] = []
         errors: list[str] = []
+        self._known = None
         try:
-            begun = self._begun(own)
-            own_items = self._own_items(own) if begun else None  # (before it is closed)
+            begun, own_items = self._begun(own)
         except BaseException:
             own.close(force=True)  # (see below)
             raise
@@ -200,7 +204,7 @@ class Finisher:
             return fill
 
         try:
-            begun = self._write(fill_for, begun=begun)
+            went_on = self._write(fill_for, begun=begun)
         except Exception as exc:  # whatever it was (a full disk, SQLite, coverage): see rescue
             self._close_remote(keep_workers=True)
             errors.append(self.rescue(exc, fill_run))
@@ -211,20 +215,20 @@ class Finisher:
             own.close(force=True)
         self._close_remote(keep_workers=False)
         self._cleanup(recovered, keep=unreadable)
-        if begun and not (recovered or subprocess_files or appended):
+        if went_on and not (recovered or subprocess_files or appended):
             self._known = self._known_items(own_items)
         return Finished(Combined(self.data_file, self._load, self._without_contexts), errors=errors)
 
-    def _write(self, fill_for: Callable[[bool], Fill], *, begun: bool) -> bool:
-        """Write the data file, going on from :meth:`begin`'s file if ``begun`` (``fill_for``:
+    def _write(self, fill_for: Callable[[bool], Fill], *, begun: Path | None) -> bool:
+        """Write the data file, going on from ``begun``, :meth:`begin`'s file (``fill_for``:
         the fill, with the workers' data or without); where that fails, whatever went wrong,
         the whole file, once. True if it went on from it."""
-        if begun:
+        if begun is not None:
             try:
-                write_data_file(self.data_file, fill_for(False), begun=True)
+                write_data_file(self.data_file, fill_for(False), begun=begun)
                 return True
             except Exception:
-                pass
+                begun.unlink(missing_ok=True)  # (written whole instead: nothing of it is left)
         write_data_file(self.data_file, fill_for(True))
         return False
 
@@ -236,9 +240,11 @@ class Finisher:
         nothing else: the reports' copy takes them from both, not from the file (coverage.py
         reads each file's arcs with a query over every context's rows, and lines as every
         context's numbits: most of the copy's time)."""
-        if own_items is None:
+        if own_items is None or self._union is None:
             return None
-        known: dict[str, Collection[Any]] = dict(self._union or {})
+        if any(_SLASHES.sub(_SEP, name) != name for name in self._union):
+            return None  # (where the thread's write went through ``update``, renamed)
+        known: dict[str, Collection[Any]] = dict(self._union)
         for name, found in own_items.items():
             known[name] = set(known.get(name, ())).union(found)
         return known
@@ -247,11 +253,14 @@ class Finisher:
         """Each file's lines (or arcs) in the controller's own data; None where a name of its
         is one ``CoverageData.update`` changes (it makes every slash, either way, the
         system's): then only the data file says what it holds."""
-        names = own.measured_files()
-        if any(_SLASHES.sub(_SEP, name) != name for name in names):
+        try:
+            names = own.measured_files()
+            if any(_SLASHES.sub(_SEP, name) != name for name in names):
+                return None
+            items = own.arcs if self.receiver.acc.branch else own.lines
+            return {name: list(items(name) or []) for name in names}
+        except Exception:  # (coverage.py reading its own data: the data file is read, then)
             return None
-        items = own.arcs if self.receiver.acc.branch else own.lines
-        return {name: list(items(name) or []) for name in names}
 
     def _load(self) -> coverage.Coverage:
         """The written data file in a ``Coverage`` with the run's configuration."""
