@@ -116,7 +116,7 @@ EXPECTED_MARKS = {
     "": ["start", "result file", "write begun=True"],
     "never": ["start", "result none", "write begun=False"],
     "changed": ["start", "result none", "write begun=False"],
-    "clash": ["start", "write begun=False"],
+    "clash": ["start", "result file", "write begun=False"],
     "begun-fails": ["start", "result file", "write begun=True", "write begun=False"],
 }
 

@@ -140,8 +140,10 @@ class Finisher:
                 clash = self.receiver.acc.clashes(own)
             except Exception:  # (coverage.py reading its own data: written whole instead)
                 clash = True
-            if clash:
-                early.abandon()
+            if clash:  # (its file is removed once the thread is done: none is left at exit)
+                unused = early.result()
+                if unused is not None:
+                    unused.unlink(missing_ok=True)
                 return None, None
             taken = early.result()
             self._union = early.union if taken is not None else None
