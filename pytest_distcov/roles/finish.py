@@ -13,6 +13,7 @@ error says where everything is.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -230,7 +231,8 @@ class Finisher:
                 write_data_file(self.data_file, fill_for(False), begun=begun)
                 return True
             except Exception:
-                begun.unlink(missing_ok=True)  # (written whole instead: nothing of it is left)
+                with contextlib.suppress(OSError):  # (written whole instead: none of it left)
+                    begun.unlink(missing_ok=True)
         write_data_file(self.data_file, fill_for(True))
         return False
 
