@@ -912,6 +912,35 @@ def test_a_write_begun_is_dropped_when_the_union_changed_failed_or_was_abandoned
     assert by_context(tmp_path / "racing") == by_context_of(big)
 
 
+def test_a_write_begun_keeps_the_union_for_labelled_data_and_discard_waits(
+    tmp_path: Path,
+) -> None:
+    """The thread keeps each file's items of every context for the reports' copy only where
+    the data has context labels; a discard waits for the thread and leaves no file."""
+    from pytest_distcov.data.merge import BackgroundWrite
+
+    labelled = BackgroundWrite(tmp_path / "labelled", _union(False, ("a|run", {"/m.py": {1}})))
+    labelled.start()
+    assert labelled.result() == labelled.tmp
+    assert labelled.union == {"/m.py": {1}}
+    labelled.tmp.unlink()
+    unlabelled = BackgroundWrite(tmp_path / "unlabelled", _union(False, ("", {"/m.py": {1}})))
+    unlabelled.start()
+    assert unlabelled.result() == unlabelled.tmp
+    assert unlabelled.union is None  # (no context labels: the reports read the file itself)
+    unlabelled.tmp.unlink()
+
+    big = _union(
+        True, *((f"t{n}|run", {f"/m{n % 7}.py": {(n, i) for i in range(300)}}) for n in range(300))
+    )
+    discarded = BackgroundWrite(tmp_path / "discarded", big)
+    discarded.start()
+    discarded.discard()  # (waits for the thread, then removes its file)
+    assert not discarded.tmp.exists()
+    assert discarded.result() is None
+    assert list(tmp_path.iterdir()) == []
+
+
 def by_context_of(acc: Accumulator) -> set[tuple[str, str, object]]:
     """What :func:`by_context` reads of a data file holding ``acc`` alone."""
     return {

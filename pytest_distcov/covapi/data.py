@@ -13,6 +13,8 @@ coverage.py, and streaming reads the data file.
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Collection, Mapping
 from typing import NamedTuple, Protocol
 
@@ -107,3 +109,14 @@ def close_all(cov: Coverage) -> None:
                 data.close(force=True)
             except Exception:  # (closing only: nothing is lost by one that will not close)
                 continue
+
+
+#: every slash, either way, in a file's name (see :func:`renamed_by_update`)
+_SLASHES = re.compile(r"[/\\]")
+
+
+def renamed_by_update(name: str) -> bool:
+    """True if ``CoverageData.update`` stores the file ``name`` under another name: coverage.py
+    7.18 makes every slash in a name the system's separator there (7.13 keeps names as they
+    are). Data whose names it may change cannot be told from the names it was given."""
+    return _SLASHES.sub(re.escape(os.sep), name) != name

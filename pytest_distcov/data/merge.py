@@ -276,15 +276,11 @@ class Accumulator:
 
     def covered_lines(self) -> dict[str, set[int]]:
         """Executed line numbers per file, all contexts together."""
-        out: dict[str, set[int]] = {}
-        for files in self._data.values():
-            for path, items in files.items():
-                lines = out.setdefault(path, set())
-                if self.branch:
-                    lines.update(a for arc in items for a in arc if a > 0)
-                else:
-                    lines.update(items)
-        return out
+        if not self.branch:
+            return self.union()
+        return {
+            path: {n for arc in arcs for n in arc if n > 0} for path, arcs in self.union().items()
+        }
 
     def union(self) -> dict[str, set[Any]]:
         """Each file's lines (or arcs), every context's together (each set shared by many
@@ -295,19 +291,34 @@ class Accumulator:
                 by_file.setdefault(path, {})[id(items)] = items
         return {path: set().union(*found.values()) for path, found in by_file.items()}
 
+    @property
+    def labelled(self) -> bool:
+        """True if some of it was measured under a context label (per-test contexts)."""
+        return any(self._data.keys() - {""})
+
+    def _clashing(self, before: Mapping[str, str]) -> set[str]:
+        """The files measured here that ``before`` (file -> its file tracer, '' for Python)
+        holds measured by another file tracer."""
+        ours = self._tracers
+        return {
+            f
+            for files in self._data.values()
+            for f in files
+            if f in before and before[f] != ours.get(f, "")
+        }
+
     def clashes(self, data: CoverageData) -> bool:
         """True if a file ``data`` holds is one of these too, measured (or found) by another
         file tracer: then :meth:`write_into` must come after ``data``'s own, whose stands."""
         theirs = {f: data.file_tracer(f) or "" for f in data.measured_files()}
         if not theirs:
             return False
-        ours = dict(self._tracers)
-        files = {f for files in self._data.values() for f in files}
-        for plugin, paths in self._touched.items():
-            files.update(paths)
-            for path in paths:
-                ours.setdefault(path, plugin)
-        return any(f in files and ours.get(f, "") != t for f, t in theirs.items())
+        found = any(
+            f in theirs and theirs[f] != self._tracers.get(f, plugin)
+            for plugin, paths in self._touched.items()
+            for f in paths
+        )
+        return found or bool(self._clashing(theirs))
 
     def write_into(self, data: CoverageData) -> list[str]:
         """Add everything accumulated to ``data`` (which may hold data already, the trusted
@@ -316,12 +327,7 @@ class Accumulator:
         alone: its name is returned, and the workers' data for it is left out."""
         before = {f: data.file_tracer(f) or "" for f in data.measured_files()}
         ours = self._tracers
-        clash = {
-            f
-            for files in self._data.values()
-            for f in files
-            if f in before and before[f] != ours.get(f, "")
-        }
+        clash = self._clashing(before)
         if self.branch:
             data.add_arcs({})
         else:
@@ -368,15 +374,15 @@ class BackgroundWrite:
     """
 
     def __init__(self, target: str | os.PathLike[str], accumulator: Accumulator) -> None:
-        self.target = Path(target)
         # (its own name: a whole write of the data file, begun while an abandoned thread
         # still writes, shares nothing with it)
-        self.tmp = _temporary(self.target, "-begun")
+        self.tmp = _temporary(Path(target), "-begun")
         self._accumulator = accumulator
         self._changes = accumulator.changes
         self._lock = threading.Lock()
-        #: each file's items, every context's together, once written (:meth:`Accumulator.union`)
-        self.union: dict[str, set[Any]] = {}
+        #: each file's items, every context's together, once written, where the data has
+        #: context labels (:meth:`Accumulator.union`: what the reports' copy needs); else None
+        self.union: dict[str, set[Any]] | None = None
         #: "new", "writing", "written" (the thread is done, the file whole), "taken" (the
         #: file is the caller's), "abandoned" (the thread removes it when done), "gone"
         self._state = "new"
@@ -393,13 +399,14 @@ class BackgroundWrite:
         data: CoverageData | None = None
         written = False
         try:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.tmp.parent.mkdir(parents=True, exist_ok=True)
             self.tmp.unlink(missing_ok=True)
             data = CoverageData(basename=str(self.tmp))
             self._accumulator.write_into(data)  # (into an empty file: no clash can come)
             data.close(force=True)
             _fsync(self.tmp)  # (most of the file: the sync at the end has less to do)
-            self.union = self._accumulator.union()  # (for the reports: see Finisher.finish)
+            if self._accumulator.labelled:  # (the reports' copy: see Finisher.finish)
+                self.union = self._accumulator.union()
             written = True
         except BaseException:  # the end of the run writes it all (or rescues it) again
             with contextlib.suppress(Exception):
@@ -427,6 +434,14 @@ class BackgroundWrite:
             self._remove()
             return None
         return self.tmp
+
+    def discard(self) -> None:
+        """Wait for the thread, then remove its file (unless it was taken): nothing of it is
+        used, and nothing of it is left."""
+        if self.result() is not None:
+            self._remove()
+        else:
+            self.abandon()
 
     def abandon(self) -> None:
         """Nothing of it is used (and nothing waits for the thread): its file is removed now,
@@ -468,7 +483,7 @@ def write_data_file(
     if begun is None:
         tmp = _temporary(target)
         tmp.unlink(missing_ok=True)
-    elif begun.parent != target.parent or not begun.is_file():
+    elif not begun.is_file():
         # (gone, the rest alone would be written: the caller writes it all, or rescues it)
         raise FileNotFoundError(errno.ENOENT, "the data file's first part is gone", str(begun))
     else:

@@ -96,6 +96,8 @@ _SCOPES = (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef, ast.Lambda)
 _WITHS = (ast.With, ast.AsyncWith)
 #: ``try`` with ``except*`` (3.11+)
 _TRY_STAR: tuple[type[ast.stmt], ...] = (ast.TryStar,) if hasattr(ast, "TryStar") else ()
+#: what guards the statements inside it: an exception leaving them goes there first
+_GUARDS: tuple[type[ast.stmt], ...] = (ast.Try, *_TRY_STAR, *_WITHS)
 
 
 def _with_stacks(
@@ -274,7 +276,7 @@ def _check_finally_ends(marks: MarkPlan) -> None:
                         )
             scope = isinstance(stmt, _SCOPES)
             inner = None if scope else span
-            within = not scope and (guarded or isinstance(stmt, (ast.Try, *_TRY_STAR, *_WITHS)))
+            within = not scope and (guarded or isinstance(stmt, _GUARDS))
             for name in ("body", "orelse"):
                 value = getattr(stmt, name, None)
                 if isinstance(value, list) and value and isinstance(value[0], ast.stmt):

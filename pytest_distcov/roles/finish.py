@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import shutil
 import sqlite3
 import tempfile
@@ -28,6 +27,7 @@ from typing import Any
 import coverage
 from coverage.exceptions import CoverageException
 
+from pytest_distcov.covapi.data import renamed_by_update
 from pytest_distcov.data.merge import BackgroundWrite, copy_without_contexts, write_data_file
 from pytest_distcov.data.readers import checked_mapper, update_from_file
 from pytest_distcov.engine.measure import Engine, MeasureSpec, open_coverage
@@ -40,9 +40,6 @@ from .recovery import Recovered
 __all__ = ["Finished", "Finisher", "rescue_dirs"]
 
 Fill = Callable[[coverage.CoverageData], None]
-
-#: ``CoverageData.update`` turns each of these in a file's name into the system's separator
-_SLASHES, _SEP = re.compile(r"[/\\]"), re.escape(os.sep)
 
 
 @dataclass(frozen=True)
@@ -142,17 +139,16 @@ class Finisher:
             except Exception:  # (coverage.py reading its own data: written whole instead)
                 clash = True
             if clash:  # (its file is removed once the thread is done: none is left at exit)
-                unused = early.result()
-                if unused is not None:
-                    unused.unlink(missing_ok=True)
+                early.discard()
                 return None, None
             taken = early.result()
             self._union = early.union if taken is not None else None
-            return taken, self._own_items(own) if taken is not None else None
+            return taken, self._own_items(own) if self._union is not None else None
         except BaseException:  # (an interrupt while it waits for the thread)
             early.abandon()
             if taken is not None:
-                taken.unlink(missing_ok=True)
+                with contextlib.suppress(OSError):
+                    taken.unlink(missing_ok=True)
             raise
         finally:
             self._early = None
@@ -230,6 +226,8 @@ class Finisher:
             try:
                 write_data_file(self.data_file, fill_for(False), begun=begun)
                 return True
+            except _AppendUnreadable:  # (the whole file would fail the same way: rescue)
+                raise
             except Exception:
                 with contextlib.suppress(OSError):  # (written whole instead: none of it left)
                     begun.unlink(missing_ok=True)
@@ -246,7 +244,7 @@ class Finisher:
         context's numbits: most of the copy's time)."""
         if own_items is None or self._union is None:
             return None
-        if any(_SLASHES.sub(_SEP, name) != name for name in self._union):
+        if any(renamed_by_update(name) for name in self._union):
             return None  # (where the thread's write went through ``update``, renamed)
         known: dict[str, Collection[Any]] = dict(self._union)
         for name, found in own_items.items():
@@ -259,7 +257,7 @@ class Finisher:
         system's): then only the data file says what it holds."""
         try:
             names = own.measured_files()
-            if any(_SLASHES.sub(_SEP, name) != name for name in names):
+            if any(renamed_by_update(name) for name in names):
                 return None
             items = own.arcs if self.receiver.acc.branch else own.lines
             return {name: list(items(name) or []) for name in names}
