@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import sys
+import types
 from pathlib import Path
 
 import pytest
@@ -68,3 +69,142 @@ def test_a_record_another_thread_starts_as_a_phase_ends_is_left_for_the_next(
     monitor._end_phase()
     assert monitor._current.get(newcomer) == {7}
     assert 999 not in monitor._current
+
+
+_UNWINDING = """\
+import contextlib
+
+
+def raises(x):
+    y = x + 1
+    raise ValueError(y)
+
+
+def gen(n):
+    yield n
+    raise KeyError(n)
+
+
+def comp(text):
+    return [int(c) for c in text]
+
+
+def fin(x):
+    try:
+        return x.missing
+    finally:
+        x = None
+
+
+def within(x):
+    with contextlib.suppress(KeyError):
+        return x.missing
+
+
+def waiting():
+    yield 1
+    yield 2
+
+
+def deep(n):
+    if n:
+        return deep(n - 1)
+    raise RuntimeError
+
+
+def run():
+    for call in (
+        lambda: raises(1),
+        lambda: list(gen(1)),
+        lambda: comp("12a"),
+        lambda: fin(None),
+        lambda: within(None),
+        lambda: deep(3),
+        lambda: waiting().throw(ValueError),
+    ):
+        try:
+            call()
+        except Exception:
+            pass
+    g = waiting()
+    next(g)
+    try:
+        g.throw(ValueError)
+    except ValueError:
+        pass
+    g = waiting()
+    next(g)
+    g.close()
+"""
+
+
+def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path) -> None:
+    """PY_UNWIND and PY_THROW (with per-test contexts) record the line of the frame an
+    exception leaves or enters by its last instruction, from a table made once per code
+    object: it must be the frame's ``f_lineno`` in every shape (a generator's implicit
+    handler, a comprehension, ``finally``, ``with``, recursion, ``throw``, ``close``), and a
+    marker's line is never recorded."""
+    from pytest_distcov.engine.branches import _frame_line_callback
+    from pytest_distcov.engine.nearlines import codes_of
+
+    monitoring = sys.monitoring  # type: ignore[attr-defined]
+    events = monitoring.events
+    code = compile(_UNWINDING, str(tmp_path / "unwinding.py"), "exec")
+    namespace: dict[str, object] = {}
+    exec(code, namespace)
+    measured = {id(c): c for c in codes_of(code)}
+    marker = 11  # gen's `raise KeyError(n)`, as if it were a marker's line
+    marks = {code.co_filename: {marker: ()}}
+    got: dict[str, dict[int, set[int]]] = {"unwind": {}, "throw": {}}
+    want: dict[str, dict[int, set[int]]] = {"unwind": {}, "throw": {}}
+
+    def reference(kind: str, sign: int) -> object:
+        def on_event(code: types.CodeType, offset: int, exc: BaseException) -> None:
+            if id(code) in measured:
+                line = sys._getframe(1).f_lineno
+                if line is not None and line > 0 and line != marker:
+                    want[kind].setdefault(id(code), set()).add(sign * line)
+
+        return on_event
+
+    callbacks = {  # (two tools: each event calls both, on the same frame)
+        events.PY_UNWIND: (
+            _frame_line_callback(measured, marks, got["unwind"], exit_arc=True),
+            reference("unwind", -1),
+        ),
+        events.PY_THROW: (
+            _frame_line_callback(measured, marks, got["throw"], exit_arc=False),
+            reference("throw", 1),
+        ),
+    }
+    tools = [t for t in range(6) if monitoring.get_tool(t) is None][:2]
+    assert len(tools) == 2, "two free sys.monitoring tool ids"
+    for tool in tools:
+        monitoring.use_tool_id(tool, "pytest-distcov test")
+    try:
+        for event, pair in callbacks.items():
+            for tool, callback in zip(tools, pair, strict=True):
+                monitoring.register_callback(tool, event, callback)
+        for tool in tools:
+            monitoring.set_events(tool, events.PY_UNWIND | events.PY_THROW)
+        namespace["run"]()  # type: ignore[operator]
+    finally:
+        for tool in tools:
+            monitoring.set_events(tool, 0)
+            for event in callbacks:
+                monitoring.register_callback(tool, event, None)
+            monitoring.free_tool_id(tool)
+    assert got == want
+    unwound = {line for lines in got["unwind"].values() for line in lines}
+    lines = _UNWINDING.splitlines()
+
+    def line_of(text: str) -> int:
+        return lines.index(text) + 1
+
+    left = ["    raise ValueError(y)", "    return [int(c) for c in text]"]
+    left.append("    raise RuntimeError")
+    assert {-line_of(text) for text in left} <= unwound
+    assert -line_of("        x = None") in unwound  # (fin's exception leaves from its finally)
+    assert line_of("    raise KeyError(n)") == marker
+    assert -marker not in unwound
+    assert {line_of("    yield 1")} <= {line for lines in got["throw"].values() for line in lines}

@@ -713,26 +713,58 @@ def _frame_line_callback(
 ) -> Callable[[types.CodeType, int, BaseException], None]:
     """A callback of a global event (``PY_UNWIND``, ``PY_THROW``) that records the current
     line of a measured frame: as an exit arc's start (``exit_arc``, kept negated: see
-    :meth:`BranchMonitor.recorded`) or as a line run. With per-test contexts: every line."""
+    :meth:`BranchMonitor.recorded`) or as a line run. With per-test contexts: every line.
+
+    Every exception leaving any frame calls it (1.7 million times in a worker of pyparsing's
+    suite, which parses by raising), so the frame's line is not asked for (``f_lineno`` decodes
+    the code's line table from its start on Python 3.12, each time): it is looked up by the
+    frame's last instruction in a table made once for each code object (:func:`_lines_by_lasti`),
+    which is ``f_lineno`` for a frame without a trace function. A frame with one (a debugger)
+    may have been given its line, and is asked. The instruction offset the event passes is not
+    the frame's: in a generator it is the implicit handler's, past the line that raised."""
     getframe = sys._getframe
     sign = -1 if exit_arc else 1
+    #: code id -> the frame's last instruction -> what to record (0: nothing)
+    tables: dict[int, dict[int, int]] = {}
 
     def on_frame_event(code: types.CodeType, offset: int, exception: BaseException) -> None:
-        if id(code) not in codes:
+        code_id = id(code)
+        if code_id not in codes:
             return
         frame = getframe(1)
-        line = frame.f_lineno if frame.f_code is code else None
-        if line is None or line <= 0:
+        if frame.f_code is not code:
             return
-        found = marks.get(code.co_filename)
-        if found is not None and line in found:
-            return  # a marker's line (never the tracer's)
+        record = None
+        if frame.f_trace is None:
+            table = tables.get(code_id)
+            if table is None:
+                found = marks.get(code.co_filename)
+                table = tables[code_id] = _lines_by_lasti(code, found or (), sign)
+            record = table.get(frame.f_lasti)
+        if record is None:  # (a trace function's frame, or an instruction of no range)
+            line = frame.f_lineno
+            found = marks.get(code.co_filename)
+            skip = line is None or line <= 0 or (found is not None and line in found)
+            record = 0 if skip else sign * line
+        if not record:
+            return  # no line, or a marker's line (never the tracer's)
         try:
-            current[id(code)].add(sign * line)
+            current[code_id].add(record)
         except KeyError:
-            current[id(code)] = {sign * line}
+            current[code_id] = {record}
 
     return on_frame_event
+
+
+def _lines_by_lasti(code: types.CodeType, markers: Collection[int], sign: int) -> dict[int, int]:
+    """What :func:`_frame_line_callback` records for a frame of ``code`` by its ``f_lasti``:
+    ``sign`` times the instruction's line, or 0 where it has none or the line is a marker's."""
+    table: dict[int, int] = {}
+    for start, end, line in code.co_lines():
+        record = 0 if line is None or line <= 0 or line in markers else sign * line
+        for lasti in range(start, end, 2):
+            table[lasti] = record
+    return table
 
 
 def _resume_callback(
