@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib
 import sys
 import types
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -112,6 +113,13 @@ def deep(n):
     raise RuntimeError
 
 
+def bare(x):
+    try:
+        return int(x)
+    except ValueError:
+        raise
+
+
 def run():
     for call in (
         lambda: raises(1),
@@ -121,6 +129,7 @@ def run():
         lambda: within(None),
         lambda: deep(3),
         lambda: waiting().throw(ValueError),
+        lambda: bare("a"),
     ):
         try:
             call()
@@ -138,12 +147,70 @@ def run():
 """
 
 
-def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path) -> None:
+def _on_two_tools(
+    measured: dict[int, types.CodeType],
+    callbacks: dict[int, tuple[object, object]],
+    setup: str,
+    run: Callable[[], object],
+) -> set[int]:
+    """Run ``run`` with each event's two callbacks on two free sys.monitoring tools (and, by
+    ``setup``, line events on ``measured`` or a trace function); the lines seen by the line
+    events. Every tool taken is freed."""
+    monitoring = sys.monitoring  # type: ignore[attr-defined]
+    events = monitoring.events
+    lines_seen: set[int] = set()
+
+    def on_line(code: types.CodeType, line: int) -> object:
+        lines_seen.add(line)
+        return monitoring.DISABLE
+
+    def tracer(frame: types.FrameType, event: str, arg: object) -> object:
+        return tracer
+
+    tools = [t for t in range(6) if monitoring.get_tool(t) is None][:2]
+    assert len(tools) == 2, "two free sys.monitoring tool ids"
+    taken: list[int] = []
+    try:
+        for tool in tools:
+            monitoring.use_tool_id(tool, "pytest-distcov test")
+            taken.append(tool)
+        for event, pair in callbacks.items():
+            for tool, callback in zip(tools, pair, strict=True):
+                monitoring.register_callback(tool, event, callback)
+        for tool in tools:
+            monitoring.set_events(tool, events.PY_UNWIND | events.PY_THROW)
+        if setup == "line events":
+            monitoring.register_callback(tools[0], events.LINE, on_line)
+            for item in measured.values():
+                monitoring.set_local_events(tools[0], item, events.LINE)
+        previous = sys.gettrace()  # (the suite's own coverage, if any: put back)
+        if setup == "trace function":
+            sys.settrace(tracer)
+        try:
+            run()
+        finally:
+            sys.settrace(previous)
+    finally:
+        for tool in taken:
+            monitoring.set_events(tool, 0)
+            for item in measured.values():
+                monitoring.set_local_events(tool, item, 0)
+            for event in (*callbacks, events.LINE):
+                monitoring.register_callback(tool, event, None)
+            monitoring.free_tool_id(tool)
+    return lines_seen
+
+
+@pytest.mark.parametrize("setup", ["alone", "line events", "trace function"])
+def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path, setup: str) -> None:
     """PY_UNWIND and PY_THROW (with per-test contexts) record the line of the frame an
     exception leaves or enters by its last instruction, from a table made once per code
     object: it must be the frame's ``f_lineno`` in every shape (a generator's implicit
     handler, a comprehension, ``finally``, ``with``, recursion, ``throw``, ``close``), and a
-    marker's line is never recorded."""
+    marker's line is never recorded. Alone; with line events on the measured code, each
+    disabled as it fires (as the engine runs it: from 3.13 ``f_lineno`` then reads the
+    monitoring's line data); and under a trace function (a debugger's, coverage.py's tracer
+    for an unmarked file), which sets ``f_trace`` on the frames."""
     from pytest_distcov.engine.branches import _frame_line_callback
     from pytest_distcov.engine.nearlines import codes_of
 
@@ -177,24 +244,9 @@ def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path) -> None:
             reference("throw", 1),
         ),
     }
-    tools = [t for t in range(6) if monitoring.get_tool(t) is None][:2]
-    assert len(tools) == 2, "two free sys.monitoring tool ids"
-    for tool in tools:
-        monitoring.use_tool_id(tool, "pytest-distcov test")
-    try:
-        for event, pair in callbacks.items():
-            for tool, callback in zip(tools, pair, strict=True):
-                monitoring.register_callback(tool, event, callback)
-        for tool in tools:
-            monitoring.set_events(tool, events.PY_UNWIND | events.PY_THROW)
-        namespace["run"]()  # type: ignore[operator]
-    finally:
-        for tool in tools:
-            monitoring.set_events(tool, 0)
-            for event in callbacks:
-                monitoring.register_callback(tool, event, None)
-            monitoring.free_tool_id(tool)
+    lines_seen = _on_two_tools(measured, callbacks, setup, namespace["run"])  # type: ignore[arg-type]
     assert got == want
+    assert bool(lines_seen) == (setup == "line events")
     unwound = {line for lines in got["unwind"].values() for line in lines}
     lines = _UNWINDING.splitlines()
 
@@ -203,6 +255,7 @@ def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path) -> None:
 
     left = ["    raise ValueError(y)", "    return [int(c) for c in text]"]
     left.append("    raise RuntimeError")
+    left.append("        raise")  # (bare's: the first instruction of its line)
     assert {-line_of(text) for text in left} <= unwound
     assert -line_of("        x = None") in unwound  # (fin's exception leaves from its finally)
     assert line_of("    raise KeyError(n)") == marker

@@ -719,13 +719,14 @@ def _frame_line_callback(
     suite, which parses by raising), so the frame's line is not asked for (``f_lineno`` decodes
     the code's line table from its start on Python 3.12, each time): it is looked up by the
     frame's last instruction in a table made once for each code object (:func:`_lines_by_lasti`),
-    which is ``f_lineno`` for a frame without a trace function. A frame with one (a debugger)
-    may have been given its line, and is asked. The instruction offset the event passes is not
-    the frame's: in a generator it is the implicit handler's, past the line that raised."""
+    which gives ``f_lineno`` (a frame's own line is only ever set while a trace function is
+    being called, which no frame leaves by an exception). The instruction offset the event
+    passes is not the frame's: in a generator it is the implicit handler's, past the line that
+    raised. An instruction outside every range of the table (none is known) is asked for."""
     getframe = sys._getframe
     sign = -1 if exit_arc else 1
-    #: code id -> the frame's last instruction -> what to record (0: nothing)
-    tables: dict[int, dict[int, int]] = {}
+    #: code id -> what to record by the frame's last instruction (see _lines_by_lasti)
+    tables: dict[int, list[int | None]] = {}
 
     def on_frame_event(code: types.CodeType, offset: int, exception: BaseException) -> None:
         code_id = id(code)
@@ -734,14 +735,12 @@ def _frame_line_callback(
         frame = getframe(1)
         if frame.f_code is not code:
             return
-        record = None
-        if frame.f_trace is None:
-            table = tables.get(code_id)
-            if table is None:
-                found = marks.get(code.co_filename)
-                table = tables[code_id] = _lines_by_lasti(code, found or (), sign)
-            record = table.get(frame.f_lasti)
-        if record is None:  # (a trace function's frame, or an instruction of no range)
+        table = tables.get(code_id)
+        if table is None:
+            table = tables[code_id] = _lines_by_lasti(code, marks.get(code.co_filename), sign)
+        index = frame.f_lasti >> 1
+        record = table[index] if 0 <= index < len(table) else None
+        if record is None:
             line = frame.f_lineno
             found = marks.get(code.co_filename)
             skip = line is None or line <= 0 or (found is not None and line in found)
@@ -756,14 +755,18 @@ def _frame_line_callback(
     return on_frame_event
 
 
-def _lines_by_lasti(code: types.CodeType, markers: Collection[int], sign: int) -> dict[int, int]:
-    """What :func:`_frame_line_callback` records for a frame of ``code`` by its ``f_lasti``:
-    ``sign`` times the instruction's line, or 0 where it has none or the line is a marker's."""
-    table: dict[int, int] = {}
-    for start, end, line in code.co_lines():
-        record = 0 if line is None or line <= 0 or line in markers else sign * line
-        for lasti in range(start, end, 2):
-            table[lasti] = record
+def _lines_by_lasti(
+    code: types.CodeType, markers: Collection[int] | None, sign: int
+) -> list[int | None]:
+    """What :func:`_frame_line_callback` records for a frame of ``code``, by its ``f_lasti``
+    halved (a code unit is two bytes): ``sign`` times the instruction's line, 0 where it has
+    none or the line is a marker's, None outside every range (then the frame is asked)."""
+    ranges = list(code.co_lines())
+    table: list[int | None] = [None] * (max((end for _, end, _ in ranges), default=0) // 2)
+    for start, end, line in ranges:
+        skip = line is None or line <= 0 or (markers is not None and line in markers)
+        record = 0 if skip or line is None else sign * line
+        table[start // 2 : end // 2] = [record] * (end // 2 - start // 2)
     return table
 
 
