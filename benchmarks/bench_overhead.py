@@ -427,6 +427,27 @@ def table(
     return "\n".join(lines)
 
 
+def round_ratios(results: dict[str, dict[str, Sample]], *, cpu: bool = False) -> str:
+    """Each mode against plain pytest within each round (the rounds alternate the modes, so
+    the two runs of a pair are minutes apart at most): the median of those ratios, then every
+    round's. On a machine whose speed drifts between rounds this moves less than the ratio of
+    the medians in :func:`table`."""
+    what = "CPU time" if cpu else "wall time"
+    lines = [f"Each round's own ratio to plain, {what} (median: the rounds in order):", ""]
+    for name, by_mode in results.items():
+        plain = by_mode["plain"].cpu if cpu else by_mode["plain"].seconds
+        cells = []
+        for mode, sample in by_mode.items():
+            if mode == "plain":
+                continue
+            times = sample.cpu if cpu else sample.seconds
+            ratios = [t / p for t, p in zip(times, plain, strict=True)]
+            rounds = ", ".join(f"{r:.2f}" for r in ratios)
+            cells.append(f"{mode} {statistics.median(ratios):.2f}x ({rounds})")
+        lines.append(f"- {name}: " + "; ".join(cells))
+    return "\n".join(lines)
+
+
 def measured_notes(results: dict[str, dict[str, Sample]]) -> str:
     """How each pytest-distcov mode measured each suite, as its summary said (every round)."""
     lines = ["How pytest-distcov measured (its summary, every round):", ""]
@@ -878,6 +899,8 @@ def main() -> None:
         names += [s.sdist.partition("==")[0] for s in suites]
         out.append(f"{versions(py, names)}\n\n" + table(version, results, args.workers))
         out.append(table(version, results, args.workers, cpu=True))
+        out.append(round_ratios(results))
+        out.append(round_ratios(results, cpu=True))
         out.append(measured_notes(results))
         raw[version] = {
             n: {
