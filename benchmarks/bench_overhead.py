@@ -435,13 +435,18 @@ def round_ratios(results: dict[str, dict[str, Sample]], *, cpu: bool = False) ->
     what = "CPU time" if cpu else "wall time"
     lines = [f"Each round's own ratio to plain, {what} (median: the rounds in order):", ""]
     for name, by_mode in results.items():
-        plain = by_mode["plain"].cpu if cpu else by_mode["plain"].seconds
+        base = by_mode.get("plain")
+        plain = (base.cpu if cpu else base.seconds) if base is not None else []
         cells = []
         for mode, sample in by_mode.items():
             if mode == "plain":
                 continue
             times = sample.cpu if cpu else sample.seconds
-            ratios = [t / p for t, p in zip(times, plain, strict=True)]
+            # (a round that timed plain as nothing, or only one of the two, is left out)
+            ratios = [t / p for t, p in zip(times, plain, strict=False) if p > 0]
+            if not ratios:
+                cells.append(f"{mode} no round to compare")
+                continue
             rounds = ", ".join(f"{r:.2f}" for r in ratios)
             cells.append(f"{mode} {statistics.median(ratios):.2f}x ({rounds})")
         lines.append(f"- {name}: " + "; ".join(cells))
@@ -897,11 +902,6 @@ def main() -> None:
         results = bench(py, sources, suites, rounds=args.rounds, workers=args.workers, modes=modes)
         names = ["pytest", "pytest-xdist", "pytest-cov", "coverage", "slipcover"]
         names += [s.sdist.partition("==")[0] for s in suites]
-        out.append(f"{versions(py, names)}\n\n" + table(version, results, args.workers))
-        out.append(table(version, results, args.workers, cpu=True))
-        out.append(round_ratios(results))
-        out.append(round_ratios(results, cpu=True))
-        out.append(measured_notes(results))
         raw[version] = {
             n: {
                 m: vars(s) | {"codes": sorted(s.codes), "measured": sorted(s.measured)}
@@ -909,6 +909,11 @@ def main() -> None:
             }
             for n, r in results.items()
         }
+        out.append(f"{versions(py, names)}\n\n" + table(version, results, args.workers))
+        out.append(table(version, results, args.workers, cpu=True))
+        out.append(round_ratios(results))
+        out.append(round_ratios(results, cpu=True))
+        out.append(measured_notes(results))
     text = "\n\n".join(out)
     print(text)
     if args.markdown:

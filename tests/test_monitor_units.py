@@ -234,13 +234,14 @@ def test_the_frame_events_lines_are_the_frames_own(tmp_path: Path, setup: str) -
 
         return on_event
 
+    tables: dict[int, list[int | None]] = {}  # (one for both events, as the engine has)
     callbacks = {  # (two tools: each event calls both, on the same frame)
         events.PY_UNWIND: (
-            _frame_line_callback(measured, marks, got["unwind"], exit_arc=True),
+            _frame_line_callback(measured, marks, got["unwind"], tables, exit_arc=True),
             reference("unwind", -1),
         ),
         events.PY_THROW: (
-            _frame_line_callback(measured, marks, got["throw"], exit_arc=False),
+            _frame_line_callback(measured, marks, got["throw"], tables, exit_arc=False),
             reference("throw", 1),
         ),
     }

@@ -597,6 +597,8 @@ class BranchMonitor(MarkedModules, LineMonitor):
         self._caught = None if contexts else ExceptionArcs(self._recording)
         #: this engine's own callbacks, by event (with contexts only)
         self._extra: dict[int, Callable[..., Any]] = {}
+        #: code id -> its lines by instruction, for the frame events (see _lines_by_lasti)
+        self._lines_at: dict[int, list[int | None]] = {}
         if contexts:
             events = sys.monitoring.events  # type: ignore[attr-defined]
             # Per phase, the line an exception leaves a frame on counts as run in that phase
@@ -605,7 +607,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
             # taken): every line is recorded. PY_UNWIND can only be a global event: its
             # callback looks at measured code only.
             self._extra[events.PY_UNWIND] = _frame_line_callback(
-                self._codes, self._marks, self._current, exit_arc=True
+                self._codes, self._marks, self._current, self._lines_at, exit_arc=True
             )
             # A generator resumed in a later phase (a fixture's teardown), or thrown into
             # (``throw()``, ``close()``): the C tracer's next arc starts at the line it was
@@ -613,7 +615,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
             self._events |= events.PY_RESUME
             self._extra[events.PY_RESUME] = _resume_callback(self._marks, self._current)
             self._extra[events.PY_THROW] = _frame_line_callback(
-                self._codes, self._marks, self._current, exit_arc=False
+                self._codes, self._marks, self._current, self._lines_at, exit_arc=False
             )
 
     # -- what a phase records --------------------------------------------------------------
@@ -701,6 +703,7 @@ class BranchMonitor(MarkedModules, LineMonitor):
                 self._callbacks(live=False)
         finally:
             self._recorded.clear()
+            self._lines_at.clear()
             super().stop()
 
 
@@ -708,6 +711,7 @@ def _frame_line_callback(
     codes: dict[int, types.CodeType],
     marks: dict[str, Table],
     current: dict[int, set[int]],
+    tables: dict[int, list[int | None]],
     *,
     exit_arc: bool,
 ) -> Callable[[types.CodeType, int, BaseException], None]:
@@ -725,8 +729,6 @@ def _frame_line_callback(
     raised. An instruction outside every range of the table (none is known) is asked for."""
     getframe = sys._getframe
     sign = -1 if exit_arc else 1
-    #: code id -> what to record by the frame's last instruction (see _lines_by_lasti)
-    tables: dict[int, list[int | None]] = {}
 
     def on_frame_event(code: types.CodeType, offset: int, exception: BaseException) -> None:
         code_id = id(code)
@@ -737,37 +739,39 @@ def _frame_line_callback(
             return
         table = tables.get(code_id)
         if table is None:
-            table = tables[code_id] = _lines_by_lasti(code, marks.get(code.co_filename), sign)
+            table = tables[code_id] = _lines_by_lasti(code, marks.get(code.co_filename))
         index = frame.f_lasti >> 1
-        record = table[index] if 0 <= index < len(table) else None
-        if record is None:
-            line = frame.f_lineno
-            found = marks.get(code.co_filename)
-            skip = line is None or line <= 0 or (found is not None and line in found)
-            record = 0 if skip else sign * line
-        if not record:
+        line = table[index] if 0 <= index < len(table) else None
+        if line is None:
+            line = _kept_line(frame.f_lineno, marks.get(code.co_filename))
+        if not line:
             return  # no line, or a marker's line (never the tracer's)
         try:
-            current[code_id].add(record)
+            current[code_id].add(sign * line)
         except KeyError:
-            current[code_id] = {record}
+            current[code_id] = {sign * line}
 
     return on_frame_event
 
 
-def _lines_by_lasti(
-    code: types.CodeType, markers: Collection[int] | None, sign: int
-) -> list[int | None]:
+def _lines_by_lasti(code: types.CodeType, markers: Collection[int] | None) -> list[int | None]:
     """What :func:`_frame_line_callback` records for a frame of ``code``, by its ``f_lasti``
-    halved (a code unit is two bytes): ``sign`` times the instruction's line, 0 where it has
-    none or the line is a marker's, None outside every range (then the frame is asked)."""
+    halved (a code unit is two bytes): the instruction's line (:func:`_kept_line`: 0 for
+    none), None outside every range (then the frame is asked). One table serves both events
+    (each signs the line its way), and the engine empties the tables when it stops."""
     ranges = list(code.co_lines())
     table: list[int | None] = [None] * (max((end for _, end, _ in ranges), default=0) // 2)
     for start, end, line in ranges:
-        skip = line is None or line <= 0 or (markers is not None and line in markers)
-        record = 0 if skip or line is None else sign * line
-        table[start // 2 : end // 2] = [record] * (end // 2 - start // 2)
+        table[start // 2 : end // 2] = [_kept_line(line, markers)] * (end // 2 - start // 2)
     return table
+
+
+def _kept_line(line: int | None, markers: Collection[int] | None) -> int:
+    """``line`` if a frame event records it, else 0: no line, or a marker's (never the C
+    tracer's)."""
+    if line is None or line <= 0 or (markers is not None and line in markers):
+        return 0
+    return line
 
 
 def _resume_callback(
